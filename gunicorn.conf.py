@@ -1,0 +1,32 @@
+"""gunicorn settings for the portal (``gunicorn -c gunicorn.conf.py wsgi:app``).
+
+Worker class: gevent. A download is mostly waiting on a slow client; a sync or thread worker
+ties a whole worker or thread to each such client, so 2 workers x 8 threads stop answering once
+16 slow downloads run. A gevent worker holds thousands of connections in greenlets, and
+portal.sendfile makes its file sends zero-copy (os.sendfile on the socket, waiting
+cooperatively when the client is slow), so the bytes never pass through Python.
+
+Every value can be overridden with the usual GUNICORN_CMD_ARGS or PORTAL_GUNICORN_* variables.
+"""
+
+import multiprocessing
+import os
+
+bind = os.environ.get("PORTAL_BIND", "127.0.0.1:5000")
+worker_class = os.environ.get("PORTAL_GUNICORN_WORKER_CLASS", "gevent")
+# One process per core: greenlets give the concurrency, processes give the CPU.
+workers = int(os.environ.get("PORTAL_GUNICORN_WORKERS", multiprocessing.cpu_count()))
+worker_connections = int(os.environ.get("PORTAL_GUNICORN_CONNECTIONS", 2000))
+# A greenlet that blocks the loop (never on purpose) is killed after this long.
+timeout = 60
+graceful_timeout = 30
+keepalive = 5
+accesslog = "-"
+access_log_format = '%(h)s "%(r)s" %(s)s %(B)s %(D)sus "%(a)s"'
+
+
+def post_worker_init(worker):
+    """Zero-copy sends that report their byte count (see portal/sendfile.py)."""
+    from portal import sendfile
+
+    sendfile.install()

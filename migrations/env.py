@@ -1,0 +1,52 @@
+"""Alembic environment for Flask-Migrate: the app's engine and the models' metadata."""
+
+import logging
+from logging.config import fileConfig
+
+from alembic import context
+from flask import current_app
+
+config = context.config
+if config.config_file_name is not None:
+    fileConfig(config.config_file_name, disable_existing_loggers=False)
+logger = logging.getLogger("alembic.env")
+
+
+def target_metadata():
+    return current_app.extensions["migrate"].db.metadata
+
+
+def engine():
+    return current_app.extensions["migrate"].db.engine
+
+
+def run_migrations_offline():
+    """Emit SQL to stdout (``flask db upgrade --sql``)."""
+    url = engine().url.render_as_string(hide_password=False)
+    context.configure(url=url, target_metadata=target_metadata(), literal_binds=True,
+                      render_as_batch=True)
+    with context.begin_transaction():
+        context.run_migrations()
+
+
+def run_migrations_online():
+    """Run against the app's database; autogenerate skips empty revisions."""
+
+    def skip_empty(context_, revision, directives):
+        if getattr(config.cmd_opts, "autogenerate", False) and directives[0].upgrade_ops.is_empty():
+            directives[:] = []
+            logger.info("No changes in schema detected.")
+
+    conf_args = dict(current_app.extensions["migrate"].configure_args)
+    conf_args.setdefault("process_revision_directives", skip_empty)
+    conf_args.setdefault("render_as_batch", True)  # SQLite needs batch mode to alter tables
+    with engine().connect() as connection:
+        context.configure(connection=connection, target_metadata=target_metadata(), **conf_args)
+        with context.begin_transaction():
+            context.run_migrations()
+
+
+if context.is_offline_mode():
+    run_migrations_offline()
+else:
+    run_migrations_online()

@@ -1,0 +1,111 @@
+"""The campus file-download portal."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+from flask import Flask, request, session
+
+from . import cache
+from .config import DEFAULTS, PROJECT_ROOT, ConfigError, finalize
+from .extensions import babel, csrf, db, limiter, login_manager, migrate
+from .storage import StorageError, storage_from_url
+
+__all__ = ["ConfigError", "create_app"]
+
+log = logging.getLogger(__name__)
+
+
+def create_app(config: dict | None = None) -> Flask:
+    """Build the app: read configuration, bind extensions and blueprints. Writes nothing."""
+    instance = os.environ.get("PORTAL_INSTANCE_PATH") or str(PROJECT_ROOT / "instance")
+    if config and "INSTANCE_PATH" in config:
+        instance = config["INSTANCE_PATH"]
+    app = Flask(
+        __name__,
+        instance_path=instance,
+        template_folder=str(PROJECT_ROOT / "templates"),
+        static_folder=str(PROJECT_ROOT / "static"),
+    )
+    app.config.from_mapping(DEFAULTS)
+    app.config.from_prefixed_env("PORTAL")
+    if config:
+        app.config.from_mapping(config)
+    finalize(app.config, app.instance_path)
+
+    register_extensions(app)
+    register_blueprints(app)
+    register_errorhandlers(app)
+    register_commands(app)
+    return app
+
+
+def register_extensions(app: Flask) -> None:
+    """Bind the unbound extensions, the storage backend and the Redis client."""
+    db.init_app(app)
+    migrate.init_app(app, db, directory=str(PROJECT_ROOT / "migrations"))
+    login_manager.init_app(app)
+    csrf.init_app(app)
+    babel.init_app(app, locale_selector=select_locale,
+                   default_translation_directories=str(PROJECT_ROOT / "portal" / "translations"))
+    app.config.setdefault("RATELIMIT_STORAGE_URI", app.config["REDIS_URL"])
+    app.config.setdefault("RATELIMIT_IN_MEMORY_FALLBACK_ENABLED", True)
+    app.config.setdefault("RATELIMIT_HEADERS_ENABLED", True)
+    limiter.init_app(app)
+    app.extensions["portal_redis"] = cache.make_client(app.config["REDIS_URL"])
+    try:
+        storage = storage_from_url(app.config["STORAGE_URL"])
+        storage.check()
+    except StorageError as exc:
+        raise ConfigError(f"PORTAL_STORAGE_URL={app.config['STORAGE_URL']}: {exc}") from exc
+    app.extensions["portal_storage"] = storage
+
+    @app.context_processor
+    def inject_locale():
+        from flask_babel import get_locale
+
+        # Babel spells zh_CN as zh_Hans_CN (hence the catalog folder's name); pages use zh_CN.
+        locale = get_locale()
+        code = "zh_CN" if locale is not None and locale.language == "zh" else "en"
+        return {"current_locale": code, "languages": app.config["LANGUAGES"]}
+
+
+def select_locale() -> str:
+    """A language chosen with the switch (kept in the session), else Accept-Language, else zh_CN."""
+    from flask import current_app
+
+    languages = current_app.config["LANGUAGES"]
+    chosen = session.get("lang")
+    if chosen in languages:
+        return chosen
+    return request.accept_languages.best_match(languages) or current_app.config[
+        "BABEL_DEFAULT_LOCALE"
+    ]
+
+
+def register_blueprints(app: Flask) -> None:
+    """Attach every blueprint."""
+    from .auth import bp as auth_bp
+    from .catalog import bp as catalog_bp
+    from .download import bp as download_bp
+    from .health import bp as health_bp
+
+    app.register_blueprint(auth_bp)
+    app.register_blueprint(catalog_bp)
+    app.register_blueprint(download_bp)
+    app.register_blueprint(health_bp)
+
+
+def register_errorhandlers(app: Flask) -> None:
+    """Bilingual error pages, JSON for API calls."""
+    from .errors import register
+
+    register(app)
+
+
+def register_commands(app: Flask) -> None:
+    """The user / file / demo commands (db comes from Flask-Migrate)."""
+    from .cli import register
+
+    register(app)

@@ -1,0 +1,80 @@
+"""Who may read what: the one place that decides (``can_read``) and its SQL twin.
+
+An access rule is one of ``public`` (anyone, no login), ``login`` (any signed-in user),
+``group:A[,B...]`` (members of any of those groups) or ``user:NAME`` (a personal document:
+that user only). Admins read everything; an owner reads their own files.
+"""
+
+from __future__ import annotations
+
+import re
+
+from sqlalchemy import ColumnElement, false, or_, true
+
+from .models import File, User
+
+NAME = re.compile(r"^[\w.\-@]{1,64}$")  # \w includes CJK letters; no comma, colon or LIKE wildcard
+
+
+def parse_access(rule: str) -> tuple[str, tuple[str, ...]]:
+    """Split a rule into its kind and names, or raise ValueError saying what is wrong."""
+    rule = (rule or "").strip()
+    if rule in ("public", "login"):
+        return rule, ()
+    kind, _, rest = rule.partition(":")
+    if kind in ("group", "user"):
+        names = tuple(n.strip() for n in rest.split(",") if n.strip())
+        if not names or any(not NAME.match(n) for n in names):
+            raise ValueError(f"invalid names in access rule {rule!r}")
+        if kind == "user" and len(names) != 1:
+            raise ValueError("user: takes exactly one user name")
+        return kind, tuple(sorted(set(names)))
+    raise ValueError(f"unknown access rule {rule!r}: use public, login, group:NAME or user:NAME")
+
+
+def normalize_access(rule: str) -> str:
+    """The canonical spelling of a valid rule (sorted, de-duplicated names)."""
+    kind, names = parse_access(rule)
+    return f"{kind}:{','.join(names)}" if names else kind
+
+
+def can_read(user: User | None, file: File) -> bool:
+    """True when this user (None or anonymous for nobody) may see and download the file."""
+    if file.deleted_at is not None:
+        return False
+    kind, names = parse_access(file.access)
+    if kind == "public":
+        return True
+    if user is None or not getattr(user, "is_authenticated", False) or not user.is_active:
+        return False
+    if user.is_admin or (file.owner_id is not None and file.owner_id == user.id):
+        return True
+    if kind == "login":
+        return True
+    if kind == "group":
+        return bool(user.group_names.intersection(names))
+    return user.username == names[0]
+
+
+def _escape_like(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+def readable_clause(user: User | None) -> ColumnElement[bool]:
+    """SQL filter selecting exactly the files can_read allows, for the catalog and search."""
+    live = File.deleted_at.is_(None)
+    if user is None or not getattr(user, "is_authenticated", False) or not user.is_active:
+        return live & (File.access == "public")
+    if user.is_admin:
+        return live & true()
+    allowed = [File.access.in_(("public", "login", f"user:{user.username}")),
+               File.owner_id == user.id]
+    for name in user.group_names:
+        esc = _escape_like(name)
+        allowed += [
+            File.access == f"group:{name}",
+            File.access.like(f"group:{esc},%", escape="\\"),
+            File.access.like(f"group:%,{esc}", escape="\\"),
+            File.access.like(f"group:%,{esc},%", escape="\\"),
+        ]
+    return live & or_(false(), *allowed)

@@ -1,0 +1,7 @@
+"""Sign-in, sign-out, the user loader and role guards."""
+
+from flask import Blueprint
+
+bp = Blueprint("auth", __name__)
+
+from . import views  # noqa: E402,F401  (registers the routes on bp)

@@ -1,0 +1,100 @@
+"""Login and logout views."""
+
+from __future__ import annotations
+
+from urllib.parse import urlsplit
+
+from flask import flash, jsonify, redirect, render_template, request, url_for
+from flask_babel import gettext as _
+from flask_login import current_user, login_user, logout_user
+from sqlalchemy import select
+
+from ..extensions import db, login_manager
+from ..models import User
+from . import bp
+from .forms import LoginForm
+
+# A real hash to check against when the user does not exist, so that an unknown user and a
+# wrong password cost the same time.
+_DUMMY_HASH = None
+
+
+@login_manager.user_loader
+def load_user(user_id: str) -> User | None:
+    """The signed-in user; a disabled user gets no session (Flask-Login checks is_active)."""
+    if not user_id.isdigit():
+        return None
+    user = db.session.get(User, int(user_id))
+    return user if user is not None and user.active else None
+
+
+@login_manager.unauthorized_handler
+def unauthorized():
+    """Browsers go to the login page; API calls get 401 JSON."""
+    if request.path.startswith("/api/"):
+        return jsonify(error="authentication required"), 401
+    return redirect(url_for("auth.login", next=request.full_path.rstrip("?")))
+
+
+def safe_next(target: str | None) -> str:
+    """Only a local path: no scheme, no host, no protocol-relative '//' or backslash tricks."""
+    if not target:
+        return url_for("catalog.index")
+    target = target.strip()
+    parts = urlsplit(target)
+    if (parts.scheme or parts.netloc or not target.startswith("/") or target.startswith("//")
+            or "\\" in target or any(ord(c) < 32 for c in target)):
+        return url_for("catalog.index")
+    return target
+
+
+def authenticate(username: str, password: str) -> User | None:
+    """The active user with this name and password, or None; same work either way."""
+    global _DUMMY_HASH
+    user = db.session.scalar(select(User).where(User.username == username))
+    if user is None or not user.password_hash:
+        if _DUMMY_HASH is None:
+            probe = User()
+            probe.set_password("not-a-real-password")
+            _DUMMY_HASH = probe
+        _DUMMY_HASH.check_password(password)
+        return None
+    if not user.check_password(password) or not user.active:
+        return None
+    return user
+
+
+@bp.route("/login", methods=["GET", "POST"])
+def login():
+    """Show the sign-in form; on success redirect to ?next= (local paths only)."""
+    form = LoginForm()
+    if current_user.is_authenticated and request.method == "GET":
+        return redirect(safe_next(request.args.get("next")))
+    status = 200
+    if request.method == "POST":
+        if form.validate_on_submit():
+            user = authenticate(form.username.data, form.password.data)
+            if user is not None:
+                login_user(user, remember=bool(form.remember.data))
+                return redirect(safe_next(request.args.get("next")))
+        flash(_("Wrong username or password."), "error")
+        status = 400 if form.errors else 200
+    return render_template("auth/login.html", form=form), status
+
+
+@bp.route("/logout", methods=["POST"])
+def logout():
+    """End the session."""
+    logout_user()
+    return redirect(url_for("catalog.index"))
+
+
+@bp.route("/lang/<code>", methods=["POST"])
+def set_language(code: str):
+    """The language switch: remembered in the session."""
+    from flask import current_app, session
+
+    if code in current_app.config["LANGUAGES"]:
+        session["lang"] = code
+    return redirect(safe_next(request.form.get("next") or (request.referrer and
+                              urlsplit(request.referrer).path)))

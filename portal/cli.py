@@ -1,0 +1,195 @@
+"""Command line: ``flask --app wsgi user|file|demo ...`` (``db`` comes from Flask-Migrate)."""
+
+from __future__ import annotations
+
+import csv
+import os
+from pathlib import Path
+
+import click
+from flask import Flask
+from flask.cli import AppGroup, with_appcontext
+from sqlalchemy import select
+from sqlalchemy.exc import SQLAlchemyError
+
+from .access import NAME, normalize_access
+from .extensions import db
+from .files import add_version, discard
+from .models import ROLES, Group, User
+from .storage import StorageError, get_storage
+
+user_cli = AppGroup("user", help="Create and import users.")
+file_cli = AppGroup("file", help="Add files and versions.")
+MIN_PASSWORD = 8
+
+
+def fail(message: str) -> None:
+    """One line on stderr and exit status 1; nothing was written."""
+    db.session.rollback()
+    raise click.ClickException(message)
+
+
+def groups_by_name(names: list[str]) -> list[Group]:
+    """The named groups, created when missing."""
+    found = []
+    for name in dict.fromkeys(n.strip() for n in names if n.strip()):
+        if not NAME.match(name):
+            fail(f"invalid group name {name!r}")
+        group = db.session.scalar(select(Group).where(Group.name == name))
+        if group is None:
+            group = Group(name=name)
+            db.session.add(group)
+        found.append(group)
+    return found
+
+
+def check_password(password: str | None) -> None:
+    if password is not None and len(password) < MIN_PASSWORD:
+        fail(f"password must have at least {MIN_PASSWORD} characters")
+
+
+@user_cli.command("create")
+@click.argument("name")
+@click.option("--password", required=True, help="At least 8 characters.")
+@click.option("--role", type=click.Choice(ROLES), default="student", show_default=True)
+@click.option("--group", "groups", multiple=True, help="Group to join (repeatable).")
+@click.option("--display-name", default="", help="Name shown on pages.")
+def user_create(name, password, role, groups, display_name):
+    """Create a user."""
+    if not NAME.match(name):
+        fail(f"invalid username {name!r}")
+    check_password(password)
+    if db.session.scalar(select(User).where(User.username == name)) is not None:
+        fail(f"user {name!r} already exists")
+    user = User(username=name, role=role, display_name=display_name or name)
+    user.set_password(password)
+    user.groups = groups_by_name(list(groups))
+    db.session.add(user)
+    _commit()
+    click.echo(f"{user.id}\t{user.username}\t{user.role}")
+
+
+@user_cli.command("import")
+@click.argument("path", type=click.Path(dir_okay=False))
+def user_import(path):
+    """Create or update users from a CSV (username, display_name, role, groups, password).
+
+    groups are separated by ';' or spaces; an empty password keeps an existing one
+    (a new user without a password cannot sign in until an admin sets one).
+    """
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as fh:
+            rows = list(csv.DictReader(fh))
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        fail(f"cannot read {path}: {exc}")
+    created = updated = 0
+    for line, row in enumerate(rows, start=2):
+        name = (row.get("username") or "").strip()
+        role = (row.get("role") or "student").strip() or "student"
+        if not NAME.match(name):
+            fail(f"{path}:{line}: invalid username {name!r}")
+        if role not in ROLES:
+            fail(f"{path}:{line}: unknown role {role!r}")
+        password = (row.get("password") or "").strip() or None
+        if password is not None and len(password) < MIN_PASSWORD:
+            fail(f"{path}:{line}: password must have at least {MIN_PASSWORD} characters")
+        user = db.session.scalar(select(User).where(User.username == name))
+        if user is None:
+            user = User(username=name)
+            db.session.add(user)
+            created += 1
+        else:
+            updated += 1
+        user.display_name = (row.get("display_name") or "").strip() or name
+        user.role = role
+        if password is not None:
+            user.set_password(password)
+        groups = (row.get("groups") or "").replace(";", " ").split()
+        user.groups = groups_by_name(groups)
+    _commit()
+    click.echo(f"created {created}, updated {updated}")
+
+
+@file_cli.command("add")
+@click.argument("paths", nargs=-1, required=True)
+@click.option("--title", help="Title (default: the file name without extension).")
+@click.option("--category", default="", help="Category, e.g. 课程表.")
+@click.option("--access", default="login", show_default=True,
+              help="public, login, group:NAME or user:NAME.")
+@click.option("--owner", help="Username of the owner.")
+def file_add(paths, title, category, access, owner):
+    """Add files; a title and category that exist already get a new version."""
+    try:
+        access = normalize_access(access)
+    except ValueError as exc:
+        fail(str(exc))
+    owner_user = None
+    if owner:
+        owner_user = db.session.scalar(select(User).where(User.username == owner))
+        if owner_user is None:
+            fail(f"no user {owner!r}")
+    # Check every path before storing anything, so a bad one leaves nothing behind.
+    for raw in paths:
+        path = Path(raw)
+        if not path.exists():
+            fail(f"{raw}: no such file")
+        if not path.is_file():
+            fail(f"{raw}: not a regular file")
+        if not os.access(path, os.R_OK):
+            fail(f"{raw}: not readable")
+    storage = get_storage()
+    stored = []
+    lines = []
+    try:
+        for raw in paths:
+            path = Path(raw)
+            with open(path, "rb") as fh:
+                version = add_version(
+                    db.session, storage, fh, filename=path.name, title=title or path.stem,
+                    category=category, access=access, owner=owner_user, uploader=owner_user,
+                )
+            stored.append(version.stored)
+            lines.append(f"{version.file.id}\t{version.file.title}")
+        db.session.commit()
+    except (OSError, StorageError, SQLAlchemyError, ValueError) as exc:
+        db.session.rollback()
+        for obj in stored:
+            discard(storage, obj)
+        fail(f"cannot add files: {exc}")
+    for line in lines:
+        click.echo(line)
+
+
+def _commit() -> None:
+    try:
+        db.session.commit()
+    except SQLAlchemyError as exc:
+        fail(f"database error: {exc.__class__.__name__}: {getattr(exc, 'orig', exc)}")
+
+
+@click.command("demo")
+@with_appcontext
+@click.option("--big-mb", type=int, default=None,
+              help="Size of the generated lecture recording (default PORTAL_DEMO_BIG_FILE_MB).")
+def demo_command(big_mb):
+    """Seed demo users, groups and documents (safe to run twice)."""
+    from flask import current_app
+
+    from .demo import seed
+
+    size = current_app.config["DEMO_BIG_FILE_MB"] if big_mb is None else big_mb
+    try:
+        report = seed(db.session, get_storage(), big_file_mb=size)
+    except (StorageError, SQLAlchemyError, OSError) as exc:
+        db.session.rollback()
+        fail(f"demo failed: {exc}")
+    click.echo(report)
+
+
+def register(app: Flask) -> None:
+    """Attach the command groups to the app."""
+    app.cli.add_command(user_cli)
+    app.cli.add_command(file_cli)
+    app.cli.add_command(demo_command)
+
+

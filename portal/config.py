@@ -1,0 +1,84 @@
+"""The one place that reads the environment.
+
+Every setting is read with ``app.config.from_prefixed_env("PORTAL")``, so ``PORTAL_X``
+becomes ``app.config["X"]``. ``finalize`` turns the raw values into what the extensions
+need and refuses a configuration that cannot work, with a message instead of a traceback.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from pathlib import Path
+
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+DEFAULTS = {
+    "ENV": "development",  # "production" requires PORTAL_SECRET_KEY
+    "SECRET_KEY": None,
+    "DATABASE_URL": None,
+    "REDIS_URL": "redis://127.0.0.1:6379/0",
+    "STORAGE_URL": None,
+    "SENDFILE": "direct",  # or "x-accel"
+    "X_ACCEL_PREFIX": "/_protected",
+    "LINK_TTL_SECONDS": 24 * 3600,
+    "MAX_UPLOAD_BYTES": 8 * 1024**3,
+    "DEMO_BIG_FILE_MB": 100,
+    "BABEL_DEFAULT_LOCALE": "zh_CN",
+    "LANGUAGES": ["zh_CN", "en"],
+    "PER_PAGE": 20,
+}
+
+
+class ConfigError(Exception):
+    """A setting that stops the portal from starting; the message says which and why."""
+
+
+def finalize(config: dict, instance_path: str) -> None:
+    """Derive the extension settings from the PORTAL_ values, or raise ConfigError."""
+    instance = Path(instance_path)
+    try:
+        instance.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"cannot create the instance folder {instance}: {exc.strerror}") from exc
+
+    config["SECRET_KEY"] = config.get("SECRET_KEY") or _instance_secret(config, instance)
+    config["SQLALCHEMY_DATABASE_URI"] = _database_url(config.get("DATABASE_URL"), instance)
+    config["SQLALCHEMY_ENGINE_OPTIONS"] = {"pool_pre_ping": True}
+    config["STORAGE_URL"] = config.get("STORAGE_URL") or (instance / "storage").as_uri()
+    if config["SENDFILE"] not in ("direct", "x-accel"):
+        raise ConfigError(
+            f"PORTAL_SENDFILE must be 'direct' or 'x-accel', not {config['SENDFILE']!r}")
+    config.setdefault("SESSION_COOKIE_HTTPONLY", True)
+    config.setdefault("SESSION_COOKIE_SAMESITE", "Lax")
+    config.setdefault("REMEMBER_COOKIE_HTTPONLY", True)
+    config.setdefault("REMEMBER_COOKIE_SAMESITE", "Lax")
+    config.setdefault("WTF_CSRF_TIME_LIMIT", None)  # tied to the session, not to a clock
+
+
+def _instance_secret(config: dict, instance: Path) -> str:
+    """A random key kept in instance/ so that sessions survive restarts of the embedded default."""
+    if config["ENV"] == "production":
+        raise ConfigError("PORTAL_SECRET_KEY is required when PORTAL_ENV=production")
+    path = instance / "secret_key"
+    if not path.exists():
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(secrets.token_hex(32))
+    return path.read_text().strip()
+
+
+def _database_url(url: str | None, instance: Path) -> str:
+    if not url:
+        return f"sqlite:///{instance / 'portal.db'}"
+    try:
+        parsed = make_url(url)
+        parsed.get_dialect()
+    except (ArgumentError, NoSuchModuleError, ValueError) as exc:
+        raise ConfigError(f"PORTAL_DATABASE_URL is not a usable SQLAlchemy URL: {exc}") from exc
+    if parsed.get_backend_name() not in ("sqlite", "postgresql"):
+        raise ConfigError("PORTAL_DATABASE_URL must be sqlite:/// or postgresql+psycopg://")
+    return url

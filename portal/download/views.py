@@ -1,0 +1,214 @@
+"""Download views: authorise, evaluate the HTTP semantics (http.py), answer.
+
+The protocol decisions are all in http.py; this module only turns a readable file version
+into a Representation, asks http.evaluate what to send, and builds the response body.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime
+
+from flask import (
+    Response,
+    abort,
+    current_app,
+    jsonify,
+    render_template,
+    request,
+    url_for,
+)
+from flask_login import current_user, login_required
+from sqlalchemy import insert
+from sqlalchemy.exc import SQLAlchemyError
+
+from ..access import can_read
+from ..catalog.service import readable_file
+from ..catalog.views import refuse
+from ..extensions import db
+from ..models import DownloadEvent, File, FileVersion, User
+from ..storage import StorageError, get_storage
+from . import bp, http, links
+from .body import CountedBody, TrackedFile, can_sendfile, file_range
+
+log = logging.getLogger(__name__)
+
+
+def representation(version: FileVersion) -> http.Representation:
+    """The HTTP view of a stored version: size, strong ETag from its hash, Last-Modified."""
+    return http.Representation(
+        size=version.size,
+        etag=http.strong_etag(version.sha256),
+        last_modified=version.created_at.astimezone(UTC).replace(microsecond=0),
+        content_type=version.mime_type,
+    )
+
+
+def pick_version(file: File, raw: str | None) -> FileVersion:
+    """?version=N or the newest; 404 for a number that does not exist."""
+    if raw is None:
+        version = file.latest
+    else:
+        if not (raw.isascii() and raw.isdigit() and len(raw) < 9):
+            abort(404)
+        version = file.version(int(raw))
+    if version is None:
+        abort(404)
+    return version
+
+
+def _event_recorder(version: FileVersion, user_id: int | None, via_link: bool, status: int):
+    """A callback that writes one DownloadEvent when the body closes, using only values
+    captured now (no request, no session inside the callback)."""
+    engine = db.engine
+    row = {
+        "file_id": version.file_id,
+        "version_id": version.id,
+        "user_id": user_id,
+        "via_link": via_link,
+        "method": request.method,
+        "status": status,
+        "range_header": (request.headers.get("Range") or "")[:200],
+        "client_ip": (request.remote_addr or "")[:64],
+        "user_agent": (request.headers.get("User-Agent") or "")[:256],
+        "started_at": datetime.now(UTC),
+    }
+
+    def record(sent: int) -> None:
+        try:
+            with engine.begin() as conn:
+                conn.execute(insert(DownloadEvent).values(
+                    **row, bytes_sent=sent, ended_at=datetime.now(UTC)))
+        except SQLAlchemyError:
+            log.exception("could not record a download event")
+
+    return record
+
+
+def serve_version(file: File, version: FileVersion, *, user_id: int | None,
+                  via_link: bool) -> Response:
+    """Answer GET or HEAD for one version with full RFC 9110 semantics."""
+    rep = representation(version)
+    decision = http.evaluate(request.method, request.headers, rep,
+                             max_ranges=current_app.config.get("MAX_RANGES", 64))
+    headers = list(decision.headers)
+    public = file.access == "public"
+    headers.append(("Cache-Control", "public, max-age=0, must-revalidate" if public
+                    else "private, max-age=0, must-revalidate"))
+    headers.append(("X-Content-Type-Options", "nosniff"))
+    if decision.status in (304, 412):
+        body = "" if decision.status == 304 else "Precondition Failed\n"
+        return Response(body, status=decision.status, headers=headers,
+                        mimetype=None if decision.status == 304 else "text/plain")
+    if decision.status == 416:
+        return Response("Range Not Satisfiable\n", status=416, headers=headers,
+                        mimetype="text/plain")
+
+    headers.append(("Content-Disposition", http.content_disposition(version.original_filename)))
+    if http.is_active_content(version.mime_type):
+        headers.append(("Content-Security-Policy", "sandbox; default-src 'none'"))
+    if decision.status == 200:
+        headers.append(("Repr-Digest", http.repr_digest(version.sha256)))
+
+    storage = get_storage()
+    path = storage.local_path(version.storage_key)
+    multipart = decision.status == 206 and len(decision.ranges) > 1
+    if multipart:
+        plan = http.multipart_plan(decision.ranges, rep, http.new_boundary())
+        headers += [("Content-Type", plan.content_type),
+                    ("Content-Length", str(plan.content_length))]
+    else:
+        headers.append(("Content-Type", version.mime_type))
+
+    if not decision.send_body:  # HEAD: the headers GET would send, no body
+        return Response(b"", status=decision.status, headers=headers)
+
+    record = _event_recorder(version, user_id, via_link, decision.status)
+    if current_app.config["SENDFILE"] == "x-accel" and path is not None:
+        return _x_accel(version, decision, headers, record)
+    try:
+        if multipart:
+            body = CountedBody(http.iter_multipart(plan, lambda a, b: file_range(path, a, b)),
+                               record)
+        else:
+            start, stop = decision.ranges[0] if decision.status == 206 else (0, rep.size)
+            if can_sendfile(request.environ):
+                tracked = TrackedFile(path, start, stop - start, record)
+                body = request.environ["wsgi.file_wrapper"](tracked, 1024 * 1024)
+            else:
+                body = CountedBody(file_range(path, start, stop), record)
+    except (OSError, StorageError):
+        log.exception("stored content missing for version %s", version.id)
+        abort(503)
+    response = Response(body, status=decision.status, headers=headers, direct_passthrough=True)
+    return response
+
+
+def _x_accel(version: FileVersion, decision: http.Decision, headers: list, record) -> Response:
+    """Hand the bytes to nginx: the portal has authorised and evaluated the preconditions;
+    nginx answers the Range itself from the internal location (deploy/nginx.conf)."""
+    prefix = current_app.config["X_ACCEL_PREFIX"].rstrip("/")
+    key = version.storage_key
+    kept = [(k, v) for k, v in headers
+            if k not in ("Content-Length", "Content-Range", "Content-Type")]
+    kept += [("Content-Type", version.mime_type),
+             ("X-Accel-Redirect", f"{prefix}/{key[:2]}/{key[2:4]}/{key}"),
+             ("X-Accel-Buffering", "no")]
+    record(-1)  # nginx reports the bytes it sent through its access log
+    return Response(b"", status=200, headers=kept)
+
+
+@bp.route("/files/<int:file_id>/download", methods=["GET", "HEAD"])
+def download(file_id: int):
+    """The bytes of the newest (or ?version=N) version, for a user allowed to read them."""
+    file = readable_file(db.session, current_user, file_id)
+    if file is None:
+        return refuse()
+    version = pick_version(file, request.args.get("version"))
+    user_id = current_user.id if current_user.is_authenticated else None
+    return serve_version(file, version, user_id=user_id, via_link=False)
+
+
+@bp.route("/api/files/<int:file_id>/links", methods=["POST"])
+@login_required
+def mint_link(file_id: int):
+    """A signed, expiring URL for wget, curl, aria2c and download managers."""
+    file = readable_file(db.session, current_user, file_id)
+    if file is None:
+        abort(404)
+    payload = request.get_json(silent=True) or {}
+    version = pick_version(file, str(payload["version"]) if "version" in payload else
+                           request.args.get("version"))
+    token, expires = links.mint(current_app.config["SECRET_KEY"],
+                                current_app.config["LINK_TTL_SECONDS"],
+                                user_id=current_user.id, file_id=file.id, version_id=version.id)
+    url = url_for("download.by_link", token=token, name=version.original_filename,
+                  _external=True)
+    return jsonify(url=url, expires_at=expires.isoformat().replace("+00:00", "Z"),
+                   version=version.number, filename=version.original_filename,
+                   size=version.size, sha256=version.sha256), 201
+
+
+@bp.route("/d/<token>", methods=["GET", "HEAD"])
+@bp.route("/d/<token>/<path:name>", methods=["GET", "HEAD"])
+def by_link(token: str, name: str | None = None):
+    """The bytes behind a signed link: same semantics as /files/<id>/download, no cookie."""
+    config = current_app.config
+    try:
+        claims = links.verify(config["SECRET_KEY"], config["LINK_TTL_SECONDS"], token)
+    except links.LinkError as exc:
+        return bad_link(str(exc))
+    user = db.session.get(User, claims.user_id)
+    version = db.session.get(FileVersion, claims.version_id)
+    if (user is None or not user.active or version is None or version.file_id != claims.file_id
+            or not can_read(user, version.file)):
+        return bad_link("revoked")
+    return serve_version(version.file, version, user_id=user.id, via_link=True)
+
+
+def bad_link(reason: str):
+    """403 with a short page saying how to get a new link."""
+    if request.method == "HEAD":
+        return Response(status=403)
+    return render_template("download/bad_link.html", reason=reason), 403
+

@@ -1,0 +1,40 @@
+"""/healthz: database, Redis and storage, each 'ok' or the reason."""
+
+from __future__ import annotations
+
+import logging
+
+from flask import Blueprint, jsonify
+from sqlalchemy import text
+from sqlalchemy.exc import SQLAlchemyError
+
+from . import cache
+from .extensions import db
+from .storage import StorageError, get_storage
+
+bp = Blueprint("health", __name__)
+log = logging.getLogger(__name__)
+
+
+@bp.route("/healthz")
+def healthz():
+    """200 when downloads can be served (Redis down is a warning), else 503."""
+    report = {}
+    try:
+        db.session.execute(text("SELECT 1"))
+        report["database"] = "ok"
+    except SQLAlchemyError as exc:
+        db.session.rollback()
+        report["database"] = f"unavailable: {exc.__class__.__name__}: {exc.orig or exc}"[:300]
+    report["redis"] = cache.status()
+    try:
+        get_storage().check()
+        report["storage"] = "ok"
+    except StorageError as exc:
+        report["storage"] = f"unavailable: {exc}"
+    serving = report["database"] == "ok" and report["storage"] == "ok"
+    if report["redis"] != "ok":
+        log.warning("redis is down, cache off: %s", report["redis"])
+        report["warnings"] = ["redis unavailable: cache and shared rate limits are off"]
+    report["status"] = ("ok" if report["redis"] == "ok" else "degraded") if serving else "failing"
+    return jsonify(report), 200 if serving else 503

@@ -1,0 +1,187 @@
+"""Database models: accounts, files and their versions, download events."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from flask_login import UserMixin
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Column,
+    DateTime,
+    ForeignKey,
+    Integer,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import Mapped, mapped_column, relationship
+from werkzeug.security import check_password_hash, generate_password_hash
+
+from .extensions import db
+
+ROLES = ("student", "staff", "admin")
+
+
+def utcnow() -> datetime:
+    """The current time, timezone-aware UTC (stored as such on both databases)."""
+    return datetime.now(UTC)
+
+
+class UTCDateTime(db.TypeDecorator):
+    """A DateTime that always comes back timezone-aware UTC, also from SQLite."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value, dialect):
+        if value is not None and value.tzinfo is None:
+            raise ValueError("naive datetime given for a UTC column")
+        return value.astimezone(UTC) if value is not None else None
+
+    def process_result_value(self, value, dialect):
+        if value is not None and value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value
+
+
+user_groups = Table(
+    "user_groups",
+    db.metadata,
+    Column("user_id", ForeignKey("users.id", ondelete="CASCADE"), primary_key=True),
+    Column("group_id", ForeignKey("groups.id", ondelete="CASCADE"), primary_key=True),
+)
+
+
+class User(UserMixin, db.Model):
+    """A student, staff member or admin."""
+
+    __tablename__ = "users"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    username: Mapped[str] = mapped_column(String(64), unique=True)
+    display_name: Mapped[str] = mapped_column(String(128), default="")
+    password_hash: Mapped[str | None] = mapped_column(String(256))
+    role: Mapped[str] = mapped_column(String(16), default="student")
+    active: Mapped[bool] = mapped_column(Boolean, default=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+    groups: Mapped[list[Group]] = relationship(
+        secondary=user_groups, back_populates="members", order_by="Group.name"
+    )
+
+    @property
+    def is_active(self) -> bool:  # Flask-Login refuses sessions of disabled users
+        return self.active
+
+    @property
+    def is_admin(self) -> bool:
+        return self.role == "admin"
+
+    @property
+    def is_staff(self) -> bool:
+        """Staff and admins may upload and manage files."""
+        return self.role in ("staff", "admin")
+
+    def set_password(self, password: str | None) -> None:
+        """Store a scrypt hash, or no password at all (the account cannot sign in)."""
+        self.password_hash = generate_password_hash(password) if password else None
+
+    def check_password(self, password: str) -> bool:
+        """True when the password matches; an account without a password never matches."""
+        return bool(self.password_hash) and check_password_hash(self.password_hash, password)
+
+    @property
+    def group_names(self) -> set[str]:
+        return {g.name for g in self.groups}
+
+
+class Group(db.Model):
+    """A class, department or other set of users named in access rules."""
+
+    __tablename__ = "groups"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    description: Mapped[str] = mapped_column(String(256), default="")
+
+    members: Mapped[list[User]] = relationship(secondary=user_groups, back_populates="groups")
+
+
+class File(db.Model):
+    """A document as students see it: one title, one access rule, many versions."""
+
+    __tablename__ = "files"
+    __table_args__ = (UniqueConstraint("title", "category", name="uq_files_title_category"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    title: Mapped[str] = mapped_column(String(255))
+    category: Mapped[str] = mapped_column(String(64), default="", index=True)
+    description: Mapped[str] = mapped_column(Text, default="")
+    access: Mapped[str] = mapped_column(String(300), default="login")
+    owner_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+    deleted_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+    owner: Mapped[User | None] = relationship()
+    versions: Mapped[list[FileVersion]] = relationship(
+        back_populates="file", order_by="FileVersion.number", cascade="all, delete-orphan"
+    )
+
+    @property
+    def latest(self) -> FileVersion | None:
+        """The newest version, which downloads serve by default."""
+        return self.versions[-1] if self.versions else None
+
+    def version(self, number: int) -> FileVersion | None:
+        """The version with this number, or None."""
+        return next((v for v in self.versions if v.number == number), None)
+
+
+class FileVersion(db.Model):
+    """One immutable content of a file, stored by its SHA-256."""
+
+    __tablename__ = "file_versions"
+    __table_args__ = (UniqueConstraint("file_id", "number", name="uq_file_versions_file_number"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    file_id: Mapped[int] = mapped_column(ForeignKey("files.id", ondelete="CASCADE"), index=True)
+    number: Mapped[int] = mapped_column(Integer)
+    sha256: Mapped[str] = mapped_column(String(64), index=True)
+    crc32: Mapped[int] = mapped_column(BigInteger)  # kept for resumable stored-mode zips
+    size: Mapped[int] = mapped_column(BigInteger)
+    mime_type: Mapped[str] = mapped_column(String(128))
+    original_filename: Mapped[str] = mapped_column(String(255))
+    storage_key: Mapped[str] = mapped_column(String(255))
+    uploader_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+    file: Mapped[File] = relationship(back_populates="versions")
+    uploader: Mapped[User | None] = relationship()
+
+
+class DownloadEvent(db.Model):
+    """One HTTP response that served (part of) a file version.
+
+    A placeholder that the analytics work completes: it already records who fetched
+    which version, the status, the ranges asked for and the bytes really sent.
+    """
+
+    __tablename__ = "download_events"
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    file_id: Mapped[int] = mapped_column(ForeignKey("files.id", ondelete="CASCADE"), index=True)
+    version_id: Mapped[int] = mapped_column(ForeignKey("file_versions.id", ondelete="CASCADE"))
+    user_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
+    via_link: Mapped[bool] = mapped_column(Boolean, default=False)
+    method: Mapped[str] = mapped_column(String(8), default="GET")
+    status: Mapped[int] = mapped_column(Integer)
+    range_header: Mapped[str] = mapped_column(String(200), default="")
+    bytes_sent: Mapped[int] = mapped_column(BigInteger, default=0)
+    client_ip: Mapped[str] = mapped_column(String(64), default="")
+    user_agent: Mapped[str] = mapped_column(String(256), default="")
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
+    ended_at: Mapped[datetime | None] = mapped_column(UTCDateTime)

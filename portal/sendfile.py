@@ -1,0 +1,104 @@
+"""Zero-copy sending for gunicorn that also tells the app how many bytes went out.
+
+gunicorn's own ``Response.sendfile`` hands the file to ``socket.sendfile``. Two things are
+missing for this portal, so this module replaces that one method when a worker starts
+(``gunicorn.conf.py``, ``post_worker_init``):
+
+* Under gevent, ``socket.sendfile`` is a Python read()/send() loop: the bytes pass through
+  Python. Here ``os.sendfile(2)`` is called on the socket's descriptor and, when the kernel
+  buffer is full, the greenlet waits for writability (``gevent.socket.wait_write``), so the
+  copy stays in the kernel and other downloads run meanwhile.
+* gunicorn rewinds the file and never reports the bytes sent, so an aborted download would be
+  recorded as complete or as nothing. Here the count is stored on the file object
+  (``bytes_sent``), where the download view's ``TrackedFile`` reads it when the body closes.
+
+Nothing else of gunicorn changes: the same preconditions (no TLS, sendfile not disabled, a
+real file descriptor, a known Content-Length) decide whether this path is taken; otherwise
+gunicorn's ordinary write loop runs.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import select
+
+# A client that accepts no byte for this long is dropped (seconds).
+STALL_TIMEOUT = 120.0
+BLOCK = 1 << 30  # os.sendfile takes at most this much per call on some kernels
+
+
+def _waiter(sock):
+    """A function that blocks until the socket is writable: cooperative under gevent."""
+    if type(sock).__module__.startswith("gevent"):
+        from gevent.socket import wait_write
+
+        return lambda fd: wait_write(fd, timeout=STALL_TIMEOUT)
+
+    def wait(fd):
+        _, ready, _ = select.select([], [fd], [], STALL_TIMEOUT)
+        if not ready:
+            raise TimeoutError("client stalled")
+
+    return wait
+
+
+def send_range(sock, fileno: int, offset: int, count: int, progress=None) -> int:
+    """Send count bytes of the file from offset with sendfile(2); return the bytes sent.
+
+    ``progress(sent)`` is called after every successful call, so that a caller learns how far
+    it got even when the client goes away and an OSError ends the loop.
+    """
+    sockfd = sock.fileno()
+    wait = _waiter(sock)
+    sent = 0
+    while sent < count:
+        try:
+            n = os.sendfile(sockfd, fileno, offset + sent, min(count - sent, BLOCK))
+        except BlockingIOError:
+            wait(sockfd)
+            continue
+        except OSError as exc:
+            if exc.errno == errno.EINTR:
+                continue
+            raise
+        if n == 0:  # the file is shorter than promised: stop, the server closes the connection
+            break
+        sent += n
+        if progress is not None:
+            progress(sent)
+    return sent
+
+
+def gunicorn_sendfile(self, respiter) -> bool:
+    """Replacement for gunicorn.http.wsgi.Response.sendfile (same contract: True when sent)."""
+    from gunicorn import util
+
+    if self.cfg.is_ssl or not self.can_sendfile() or self.response_length is None:
+        return False
+    filelike = respiter.filelike
+    if not util.has_fileno(filelike) or self.is_chunked():
+        return False
+    fileno = filelike.fileno()
+    try:
+        offset = os.lseek(fileno, 0, os.SEEK_CUR)
+    except OSError:
+        return False
+    self.send_headers()
+    if self._omits_body:
+        return True
+
+    def progress(n: int) -> None:
+        filelike.bytes_sent = n
+
+    progress(0)
+    sent = send_range(self.sock, fileno, offset, self.response_length, progress)
+    self.sent += sent
+    return True
+
+
+def install() -> None:
+    """Patch gunicorn's Response.sendfile in this worker process."""
+    from gunicorn.http import wsgi
+
+    wsgi.Response.sendfile = gunicorn_sendfile

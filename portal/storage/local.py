@@ -1,0 +1,110 @@
+"""Local-disk backend: objects/<ab>/<cd>/<sha256>, written through a temp file."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import uuid
+from pathlib import Path
+from typing import BinaryIO
+
+from .base import CHUNK, Hasher, StorageError, StoredObject, check_key
+
+
+class LocalStorage:
+    """Content-addressed files under one root; identical content is stored once."""
+
+    def __init__(self, root: str | os.PathLike) -> None:
+        self.root = Path(root)
+        self.objects = self.root / "objects"
+        self.tmp = self.root / "tmp"
+
+    def _path(self, key: str) -> Path:
+        key = check_key(key)
+        return self.objects / key[:2] / key[2:4] / key
+
+    def ensure(self) -> None:
+        """Create the folders, or raise StorageError saying why not."""
+        try:
+            self.objects.mkdir(parents=True, exist_ok=True)
+            self.tmp.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StorageError(f"cannot create storage folder {self.root}: {exc.strerror}") from exc
+
+    def put(self, stream: BinaryIO) -> StoredObject:
+        """Copy the stream to a temp file, fsync it, and rename it to its hash."""
+        self.ensure()
+        tmp = self.tmp / f"{uuid.uuid4().hex}.part"
+        hasher = Hasher()
+        try:
+            with open(tmp, "xb") as out:
+                while chunk := stream.read(CHUNK):
+                    hasher.update(chunk)
+                    out.write(chunk)
+                out.flush()
+                os.fsync(out.fileno())
+            key = hasher.sha.hexdigest()
+            final = self._path(key)
+            created = not final.exists()
+            if not created:
+                tmp.unlink()  # identical content is already stored
+            else:
+                final.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(tmp, final)
+                _fsync_dir(final.parent)
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            raise StorageError(f"cannot store file: {exc.strerror or exc}") from exc
+        return StoredObject(key=key, sha256=key, crc32=hasher.crc, size=hasher.size,
+                            created=created)
+
+    def open(self, key: str) -> BinaryIO:
+        """Open the stored content for reading."""
+        try:
+            return open(self._path(key), "rb")
+        except OSError as exc:
+            raise StorageError(f"cannot open stored object: {exc.strerror}") from exc
+
+    def local_path(self, key: str) -> str:
+        """The path of the content, for sendfile and X-Accel-Redirect."""
+        return str(self._path(key))
+
+    def size(self, key: str) -> int:
+        """The stored size in bytes."""
+        try:
+            return self._path(key).stat().st_size
+        except OSError as exc:
+            raise StorageError(f"cannot stat stored object: {exc.strerror}") from exc
+
+    def exists(self, key: str) -> bool:
+        """True when the content is stored."""
+        return self._path(key).is_file()
+
+    def delete(self, key: str) -> None:
+        """Remove the content; a missing object is not an error."""
+        try:
+            self._path(key).unlink(missing_ok=True)
+        except OSError as exc:
+            raise StorageError(f"cannot delete stored object: {exc.strerror}") from exc
+
+    def check(self) -> None:
+        """Write, read back and remove a probe file."""
+        self.ensure()
+        probe = self.tmp / f"probe-{uuid.uuid4().hex}"
+        try:
+            probe.write_bytes(b"ok")
+            if probe.read_bytes() != b"ok":
+                raise StorageError("storage probe read back wrong bytes")
+            probe.unlink()
+        except OSError as exc:
+            raise StorageError(f"storage is not writable: {exc.strerror}") from exc
+
+
+def _fsync_dir(path: Path) -> None:
+    """Make the rename durable: fsync the folder entry as well as the file."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

