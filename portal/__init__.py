@@ -46,7 +46,10 @@ def register_extensions(app: Flask) -> None:
     db.init_app(app)
     migrate.init_app(app, db, directory=str(PROJECT_ROOT / "migrations"))
     login_manager.init_app(app)
+    login_manager.session_protection = "basic"  # a changed client marks the session non-fresh
     csrf.init_app(app)
+    app.config["WTF_CSRF_CHECK_DEFAULT"] = False
+    app.before_request(protect_from_csrf)
     babel.init_app(app, locale_selector=select_locale,
                    default_translation_directories=str(PROJECT_ROOT / "portal" / "translations"))
     app.config.setdefault("RATELIMIT_STORAGE_URI", app.config["REDIS_URL"])
@@ -71,6 +74,23 @@ def register_extensions(app: Flask) -> None:
         return {"current_locale": code, "languages": app.config["LANGUAGES"]}
 
 
+def protect_from_csrf() -> None:
+    """CSRF on every form POST, and on API calls that carry a session cookie.
+
+    An API call without the cookie has no ambient authority to abuse (tus uploads and
+    scripts authenticate otherwise), so it is answered by the view: 401 JSON as CONTRACT.md
+    says, not a CSRF 400. Forms are always checked, which also stops login CSRF.
+    """
+    from flask import current_app
+
+    if request.method in ("GET", "HEAD", "OPTIONS", "TRACE"):
+        return
+    has_session = current_app.config["SESSION_COOKIE_NAME"] in request.cookies
+    if request.path.startswith("/api/") and not has_session:
+        return
+    csrf.protect()
+
+
 def select_locale() -> str:
     """A language chosen with the switch (kept in the session), else Accept-Language, else zh_CN."""
     from flask import current_app
@@ -86,6 +106,7 @@ def select_locale() -> str:
 
 def register_blueprints(app: Flask) -> None:
     """Attach every blueprint."""
+    from .admin import bp as admin_bp
     from .auth import bp as auth_bp
     from .catalog import bp as catalog_bp
     from .download import bp as download_bp
@@ -95,6 +116,7 @@ def register_blueprints(app: Flask) -> None:
     app.register_blueprint(catalog_bp)
     app.register_blueprint(download_bp)
     app.register_blueprint(health_bp)
+    app.register_blueprint(admin_bp)
 
 
 def register_errorhandlers(app: Flask) -> None:

@@ -13,6 +13,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
 
 from .access import NAME, normalize_access
+from .auth.forms import MIN_PASSWORD
 from .extensions import db
 from .files import add_version, discard
 from .models import ROLES, Group, User
@@ -20,7 +21,6 @@ from .storage import StorageError, get_storage
 
 user_cli = AppGroup("user", help="Create and import users.")
 file_cli = AppGroup("file", help="Add files and versions.")
-MIN_PASSWORD = 8
 
 
 def fail(message: str) -> None:

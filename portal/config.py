@@ -30,6 +30,9 @@ DEFAULTS = {
     "BABEL_DEFAULT_LOCALE": "zh_CN",
     "LANGUAGES": ["zh_CN", "en"],
     "PER_PAGE": 20,
+    # Failed sign-ins (Flask-Limiter syntax). Per IP is generous: a campus NATs many students.
+    "LOGIN_LIMIT_ACCOUNT": "5 per minute;20 per hour",
+    "LOGIN_LIMIT_IP": "100 per minute",
 }
 
 
@@ -57,6 +60,9 @@ def finalize(config: dict, instance_path: str) -> None:
     config.setdefault("REMEMBER_COOKIE_HTTPONLY", True)
     config.setdefault("REMEMBER_COOKIE_SAMESITE", "Lax")
     config.setdefault("WTF_CSRF_TIME_LIMIT", None)  # tied to the session, not to a clock
+    production = config["ENV"] == "production"
+    config.setdefault("SESSION_COOKIE_SECURE", production)  # HTTPS-only cookies in production
+    config.setdefault("REMEMBER_COOKIE_SECURE", production)
 
 
 def _instance_secret(config: dict, instance: Path) -> str:

@@ -176,6 +176,9 @@ def login(client):
     """Sign a user in through the real form (with its CSRF token); returns the CSRF token."""
 
     def do(username, password="password123"):
+        if client.get("/login").status_code == 302:  # someone is signed in: sign out first
+            client.post("/logout", data={"csrf_token": csrf_from(
+                client.get("/").get_data(as_text=True))})
         token = csrf_from(client.get("/login").get_data(as_text=True))
         resp = client.post("/login", data={"username": username, "password": password,
                                            "csrf_token": token})

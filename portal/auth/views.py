@@ -4,15 +4,16 @@ from __future__ import annotations
 
 from urllib.parse import urlsplit
 
-from flask import flash, jsonify, redirect, render_template, request, url_for
+from flask import current_app, flash, jsonify, redirect, render_template, request, url_for
 from flask_babel import gettext as _
-from flask_login import current_user, login_user, logout_user
+from flask_login import current_user, login_required, login_user, logout_user
 from sqlalchemy import select
 
-from ..extensions import db, login_manager
+from ..audit import audit
+from ..extensions import db, limiter, login_manager
 from ..models import User
 from . import bp
-from .forms import LoginForm
+from .forms import LoginForm, PasswordChangeForm
 
 # A real hash to check against when the user does not exist, so that an unknown user and a
 # wrong password cost the same time.
@@ -64,9 +65,31 @@ def authenticate(username: str, password: str) -> User | None:
     return user
 
 
+def _ip_key() -> str:
+    return f"login-ip:{request.remote_addr or '-'}"
+
+
+def _account_key() -> str:
+    # Keyed by the name typed, existing or not, so a locked account looks like any other.
+    name = (request.form.get("username") or "").strip().lower()[:64]
+    return f"login-account:{name}"
+
+
+def _failed(response) -> bool:
+    return response.status_code != 302
+
+
 @bp.route("/login", methods=["GET", "POST"])
+@limiter.limit(lambda: current_app.config["LOGIN_LIMIT_IP"], key_func=_ip_key,
+               methods=["POST"], deduct_when=_failed, scope="login-ip")
+@limiter.limit(lambda: current_app.config["LOGIN_LIMIT_ACCOUNT"], key_func=_account_key,
+               methods=["POST"], deduct_when=_failed, scope="login-account")
 def login():
-    """Show the sign-in form; on success redirect to ?next= (local paths only)."""
+    """Show the sign-in form; on success redirect to ?next= (local paths only).
+
+    Failed attempts are limited per account name and per IP (Flask-Limiter on Redis, in
+    memory when Redis is down); past the limit the answer is 429 with Retry-After.
+    """
     form = LoginForm()
     if current_user.is_authenticated and request.method == "GET":
         return redirect(safe_next(request.args.get("next")))
@@ -74,11 +97,19 @@ def login():
     if request.method == "POST":
         if form.validate_on_submit():
             user = authenticate(form.username.data, form.password.data)
+            ip = request.remote_addr or ""
             if user is not None:
                 login_user(user, remember=bool(form.remember.data))
+                audit(db.session, "login.success", actor=user, target=user.username,
+                      client_ip=ip)
+                db.session.commit()
                 return redirect(safe_next(request.args.get("next")))
-        flash(_("Wrong username or password."), "error")
-        status = 400 if form.errors else 200
+            audit(db.session, "login.failure", target=form.username.data, client_ip=ip)
+            db.session.commit()
+            flash(_("Wrong username or password."), "error")
+        else:
+            flash(_("Please fill in both fields (at most 64 and 256 characters)."), "error")
+            status = 400
     return render_template("auth/login.html", form=form), status
 
 
@@ -87,6 +118,25 @@ def logout():
     """End the session."""
     logout_user()
     return redirect(url_for("catalog.index"))
+
+
+@bp.route("/account/password", methods=["GET", "POST"])
+@login_required
+def change_password():
+    """Users change their own password (the current one is asked again)."""
+    form = PasswordChangeForm()
+    if form.validate_on_submit():
+        if not current_user.check_password(form.current.data):
+            form.current.errors.append(_("The current password is wrong."))
+        else:
+            current_user.set_password(form.new.data)
+            audit(db.session, "user.password_changed", actor=current_user,
+                  target=current_user.username, client_ip=request.remote_addr or "")
+            db.session.commit()
+            flash(_("Your password has been changed."), "info")
+            return redirect(url_for("catalog.index"))
+    status = 400 if request.method == "POST" else 200
+    return render_template("auth/password.html", form=form), status
 
 
 @bp.route("/lang/<code>", methods=["POST"])

@@ -121,7 +121,8 @@ def serve_version(file: File, version: FileVersion, *, user_id: int | None,
         headers.append(("Content-Type", version.mime_type))
 
     if not decision.send_body:  # HEAD: the headers GET would send, no body
-        return Response(b"", status=decision.status, headers=headers)
+        # No body argument: Response(b"") would overwrite Content-Length with 0.
+        return Response(status=decision.status, headers=headers)
 
     record = _event_recorder(version, user_id, via_link, decision.status)
     if current_app.config["SENDFILE"] == "x-accel" and path is not None:

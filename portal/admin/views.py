@@ -1,0 +1,124 @@
+"""Admin pages: users, groups, audit log."""
+
+from __future__ import annotations
+
+from flask import abort, flash, redirect, render_template, request, url_for
+from flask_babel import gettext as _
+from flask_login import current_user
+from sqlalchemy import func, select
+
+from ..audit import audit
+from ..extensions import db
+from ..models import AuditEntry, Group, User
+from . import bp, require_admin
+from .forms import GroupForm, UserForm
+from .service import save_user
+
+
+@bp.route("/")
+def index():
+    """The staff and admin start page."""
+    return render_template("admin/index.html")
+
+
+@bp.route("/users", methods=["GET", "POST"])
+def users():
+    """List users and create one."""
+    require_admin()
+    form = UserForm()
+    status = 200
+    if request.method == "POST":
+        if form.validate_on_submit() and not form.password.data:
+            form.password.errors.append(_("A new user needs a password."))
+        elif form.validate_on_submit():
+            if db.session.scalar(select(User).where(User.username == form.username.data)):
+                form.username.errors.append(_("This username is taken."))
+            else:
+                save_user(db.session, current_user, None, username=form.username.data,
+                          display_name=form.display_name.data or "", role=form.role.data,
+                          groups=(form.groups.data or "").split(), password=form.password.data,
+                          active=form.active.data, ip=request.remote_addr or "")
+                db.session.commit()
+                flash(_("User %(name)s created.", name=form.username.data), "info")
+                return redirect(url_for("admin.users"))
+        status = 400
+    q = request.args.get("q", "")[:64]
+    stmt = select(User).order_by(User.username)
+    if q:
+        stmt = stmt.where(User.username.contains(q) | User.display_name.contains(q))
+    listed = db.session.scalars(stmt.limit(500)).all()
+    return render_template("admin/users.html", users=listed, form=form, q=q), status
+
+
+@bp.route("/users/<int:user_id>", methods=["GET", "POST"])
+def edit_user(user_id: int):
+    """Change a user's role, groups, state, or reset the password."""
+    require_admin()
+    user = db.session.get(User, user_id) or abort(404)
+    form = UserForm(obj=user)
+    if request.method == "GET":
+        form.groups.data = " ".join(sorted(user.group_names))
+    if form.validate_on_submit():
+        if user.id == current_user.id and (not form.active.data or form.role.data != "admin"):
+            form.role.errors.append(_("You cannot disable or demote yourself."))
+        else:
+            save_user(db.session, current_user, user, username=user.username,
+                      display_name=form.display_name.data or "", role=form.role.data,
+                      groups=(form.groups.data or "").split(), password=form.password.data,
+                      active=form.active.data, ip=request.remote_addr or "")
+            db.session.commit()
+            flash(_("Saved."), "info")
+            return redirect(url_for("admin.edit_user", user_id=user.id))
+    status = 400 if request.method == "POST" else 200
+    return render_template("admin/user_edit.html", user=user, form=form), status
+
+
+@bp.route("/groups", methods=["GET", "POST"])
+def groups():
+    """List groups with member counts, and create one."""
+    require_admin()
+    form = GroupForm()
+    status = 200
+    if request.method == "POST":
+        if form.validate_on_submit():
+            if db.session.scalar(select(Group).where(Group.name == form.name.data)):
+                form.name.errors.append(_("This group exists already."))
+            else:
+                db.session.add(Group(name=form.name.data,
+                                     description=form.description.data or ""))
+                audit(db.session, "group.created", actor=current_user, target=form.name.data,
+                      client_ip=request.remote_addr or "")
+                db.session.commit()
+                return redirect(url_for("admin.groups"))
+        status = 400
+    rows = db.session.execute(
+        select(Group, func.count(User.id)).outerjoin(Group.members)
+        .group_by(Group.id).order_by(Group.name)
+    ).all()
+    return render_template("admin/groups.html", rows=rows, form=form), status
+
+
+@bp.route("/groups/<int:group_id>/delete", methods=["POST"])
+def delete_group(group_id: int):
+    """Delete a group (its members stay; rules naming it then match nobody)."""
+    require_admin()
+    group = db.session.get(Group, group_id) or abort(404)
+    audit(db.session, "group.deleted", actor=current_user, target=group.name,
+          client_ip=request.remote_addr or "")
+    db.session.delete(group)
+    db.session.commit()
+    return redirect(url_for("admin.groups"))
+
+
+@bp.route("/audit")
+def audit_log():
+    """The audit log, newest first, filterable by action prefix."""
+    require_admin()
+    action = request.args.get("action", "")[:40]
+    raw = request.args.get("page", "1")
+    page = int(raw) if raw.isascii() and raw.isdigit() and len(raw) < 6 else 1
+    stmt = select(AuditEntry).order_by(AuditEntry.id.desc())
+    if action:
+        stmt = stmt.where(AuditEntry.action.startswith(action))
+    entries = db.session.scalars(stmt.limit(100).offset((max(page, 1) - 1) * 100)).all()
+    return render_template("admin/audit.html", entries=entries, action=action, page=page)
