@@ -190,6 +190,24 @@ def mint_link(file_id: int):
                    size=version.size, sha256=version.sha256), 201
 
 
+@bp.route("/api/links/revoke", methods=["POST"])
+@login_required
+def revoke_link():
+    """Withdraw a signed link (JSON {"url": ...}) before it expires: its owner or an admin."""
+    url = str((request.get_json(silent=True) or {}).get("url", ""))
+    token = url.split("/d/", 1)[1].split("/", 1)[0] if "/d/" in url else ""
+    config = current_app.config
+    try:
+        claims = links.verify(config["SECRET_KEY"], config["LINK_TTL_SECONDS"], token)
+    except links.LinkError as exc:
+        return jsonify(error=f"link {exc}"), 400 if str(exc) == "invalid" else 200
+    if claims.user_id != current_user.id and not current_user.is_admin:
+        abort(404)
+    if not links.revoke(claims.nonce, config["LINK_TTL_SECONDS"]):
+        return jsonify(error="the deny-list (Redis) is unavailable; try again later"), 503
+    return jsonify(revoked=True)
+
+
 @bp.route("/d/<token>", methods=["GET", "HEAD"])
 @bp.route("/d/<token>/<path:name>", methods=["GET", "HEAD"])
 def by_link(token: str, name: str | None = None):

@@ -16,3 +16,44 @@ document.addEventListener("click", async (event) => {
   }
   button.dataset.done = "1";
 });
+
+// The file page's download-manager link: minted on demand (POST with the CSRF token), then
+// shown with ready-made aria2c / wget / curl command lines that resume (-c, -C -).
+function shellQuote(text) {
+  return "'" + text.replace(/'/g, "'\\''") + "'";
+}
+
+document.addEventListener("click", async (event) => {
+  const button = event.target.closest("#make-link");
+  if (!button) return;
+  const box = document.getElementById("manager");
+  const error = document.getElementById("link-error");
+  const csrf = document.querySelector('meta[name="csrf-token"]').content;
+  button.disabled = true;
+  try {
+    const response = await fetch(`/api/files/${box.dataset.fileId}/links`, {
+      method: "POST",
+      headers: {"Content-Type": "application/json", "X-CSRFToken": csrf},
+      body: JSON.stringify({version: Number(box.dataset.version)}),
+      credentials: "same-origin",
+    });
+    if (!response.ok) throw new Error(`HTTP ${response.status}`);
+    const link = await response.json();
+    const url = shellQuote(link.url);
+    const name = shellQuote(link.filename);
+    document.getElementById("link-url").value = link.url;
+    document.getElementById("link-expiry").textContent =
+      new Date(link.expires_at).toLocaleString();
+    document.getElementById("cmd-aria2c").textContent =
+      `aria2c -x 8 -s 8 -c -o ${name} ${url}`;
+    document.getElementById("cmd-wget").textContent = `wget -c -O ${name} ${url}`;
+    document.getElementById("cmd-curl").textContent = `curl -fL -C - -o ${name} ${url}`;
+    document.getElementById("link-box").hidden = false;
+    error.hidden = true;
+  } catch (err) {
+    error.textContent = String(err);
+    error.hidden = false;
+  } finally {
+    button.disabled = false;
+  }
+});
