@@ -29,7 +29,7 @@ from ..extensions import db
 from ..models import DownloadEvent, File, FileVersion, User
 from ..storage import StorageError, get_storage
 from . import bp, http, links
-from .body import CountedBody, TrackedFile, can_sendfile, file_range
+from .body import CountedBody, TrackedFile, can_sendfile
 
 log = logging.getLogger(__name__)
 
@@ -125,19 +125,25 @@ def serve_version(file: File, version: FileVersion, *, user_id: int | None,
         return Response(status=decision.status, headers=headers)
 
     record = _event_recorder(version, user_id, via_link, decision.status)
-    if current_app.config["SENDFILE"] == "x-accel" and path is not None:
+    if (current_app.config["SENDFILE"] == "x-accel" and path is not None
+            and _nginx_agrees(decision, request.headers)):
         return _x_accel(version, decision, headers, record)
+
+    # Local files go zero-copy through the server's file_wrapper when it sends exactly
+    # Content-Length bytes (gunicorn); otherwise the backend streams the ranges.
+    def read_range(start: int, stop: int):
+        return storage.read_range(version.storage_key, start, stop)
+
     try:
         if multipart:
-            body = CountedBody(http.iter_multipart(plan, lambda a, b: file_range(path, a, b)),
-                               record)
+            body = CountedBody(http.iter_multipart(plan, read_range), record)
         else:
             start, stop = decision.ranges[0] if decision.status == 206 else (0, rep.size)
-            if can_sendfile(request.environ):
+            if path is not None and can_sendfile(request.environ):
                 tracked = TrackedFile(path, start, stop - start, record)
                 body = request.environ["wsgi.file_wrapper"](tracked, 1024 * 1024)
             else:
-                body = CountedBody(file_range(path, start, stop), record)
+                body = CountedBody(read_range(start, stop), record)
     except (OSError, StorageError):
         log.exception("stored content missing for version %s", version.id)
         abort(503)
@@ -146,17 +152,45 @@ def serve_version(file: File, version: FileVersion, *, user_id: int | None,
 
 
 def _x_accel(version: FileVersion, decision: http.Decision, headers: list, record) -> Response:
-    """Hand the bytes to nginx: the portal has authorised and evaluated the preconditions;
-    nginx answers the Range itself from the internal location (deploy/nginx.conf)."""
+    """Hand the bytes to nginx: the portal has authorised the user and evaluated every
+    precondition (http.evaluate); nginx then sends the file from its internal location and
+    answers the Range itself (deploy/nginx.conf).
+
+    nginx's static handler computes Content-Length, Content-Range and the multipart framing
+    from the file and the client's Range, so those are left out here. It keeps Content-Type,
+    Content-Disposition, Cache-Control and Accept-Ranges from this response and drops the
+    rest; the internal location adds ETag, Last-Modified and the security headers back from
+    ``$upstream_http_*``. Its own validators (an mtime-size ETag, the file's mtime) are
+    switched off there, so clients only ever see the portal's strong content-hash ETag, and
+    nginx's If-Range check compares against that same ETag (or the portal's Last-Modified).
+    Requests nginx would judge differently never get here (see ``_nginx_agrees``).
+    """
     prefix = current_app.config["X_ACCEL_PREFIX"].rstrip("/")
     key = version.storage_key
-    kept = [(k, v) for k, v in headers
-            if k not in ("Content-Length", "Content-Range", "Content-Type")]
+    kept = [(k, v) for k, v in headers if k.lower() not in _NGINX_OWNS]
     kept += [("Content-Type", version.mime_type),
-             ("X-Accel-Redirect", f"{prefix}/{key[:2]}/{key[2:4]}/{key}"),
-             ("X-Accel-Buffering", "no")]
+             ("X-Accel-Redirect", f"{prefix}/{key[:2]}/{key[2:4]}/{key}")]
     record(-1)  # nginx reports the bytes it sent through its access log
-    return Response(b"", status=200, headers=kept)
+    return Response(status=200, headers=kept)
+
+
+#: Fields nginx derives from the file and the client's Range (and Accept-Ranges, which its
+#: range filter adds itself): sending the portal's would duplicate or contradict them.
+_NGINX_OWNS = frozenset({"content-length", "content-range", "content-type", "accept-ranges"})
+
+
+def _nginx_agrees(decision: http.Decision, headers) -> bool:
+    """True when nginx, given this request, would send what the portal decided.
+
+    nginx evaluates the request's conditionals again against the file it serves, where
+    If-Match and If-Unmodified-Since can only fail (its own validators are off or are the
+    file's mtime); and it parses Range with its own policy, which may answer 206 where the
+    portal chose 200 (an invalid, abusive or If-Range-mismatched Range). Those rare requests
+    are answered by the portal itself (gunicorn sends the bytes, nginx only proxies them).
+    """
+    if "If-Match" in headers or "If-Unmodified-Since" in headers:
+        return False
+    return not (decision.status == 200 and "Range" in headers)
 
 
 @bp.route("/files/<int:file_id>/download", methods=["GET", "HEAD"])

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import re
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import BinaryIO, Protocol
 
@@ -57,6 +58,9 @@ class Storage(Protocol):
 
     def open(self, key: str) -> BinaryIO:
         """A binary file object, seekable, positioned at 0."""
+
+    def read_range(self, key: str, start: int, stop: int) -> Iterator[bytes]:
+        """The bytes [start, stop) in chunks, reading nothing outside them."""
 
     def local_path(self, key: str) -> str | None:
         """A file-system path for zero-copy serving, or None for remote backends."""

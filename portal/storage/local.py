@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
@@ -66,6 +67,14 @@ class LocalStorage:
         except OSError as exc:
             raise StorageError(f"cannot open stored object: {exc.strerror}") from exc
 
+    def read_range(self, key: str, start: int, stop: int) -> Iterator[bytes]:
+        """The bytes [start, stop) of the content, in chunks."""
+        try:
+            fh = open(self._path(key), "rb")  # noqa: SIM115 (the generator closes it)
+        except OSError as exc:
+            raise StorageError(f"cannot open stored object: {exc.strerror}") from exc
+        return _read_slice(fh, start, stop)
+
     def local_path(self, key: str) -> str:
         """The path of the content, for sendfile and X-Accel-Redirect."""
         return str(self._path(key))
@@ -99,6 +108,18 @@ class LocalStorage:
             probe.unlink()
         except OSError as exc:
             raise StorageError(f"storage is not writable: {exc.strerror}") from exc
+
+
+def _read_slice(fh: BinaryIO, start: int, stop: int) -> Iterator[bytes]:
+    with fh:
+        fh.seek(start)
+        remaining = stop - start
+        while remaining > 0:
+            chunk = fh.read(min(CHUNK, remaining))
+            if not chunk:
+                return
+            remaining -= len(chunk)
+            yield chunk
 
 
 def _fsync_dir(path: Path) -> None:
