@@ -24,4 +24,4 @@ def require_admin() -> None:
         abort(404)
 
 
-from . import views  # noqa: E402,F401
+from . import files, views  # noqa: E402,F401

@@ -1,0 +1,113 @@
+"""Staff and admin file management: edit, soft delete, restore (admins)."""
+
+from __future__ import annotations
+
+from flask import abort, flash, redirect, render_template, request, url_for
+from flask_babel import gettext as _
+from flask_babel import lazy_gettext as _l
+from flask_login import current_user
+from flask_wtf import FlaskForm
+from sqlalchemy import select
+from wtforms import StringField, TextAreaField
+from wtforms.validators import DataRequired, Length, Optional
+
+from ..access import normalize_access
+from ..audit import audit
+from ..extensions import db
+from ..models import File, User, utcnow
+from . import bp
+
+
+class FileForm(FlaskForm):
+    """What staff may change about a file; versions come through uploads."""
+
+    title = StringField(_l("Title"), validators=[DataRequired(), Length(max=255)])
+    category = StringField(_l("Category"), validators=[Optional(), Length(max=64)])
+    description = TextAreaField(_l("Description"), validators=[Optional(), Length(max=5000)])
+    access = StringField(_l("Access"), validators=[DataRequired(), Length(max=300)])
+
+
+def manageable(user: User, file: File) -> bool:
+    """Admins manage every file; staff the files they own."""
+    return user.is_admin or (file.owner_id is not None and file.owner_id == user.id)
+
+
+def managed_file(file_id: int) -> File:
+    """The file if the current user may manage it, else 404."""
+    file = db.session.get(File, file_id)
+    if file is None or not manageable(current_user, file):
+        abort(404)
+    if file.deleted_at is not None and not current_user.is_admin:
+        abort(404)
+    return file
+
+
+@bp.route("/files")
+def files():
+    """Files the current user manages (admins: all, deleted ones too, to restore)."""
+    stmt = select(File).order_by(File.updated_at.desc())
+    if not current_user.is_admin:
+        stmt = stmt.where(File.owner_id == current_user.id, File.deleted_at.is_(None))
+    return render_template("admin/files.html", files=db.session.scalars(stmt.limit(500)).all())
+
+
+@bp.route("/files/<int:file_id>", methods=["GET", "POST"])
+def edit_file(file_id: int):
+    """Edit title, category, description and access rule; changes of access are audited."""
+    file = managed_file(file_id)
+    form = FileForm(obj=file)
+    if form.validate_on_submit():
+        try:
+            access = normalize_access(form.access.data)
+        except ValueError as exc:
+            form.access.errors.append(str(exc))
+        else:
+            clash = db.session.scalar(select(File).where(
+                File.title == form.title.data, File.category == (form.category.data or ""),
+                File.id != file.id))
+            if clash is not None:
+                form.title.errors.append(_("Another file in this category has this title."))
+            else:
+                ip = request.remote_addr or ""
+                if access != file.access:
+                    audit(db.session, "file.access_changed", actor=current_user,
+                          target=f"{file.id} {file.title}", detail=f"{file.access} -> {access}",
+                          client_ip=ip)
+                file.title = form.title.data
+                file.category = form.category.data or ""
+                file.description = form.description.data or ""
+                file.access = access
+                file.updated_at = utcnow()
+                db.session.commit()
+                flash(_("Saved."), "info")
+                return redirect(url_for("admin.edit_file", file_id=file.id))
+    status = 400 if request.method == "POST" else 200
+    return render_template("admin/file_edit.html", file=file, form=form), status
+
+
+@bp.route("/files/<int:file_id>/delete", methods=["POST"])
+def delete_file(file_id: int):
+    """Soft delete: the file disappears for everyone; admins can restore it."""
+    file = managed_file(file_id)
+    if file.deleted_at is None:
+        file.deleted_at = utcnow()
+        audit(db.session, "file.deleted", actor=current_user, target=f"{file.id} {file.title}",
+              client_ip=request.remote_addr or "")
+        db.session.commit()
+    flash(_("Deleted. An administrator can restore it."), "info")
+    return redirect(url_for("admin.files"))
+
+
+@bp.route("/files/<int:file_id>/restore", methods=["POST"])
+def restore_file(file_id: int):
+    """Undo a soft delete (admins)."""
+    if not current_user.is_admin:
+        abort(404)
+    file = managed_file(file_id)
+    if file.deleted_at is not None:
+        file.deleted_at = None
+        audit(db.session, "file.restored", actor=current_user, target=f"{file.id} {file.title}",
+              client_ip=request.remote_addr or "")
+        db.session.commit()
+    flash(_("Restored."), "info")
+    return redirect(url_for("admin.files"))
