@@ -1,0 +1,145 @@
+"""PORTAL_SENDFILE=x-accel behind a real nginx configured from deploy/nginx.conf.
+
+The portal authorises and evaluates the preconditions, nginx sends the bytes and answers
+Range itself; clients must not be able to tell the difference from direct mode (except for
+the multipart boundary, which nginx chooses), and the storage must stay unreachable from
+outside.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+from types import SimpleNamespace
+
+import pytest
+from servers import Gunicorn, Nginx, parse_byteranges, request, require_tool, write_random
+
+pytestmark = pytest.mark.slow
+
+NAME = "课程表 2024秋季.pdf"
+SIZE = 3 * (1 << 20) + 12345
+#: What must be identical whichever way the bytes travel.
+SAME = ("ETag", "Last-Modified", "Content-Disposition", "Content-Type", "Content-Length",
+        "Content-Range", "Accept-Ranges", "Cache-Control", "X-Content-Type-Options",
+        "Repr-Digest", "Vary")
+
+
+@pytest.fixture(scope="module")
+def site(portal_instance, tmp_path_factory):
+    """The same instance served twice: gunicorn direct, and nginx -> gunicorn x-accel."""
+    require_tool("nginx")
+    src = tmp_path_factory.mktemp("src")
+    data = write_random(src / NAME, SIZE)
+    public_id = portal_instance.add_file(src / NAME, category="教务", access="public")
+    secret = write_random(src / "成绩单.pdf", 200_000)  # alice's transcript
+    secret_id = portal_instance.add_file(src / "成绩单.pdf", category="成绩",
+                                         access="user:alice")
+    direct = Gunicorn(portal_instance, workers=1)
+    backend = Gunicorn(portal_instance, workers=1, sendfile="x-accel")
+    with contextlib.ExitStack() as running:  # everything started is stopped, also on failure
+        for server in (direct, backend):  # side by side: each takes seconds to boot
+            running.callback(server.stop)
+            server.launch()
+        direct.wait_ready()
+        backend.wait_ready()
+        nginx = running.enter_context(Nginx(tmp_path_factory.mktemp("nginx"), backend))
+        yield SimpleNamespace(
+            data=data, path=f"/files/{public_id}/download", direct=direct.base_url,
+            nginx=nginx.base_url, backend=backend.base_url, secret=secret,
+            secret_id=secret_id, etag=f'"{hashlib.sha256(data).hexdigest()}"')
+
+
+def both(site, method: str, headers: dict | None = None):
+    """The same request through direct gunicorn and through nginx."""
+    return (request(site.direct, method, site.path, headers),
+            request(site.nginx, method, site.path, headers))
+
+
+def assert_same_headers(direct_headers, nginx_headers) -> None:
+    for name in SAME:
+        assert nginx_headers.get_all(name) == direct_headers.get_all(name), name
+
+
+def test_nginx_sends_what_the_portal_decided(site):
+    # The backend really hands off: an empty body and the internal redirect.
+    status, headers, body = request(site.backend, "GET", site.path)
+    assert status == 200 and body == b""
+    assert headers["X-Accel-Redirect"].startswith("/_protected/")
+    assert headers["ETag"] == site.etag
+
+    (d_status, d_headers, d_body), (status, headers, body) = both(site, "GET")
+    assert (d_status, status) == (200, 200)
+    assert body == d_body == site.data
+    assert headers["Server"] == "nginx" and "X-Accel-Redirect" not in headers
+    assert_same_headers(d_headers, headers)
+    assert headers["ETag"] == site.etag
+
+    (d_status, d_headers, d_body), (status, headers, body) = both(site, "HEAD")
+    assert (d_status, status, d_body, body) == (200, 200, b"", b"")
+    assert_same_headers(d_headers, headers)
+
+
+def test_single_range_and_if_range(site):
+    (_, d_headers, d_body), (status, headers, body) = both(site, "GET",
+                                                          {"Range": "bytes=1000-200999"})
+    assert status == 206 and body == d_body == site.data[1000:201000]
+    assert_same_headers(d_headers, headers)
+    assert headers["Content-Range"] == f"bytes 1000-200999/{SIZE}"
+
+    # nginx checks If-Range against the portal's validators, not its own mtime-size ETag.
+    last_modified = headers["Last-Modified"]
+    for validator in (site.etag, last_modified):
+        status, headers, body = request(site.nginx, "GET", site.path,
+                                        {"Range": "bytes=-100", "If-Range": validator})
+        assert (status, body) == (206, site.data[-100:]), validator
+    status, headers, body = request(site.nginx, "GET", site.path,
+                                    {"Range": "bytes=-100", "If-Range": '"an-older-version"'})
+    assert (status, body) == (200, site.data)
+    # If-Match is judged by the portal, which then sends the bytes itself through nginx.
+    status, headers, body = request(site.nginx, "GET", site.path,
+                                    {"Range": "bytes=10-19", "If-Match": site.etag})
+    assert (status, body) == (206, site.data[10:20])
+    status, _, _ = request(site.nginx, "GET", site.path, {"If-Match": '"other"'})
+    assert status == 412
+
+
+def test_multi_range_through_nginx(site):
+    wanted = [(0, 10), (4096, 70000), (SIZE - 500, SIZE)]
+    spec = ",".join(f"{a}-{b - 1}" for a, b in wanted)
+    status, headers, body = request(site.nginx, "GET", site.path, {"Range": f"bytes={spec}"})
+    assert status == 206
+    assert int(headers["Content-Length"]) == len(body)
+    assert headers["ETag"] == site.etag
+    parts = parse_byteranges(body, headers["Content-Type"])
+    assert [p[0]["content-range"] for p in parts] == [
+        f"bytes {a}-{b - 1}/{SIZE}" for a, b in wanted]
+    assert all(p[0]["content-type"] == "application/pdf" for p in parts)
+    assert [p[1] for p in parts] == [site.data[a:b] for a, b in wanted]
+
+
+def test_conditional_requests_answered_by_the_portal(site):
+    for headers in ({"If-None-Match": site.etag}, {"If-None-Match": f"W/{site.etag}"}):
+        (d_status, d_headers, _), (status, n_headers, body) = both(site, "GET", headers)
+        assert (d_status, status, body) == (304, 304, b"")
+        assert n_headers["ETag"] == d_headers["ETag"] == site.etag
+    _, headers, _ = request(site.nginx, "GET", site.path)
+    status, _, body = request(site.nginx, "GET", site.path,
+                              {"If-Modified-Since": headers["Last-Modified"]})
+    assert (status, body) == (304, b"")
+    # An older copy is modified: the full body, not nginx's idea of the file's mtime.
+    status, _, body = request(site.nginx, "GET", site.path,
+                              {"If-Modified-Since": "Mon, 01 Jan 2001 00:00:00 GMT"})
+    assert (status, body) == (200, site.data)
+
+
+def test_storage_is_not_reachable_from_outside(site):
+    key = hashlib.sha256(site.secret).hexdigest()
+    for path in (f"/_protected/{key[:2]}/{key[2:4]}/{key}", f"/_protected/{key[:2]}/",
+                 "/_protected/", f"/_protected/../objects/{key[:2]}/{key[2:4]}/{key}"):
+        status, _, body = request(site.nginx, "GET", path)
+        assert status == 404, path
+        assert site.secret not in body
+    # Nor through the portal without being alice.
+    status, _, body = request(site.nginx, "GET", f"/files/{site.secret_id}/download")
+    assert status in (302, 404) and site.secret not in body

@@ -1,0 +1,494 @@
+"""Real servers for the functional tests: a portal instance on disk, gunicorn, nginx.
+
+Everything here runs the portal the way production does -- ``flask --app wsgi`` commands in a
+subprocess, ``gunicorn -c gunicorn.conf.py wsgi:app`` with its gevent workers and the zero-copy
+sendfile patch, nginx in front for ``PORTAL_SENDFILE=x-accel`` -- so that the real clients
+(curl, wget, aria2c) talk to real sockets. Every process started here is stopped again, also
+when a test fails.
+
+The fixtures ``portal_instance`` and ``portal_server`` are module scoped: one instance and one
+gunicorn per test module. tests/functional/conftest.py re-exports them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import http.client
+import http.cookiejar
+import json
+import os
+import shutil
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+import urllib.parse
+import urllib.request
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent  # the venv running pytest: its flask and gunicorn
+PASSWORD = "functional-pass-1"
+
+
+# ---------------------------------------------------------------------------
+# Small helpers
+# ---------------------------------------------------------------------------
+
+
+def require_tool(name: str) -> str:
+    """The path of a real client or server; CI must have it, elsewhere the test is skipped."""
+    path = shutil.which(name) or shutil.which(name, path="/usr/sbin:/usr/local/sbin:/sbin")
+    if path:
+        return path
+    message = f"{name} is not installed (apt-get install {name}); the real-client tests need it"
+    if os.environ.get("CI"):
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+def free_port() -> int:
+    """An unused TCP port on loopback."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def sha256_file(path: Path) -> str:
+    """Hex SHA-256 of a file."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def write_random(path: Path, size: int) -> bytes:
+    """Write ``size`` random bytes to ``path`` (creating its folder) and return them."""
+    data = os.urandom(size)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    return data
+
+
+def wait_for(predicate: Callable[[], object], timeout: float, what: str,
+             interval: float = 0.05) -> object:
+    """Poll until ``predicate()`` is truthy and return its value; fail after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+
+
+def stop_process(proc: subprocess.Popen, sig: int = signal.SIGTERM, timeout: float = 10) -> None:
+    """Signal a process we started, wait for it, and kill it if it does not go."""
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            proc.send_signal(sig)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout)
+    for stream in (proc.stdin, proc.stdout, proc.stderr):
+        if stream is not None:
+            stream.close()
+
+
+def tail(path: Path, lines: int = 40) -> str:
+    """The end of a log file, for failure messages."""
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+# ---------------------------------------------------------------------------
+# A portal instance on disk
+# ---------------------------------------------------------------------------
+
+
+@dataclass
+class Instance:
+    """A portal set up in a temporary folder: SQLite database, file:// storage, Redis."""
+
+    root: Path
+    env: dict[str, str]
+    db_path: Path
+    storage: Path
+
+    def flask(self, *args: str, **extra_env: str) -> str:
+        """Run ``flask --app wsgi ARGS`` in the project; return stdout, fail on exit != 0."""
+        flask = BIN / "flask"
+        cmd = [str(flask)] if flask.exists() else [sys.executable, "-m", "flask"]
+        result = subprocess.run([*cmd, "--app", "wsgi", *args], cwd=ROOT,
+                                env={**self.env, **extra_env}, capture_output=True,
+                                text=True, timeout=120, check=False)
+        if result.returncode != 0:
+            pytest.fail(f"flask {' '.join(args)} exited {result.returncode}:\n"
+                        f"{result.stdout}\n{result.stderr}")
+        return result.stdout
+
+    def create_user(self, name: str, role: str = "student", password: str = PASSWORD) -> None:
+        """``flask user create``."""
+        self.flask("user", "create", name, "--password", password, "--role", role)
+
+    def add_file(self, path: Path, *, title: str | None = None, category: str = "",
+                 access: str = "public") -> int:
+        """``flask file add``: the file's id (a known title and category add a version)."""
+        args = ["file", "add", str(path), "--category", category, "--access", access]
+        if title is not None:
+            args += ["--title", title]
+        out = self.flask(*args)
+        return int(out.strip().splitlines()[-1].split("\t")[0])
+
+    def events(self, **where: object) -> list[dict]:
+        """DownloadEvent rows (optionally filtered by column equality), oldest first."""
+        sql = "SELECT * FROM download_events"
+        if where:
+            sql += " WHERE " + " AND ".join(f"{column} = ?" for column in where)
+        with contextlib.closing(sqlite3.connect(self.db_path, timeout=10)) as conn:
+            conn.row_factory = sqlite3.Row
+            rows = conn.execute(sql + " ORDER BY id", tuple(where.values())).fetchall()
+        return [dict(row) for row in rows]
+
+    def wait_events(self, count: int = 1, timeout: float = 15, settle: float = 0.6,
+                    **where: object) -> list[dict]:
+        """Wait until at least ``count`` matching events are recorded and no more arrive for
+        ``settle`` seconds. Events are written when the server closes the response body, a
+        moment after the client goes away, and reach SQL in batches (portal/analytics)."""
+        wait_for(lambda: len(self.events(**where)) >= count, timeout,
+                 f"{count} download event(s) with {where}")
+        rows = self.events(**where)
+        while True:
+            time.sleep(settle)
+            again = self.events(**where)
+            if len(again) == len(rows):
+                return again
+            rows = again
+
+
+def make_instance(root: Path, redis_url: str, **env: str) -> Instance:
+    """Create the folders, the environment and the schema (``flask db upgrade``)."""
+    root.mkdir(parents=True, exist_ok=True)
+    db_path = root / "portal.db"
+    storage = root / "storage"
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("PORTAL_", "GUNICORN_"))}
+    base.update({
+        "PORTAL_INSTANCE_PATH": str(root / "instance"),
+        "PORTAL_DATABASE_URL": f"sqlite:///{db_path}",
+        "PORTAL_STORAGE_URL": storage.as_uri(),
+        "PORTAL_REDIS_URL": redis_url,
+        "PORTAL_SECRET_KEY": "functional-test-secret",
+        # Download events reach SQL through a Redis buffer: flush it often for the tests.
+        "PORTAL_ANALYTICS_FLUSH_SECONDS": "0.2",
+        "PYTHONUNBUFFERED": "1",
+        "PORTAL_PASSWORD_HASH_METHOD": "scrypt:1024:8:1",  # cheaper KDF for tests
+        **env,
+    })
+    instance = Instance(root=root, env=base, db_path=db_path, storage=storage)
+    instance.flask("db", "upgrade")
+    return instance
+
+
+# ---------------------------------------------------------------------------
+# gunicorn
+# ---------------------------------------------------------------------------
+
+
+@dataclass
+class Gunicorn:
+    """A real ``gunicorn -c gunicorn.conf.py wsgi:app`` on a free loopback port."""
+
+    instance: Instance
+    workers: int = 2
+    sendfile: str = "direct"
+    port: int = field(default_factory=free_port)
+    proc: subprocess.Popen | None = None
+
+    @property
+    def base_url(self) -> str:
+        """http://127.0.0.1:PORT"""
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def log(self) -> Path:
+        """gunicorn's error and access log (stdout and stderr)."""
+        return self.instance.root / f"gunicorn-{self.port}.log"
+
+    def start(self) -> Gunicorn:
+        """Start and wait until /healthz answers 200."""
+        return self.launch().wait_ready()
+
+    def launch(self) -> Gunicorn:
+        """Start the process without waiting (to start several servers side by side)."""
+        exe = BIN / "gunicorn"
+        cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "gunicorn"]
+        env = {**self.instance.env, "PORTAL_SENDFILE": self.sendfile,
+               "PORTAL_GUNICORN_WORKERS": str(self.workers)}
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen(
+                [*cmd, "-c", "gunicorn.conf.py", "--bind", f"127.0.0.1:{self.port}", "wsgi:app"],
+                cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=log)
+        return self
+
+    def wait_ready(self) -> Gunicorn:
+        """Wait until /healthz answers 200; stop the process if it never does."""
+        try:
+            wait_for(self._healthy, 30, f"gunicorn on {self.base_url}/healthz", interval=0.1)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _healthy(self) -> bool:
+        if self.proc.poll() is not None:
+            pytest.fail(f"gunicorn exited with {self.proc.returncode}:\n{tail(self.log)}")
+        try:
+            status, _, _ = request(self.base_url, "GET", "/healthz", timeout=2)
+        except OSError:
+            return False
+        return status == 200
+
+    def stop(self) -> None:
+        """Quick shutdown (SIGINT: slow clients are not waited for)."""
+        if self.proc is not None:
+            stop_process(self.proc, signal.SIGINT, timeout=15)
+
+    def __enter__(self) -> Gunicorn:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+# ---------------------------------------------------------------------------
+# nginx
+# ---------------------------------------------------------------------------
+
+NGINX_CONF = ROOT / "deploy" / "nginx.conf"
+
+# The literal production values in deploy/nginx.conf and what a test puts in their place.
+# Each must occur in the file, so a config edit that breaks this rendering fails loudly.
+_NGINX_PLACEHOLDERS = (
+    "user www-data;",
+    "pid /run/nginx.pid;",
+    "/var/log/nginx/",
+    "server 127.0.0.1:8000",
+    "listen 80;",
+    "/srv/portal/storage/objects/",
+    "http {",
+)
+
+
+def render_nginx_conf(workdir: Path, *, port: int, upstream_port: int, storage: Path) -> str:
+    """deploy/nginx.conf with ports and paths pointing into ``workdir`` (run as root in CI,
+    hence ``user root`` so the workers can read the test's private temp folders)."""
+    text = NGINX_CONF.read_text()
+    for literal in _NGINX_PLACEHOLDERS:
+        assert literal in text, f"deploy/nginx.conf no longer contains {literal!r}"
+    temp = workdir / "temp"
+    temps = "".join(f"    {kind}_temp_path {temp / kind};\n"
+                    for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
+    user = "user root;" if os.geteuid() == 0 else ""
+    return (text.replace("user www-data;", user)
+            .replace("pid /run/nginx.pid;", f"pid {workdir / 'nginx.pid'};")
+            .replace("/var/log/nginx/", f"{workdir / 'logs'}/")
+            .replace("server 127.0.0.1:8000", f"server 127.0.0.1:{upstream_port}")
+            .replace("listen 80;", f"listen 127.0.0.1:{port};")
+            .replace("/srv/portal/storage/objects/", f"{storage / 'objects'}/")
+            .replace("http {", "http {\n" + temps, 1))
+
+
+@dataclass
+class Nginx:
+    """A real nginx (foreground, its own prefix) in front of a gunicorn."""
+
+    workdir: Path
+    upstream: Gunicorn
+    port: int = field(default_factory=free_port)
+    proc: subprocess.Popen | None = None
+
+    @property
+    def base_url(self) -> str:
+        """http://127.0.0.1:PORT"""
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> Nginx:
+        """Render the config, check it with ``nginx -t``, start, wait for /healthz."""
+        exe = require_tool("nginx")
+        for sub in ("logs", "temp"):
+            (self.workdir / sub).mkdir(parents=True, exist_ok=True)
+        conf = self.workdir / "nginx.conf"
+        conf.write_text(render_nginx_conf(self.workdir, port=self.port,
+                                          upstream_port=self.upstream.port,
+                                          storage=self.upstream.instance.storage))
+        base = [exe, "-p", str(self.workdir), "-c", str(conf),
+                "-e", str(self.workdir / "logs" / "startup.log")]
+        check = subprocess.run([*base, "-t"], capture_output=True, text=True, check=False)
+        if check.returncode != 0:
+            pytest.fail(f"nginx -t rejected the rendered config:\n{check.stderr}")
+        self.proc = subprocess.Popen([*base, "-g", "daemon off;"], stdin=subprocess.DEVNULL,
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            wait_for(self._healthy, 15, f"nginx on {self.base_url}", interval=0.05)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _healthy(self) -> bool:
+        if self.proc.poll() is not None:
+            pytest.fail(f"nginx exited with {self.proc.returncode}:\n"
+                        f"{tail(self.workdir / 'logs' / 'error.log')}")
+        try:
+            status, _, _ = request(self.base_url, "GET", "/healthz", timeout=2)
+        except OSError:
+            return False
+        return status == 200
+
+    def stop(self) -> None:
+        """Fast shutdown (SIGTERM to the master)."""
+        if self.proc is not None:
+            stop_process(self.proc, signal.SIGTERM)
+
+    def __enter__(self) -> Nginx:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+# ---------------------------------------------------------------------------
+# HTTP without a client library
+# ---------------------------------------------------------------------------
+
+
+def request(base_url: str, method: str, path: str, headers: dict | None = None,
+            timeout: float = 30) -> tuple[int, http.client.HTTPMessage, bytes]:
+    """One request on a fresh connection: (status, headers, body)."""
+    parts = urllib.parse.urlsplit(base_url)
+    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=timeout)
+    try:
+        conn.request(method, path, headers=headers or {})
+        response = conn.getresponse()
+        body = response.read()
+        return response.status, response.headers, body
+    finally:
+        conn.close()
+
+
+def raw_request(base_url: str, head: str, timeout: float = 10) -> bytes:
+    """Send a hand-written request (``Connection: close`` is added) and return every byte the
+    server sends until it closes: shows exactly what is on the wire (e.g. for HEAD)."""
+    parts = urllib.parse.urlsplit(base_url)
+    with socket.create_connection((parts.hostname, parts.port), timeout=timeout) as sock:
+        sock.sendall((head.rstrip("\r\n") + "\r\nConnection: close\r\n\r\n").encode("latin-1"))
+        data = bytearray()
+        while chunk := sock.recv(1 << 16):
+            data += chunk
+    return bytes(data)
+
+
+def parse_byteranges(body: bytes, content_type: str) -> list[tuple[dict[str, str], bytes]]:
+    """Split a multipart/byteranges body (RFC 9110 §14.6, RFC 2046 §5.1.1) strictly:
+    [(part headers lower-cased, part bytes)]. Any framing error raises AssertionError."""
+    kind, _, params = content_type.partition(";")
+    assert kind.strip().lower() == "multipart/byteranges", content_type
+    boundary = dict(p.strip().split("=", 1) for p in params.split(";") if "=" in p)["boundary"]
+    delimiter = b"--" + boundary.strip('"').encode("ascii")
+    if body.startswith(delimiter):
+        rest = body[len(delimiter):]
+    else:  # a preamble (nginx sends an empty line) ends with CRLF before the first delimiter
+        start = body.index(b"\r\n" + delimiter)
+        rest = body[start + 2 + len(delimiter):]
+    parts = []
+    while not rest.startswith(b"--"):
+        assert rest.startswith(b"\r\n"), rest[:40]
+        rest = rest[2:]
+        end = rest.index(b"\r\n" + delimiter)
+        part, rest = rest[:end], rest[end + 2 + len(delimiter):]
+        head, separator, data = part.partition(b"\r\n\r\n")
+        assert separator, part[:200]
+        headers = {}
+        for line in head.decode("ascii").split("\r\n"):
+            name, _, value = line.partition(":")
+            headers[name.strip().lower()] = value.strip()
+        parts.append((headers, data))
+    assert rest in (b"--", b"--\r\n"), rest[:40]
+    return parts
+
+
+class Browser:
+    """A signed-in user with a cookie jar (urllib), as a browser would be."""
+
+    def __init__(self, base_url: str) -> None:
+        self.base_url = base_url
+        self.jar = http.cookiejar.CookieJar()
+        self.opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(self.jar))
+        self.csrf = ""
+
+    def _open(self, path: str, data: bytes | None = None, headers: dict | None = None,
+              method: str | None = None) -> tuple[int, bytes]:
+        req = urllib.request.Request(self.base_url + path, data=data, headers=headers or {},
+                                     method=method)
+        with self.opener.open(req, timeout=30) as response:
+            return response.status, response.read()
+
+    def page_csrf(self, path: str) -> str:
+        """The token in the page's ``<meta name="csrf-token">``."""
+        _, body = self._open(path)
+        html = body.decode()
+        marker = '<meta name="csrf-token" content="'
+        start = html.index(marker) + len(marker)
+        return html[start:html.index('"', start)]
+
+    def login(self, username: str, password: str = PASSWORD) -> Browser:
+        """GET /login for the token, POST the form; the session cookie lands in the jar."""
+        token = self.page_csrf("/login")
+        form = urllib.parse.urlencode({"username": username, "password": password,
+                                       "csrf_token": token}).encode()
+        self._open("/login", data=form)  # the redirect is followed to a page
+        assert any(cookie.name == "session" for cookie in self.jar), "no session cookie"
+        self.csrf = self.page_csrf("/")
+        return self
+
+    def mint_link(self, file_id: int, **payload: object) -> dict:
+        """POST /api/files/<id>/links with X-CSRFToken: {url, expires_at, ...}."""
+        status, body = self._open(f"/api/files/{file_id}/links", data=json.dumps(payload).encode(),
+                                  headers={"X-CSRFToken": self.csrf,
+                                           "Content-Type": "application/json"},
+                                  method="POST")
+        assert status == 201, body[:300]
+        return json.loads(body)
+
+
+# ---------------------------------------------------------------------------
+# Fixtures (re-exported by tests/functional/conftest.py)
+# ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def portal_instance(tmp_path_factory, redis_url) -> Instance:
+    """A fresh portal instance for one test module, with user ``alice`` (student)."""
+    instance = make_instance(tmp_path_factory.mktemp("portal"), redis_url)
+    instance.create_user("alice")
+    return instance
+
+
+@pytest.fixture(scope="module")
+def portal_server(portal_instance) -> Iterator[Gunicorn]:
+    """gunicorn serving ``portal_instance`` directly (PORTAL_SENDFILE=direct), 2 workers."""
+    with Gunicorn(portal_instance) as server:
+        yield server
