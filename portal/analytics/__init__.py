@@ -1,0 +1,45 @@
+"""Download analytics: honest counting (logical downloads), rollups, pages and a JSON API.
+
+recorder.py buffers events in Redis and flushes them; logical.py holds the pure counting
+rules; materialise.py writes events, logical downloads and rollups; queries.py answers
+the pages and the API with plain dicts; views.py is the thin HTTP layer; simulate.py makes
+synthetic load. docs/analytics.md explains the rules.
+"""
+
+from __future__ import annotations
+
+from flask import Flask
+
+#: ANALYTICS_* settings (PORTAL_ANALYTICS_* in the environment) and their defaults.
+DEFAULTS = {
+    "ANALYTICS_IDLE_MINUTES": 30,  # a pause longer than this starts a new logical download
+    "ANALYTICS_PROBE_MAX_BYTES": 2,  # ranged requests for at most this many bytes are probes
+    "ANALYTICS_MIN_BYTES": 1,  # delivered bytes that make a download count
+    "ANALYTICS_COMPLETE_RATIO": 0.99,  # coverage that makes a download "completed"
+    "ANALYTICS_FLUSH_SECONDS": 2.0,  # the background flusher's period
+    "ANALYTICS_FLUSH_BATCH": 1000,  # stream length that wakes it early; rows per SQL batch
+    "ANALYTICS_BACKGROUND_FLUSH": None,  # None: on, except under TESTING
+    "ANALYTICS_HEARTBEAT_SECONDS": 15,  # a worker silent this long is dead: orphans
+    "ANALYTICS_ORPHAN_SECONDS": 24 * 3600,  # an open response older than this is an orphan
+    "ANALYTICS_RETENTION_DAYS": 90,  # raw download events
+    "ANALYTICS_LOGICAL_RETENTION_DAYS": 730,  # logical downloads
+    "ANALYTICS_HOURLY_RETENTION_DAYS": 400,  # hourly rollups (daily ones are kept)
+    "ANALYTICS_TIMEZONE": "Asia/Shanghai",  # local days, weekdays and hours of the pages
+    "ANALYTICS_FORECAST_WEEKS": 4,  # seasonal average over this many past weeks
+}
+
+
+def init_app(app: Flask) -> None:
+    """Settings, the recorder, the page and API blueprints, the ``analytics`` commands."""
+    from . import models  # noqa: F401  (the tables belong to db.metadata)
+    from .cli import analytics_cli
+    from .recorder import Recorder
+    from .views import also_downloaded, api_bp, pages_bp
+
+    for key, value in DEFAULTS.items():
+        app.config.setdefault(key, value)
+    app.extensions["portal_analytics"] = Recorder(app)
+    app.register_blueprint(pages_bp)
+    app.register_blueprint(api_bp)
+    app.cli.add_command(analytics_cli)
+    app.add_template_global(also_downloaded, "also_downloaded")

@@ -1,0 +1,297 @@
+"""Write download events and keep logical downloads and rollups up to date, in SQL.
+
+``store`` is the one write path: the flusher, the direct write when Redis is down, and
+the simulator all go through it (the simulator through ``rollup_deltas`` and bulk
+inserts). It is idempotent: an event whose ``event_key`` is already stored is skipped
+(INSERT ... ON CONFLICT DO NOTHING ... RETURNING), so only newly written events move the
+logical downloads and the counters, and the same batch can be flushed twice safely.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from zoneinfo import ZoneInfo
+
+from sqlalchemy import Connection, bindparam, delete, func, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+
+from ..models import DownloadEvent, Group, user_groups
+from . import clients, logical
+from .models import ALL_FILES, ALL_USERS, LogicalDownload, Rollup, UserDay
+
+COUNTERS = ("requests", "bytes_served", "cache_hits", "downloads", "completed")
+EVENT_COLUMNS = ("event_key", "file_id", "version_id", "user_id", "via_link", "method",
+                 "status", "range_header", "served_ranges", "size", "bytes_sent", "client_ip",
+                 "user_agent", "ua_class", "referrer", "served_from", "link_id", "started_at",
+                 "ended_at")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The counting rules and the local time zone of the day buckets."""
+
+    rules: logical.Rules
+    tz: ZoneInfo
+
+    @classmethod
+    def from_config(cls, config) -> Settings:
+        """From the ANALYTICS_* settings."""
+        return cls(
+            rules=logical.Rules(
+                idle=timedelta(minutes=float(config["ANALYTICS_IDLE_MINUTES"])),
+                probe_max_bytes=int(config["ANALYTICS_PROBE_MAX_BYTES"]),
+                min_bytes=int(config["ANALYTICS_MIN_BYTES"]),
+                complete_ratio=float(config["ANALYTICS_COMPLETE_RATIO"])),
+            tz=ZoneInfo(config["ANALYTICS_TIMEZONE"]))
+
+
+def hour_bucket(moment: datetime) -> datetime:
+    """The UTC hour a moment falls in."""
+    return moment.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
+
+
+def day_bucket(moment: datetime, tz: ZoneInfo) -> datetime:
+    """Local midnight of the moment's local day, as UTC."""
+    local = moment.astimezone(tz).replace(hour=0, minute=0, second=0, microsecond=0)
+    return local.astimezone(UTC)
+
+
+def upsert(conn: Connection):
+    """The dialect's INSERT (both have on_conflict_do_nothing / on_conflict_do_update)."""
+    return postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
+
+
+def to_event(row: dict) -> logical.Event:
+    """A stored (or buffered) event row as the grouping sees it."""
+    return logical.Event(
+        key=clients.who_key(row["user_id"], row["link_id"], row["client_ip"], row["user_agent"]),
+        file_id=row["file_id"], version_id=row["version_id"], size=row["size"],
+        method=row["method"], status=row["status"],
+        served=logical.parse_ranges(row["served_ranges"]), bytes_sent=row["bytes_sent"],
+        started_at=row["started_at"], ended_at=row["ended_at"], user_id=row["user_id"],
+        ua_class=row["ua_class"] or "other", served_from=row["served_from"] or "origin")
+
+
+class Deltas:
+    """Counter increments per rollup row, and user-days to add."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.rollups: dict[tuple, list[int]] = defaultdict(lambda: [0] * len(COUNTERS))
+        self.user_days: dict[tuple, int | None] = {}
+
+    def _add(self, moment: datetime, file_id: int, groups: Iterable[str], index: int,
+             amount: int) -> None:
+        buckets = (("h", hour_bucket(moment)), ("d", day_bucket(moment, self.settings.tz)))
+        for grain, bucket in buckets:
+            for grp in (ALL_USERS, *groups):
+                self.rollups[(grain, bucket, file_id, grp)][index] += amount
+                self.rollups[(grain, bucket, ALL_FILES, grp)][index] += amount
+
+    def event(self, event: logical.Event, groups: Iterable[str]) -> None:
+        """A response: requests, bytes served, cache hits in its start's buckets."""
+        groups = tuple(groups)
+        self._add(event.started_at, event.file_id, groups, 0, 1)
+        if event.sent:
+            self._add(event.started_at, event.file_id, groups, 1, event.sent)
+        if event.served_from == "cache":
+            self._add(event.started_at, event.file_id, groups, 2, 1)
+
+    def change(self, change: logical.Change, groups: Iterable[str]) -> None:
+        """A logical download that now counts or now completed."""
+        session = change.session
+        groups = tuple(groups)
+        if change.counted_now:
+            self._add(session.counted_at, session.file_id, groups, 3, 1)
+            day = day_bucket(session.counted_at, self.settings.tz)
+            self.user_days[(day, session.file_id, session.key)] = session.user_id
+            self.user_days[(day, ALL_FILES, session.key)] = session.user_id
+        if change.completed_now:
+            self._add(session.counted_at, session.file_id, groups, 4, 1)
+
+
+def groups_of(conn: Connection, user_ids: Iterable[int | None]) -> dict[int, list[str]]:
+    """The group names of each user (for the per-group rollups)."""
+    wanted = sorted({u for u in user_ids if u is not None})
+    found: dict[int, list[str]] = defaultdict(list)
+    for start in range(0, len(wanted), 500):
+        rows = conn.execute(
+            select(user_groups.c.user_id, Group.name)
+            .join(Group, Group.id == user_groups.c.group_id)
+            .where(user_groups.c.user_id.in_(wanted[start:start + 500])))
+        for user_id, name in rows:
+            found[user_id].append(name)
+    return found
+
+
+def session_from_row(row) -> logical.Session:
+    """A LogicalDownload row as a Session."""
+    return logical.Session(
+        key=row.user_key, file_id=row.file_id, version_id=row.version_id, size=row.size,
+        started_at=row.started_at, last_at=row.last_at, user_id=row.user_id,
+        ranges=logical.parse_ranges(row.ranges), events=row.events, counted=row.counted,
+        completed=row.completed, ua_class=row.ua_class, counted_at=row.counted_at, id=row.id)
+
+
+def session_values(session: logical.Session) -> dict:
+    """A Session as LogicalDownload column values."""
+    return {"user_key": session.key, "user_id": session.user_id, "file_id": session.file_id,
+            "version_id": session.version_id, "size": session.size,
+            "started_at": session.started_at, "last_at": session.last_at,
+            "counted_at": session.counted_at, "ranges": logical.format_ranges(session.ranges),
+            "covered": session.covered, "completion": session.completion,
+            "events": session.events, "counted": session.counted,
+            "completed": session.completed, "ua_class": session.ua_class}
+
+
+def write_sessions(conn: Connection, sessions: Iterable[logical.Session]) -> None:
+    """Insert new and update changed LogicalDownload rows."""
+    new, changed = [], []
+    for session in sessions:
+        if session.dirty:
+            (new if session.id is None else changed).append(session)
+    if new:
+        conn.execute(LogicalDownload.__table__.insert(), [session_values(s) for s in new])
+    if changed:
+        table = LogicalDownload.__table__
+        values = {name: bindparam(f"v_{name}") for name in session_values(changed[0])}
+        conn.execute(update(table).where(table.c.id == bindparam("v_id")).values(values),
+                     [{"v_id": s.id, **{f"v_{k}": v for k, v in session_values(s).items()}}
+                      for s in changed])
+
+
+def write_deltas(conn: Connection, deltas: Deltas) -> None:
+    """Add the counter increments (INSERT ... ON CONFLICT DO UPDATE SET n = n + excluded.n)."""
+    insert = upsert(conn)
+    if deltas.rollups:
+        rows = [{"grain": g, "bucket": b, "file_id": f, "grp": grp,
+                 **dict(zip(COUNTERS, values, strict=True))}
+                for (g, b, f, grp), values in deltas.rollups.items()]
+        stmt = insert(Rollup.__table__)
+        table = Rollup.__table__
+        stmt = stmt.on_conflict_do_update(
+            index_elements=["grain", "bucket", "file_id", "grp"],
+            set_={name: table.c[name] + stmt.excluded[name] for name in COUNTERS})
+        for start in range(0, len(rows), 2000):
+            conn.execute(stmt, rows[start:start + 2000])
+    if deltas.user_days:
+        rows = [{"day": d, "file_id": f, "user_key": k, "user_id": u}
+                for (d, f, k), u in deltas.user_days.items()]
+        stmt = insert(UserDay.__table__).on_conflict_do_nothing(
+            index_elements=["day", "file_id", "user_key"])
+        for start in range(0, len(rows), 2000):
+            conn.execute(stmt, rows[start:start + 2000])
+
+
+def insert_new_events(conn: Connection, rows: list[dict]) -> list[dict]:
+    """Insert the events not stored yet; return those (the others were flushed before)."""
+    if not rows:
+        return []
+    stmt = (upsert(conn)(DownloadEvent.__table__)
+            .on_conflict_do_nothing(index_elements=["event_key"])
+            .returning(DownloadEvent.__table__.c.event_key))
+    fresh: set[str] = set()
+    for start in range(0, len(rows), 1000):
+        chunk = [{c: row.get(c) for c in EVENT_COLUMNS} for row in rows[start:start + 1000]]
+        fresh.update(conn.execute(stmt, chunk).scalars().all())
+    return [row for row in rows if row["event_key"] in fresh]
+
+
+def store(conn: Connection, rows: list[dict], settings: Settings) -> int:
+    """Write event rows (dicts of EVENT_COLUMNS, datetimes aware) and materialise them.
+
+    Returns how many were new. Runs inside the caller's transaction.
+    """
+    fresh = insert_new_events(conn, rows)
+    if not fresh:
+        return 0
+    events = sorted((to_event(row) for row in fresh), key=lambda e: (e.started_at, e.last_at))
+    keys = sorted({e.key for e in events})
+    since = min(e.started_at for e in events) - settings.rules.idle
+    table = LogicalDownload.__table__
+    loaded = []
+    for start in range(0, len(keys), 500):
+        loaded += [session_from_row(r) for r in conn.execute(
+            select(table).where(table.c.user_key.in_(keys[start:start + 500]),
+                                table.c.last_at >= since))]
+    sessionizer = logical.Sessionizer(settings.rules, loaded)
+    groups = groups_of(conn, [e.user_id for e in events])
+    deltas = Deltas(settings)
+    for event in events:
+        change = sessionizer.add(event)
+        deltas.event(event, groups.get(event.user_id, ()))
+        deltas.change(change, groups.get(change.session.user_id, ()))
+    write_sessions(conn, sessionizer.sessions())
+    write_deltas(conn, deltas)
+    return len(fresh)
+
+
+def recompute(conn: Connection, settings: Settings) -> tuple[dict, set, list]:
+    """Rollups and user-days computed afresh from every raw event (for checks and
+    ``flask analytics rebuild``): ({(grain, bucket, file, grp): counters}, {user-day keys})."""
+    rows = [dict(r._mapping) for r in conn.execute(select(DownloadEvent.__table__))]
+    events = [to_event(row) for row in rows]
+    groups = groups_of(conn, [e.user_id for e in events])
+    deltas = Deltas(settings)
+    sessionizer = logical.Sessionizer(settings.rules)
+    for event in sorted(events, key=lambda e: (e.started_at, e.last_at)):
+        change = sessionizer.add(event)
+        deltas.event(event, groups.get(event.user_id, ()))
+        deltas.change(change, groups.get(change.session.user_id, ()))
+    rollups = {k: dict(zip(COUNTERS, v, strict=True)) for k, v in deltas.rollups.items()
+               if any(v)}
+    return rollups, set(deltas.user_days), list(sessionizer.sessions())
+
+
+def stored_rollups(conn: Connection) -> tuple[dict, set]:
+    """The rollups and user-days as stored (the same shapes as ``recompute``)."""
+    table = Rollup.__table__
+    rollups = {}
+    for row in conn.execute(select(table)):
+        values = {name: row._mapping[name] for name in COUNTERS}
+        if any(values.values()):
+            rollups[(row.grain, row.bucket, row.file_id, row.grp)] = values
+    days = {(r.day, r.file_id, r.user_key) for r in conn.execute(select(UserDay.__table__))}
+    return rollups, days
+
+
+def rebuild(conn: Connection, settings: Settings) -> int:
+    """Replace logical downloads, rollups and user-days by a recomputation from raw events.
+
+    Only right while no raw event has been purged; returns the number of logical downloads.
+    """
+    rollups, _days, sessions = recompute(conn, settings)
+    deltas = Deltas(settings)
+    for key, values in rollups.items():
+        deltas.rollups[key] = [values[name] for name in COUNTERS]
+    for session in sessions:
+        if session.counted:
+            day = day_bucket(session.counted_at, settings.tz)
+            deltas.user_days[(day, session.file_id, session.key)] = session.user_id
+            deltas.user_days[(day, ALL_FILES, session.key)] = session.user_id
+    for table in (LogicalDownload, Rollup, UserDay):
+        conn.execute(delete(table))
+    write_sessions(conn, sessions)
+    write_deltas(conn, deltas)
+    return len(sessions)
+
+
+def purge(conn: Connection, *, events_before: datetime, logical_before: datetime,
+          hourly_before: datetime) -> dict:
+    """Delete raw events, logical downloads and hourly rollups older than the limits."""
+    counts = {}
+    for name, stmt in (
+        ("events", delete(DownloadEvent).where(DownloadEvent.started_at < events_before)),
+        ("logical", delete(LogicalDownload).where(LogicalDownload.last_at < logical_before)),
+        ("hourly", delete(Rollup).where(Rollup.grain == "h", Rollup.bucket < hourly_before)),
+    ):
+        counts[name] = conn.execute(stmt).rowcount
+    return counts
+
+
+def count_events(conn: Connection) -> int:
+    """How many raw events are stored."""
+    return conn.execute(select(func.count()).select_from(DownloadEvent)).scalar_one()

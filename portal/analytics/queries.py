@@ -1,0 +1,328 @@
+"""Read the rollups (never the raw events) and answer with plain dicts for pages and the API.
+
+Periods are whole local days (ANALYTICS_TIMEZONE): ``days=7`` is today and the six days
+before it; the previous period is the seven days before that.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from zoneinfo import ZoneInfo
+
+from sqlalchemy import Connection, and_, case, distinct, func, select
+
+from ..models import File, FileVersion, Group, user_groups
+from .clients import CLASSES
+from .models import ALL_FILES, ALL_USERS, LogicalDownload, Rollup, UserDay
+
+MEASURES = ("requests", "bytes_served", "cache_hits", "downloads", "completed")
+
+
+@dataclass(frozen=True)
+class Period:
+    """[start, end) in UTC, aligned to local midnights."""
+
+    start: datetime
+    end: datetime
+    days: int
+
+    @classmethod
+    def last_days(cls, days: int, tz: ZoneInfo, now: datetime | None = None) -> Period:
+        """Today and the days - 1 before it."""
+        now = (now or datetime.now(UTC)).astimezone(tz)
+        midnight = now.replace(hour=0, minute=0, second=0, microsecond=0)
+        end = (midnight + timedelta(days=1)).astimezone(UTC)
+        start = (midnight - timedelta(days=days - 1)).astimezone(UTC)
+        return cls(start, end, days)
+
+    def previous(self) -> Period:
+        """The same number of days just before."""
+        span = self.end - self.start
+        return Period(self.start - span, self.start, self.days)
+
+
+def _ratio(part: float, whole: float) -> float | None:
+    return round(part / whole, 4) if whole else None
+
+
+def _change(now: float | None, before: float | None) -> float | None:
+    if now is None or not before:
+        return None
+    return round((now - before) / before, 4)
+
+
+def totals(conn: Connection, period: Period, *, file_id: int = ALL_FILES,
+           grp: str = ALL_USERS, category: str | None = None) -> dict:
+    """Sums of the daily rollups and distinct users over a period."""
+    r = Rollup.__table__
+    where = [r.c.grain == "d", r.c.grp == grp, r.c.bucket >= period.start,
+             r.c.bucket < period.end]
+    stmt = select(*[func.coalesce(func.sum(r.c[m]), 0) for m in MEASURES])
+    if category is not None:
+        stmt = stmt.join(File, File.id == r.c.file_id).where(File.category == category)
+    else:
+        where.append(r.c.file_id == file_id)
+    values = dict(zip(MEASURES, (int(v) for v in conn.execute(stmt.where(*where)).one()),
+                      strict=True))
+    values["unique_users"] = unique_users(conn, period, file_id=file_id, grp=grp,
+                                          category=category)
+    values["completion_rate"] = _ratio(values["completed"], values["downloads"])
+    values["cache_hit_rate"] = _ratio(values["cache_hits"], values["requests"])
+    return values
+
+
+def unique_users(conn: Connection, period: Period, *, file_id: int = ALL_FILES,
+                 grp: str = ALL_USERS, category: str | None = None) -> int:
+    """Distinct people (or links, or anonymous clients) with a counted download."""
+    u = UserDay.__table__
+    stmt = select(func.count(distinct(u.c.user_key))).where(
+        u.c.day >= period.start, u.c.day < period.end)
+    if category is not None:
+        stmt = stmt.join(File, File.id == u.c.file_id).where(File.category == category)
+    else:
+        stmt = stmt.where(u.c.file_id == file_id)
+    if grp != ALL_USERS:
+        stmt = (stmt.join(user_groups, user_groups.c.user_id == u.c.user_id)
+                .join(Group, Group.id == user_groups.c.group_id).where(Group.name == grp))
+    return int(conn.execute(stmt).scalar_one())
+
+
+def overview(conn: Connection, period: Period) -> dict:
+    """Downloads, unique users, bytes, completion and cache hit rate, with the change
+    against the previous period."""
+    now = totals(conn, period)
+    before = totals(conn, period.previous())
+    keys = ("downloads", "unique_users", "bytes_served", "completion_rate", "cache_hit_rate",
+            "requests")
+    return {"period": _period_json(period),
+            "current": {k: now[k] for k in keys},
+            "previous": {k: before[k] for k in keys},
+            "change": {k: _change(now[k], before[k]) for k in keys}}
+
+
+def _period_json(period: Period) -> dict:
+    return {"start": period.start.isoformat(), "end": period.end.isoformat(),
+            "days": period.days}
+
+
+def top_files(conn: Connection, period: Period, *, category: str | None = None,
+              grp: str = ALL_USERS, limit: int = 20) -> list[dict]:
+    """The most downloaded files: downloads, unique users, bytes, completion."""
+    r = Rollup.__table__
+    downloads = func.sum(r.c.downloads).label("downloads")
+    stmt = (select(r.c.file_id, File.title, File.category, downloads,
+                   func.sum(r.c.completed).label("completed"),
+                   func.sum(r.c.bytes_served).label("bytes_served"))
+            .join(File, File.id == r.c.file_id)
+            .where(r.c.grain == "d", r.c.grp == grp, r.c.file_id != ALL_FILES,
+                   r.c.bucket >= period.start, r.c.bucket < period.end)
+            .group_by(r.c.file_id, File.title, File.category)
+            .order_by(downloads.desc(), r.c.file_id).limit(limit))
+    if category:
+        stmt = stmt.where(File.category == category)
+    rows = conn.execute(stmt).all()
+    users = _users_per_file(conn, period, [row.file_id for row in rows], grp)
+    return [{"file_id": row.file_id, "title": row.title, "category": row.category,
+             "downloads": int(row.downloads), "unique_users": users.get(row.file_id, 0),
+             "bytes_served": int(row.bytes_served),
+             "completion_rate": _ratio(int(row.completed), int(row.downloads))}
+            for row in rows]
+
+
+def _users_per_file(conn: Connection, period: Period, file_ids: list[int],
+                    grp: str) -> dict[int, int]:
+    if not file_ids:
+        return {}
+    u = UserDay.__table__
+    stmt = (select(u.c.file_id, func.count(distinct(u.c.user_key)))
+            .where(u.c.file_id.in_(file_ids), u.c.day >= period.start, u.c.day < period.end)
+            .group_by(u.c.file_id))
+    if grp != ALL_USERS:
+        stmt = (stmt.join(user_groups, user_groups.c.user_id == u.c.user_id)
+                .join(Group, Group.id == user_groups.c.group_id).where(Group.name == grp))
+    return {file_id: int(n) for file_id, n in conn.execute(stmt)}
+
+
+def series(conn: Connection, period: Period, tz: ZoneInfo, *, step: str = "day",
+           file_id: int = ALL_FILES, grp: str = ALL_USERS,
+           category: str | None = None) -> dict:
+    """Downloads, completed, requests and bytes per hour, day or (local, Monday) week,
+    with the empty buckets filled in."""
+    r = Rollup.__table__
+    grain = "h" if step == "hour" else "d"
+    stmt = (select(r.c.bucket, *[func.sum(r.c[m]) for m in MEASURES])
+            .where(r.c.grain == grain, r.c.grp == grp, r.c.bucket >= period.start,
+                   r.c.bucket < period.end)
+            .group_by(r.c.bucket))
+    if category:
+        stmt = stmt.join(File, File.id == r.c.file_id).where(File.category == category)
+    else:
+        stmt = stmt.where(r.c.file_id == file_id)
+    found = {row[0]: [int(v or 0) for v in row[1:]] for row in conn.execute(stmt)}
+    buckets = _buckets(period, tz, step)
+    values: dict[datetime, list[int]] = {b: [0] * len(MEASURES) for b in buckets}
+    for bucket, counts in found.items():
+        key = _week_of(bucket, tz) if step == "week" else bucket
+        if key in values:
+            values[key] = [a + b for a, b in zip(values[key], counts, strict=True)]
+    return {"step": step, "labels": [_label(b, tz, step) for b in buckets],
+            **{m: [values[b][i] for b in buckets] for i, m in enumerate(MEASURES)}}
+
+
+def _week_of(moment: datetime, tz: ZoneInfo) -> datetime:
+    local = moment.astimezone(tz)
+    monday = (local - timedelta(days=local.weekday())).replace(hour=0, minute=0, second=0,
+                                                                microsecond=0)
+    return monday.astimezone(UTC)
+
+
+def _buckets(period: Period, tz: ZoneInfo, step: str) -> list[datetime]:
+    out = []
+    if step == "hour":
+        moment = period.start
+        while moment < period.end:
+            out.append(moment)
+            moment += timedelta(hours=1)
+        return out
+    local = period.start.astimezone(tz)
+    end = period.end.astimezone(tz)
+    if step == "week":
+        local = _week_of(period.start, tz).astimezone(tz)
+    while local < end:
+        out.append(local.astimezone(UTC))
+        local = (local + timedelta(days=7 if step == "week" else 1, hours=3)).replace(
+            hour=0)  # the +3h survives DST changes; then back to midnight
+    return out
+
+
+def _label(bucket: datetime, tz: ZoneInfo, step: str) -> str:
+    local = bucket.astimezone(tz)
+    return local.strftime("%Y-%m-%d %H:00" if step == "hour" else "%Y-%m-%d")
+
+
+def hourly_totals(conn: Connection, start: datetime, end: datetime,
+                  measure: str = "downloads") -> dict[datetime, int]:
+    """All-files, all-users hourly counts of one measure."""
+    r = Rollup.__table__
+    stmt = select(r.c.bucket, r.c[measure]).where(
+        r.c.grain == "h", r.c.grp == ALL_USERS, r.c.file_id == ALL_FILES,
+        r.c.bucket >= start, r.c.bucket < end)
+    return {bucket: int(value) for bucket, value in conn.execute(stmt)}
+
+
+def heatmap(conn: Connection, period: Period, tz: ZoneInfo) -> dict:
+    """Downloads by local weekday (0 = Monday) and hour: where the peaks are."""
+    grid = [[0] * 24 for _ in range(7)]
+    for bucket, value in hourly_totals(conn, period.start, period.end).items():
+        local = bucket.astimezone(tz)
+        grid[local.weekday()][local.hour] += value
+    return {"weekdays": ["Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"],
+            "hours": list(range(24)), "values": grid, "period": _period_json(period)}
+
+
+def forecast(conn: Connection, tz: ZoneInfo, *, weeks: int = 4,
+             now: datetime | None = None) -> dict:
+    """Next week's hourly downloads: for each hour of the week, the average of the same
+    hour in the last ``weeks`` weeks (a seasonal average; seasonal naive when weeks=1)."""
+    now = (now or datetime.now(UTC)).astimezone(UTC)
+    start = now.replace(minute=0, second=0, microsecond=0) + timedelta(hours=1)
+    history = hourly_totals(conn, start - timedelta(weeks=weeks), start)
+    labels, values = [], []
+    for hour in range(7 * 24):
+        moment = start + timedelta(hours=hour)
+        past = [history.get(moment - timedelta(weeks=k), 0) for k in range(1, weeks + 1)]
+        labels.append(moment.astimezone(tz).strftime("%a %m-%d %H:00"))
+        values.append(round(sum(past) / weeks, 2))
+    return {"method": f"seasonal average of the same hour in the last {weeks} week(s)",
+            "weeks": weeks, "start": start.isoformat(), "labels": labels, "values": values}
+
+
+def file_detail(conn: Connection, file_id: int, period: Period, tz: ZoneInfo) -> dict:
+    """One file: totals, completion histogram, client classes, versions."""
+    ld = LogicalDownload.__table__
+    in_period = and_(ld.c.file_id == file_id, ld.c.counted.is_(True),
+                     ld.c.counted_at >= period.start, ld.c.counted_at < period.end)
+    decile = case((ld.c.completion >= 1.0, 9),
+                  else_=func.floor(ld.c.completion * 10)).label("decile")
+    histogram = [0] * 10
+    for bin_, count in conn.execute(select(decile, func.count()).where(in_period)
+                                    .group_by(decile)):
+        histogram[int(bin_)] += int(count)
+    clients = dict.fromkeys(CLASSES, 0)
+    for ua_class, count in conn.execute(select(ld.c.ua_class, func.count())
+                                        .where(in_period).group_by(ld.c.ua_class)):
+        clients[ua_class if ua_class in clients else "other"] += int(count)
+    versions = [{"version": number, "downloads": int(count),
+                 "completion_rate": _ratio(int(done or 0), int(count))}
+                for number, count, done in conn.execute(
+                    select(FileVersion.number, func.count(),
+                           func.sum(case((ld.c.completed.is_(True), 1), else_=0)))
+                    .join(FileVersion, FileVersion.id == ld.c.version_id)
+                    .where(in_period).group_by(FileVersion.number)
+                    .order_by(FileVersion.number))]
+    return {"file_id": file_id, "totals": totals(conn, period, file_id=file_id),
+            "completion_histogram": {"labels": [f"{i * 10}-{i * 10 + 9}%" if i < 9
+                                                else "90-100%" for i in range(10)],
+                                     "values": histogram},
+            "clients": clients, "versions": versions, "period": _period_json(period)}
+
+
+def file_stats(conn: Connection, file_id: int, period: Period) -> dict:
+    """The CONTRACT's /api/analytics/files/<id> numbers."""
+    values = totals(conn, period, file_id=file_id)
+    return {"file_id": file_id, "days": period.days, "downloads": values["downloads"],
+            "unique_users": values["unique_users"], "bytes_served": values["bytes_served"],
+            "completion_rate": values["completion_rate"], "requests": values["requests"],
+            "completed": values["completed"], "cache_hit_rate": values["cache_hit_rate"],
+            "period": _period_json(period)}
+
+
+def co_downloaded(conn: Connection, file_id: int, *, since: datetime,
+                  limit: int = 20, max_people: int = 2000) -> list[tuple[int, int]]:
+    """Files downloaded by the people who downloaded this one: [(file id, people)], most
+    shared first (item-to-item co-occurrence over counted logical downloads)."""
+    u = UserDay.__table__
+    people = (select(u.c.user_key.label("k"))
+              .where(u.c.file_id == file_id, u.c.day >= since)
+              .distinct().limit(max_people).subquery())
+    shared = func.count(distinct(u.c.user_key)).label("shared")
+    stmt = (select(u.c.file_id, shared)
+            .where(u.c.user_key.in_(select(people.c.k)), u.c.day >= since,
+                   u.c.file_id != file_id, u.c.file_id != ALL_FILES)
+            .group_by(u.c.file_id).order_by(shared.desc(), u.c.file_id).limit(limit))
+    return [(int(f), int(n)) for f, n in conn.execute(stmt)]
+
+
+def groups_and_categories(conn: Connection) -> dict:
+    """The filter choices of the pages."""
+    cats = [c for (c,) in conn.execute(select(File.category).distinct().order_by(File.category))]
+    groups = [g for (g,) in conn.execute(select(Group.name).order_by(Group.name))]
+    return {"categories": cats, "groups": groups}
+
+
+def rows_to_csv_table(data: dict | list) -> tuple[list[str], list[list]]:
+    """Any chart JSON as a header and rows (the CSV export of every table and chart)."""
+    if isinstance(data, list):
+        header = list(data[0]) if data else []
+        return header, [[row.get(h) for h in header] for row in data]
+    if "labels" in data:
+        series_keys = [k for k, v in data.items()
+                       if isinstance(v, list) and len(v) == len(data["labels"]) and k != "labels"]
+        return (["label", *series_keys],
+                [[label, *[data[k][i] for k in series_keys]]
+                 for i, label in enumerate(data["labels"])])
+    if "weekdays" in data:
+        return (["weekday", *[f"{h:02d}" for h in data["hours"]]],
+                [[day, *data["values"][i]] for i, day in enumerate(data["weekdays"])])
+    flat = defaultdict(dict)
+    for key, value in data.items():
+        if isinstance(value, dict):
+            for inner, v in value.items():
+                flat[inner][key] = v
+        else:
+            flat[key]["value"] = value
+    columns = sorted({c for row in flat.values() for c in row})
+    return ["name", *columns], [[name, *[row.get(c) for c in columns]]
+                                for name, row in flat.items()]

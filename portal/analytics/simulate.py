@@ -1,0 +1,290 @@
+"""Synthetic download load: ``flask --app wsgi analytics simulate --events N --days D``.
+
+Realistic enough to exercise the pages and the benchmark: a term calendar (autumn and
+spring terms, winter and summer breaks), exam peaks at the end of each term, a weekly
+rhythm (quieter weekends), a daily rhythm (mornings, afternoons and a late-evening peak in
+the dormitories), Zipf-like file popularity, and three kinds of clients: browsers (one
+connection, sometimes resumed), download managers (a 1-byte probe, then up to 16 parallel
+ranged connections) and command-line tools (wget, interrupted and resumed with -c).
+
+Events go straight into ``download_events`` in bulk (COPY on PostgreSQL), and the same
+pure grouping as the flusher (logical.Sessionizer, materialise.Deltas) fills the logical
+downloads and rollups, so the rollups equal a recomputation from the raw events.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import uuid
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy import Connection, func, select
+
+from ..models import File, FileVersion, Group, User, user_groups
+from . import clients, logical, materialise
+from .models import LogicalDownload, Rollup, UserDay
+
+CATEGORIES = ("课程表", "课件", "录播", "考试", "表格", "通知")
+GROUPS = ("CS2023", "CS2024", "EE2023", "EE2024", "MATH2024", "LAW2024")
+AGENTS = {
+    clients.BROWSER: ("Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 Chrome/126",
+                      "Mozilla/5.0 (Macintosh; Intel Mac OS X 14_5) Safari/605.1.15",
+                      "Mozilla/5.0 (iPhone; CPU iPhone OS 17_5) Mobile/15E148 MicroMessenger"),
+    clients.MANAGER: ("aria2/1.37.0", "Mozilla/4.0 (compatible; MSIE 8.0) IDM/6.42",
+                      "Motrix/1.8", "Thunder/11.4 迅雷"),
+    clients.COMMAND_LINE: ("Wget/1.21.4", "curl/8.5.0"),
+}
+# Relative load per local hour of day: night, morning, afternoon, late evening peak.
+HOURS = (3, 2, 1, 1, 1, 2, 4, 8, 12, 14, 15, 12, 9, 10, 13, 14, 13, 11, 10, 14, 17, 19, 16, 9)
+
+
+def term_weight(day: datetime) -> float:
+    """How busy a date is: breaks quiet, term normal, the last weeks of a term (exams)
+    three times as busy, weekends at 60 %."""
+    month, dom = day.month, day.day
+    if month in (7, 8) or (month == 2 and dom < 20):
+        weight = 0.25  # summer and winter breaks
+    elif (month == 1 and dom <= 20) or (month == 6 and dom >= 10):
+        weight = 3.0  # exam weeks
+    elif month == 12 and dom >= 20:
+        weight = 2.0  # revision
+    else:
+        weight = 1.0
+    return weight * (0.6 if day.weekday() >= 5 else 1.0)
+
+
+def ensure_population(conn: Connection, *, users: int, files: int, rng: random.Random) -> tuple:
+    """Simulated users (``sim…``, in class groups) and files (category ``sim-…``, versions
+    without stored bytes) when fewer exist; returns (user ids with groups, versions)."""
+    have = conn.execute(select(func.count()).select_from(User)
+                        .where(User.username.like("sim%"))).scalar_one()
+    now = datetime.now(UTC)
+    if have < users:
+        groups = {}
+        for name in GROUPS:
+            gid = conn.execute(select(Group.id).where(Group.name == name)).scalar()
+            if gid is None:
+                gid = conn.execute(Group.__table__.insert().values(
+                    name=name, description="simulated")).inserted_primary_key[0]
+            groups[name] = gid
+        rows = [{"username": f"sim{n:06d}", "display_name": f"sim{n:06d}", "role": "student",
+                 "active": True, "created_at": now, "password_hash": None}
+                for n in range(have, users)]
+        conn.execute(User.__table__.insert(), rows)
+        ids = conn.execute(select(User.id).where(User.username.in_([r["username"]
+                                                                     for r in rows]))).scalars()
+        conn.execute(user_groups.insert(), [{"user_id": uid, "group_id": groups[rng.choice(
+            GROUPS)]} for uid in ids])
+    have_files = conn.execute(select(func.count()).select_from(File)
+                              .where(File.category.like("sim-%"))).scalar_one()
+    for n in range(have_files, files):
+        category = f"sim-{CATEGORIES[n % len(CATEGORIES)]}"
+        fid = conn.execute(File.__table__.insert().values(
+            title=f"模拟文件 {n:04d}", category=category, description="", access="login",
+            created_at=now, updated_at=now)).inserted_primary_key[0]
+        kind = CATEGORIES[n % len(CATEGORIES)]
+        size = int(rng.lognormvariate(math.log(300e6 if kind == "录播" else 2e6), 0.8))
+        for number in range(1, 1 + (2 if n % 7 == 0 else 1)):
+            conn.execute(FileVersion.__table__.insert().values(
+                file_id=fid, number=number, sha256=uuid.uuid4().hex * 2, crc32=0,
+                size=size + number, mime_type="application/octet-stream",
+                original_filename=f"sim-{n:04d}.bin", storage_key=uuid.uuid4().hex * 2,
+                created_at=now))
+    user_rows = conn.execute(select(User.id).where(User.username.like("sim%"))).scalars().all()
+    versions = conn.execute(
+        select(FileVersion.id, FileVersion.file_id, FileVersion.size, File.category)
+        .join(File, File.id == FileVersion.file_id).where(File.category.like("sim-%"))
+        .order_by(FileVersion.file_id, FileVersion.number)).all()
+    return user_rows, versions
+
+
+class Generator:
+    """Makes the responses of one logical download at a time."""
+
+    def __init__(self, rng: random.Random, user_ids: list[int], versions: list) -> None:
+        self.rng = rng
+        self.users = user_ids
+        by_file: dict[int, list] = {}
+        for v in versions:
+            by_file.setdefault(v.file_id, []).append(v)
+        self.files = list(by_file.values())
+        self.rng.shuffle(self.files)
+        # Zipf-like popularity: weight 1/rank.
+        self.cum = []
+        total = 0.0
+        for rank in range(len(self.files)):
+            total += 1 / (rank + 1)
+            self.cum.append(total)
+
+    def pick_file(self, exam: bool) -> list:
+        for _ in range(3):
+            index = min(len(self.files) - 1,
+                        _bisect(self.cum, self.rng.random() * self.cum[-1]))
+            chosen = self.files[index]
+            if not exam or "考试" in chosen[0].category or self.rng.random() < 0.5:
+                return chosen
+        return chosen
+
+    def download(self, start: datetime, exam: bool) -> list[dict]:
+        """The responses of one person fetching one file."""
+        rng = self.rng
+        version = self.pick_file(exam)[-1 if rng.random() < 0.9 else 0]
+        user_id = self.users[min(len(self.users) - 1, int(rng.paretovariate(1.2)) - 1)
+                             if rng.random() < 0.3 else rng.randrange(len(self.users))]
+        kind = rng.choices((clients.BROWSER, clients.MANAGER, clients.COMMAND_LINE),
+                           (60, 28, 12))[0]
+        agent = rng.choice(AGENTS[kind])
+        size = version.size
+        finish = rng.random() < 0.85
+        want = size if finish else int(size * rng.random())
+        speed = rng.uniform(2e6, 40e6)  # bytes per second
+        base = {"file_id": version.file_id, "version_id": version.id, "user_id": user_id,
+                "via_link": kind != clients.BROWSER, "method": "GET", "size": size,
+                "client_ip": f"10.{rng.randrange(40)}.{rng.randrange(256)}.0/24",
+                "user_agent": agent, "ua_class": kind, "referrer": "",
+                "served_from": "cache" if size < 5e6 and rng.random() < 0.6 else "origin",
+                "link_id": None}
+        out = []
+
+        def response(at, status, ranges, sent, range_header):
+            seconds = max(0.05, sent / speed)
+            out.append({**base, "event_key": uuid.uuid4().hex, "status": status,
+                        "range_header": range_header,
+                        "served_ranges": logical.format_ranges(ranges), "bytes_sent": sent,
+                        "started_at": at, "ended_at": at + timedelta(seconds=seconds)})
+            return at + timedelta(seconds=seconds)
+
+        if kind == clients.MANAGER:
+            at = response(start, 206, [(0, 1)], 1, "bytes=0-0")  # the probe
+            parts = min(16, max(1, size // (1 << 20)))
+            edges = [size * i // parts for i in range(parts + 1)]
+            for i in range(parts):
+                a, b = edges[i], edges[i + 1]
+                if a >= want:
+                    break
+                sent = min(b, want) - a
+                response(at + timedelta(milliseconds=10 * i), 206, [(a, b)], sent,
+                         f"bytes={a}-{b - 1}")
+        else:
+            resumes = rng.choices((0, 1, 2, 4), (80, 12, 5, 3))[0] if finish else 0
+            at, offset = start, 0
+            for n in range(resumes + 1):
+                last = n == resumes
+                stop = want if last else offset + (want - offset) // rng.randint(2, 4)
+                if offset == 0:
+                    at = response(at, 200, [(0, size)], stop, "")
+                else:
+                    at = response(at, 206, [(offset, size)], stop - offset,
+                                  f"bytes={offset}-")
+                offset = stop
+                at += timedelta(seconds=rng.uniform(5, 900))  # the pause before resuming
+        return out
+
+
+def _bisect(values: list[float], x: float) -> int:
+    lo, hi = 0, len(values)
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if values[mid] < x:
+            lo = mid + 1
+        else:
+            hi = mid
+    return lo
+
+
+def copy_rows(conn: Connection, table, columns: list[str], rows: list[dict]) -> None:
+    """Bulk insert: COPY on PostgreSQL, executemany elsewhere."""
+    if not rows:
+        return
+    if conn.dialect.name == "postgresql":
+        raw = conn.connection.driver_connection
+        cols = ", ".join(columns)
+        with raw.cursor() as cur, cur.copy(f"COPY {table.name} ({cols}) FROM STDIN") as copy:
+            for row in rows:
+                copy.write_row([row[c] for c in columns])
+        return
+    conn.execute(table.insert(), [{c: row[c] for c in columns} for row in rows])
+
+
+def _write_finished(conn: Connection, deltas: materialise.Deltas, before: datetime | None,
+                    empty: bool) -> None:
+    """Write (and forget) the rollup rows and user-days of buckets before ``before``."""
+    done = materialise.Deltas(deltas.settings)
+    for key in [k for k in deltas.rollups if before is None or k[1] < before]:
+        done.rollups[key] = deltas.rollups.pop(key)
+    for key in [k for k in deltas.user_days if before is None or k[0] < before]:
+        done.user_days[key] = deltas.user_days.pop(key)
+    if not empty:
+        materialise.write_deltas(conn, done)
+        return
+    names = ["grain", "bucket", "file_id", "grp", *materialise.COUNTERS]
+    copy_rows(conn, Rollup.__table__, names,
+              [dict(zip(names, (*key, *values), strict=True))
+               for key, values in done.rollups.items()])
+    copy_rows(conn, UserDay.__table__, ["day", "file_id", "user_key", "user_id"],
+              [{"day": d, "file_id": f, "user_key": k, "user_id": u}
+               for (d, f, k), u in done.user_days.items()])
+
+
+def simulate(conn: Connection, settings: materialise.Settings, *, events: int, days: int,
+             users: int = 3000, files: int = 200, seed: int = 1,
+             now: datetime | None = None, progress=None) -> dict:
+    """Generate about ``events`` responses over the last ``days`` days (in time order)."""
+    from ..models import DownloadEvent
+
+    rng = random.Random(seed)
+    user_ids, versions = ensure_population(conn, users=users, files=files, rng=rng)
+    gen = Generator(rng, list(user_ids), versions)
+    groups = materialise.groups_of(conn, user_ids)
+    now = (now or datetime.now(UTC)).replace(minute=0, second=0, microsecond=0)
+    first = now - timedelta(days=days)
+    day_weights = [term_weight((first + timedelta(days=d)).astimezone(settings.tz))
+                   for d in range(days)]
+    per_download = 3.2  # responses per logical download, on average (measured)
+    scale = events / per_download / sum(w * sum(HOURS) for w in day_weights)
+    sessionizer = logical.Sessionizer(settings.rules)
+    # Into empty rollups, finished buckets go in with COPY; otherwise they are upserted.
+    empty = conn.execute(select(func.count()).select_from(Rollup)).scalar_one() == 0
+    deltas = materialise.Deltas(settings)
+    made = logical_rows = 0
+    event_cols = list(materialise.EVENT_COLUMNS)
+    ld_table = LogicalDownload.__table__
+    ld_cols = [c.name for c in ld_table.columns if c.name != "id"]
+    for d in range(days):
+        day = first + timedelta(days=d)
+        batch: list[dict] = []
+        exam = day_weights[d] >= 2.0
+        for hour in range(24):
+            hour_start = day + timedelta(hours=hour)
+            local_hour = hour_start.astimezone(settings.tz).hour
+            expected = scale * day_weights[d] * HOURS[local_hour]
+            count = int(expected) + (rng.random() < expected - int(expected))
+            for _ in range(count):
+                start = hour_start + timedelta(seconds=rng.uniform(0, 3600))
+                if start >= now:
+                    continue
+                batch += gen.download(start, exam)
+        batch.sort(key=lambda e: (e["started_at"], e["ended_at"]))
+        for row in batch:
+            event = materialise.to_event(row)
+            change = sessionizer.add(event)
+            deltas.event(event, groups.get(event.user_id, ()))
+            deltas.change(change, groups.get(change.session.user_id, ()))
+        copy_rows(conn, DownloadEvent.__table__, event_cols, batch)
+        done = sessionizer.forget_before(day + timedelta(days=1))
+        copy_rows(conn, ld_table, ld_cols, [materialise.session_values(s) for s in done])
+        # Later batches start at later days: buckets two days back can no longer change.
+        _write_finished(conn, deltas, day - timedelta(days=1), empty)
+        made += len(batch)
+        logical_rows += len(done)
+        if progress:
+            progress(d + 1, days, made)
+        if made >= events * 1.5:
+            break
+    _write_finished(conn, deltas, None, empty)
+    rest = list(sessionizer.sessions())
+    copy_rows(conn, ld_table, ld_cols, [materialise.session_values(s) for s in rest])
+    return {"events": made, "logical_downloads": logical_rows + len(rest),
+            "users": len(user_ids), "files": len({v.file_id for v in versions})}
+

@@ -1,0 +1,268 @@
+"""Analytics through the app: buffering and flushing, rollups, the API and the pages."""
+
+import io
+from datetime import UTC, datetime, timedelta
+
+import pytest
+import redis
+from sqlalchemy import func, select
+
+from portal import cache
+from portal.analytics import materialise
+from portal.analytics.models import LogicalDownload, Rollup
+from portal.analytics.recorder import recorder
+from portal.analytics.simulate import simulate
+from portal.extensions import db
+from portal.files import add_version
+from portal.models import DownloadEvent
+from portal.storage import get_storage
+
+BODY = bytes(range(256)) * 256  # 64 KiB
+
+
+def add(app, title="讲义", access="public", category="课件", body=BODY):
+    with app.app_context():
+        version = add_version(db.session, get_storage(), io.BytesIO(body),
+                              filename=f"{title}.pdf", title=title, category=category,
+                              access=access)
+        db.session.commit()
+        return version.file_id
+
+
+def count(app, model):
+    with app.app_context():
+        return db.session.scalar(select(func.count()).select_from(model))
+
+
+def settings(app):
+    return materialise.Settings.from_config(app.config)
+
+
+def assert_rollups_match_raw(app):
+    with app.app_context(), db.engine.connect() as conn:
+        want_rollups, want_days, _ = materialise.recompute(conn, settings(app))
+        have_rollups, have_days = materialise.stored_rollups(conn)
+    assert have_rollups == want_rollups
+    assert have_days == want_days
+
+
+def test_events_are_buffered_then_flushed_once(app, client):
+    file_id = add(app)
+    for _ in range(3):
+        client.get(f"/files/{file_id}/download").close()
+    client.get(f"/files/{file_id}/download", headers={"Range": "bytes=0-0"}).close()
+    r = app.extensions["portal_redis"]
+    assert r.xlen(cache.ANALYTICS_STREAM) == 4 and count(app, DownloadEvent) == 0
+    assert r.hlen(cache.ANALYTICS_OPEN) == 0  # every body closed
+    assert recorder(app).flush() == 4
+    assert r.xlen(cache.ANALYTICS_STREAM) == 0 and count(app, DownloadEvent) == 4
+    with app.app_context():
+        row = db.session.scalars(select(DownloadEvent).order_by(DownloadEvent.id)).first()
+        assert row.size == len(BODY) and row.served_ranges == f"0-{len(BODY) - 1}"
+        assert row.client_ip == "127.0.0.0/24" and row.event_key and row.served_from == "origin"
+    # the same entries again (a flusher died after its commit, before XDEL): nothing changes
+    with app.app_context(), db.engine.connect() as conn:
+        before = materialise.stored_rollups(conn)
+    with app.app_context():
+        rows = [dict(r._mapping) for r in db.session.execute(select(DownloadEvent.__table__))]
+    with app.app_context(), db.engine.begin() as conn:
+        assert materialise.store(conn, rows, settings(app)) == 0
+    with app.app_context(), db.engine.connect() as conn:
+        assert materialise.stored_rollups(conn) == before
+    assert count(app, DownloadEvent) == 4
+    assert recorder(app).flush() == 0
+    with app.app_context():
+        [logical] = db.session.scalars(select(LogicalDownload)).all()
+        assert logical.counted and logical.completed and logical.events == 4
+    assert_rollups_match_raw(app)
+
+
+def test_flush_lock_lets_one_process_flush(app, client):
+    file_id = add(app)
+    client.get(f"/files/{file_id}/download").close()
+    r = app.extensions["portal_redis"]
+    r.set(cache.ANALYTICS_FLUSH_LOCK, "someone-else", px=5000)
+    assert recorder(app).flush() == 0 and count(app, DownloadEvent) == 0
+    r.delete(cache.ANALYTICS_FLUSH_LOCK)
+    assert recorder(app).flush() == 1
+
+
+def test_redis_down_writes_straight_to_sql(config):
+    from portal import create_app
+
+    config = {**config, "REDIS_URL": "redis://127.0.0.1:1/0",
+              "RATELIMIT_STORAGE_URI": "memory://"}
+    app = create_app(config)
+    with app.app_context():
+        db.create_all()
+    file_id = add(app)
+    client = app.test_client()
+    resp = client.get(f"/files/{file_id}/download")
+    assert resp.status_code == 200 and resp.data == BODY
+    resp.close()
+    assert count(app, DownloadEvent) == 1 and count(app, LogicalDownload) == 1
+    assert_rollups_match_raw(app)
+    with app.app_context():
+        db.session.remove()
+        db.engine.dispose()
+
+
+def test_orphans_of_dead_workers_are_recorded(app, client):
+    file_id = add(app)
+    resp = client.get(f"/files/{file_id}/download")  # body still open: a start record
+    r = app.extensions["portal_redis"]
+    assert r.hlen(cache.ANALYTICS_OPEN) == 1
+    rec = recorder(app)
+    assert rec.flush() == 0  # its worker (this process) is alive: not an orphan yet
+    r.delete(cache.analytics_worker_key(rec.token))  # the worker "died"
+    assert rec.flush() == 1
+    with app.app_context():
+        [row] = db.session.scalars(select(DownloadEvent)).all()
+        assert row.bytes_sent == -1 and row.ended_at is None
+    resp.close()  # a late end of the same event is not written twice
+    rec.flush()
+    assert count(app, DownloadEvent) == 1
+
+
+def test_flush_equals_recompute_on_a_mix_of_clients(app, client, make_user, login):
+    make_user("alice", groups=["CS2024"])
+    make_user("bob", groups=["EE2024"])
+    first, second = add(app, "一"), add(app, "二", category="表格")
+    size = len(BODY)
+    for user in ("alice", "bob"):
+        login(user)
+        client.get(f"/files/{first}/download", headers={"Range": "bytes=0-1"}).close()
+        for a in range(0, size, size // 8):  # a download manager: 8 ranged connections
+            client.get(f"/files/{first}/download",
+                       headers={"Range": f"bytes={a}-{a + size // 8 - 1}",
+                                "User-Agent": "aria2/1.37.0"}).close()
+        client.get(f"/files/{second}/download").close()
+    client.head(f"/files/{second}/download").close()
+    recorder(app).flush()
+    assert_rollups_match_raw(app)
+    with app.app_context():
+        total = db.session.scalar(select(func.sum(Rollup.downloads)).where(
+            Rollup.grain == "d", Rollup.grp == "", Rollup.file_id == 0))
+        assert total == 4  # 2 people x 2 files; probes, HEAD and parallel parts do not add
+        assert db.session.scalar(select(func.sum(Rollup.downloads)).where(
+            Rollup.grain == "d", Rollup.grp == "CS2024", Rollup.file_id == 0)) == 2
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_simulated_rollups_equal_a_recomputation_from_raw_events(app, seed):
+    with app.app_context(), db.engine.begin() as conn:
+        report = simulate(conn, settings(app), events=3000, days=10, users=60, files=12,
+                          seed=seed)
+    assert report["events"] > 1500
+    assert_rollups_match_raw(app)
+    with app.app_context(), db.engine.connect() as conn:
+        _, _, sessions = materialise.recompute(conn, settings(app))
+    assert count(app, LogicalDownload) == len(sessions)
+
+
+def test_contract_endpoint(app, client, make_user, login):
+    file_id = add(app)
+    client.get(f"/files/{file_id}/download").close()
+    client.get(f"/files/{file_id}/download", headers={"Range": "bytes=0-99"}).close()
+    recorder(app).flush()
+    url = f"/api/analytics/files/{file_id}?days=7"
+    resp = app.test_client().get(url)
+    assert resp.status_code == 401 and resp.is_json
+    make_user("student")
+    login("student")
+    assert client.get(url).status_code == 404
+    make_user("boss", role="admin")
+    login("boss")
+    resp = client.get(url)
+    assert resp.status_code == 200
+    data = resp.json
+    assert data["downloads"] == 1 and data["unique_users"] == 1
+    assert data["bytes_served"] == len(BODY) + 100 and data["completion_rate"] == 1.0
+    assert client.get("/api/analytics/files/999999?days=7").status_code == 404
+
+
+def test_pages_json_and_csv_render(app, client, make_user, login):
+    with app.app_context(), db.engine.begin() as conn:
+        simulate(conn, settings(app), events=2000, days=21, users=40, files=8)
+    make_user("staff1", role="staff")
+    login("staff1")
+    for page in ("/admin/analytics/", "/admin/analytics/time", "/admin/analytics/files/1"):
+        resp = client.get(page)
+        assert resp.status_code == 200, page
+        assert "chartjs/chart.umd.min.js" in resp.get_data(as_text=True)
+    overview = client.get("/api/analytics/overview?days=30").json
+    assert overview["current"]["downloads"] > 0 and overview["current"]["unique_users"] > 0
+    assert 0 < overview["current"]["completion_rate"] <= 1
+    top = client.get("/api/analytics/top-files?days=30").json
+    assert top and top[0]["downloads"] >= top[-1]["downloads"]
+    for step in ("hour", "day", "week"):
+        series = client.get(f"/api/analytics/series?days=14&step={step}").json
+        assert len(series["labels"]) == len(series["downloads"]) > 0
+    heat = client.get("/api/analytics/heatmap").json
+    assert len(heat["values"]) == 7 and sum(map(sum, heat["values"])) > 0
+    forecast = client.get("/api/analytics/forecast?weeks=2").json
+    assert len(forecast["values"]) == 168 and sum(forecast["values"]) > 0
+    detail = client.get(f"/api/analytics/files/{top[0]['file_id']}/detail?days=30").json
+    assert sum(detail["completion_histogram"]["values"]) == detail["totals"]["downloads"]
+    assert sum(detail["clients"].values()) == detail["totals"]["downloads"]
+    csv = client.get("/api/analytics/top-files?days=30&format=csv")
+    assert csv.mimetype == "text/csv" and "file_id,title" in csv.get_data(as_text=True)
+    assert client.get("/api/analytics/heatmap?format=csv").status_code == 200
+    login_student = make_user("s2")
+    assert login_student
+    login("s2")
+    assert client.get("/admin/analytics/").status_code == 404
+
+
+def test_recommendations_respect_access(app, client, make_user, login):
+    make_user("alice")
+    make_user("bob")
+    shown = add(app, "高数讲义")
+    also = add(app, "高数习题")
+    secret = add(app, "成绩单", access="user:bob")
+    for user in ("alice", "bob"):
+        login(user)
+        for file_id in (shown, also, secret):
+            client.get(f"/files/{file_id}/download").close()
+    recorder(app).flush()
+    login("alice")
+    page = client.get(f"/files/{shown}").get_data(as_text=True)
+    assert "高数习题" in page and "成绩单" not in page
+
+
+def test_purge_keeps_rollups(app, runner):
+    with app.app_context(), db.engine.begin() as conn:
+        simulate(conn, settings(app), events=1000, days=20, users=20, files=5)
+    with app.app_context(), db.engine.connect() as conn:
+        before, _ = materialise.stored_rollups(conn)
+    result = runner.invoke(args=["analytics", "purge", "--days", "7"])
+    assert result.exit_code == 0, result.output
+    with app.app_context():
+        oldest = db.session.scalar(select(func.min(DownloadEvent.started_at)))
+        assert oldest >= datetime.now(UTC) - timedelta(days=7, minutes=1)
+    with app.app_context(), db.engine.connect() as conn:
+        assert materialise.stored_rollups(conn)[0] == before
+
+
+def test_cli_flush_and_simulate(app, runner, client):
+    file_id = add(app)
+    client.get(f"/files/{file_id}/download").close()
+    result = runner.invoke(args=["analytics", "flush"])
+    assert result.exit_code == 0 and "flushed 1 event" in result.output
+    result = runner.invoke(args=["analytics", "simulate", "--events", "500", "--days", "3",
+                                 "--users", "10", "--files", "3"])
+    assert result.exit_code == 0, result.output
+    assert "events=" in result.output
+
+
+def test_redis_client_errors_never_break_a_download(app, client, monkeypatch):
+    file_id = add(app)
+
+    def broken(*args, **kwargs):
+        raise redis.ConnectionError("down")
+
+    monkeypatch.setattr(redis.client.Pipeline, "execute", broken)
+    resp = client.get(f"/files/{file_id}/download")
+    assert resp.data == BODY
+    resp.close()
+    assert count(app, DownloadEvent) == 1
