@@ -1,0 +1,82 @@
+"""Browser tests: Playwright driving Debian's chromium against a real gunicorn.
+
+No browser is downloaded: Playwright's driver launches /usr/bin/chromium (apt package
+`chromium`), headless, with --no-sandbox (we run as root) and no background networking.
+Screenshots of the main pages are written to docs/screenshots/.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+from servers import Gunicorn, make_instance
+
+ROOT = Path(__file__).resolve().parents[2]
+SHOTS = ROOT / "docs" / "screenshots"
+CHROMIUM = "/usr/bin/chromium"
+DEMO_PASSWORD = "demo12345"
+
+
+def _chromium() -> str:
+    path = shutil.which("chromium") or (CHROMIUM if os.path.exists(CHROMIUM) else None)
+    if path:
+        return path
+    if os.environ.get("CI"):
+        pytest.fail("chromium is not installed (apt-get install chromium)")
+    pytest.skip("chromium is not installed (apt-get install chromium)")
+
+
+@pytest.fixture(scope="session")
+def browser():
+    """One headless chromium for the run."""
+    executable = _chromium()
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        instance = pw.chromium.launch(
+            executable_path=executable, headless=True,
+            args=["--no-sandbox", "--disable-background-networking", "--disable-gpu",
+                  "--disable-component-update", "--disable-sync", "--no-first-run"])
+        yield instance
+        instance.close()
+
+
+@pytest.fixture(scope="module")
+def demo_server(tmp_path_factory, redis_url):
+    """A real gunicorn serving the demo data (small lecture recording)."""
+    instance = make_instance(tmp_path_factory.mktemp("e2e"), redis_url)
+    instance.flask("demo", "--big-mb", "3")
+    with Gunicorn(instance, workers=1) as server:
+        yield server
+
+
+@pytest.fixture
+def page(browser, demo_server):
+    """A fresh browser context (cookies, downloads) in Chinese, on the demo server."""
+    context = browser.new_context(locale="zh-CN", accept_downloads=True,
+                                  base_url=demo_server.base_url,
+                                  viewport={"width": 1200, "height": 800})
+    page = context.new_page()
+    page.set_default_timeout(15000)
+    yield page
+    context.close()
+
+
+def screenshot(page, name: str) -> Path:
+    """Save a full-page screenshot under docs/screenshots/NAME.png."""
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    path = SHOTS / f"{name}.png"
+    page.screenshot(path=str(path), full_page=True)
+    return path
+
+
+def sign_in(page, username: str, password: str = DEMO_PASSWORD) -> None:
+    """Through the real form."""
+    page.goto("/login")
+    page.fill("input[name=username]", username)
+    page.fill("input[name=password]", password)
+    page.click("main form button[type=submit]")
+    page.wait_for_url("**/")
