@@ -21,12 +21,27 @@ worker_connections = int(os.environ.get("PORTAL_GUNICORN_CONNECTIONS", 2000))
 timeout = 60
 graceful_timeout = 30
 keepalive = 5
-accesslog = "-"
+# One access line per request; behind nginx (which logs every request) it can be switched off
+# with PORTAL_GUNICORN_ACCESSLOG= (empty): a blocking write per request costs ~2 % (py-spy).
+accesslog = os.environ.get("PORTAL_GUNICORN_ACCESSLOG", "-") or None
+# gunicorn 27 puts every master's control socket at ~/.gunicorn/gunicorn.ctl, so two portals on
+# one host (scale-out, tests, benchmarks) would fight over it: off unless a path is given.
+control_socket_disable = "PORTAL_GUNICORN_CONTROL_SOCKET" not in os.environ
+control_socket = os.environ.get("PORTAL_GUNICORN_CONTROL_SOCKET", "/run/portal/gunicorn.ctl")
 access_log_format = '%(h)s "%(r)s" %(s)s %(B)s %(D)sus "%(a)s"'
 
 
 def post_worker_init(worker):
     """Zero-copy sends that report their byte count (see portal/sendfile.py)."""
     from portal import sendfile
+    from portal.analytics import recorder
 
     sendfile.install()
+    recorder.start_flusher(worker.wsgi)  # buffered download events go to SQL off-request
+
+
+def worker_exit(server, worker):
+    """Write the download events this worker still buffers (portal/analytics/recorder.py)."""
+    from portal.analytics import recorder
+
+    recorder.shutdown_all()

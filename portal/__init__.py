@@ -57,12 +57,17 @@ def register_extensions(app: Flask) -> None:
     app.config.setdefault("RATELIMIT_HEADERS_ENABLED", True)
     limiter.init_app(app)
     app.extensions["portal_redis"] = cache.make_client(app.config["REDIS_URL"])
+    cache.watch_file_changes()
     try:
         storage = storage_from_url(app.config["STORAGE_URL"])
         storage.check()
     except StorageError as exc:
         raise ConfigError(f"PORTAL_STORAGE_URL={app.config['STORAGE_URL']}: {exc}") from exc
     app.extensions["portal_storage"] = storage
+
+    from .catalog.service import human_size
+
+    app.jinja_env.globals["format_size"] = human_size  # macros imported without context see it
 
     @app.context_processor
     def inject_locale():
@@ -111,12 +116,19 @@ def register_blueprints(app: Flask) -> None:
     from .catalog import bp as catalog_bp
     from .download import bp as download_bp
     from .health import bp as health_bp
+    from .metrics import bp as metrics_bp
+    from .uploads import bp as uploads_bp
 
     app.register_blueprint(auth_bp)
     app.register_blueprint(catalog_bp)
     app.register_blueprint(download_bp)
     app.register_blueprint(health_bp)
+    app.register_blueprint(metrics_bp)
     app.register_blueprint(admin_bp)
+    from .analytics import init_app as init_analytics
+
+    init_analytics(app)  # /admin/analytics pages, /api/analytics, `flask analytics`
+    app.register_blueprint(uploads_bp)
 
 
 def register_errorhandlers(app: Flask) -> None:

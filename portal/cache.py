@@ -6,10 +6,21 @@ so the portal is slower then, never wrong and never failing.
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import json
 import logging
+import time
+import uuid
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import asdict, dataclass
+from datetime import datetime
+from itertools import chain
 
 import redis
-from flask import current_app
+from flask import current_app, has_app_context
+from sqlalchemy import event
+from sqlalchemy.orm import Session
 
 log = logging.getLogger(__name__)
 
@@ -56,3 +67,455 @@ def link_revoked(nonce: str) -> bool:
     except redis.RedisError:
         log.warning("redis down: signed-link deny-list not checked")
         return False
+
+
+# --- Analytics buffer (portal/analytics/recorder.py) ----------------------------------------
+#: Finished responses waiting for the flusher (one JSON entry each, XADD / XRANGE / XDEL).
+ANALYTICS_STREAM = "portal:analytics:events"
+#: Responses whose body is still open: event key -> JSON of the start record (HSET / HDEL).
+ANALYTICS_OPEN = "portal:analytics:open"
+#: Held (SET NX PX) by the one process that flushes at a time.
+ANALYTICS_FLUSH_LOCK = "portal:analytics:flush-lock"
+ANALYTICS_FLUSH_LOCK_MS = 60_000
+
+
+def analytics_worker_key(token: str) -> str:
+    """A worker's heartbeat: while it exists, that worker's open responses are not orphans."""
+    return f"portal:analytics:worker:{token}"
+
+
+# ---------------------------------------------------------------------------
+# Statistics: cluster-wide counters in one Redis hash, exposed on /metrics
+# ---------------------------------------------------------------------------
+
+STATS_KEY = "portal:cache:stats"
+#: Field -> help text; /metrics exposes each as ``portal_cache_<field>_total``.
+STATS_FIELDS = {
+    "hits": "Downloads of a remote origin answered from the hot-file cache",
+    "misses": "Downloads of a remote origin answered from the origin",
+    "hit_bytes": "Bytes planned from the hot-file cache",
+    "miss_bytes": "Bytes planned from the origin",
+    "fills": "Versions copied into the hot-file cache",
+    "evictions": "Versions evicted from the hot-file cache to stay under the byte budget",
+    "fallbacks": "Cached reads that found a chunk gone and finished from the origin",
+    "meta_hits": "Download metadata answered from Redis",
+    "meta_misses": "Download metadata loaded from the database",
+}
+
+
+def stats() -> dict[str, int] | None:
+    """The cluster-wide cache counters, or None when Redis is down."""
+    try:
+        raw = client().hgetall(STATS_KEY)
+    except redis.RedisError:
+        return None
+    values = {name: 0 for name in STATS_FIELDS}
+    values.update({k.decode(): int(v) for k, v in raw.items() if k.decode() in STATS_FIELDS})
+    return values
+
+
+def _count(**fields: int) -> None:
+    try:
+        pipe = client().pipeline(transaction=False)
+        for name, amount in fields.items():
+            pipe.hincrby(STATS_KEY, name, amount)
+        pipe.execute()
+    except redis.RedisError:
+        pass
+
+
+# ---------------------------------------------------------------------------
+# Download metadata: file id -> access rule, deletion, owner, newest version
+# ---------------------------------------------------------------------------
+
+#: Bounded staleness should an invalidation ever be lost (Redis unreachable at commit time).
+META_TTL_DEFAULT = 300
+
+
+def _meta_key(file_id: int) -> str:
+    return f"portal:file:{int(file_id)}:meta"
+
+
+@dataclass(frozen=True)
+class FileSnapshot:
+    """What can_read and the download headers need of a File (duck-typed for can_read)."""
+
+    id: int
+    access: str
+    deleted_at: datetime | None
+    owner_id: int | None
+
+
+@dataclass(frozen=True)
+class VersionSnapshot:
+    """What serve_version needs of a FileVersion: versions are immutable, so this is exact."""
+
+    id: int
+    file_id: int
+    number: int
+    sha256: str
+    size: int
+    mime_type: str
+    original_filename: str
+    storage_key: str
+    created_at: datetime
+
+
+def snapshot(file, version) -> tuple[FileSnapshot, VersionSnapshot | None]:
+    """Plain copies of an ORM File and (its newest) FileVersion."""
+    fs = FileSnapshot(id=file.id, access=file.access, deleted_at=file.deleted_at,
+                      owner_id=file.owner_id)
+    if version is None:
+        return fs, None
+    return fs, VersionSnapshot(
+        id=version.id, file_id=version.file_id, number=version.number, sha256=version.sha256,
+        size=version.size, mime_type=version.mime_type,
+        original_filename=version.original_filename, storage_key=version.storage_key,
+        created_at=version.created_at)
+
+
+def _dump(snap: tuple[FileSnapshot, VersionSnapshot | None]) -> str:
+    def plain(obj):
+        if obj is None:
+            return None
+        return {k: v.isoformat() if isinstance(v, datetime) else v
+                for k, v in asdict(obj).items()}
+
+    return json.dumps({"file": plain(snap[0]), "latest": plain(snap[1])})
+
+
+def _load(raw: bytes) -> tuple[FileSnapshot, VersionSnapshot | None]:
+    data = json.loads(raw)
+    file = data["file"]
+    if file["deleted_at"]:
+        file["deleted_at"] = datetime.fromisoformat(file["deleted_at"])
+    latest = data["latest"]
+    if latest is not None:
+        latest["created_at"] = datetime.fromisoformat(latest["created_at"])
+        latest = VersionSnapshot(**latest)
+    return FileSnapshot(**file), latest
+
+
+def file_meta(file_id: int, load: Callable[[], tuple | None]
+              ) -> tuple[FileSnapshot, VersionSnapshot | None] | None:
+    """The file's download metadata from Redis, else from ``load()`` (the database), stored
+    for next time. None when the file does not exist (not cached: ids are cheap to guess)."""
+    if not current_app.config.get("CACHE_METADATA", True):
+        return load()
+    key = _meta_key(file_id)
+    try:
+        raw = client().get(key)
+    except redis.RedisError:
+        raw = None
+        log.debug("redis down: metadata from the database")
+    if raw is not None:
+        try:
+            found = _load(raw)
+        except (ValueError, KeyError, TypeError):
+            found = None  # an older layout: reload below
+        if found is not None:
+            _count(meta_hits=1)
+            return found
+    found = load()
+    if found is not None:
+        ttl = int(current_app.config.get("CACHE_META_TTL_SECONDS", META_TTL_DEFAULT))
+        try:
+            pipe = client().pipeline(transaction=False)
+            pipe.set(key, _dump(found), ex=max(1, ttl))
+            pipe.hincrby(STATS_KEY, "meta_misses", 1)
+            pipe.execute()
+        except redis.RedisError:
+            pass
+    return found
+
+
+def invalidate_file(file_id: int) -> None:
+    """Forget the file's cached metadata (new version, access change, delete, restore).
+
+    Hot content needs no invalidation: it is keyed by SHA-256 and versions are immutable.
+    """
+    if not has_app_context():  # no app, no Redis client: nothing can be cached either
+        return
+    try:
+        client().delete(_meta_key(file_id))
+    except redis.RedisError:
+        log.warning("redis down: metadata of file %s not invalidated (expires in its TTL)",
+                    file_id)
+
+
+_CHANGED = "portal_changed_files"
+
+
+def _after_flush(session, _context) -> None:
+    """Remember which files this transaction changed (the lists still show pre-flush state)."""
+    from .models import File, FileVersion
+
+    changed = session.info.setdefault(_CHANGED, set())
+    for obj in chain(session.new, session.dirty, session.deleted):
+        if isinstance(obj, File) and obj.id is not None:
+            changed.add(obj.id)
+        elif isinstance(obj, FileVersion) and obj.file_id is not None:
+            changed.add(obj.file_id)
+
+
+def _after_commit(session) -> None:
+    """Invalidate after the commit, so no reader can cache the old rows again in between."""
+    changed = session.info.pop(_CHANGED, None)
+    if changed and has_app_context():
+        for file_id in changed:
+            invalidate_file(file_id)
+
+
+def _after_rollback(session) -> None:
+    session.info.pop(_CHANGED, None)
+
+
+def watch_file_changes() -> None:
+    """Invalidate file metadata on every committed ORM change of a File or FileVersion
+    (admin edits, deletes, restores, uploads), wherever in the code it happens."""
+    if not event.contains(Session, "after_flush", _after_flush):
+        event.listen(Session, "after_flush", _after_flush)
+        event.listen(Session, "after_commit", _after_commit)
+        event.listen(Session, "after_soft_rollback", lambda s, _t: _after_rollback(s))
+
+
+# ---------------------------------------------------------------------------
+# Hot-file cache: popular versions of a remote origin, in fixed-size chunks
+# ---------------------------------------------------------------------------
+
+#: Chunk size: a Range request reads only the chunks it overlaps.
+HOT_CHUNK = 256 * 1024
+#: Chunks fetched per round trip when streaming from the cache.
+HOT_BATCH = 4
+#: Safety net only; the byte budget evicts long before.
+HOT_TTL = 7 * 24 * 3600
+#: A fill that takes longer than this lets another request try again.
+FILL_LOCK_MS = 60_000
+#: Popularity: hits counted in hourly buckets; "recent" is this hour and the last one.
+POP_BUCKET_SECONDS = 3600
+HOT_LRU_KEY = "portal:hot:lru"  # sorted set: sha256 -> last use (unix time)
+HOT_SIZES_KEY = "portal:hot:sizes"  # hash: sha256 -> bytes, the budget's ledger
+
+
+def _pop_key(bucket: int) -> str:
+    return f"portal:hot:pop:{bucket}"
+
+
+def _ready_key(sha: str) -> str:
+    return f"portal:hot:{sha}:ready"
+
+
+def _chunk_key(sha: str, index: int) -> str:
+    return f"portal:hot:{sha}:c:{index}"
+
+
+def _lock_key(sha: str) -> str:
+    return f"portal:hot:{sha}:fill"
+
+
+# One round trip per download: count the hit in this hour's bucket, read last hour's,
+# see whether the version is cached, touch its LRU time, and count hit or miss.
+_LOOKUP = """
+local hits = tonumber(redis.call('ZINCRBY', KEYS[1], 1, ARGV[1]))
+redis.call('EXPIRE', KEYS[1], ARGV[3])
+local prev = tonumber(redis.call('ZSCORE', KEYS[2], ARGV[1]) or '0')
+local ready = redis.call('EXISTS', KEYS[3])
+if ready == 1 then
+  redis.call('ZADD', KEYS[4], 'XX', ARGV[2], ARGV[1])
+  redis.call('HINCRBY', KEYS[5], 'hits', 1)
+  redis.call('HINCRBY', KEYS[5], 'hit_bytes', ARGV[4])
+else
+  redis.call('HINCRBY', KEYS[5], 'misses', 1)
+  redis.call('HINCRBY', KEYS[5], 'miss_bytes', ARGV[4])
+end
+return {ready, hits + prev}
+"""
+
+_UNLOCK = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+
+@dataclass
+class HotState:
+    """What one lookup found: cached now, and the recent hits including this one."""
+
+    cached: bool
+    hits: int
+
+
+def hot_lookup(sha: str, planned_bytes: int) -> HotState | None:
+    """Count a request for this content and say whether it is cached; None if Redis is down."""
+    now = time.time()
+    bucket = int(now // POP_BUCKET_SECONDS)
+    try:
+        ready, hits = client().eval(
+            _LOOKUP, 5, _pop_key(bucket), _pop_key(bucket - 1), _ready_key(sha),
+            HOT_LRU_KEY, STATS_KEY, sha, now, 2 * POP_BUCKET_SECONDS, planned_bytes)
+    except redis.RedisError:
+        return None
+    return HotState(cached=bool(ready), hits=int(hits))
+
+
+def hot_fill(sha: str, size: int, origin: Callable[[int, int], Iterable[bytes]],
+             budget: int) -> bool:
+    """Copy the content into the cache unless another request is already doing so.
+
+    Single flight: the request that wins ``SET NX PX`` reads the origin once, verifies the
+    SHA-256, writes the chunks, then marks the version ready; requests arriving meanwhile
+    find the lock taken and serve from the origin. True when the content is now cached.
+    """
+    r = client()
+    token = uuid.uuid4().hex
+    try:
+        if not r.set(_lock_key(sha), token, nx=True, px=FILL_LOCK_MS):
+            return False
+    except redis.RedisError:
+        return False
+    written = 0
+    try:
+        digest = hashlib.sha256()
+        pending = bytearray()
+        pipe = r.pipeline(transaction=False)
+        for chunk in origin(0, size):
+            digest.update(chunk)
+            pending += chunk
+            while len(pending) >= HOT_CHUNK:
+                pipe.set(_chunk_key(sha, written), bytes(pending[:HOT_CHUNK]), ex=HOT_TTL)
+                del pending[:HOT_CHUNK]
+                written += 1
+                if len(pipe) >= HOT_BATCH:
+                    pipe.execute()
+        if pending:
+            pipe.set(_chunk_key(sha, written), bytes(pending), ex=HOT_TTL)
+            written += 1
+        pipe.execute()
+        if digest.hexdigest() != sha:
+            log.error("origin returned wrong content for %s: not cached", sha)
+            _drop_chunks(r, sha, written)
+            return False
+        pipe = r.pipeline(transaction=False)
+        pipe.hset(HOT_SIZES_KEY, sha, size)
+        pipe.zadd(HOT_LRU_KEY, {sha: time.time()})
+        pipe.set(_ready_key(sha), size, ex=HOT_TTL)
+        pipe.hincrby(STATS_KEY, "fills", 1)
+        pipe.execute()
+        _evict(r, budget)
+        return True
+    except redis.RedisError as exc:
+        log.warning("redis: could not cache %s: %s", sha, exc)
+        return False
+    except Exception as exc:  # the origin failed (StorageError): the caller will see it too
+        log.warning("origin read failed while caching %s: %s", sha, exc)
+        return False
+    finally:
+        with contextlib.suppress(redis.RedisError):  # else the lock expires by itself
+            r.eval(_UNLOCK, 1, _lock_key(sha), token)
+
+
+def _drop_chunks(r: redis.Redis, sha: str, count: int) -> None:
+    keys = [_ready_key(sha)] + [_chunk_key(sha, i) for i in range(count)]
+    for start in range(0, len(keys), 512):
+        r.delete(*keys[start:start + 512])
+
+
+def _evict(r: redis.Redis, budget: int) -> int:
+    """Drop least recently used versions until the cached bytes fit the budget."""
+    sizes = {k.decode(): int(v) for k, v in r.hgetall(HOT_SIZES_KEY).items()}
+    total = sum(sizes.values())
+    evicted = 0
+    while total > budget:
+        popped = r.zpopmin(HOT_LRU_KEY, 1)
+        if not popped:
+            break
+        victim = popped[0][0].decode()
+        size = sizes.pop(victim, 0)
+        r.delete(_ready_key(victim))  # first, so no new reader picks it
+        _drop_chunks(r, victim, -(-size // HOT_CHUNK))
+        r.hdel(HOT_SIZES_KEY, victim)
+        total -= size
+        evicted += 1
+    if evicted:
+        r.hincrby(STATS_KEY, "evictions", evicted)
+    return evicted
+
+
+def forget_content(sha: str) -> None:
+    """Drop a version's cached bytes (its content was deleted from storage)."""
+    try:
+        r = client()
+        size = r.hget(HOT_SIZES_KEY, sha)
+        r.delete(_ready_key(sha))
+        _drop_chunks(r, sha, -(-int(size or 0) // HOT_CHUNK))
+        r.hdel(HOT_SIZES_KEY, sha)
+        r.zrem(HOT_LRU_KEY, sha)
+    except redis.RedisError:
+        log.warning("redis down: cached bytes of %s not dropped (they expire)", sha)
+
+
+def hot_read(r: redis.Redis, sha: str, start: int, stop: int,
+             origin: Callable[[int, int], Iterable[bytes]]) -> Iterator[bytes]:
+    """The bytes [start, stop) from the cached chunks, fetched a few per round trip; if a
+    chunk has gone (evicted, FLUSHALL, Redis down) the rest comes from the origin.
+
+    A generator that runs after the view returned: it gets the client, not the app.
+    """
+    index, last = start // HOT_CHUNK, (stop - 1) // HOT_CHUNK
+    while index <= last:
+        batch = list(range(index, min(last, index + HOT_BATCH - 1) + 1))
+        try:
+            blobs = r.mget([_chunk_key(sha, i) for i in batch])
+        except redis.RedisError:
+            blobs = [None]
+        for i, blob in zip(batch, blobs, strict=False):
+            lo = max(start, i * HOT_CHUNK)
+            hi = min(stop, (i + 1) * HOT_CHUNK)
+            if blob is None or len(blob) < hi - i * HOT_CHUNK:
+                with contextlib.suppress(redis.RedisError):
+                    r.hincrby(STATS_KEY, "fallbacks", 1)
+                yield from origin(lo, stop)
+                return
+            yield blob[lo - i * HOT_CHUNK:hi - i * HOT_CHUNK]
+        index = batch[-1] + 1
+
+
+class RangeReader:
+    """``reader(start, stop)`` -> chunks of a version; ``cached`` says where they come from."""
+
+    def __init__(self, read: Callable[[int, int], Iterable[bytes]], cached: bool) -> None:
+        self.read = read
+        self.cached = cached
+
+    def __call__(self, start: int, stop: int) -> Iterable[bytes]:
+        return self.read(start, stop)
+
+
+def range_reader(storage, version, *, local: bool, planned_bytes: int) -> RangeReader:
+    """Where the bytes of a version come from for this request.
+
+    A remote origin (no local path): counted per request; a version that is cached is read
+    from Redis; one that qualifies (size <= CACHE_HOT_MAX_FILE_BYTES and at least
+    CACHE_HOT_MIN_HITS requests this hour and the last) is filled first by the one request
+    that wins the lock. A local origin keeps zero-copy sendfile, which the cache cannot beat,
+    unless CACHE_HOT_LOCAL is set. With Redis down everything comes from the origin.
+    """
+    key = version.storage_key
+
+    def origin(start: int, stop: int) -> Iterable[bytes]:
+        return storage.read_range(key, start, stop)
+
+    config = current_app.config
+    if not config.get("CACHE_HOT_ENABLED", True) or (local and not config.get("CACHE_HOT_LOCAL")):
+        return RangeReader(origin, cached=False)
+    sha, size = version.sha256, version.size
+    state = hot_lookup(sha, planned_bytes)
+    if state is None or size == 0:
+        return RangeReader(origin, cached=False)
+    if (not state.cached and size <= config.get("CACHE_HOT_MAX_FILE_BYTES", 32 << 20)
+            and state.hits >= config.get("CACHE_HOT_MIN_HITS", 2)):
+        state.cached = hot_fill(sha, size, origin, config.get("CACHE_HOT_BUDGET_BYTES", 512 << 20))
+    if not state.cached:
+        return RangeReader(origin, cached=False)
+    r = client()
+    return RangeReader(lambda start, stop: hot_read(r, sha, start, stop, origin), cached=True)

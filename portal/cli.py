@@ -186,10 +186,53 @@ def demo_command(big_mb):
     click.echo(report)
 
 
+storage_cli = AppGroup("storage", help="Check and migrate the storage backend.")
+
+
+@storage_cli.command("check")
+def storage_check():
+    """Write, read back and delete a probe object: prints ok or the reason (exit 1)."""
+    try:
+        get_storage().check()
+    except StorageError as exc:
+        fail(f"storage: {exc}")
+    click.echo("ok")
+
+
+@storage_cli.command("migrate")
+@click.option("--to", "target_url", required=True, help="Target URL: file:///dir or s3://b/p.")
+@click.option("--verify", is_flag=True, help="Also read every object back and hash it.")
+def storage_migrate(target_url, verify):
+    """Copy every version's content to another backend (safe to run again)."""
+    from .models import FileVersion
+    from .storage import storage_from_url
+    from .storage.migrate import migrate
+
+    try:
+        target = storage_from_url(target_url)
+        target.check()
+    except StorageError as exc:
+        fail(f"target {target_url}: {exc}")
+    objects = db.session.execute(
+        select(FileVersion.storage_key, FileVersion.sha256, FileVersion.size).distinct()
+        .order_by(FileVersion.storage_key)).all()
+    try:
+        report = migrate(get_storage(), target, objects, verify=verify)
+    finally:
+        if hasattr(target, "close"):
+            target.close()
+    for key, reason in report.failed:
+        click.echo(f"failed {key}: {reason}", err=True)
+    click.echo(report.summary())
+    if report.failed:
+        raise click.exceptions.Exit(1)
+
+
 def register(app: Flask) -> None:
     """Attach the command groups to the app."""
     app.cli.add_command(user_cli)
     app.cli.add_command(file_cli)
     app.cli.add_command(demo_command)
+    app.cli.add_command(storage_cli)
 
 

@@ -33,6 +33,15 @@ DEFAULTS = {
     # Failed sign-ins (Flask-Limiter syntax). Per IP is generous: a campus NATs many students.
     "LOGIN_LIMIT_ACCOUNT": "5 per minute;20 per hour",
     "LOGIN_LIMIT_IP": "100 per minute",
+    # Hot-file cache in Redis (portal/cache.py): pays for remote origins such as S3; a local
+    # origin keeps zero-copy sendfile unless CACHE_HOT_LOCAL is true.
+    "CACHE_HOT_ENABLED": True,
+    "CACHE_HOT_LOCAL": False,
+    "CACHE_HOT_MAX_FILE_BYTES": 32 * 1024**2,  # admission: only files this small
+    "CACHE_HOT_MIN_HITS": 2,  # admission: requests this hour and the last, this one included
+    "CACHE_HOT_BUDGET_BYTES": 512 * 1024**2,  # LRU eviction above this many cached bytes
+    "CACHE_METADATA": True,  # download metadata (access, newest version) in Redis
+    "CACHE_META_TTL_SECONDS": 300,
 }
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
+from flask import current_app, has_app_context
 from flask_login import UserMixin
 from sqlalchemy import (
     BigInteger,
@@ -86,8 +87,16 @@ class User(UserMixin, db.Model):
         return self.role in ("staff", "admin")
 
     def set_password(self, password: str | None) -> None:
-        """Store a scrypt hash, or no password at all (the account cannot sign in)."""
-        self.password_hash = generate_password_hash(password) if password else None
+        """Store a scrypt hash, or no password at all (the account cannot sign in).
+
+        The KDF is Werkzeug's (scrypt, its default cost) unless PASSWORD_HASH_METHOD names
+        another: the test suite uses a cheaper scrypt so that hundreds of sign-ins stay fast.
+        """
+        if not password:
+            self.password_hash = None
+            return
+        method = current_app.config.get("PASSWORD_HASH_METHOD") if has_app_context() else None
+        self.password_hash = generate_password_hash(password, method=method or "scrypt")
 
     def check_password(self, password: str) -> bool:
         """True when the password matches; an account without a password never matches."""
@@ -164,10 +173,12 @@ class FileVersion(db.Model):
 
 
 class DownloadEvent(db.Model):
-    """One HTTP response that served (part of) a file version.
+    """One HTTP response that served (part of) a file version (see portal/analytics).
 
-    A placeholder that the analytics work completes: it already records who fetched
-    which version, the status, the ranges asked for and the bytes really sent.
+    ``bytes_sent`` is -1 when the sender cannot know it (nginx sent the file; the worker died
+    mid-download: then ``ended_at`` is empty); ``served_ranges`` are the byte ranges the
+    response planned to send ("a-b,c-d", inclusive); ``client_ip`` is truncated (IPv4 /24,
+    IPv6 /64); ``event_key`` makes writing the same event twice impossible.
     """
 
     __tablename__ = "download_events"
@@ -185,6 +196,13 @@ class DownloadEvent(db.Model):
     user_agent: Mapped[str] = mapped_column(String(256), default="")
     started_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
     ended_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    event_key: Mapped[str | None] = mapped_column(String(32), unique=True)
+    served_ranges: Mapped[str] = mapped_column(Text, default="", server_default="")
+    size: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    ua_class: Mapped[str] = mapped_column(String(16), default="", server_default="")
+    referrer: Mapped[str] = mapped_column(String(256), default="", server_default="")
+    served_from: Mapped[str] = mapped_column(String(8), default="origin", server_default="origin")
+    link_id: Mapped[str | None] = mapped_column(String(32))
 
 
 class AuditEntry(db.Model):
@@ -201,3 +219,34 @@ class AuditEntry(db.Model):
     client_ip: Mapped[str] = mapped_column(String(64), default="")
 
     actor: Mapped[User | None] = relationship()
+
+
+class Upload(db.Model):
+    """A tus upload: who sends it, how long it is, how much has been acknowledged, what it becomes.
+
+    The state lives here rather than in a side file so that any app node can continue an
+    upload (the bytes sit in the shared upload area, see portal/uploads/service.py); a row
+    outlives completion so that a client's late HEAD still learns the file it produced.
+    """
+
+    __tablename__ = "uploads"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)  # uuid4 hex, made by the server
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    size: Mapped[int] = mapped_column(BigInteger)  # Upload-Length
+    received: Mapped[int] = mapped_column(BigInteger, default=0)  # acknowledged Upload-Offset
+    filename: Mapped[str] = mapped_column(String(255))  # already cleaned for display
+    title: Mapped[str] = mapped_column(String(255), default="")
+    category: Mapped[str] = mapped_column(String(64), default="")
+    access: Mapped[str] = mapped_column(String(300), default="login")
+    description: Mapped[str] = mapped_column(Text, default="")
+    file_id: Mapped[int | None] = mapped_column(ForeignKey("files.id", ondelete="CASCADE"))
+    raw_metadata: Mapped[str] = mapped_column(Text, default="")  # echoed on HEAD, as tus asks
+    version_id: Mapped[int | None] = mapped_column(
+        ForeignKey("file_versions.id", ondelete="SET NULL"))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
+    completed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+    user: Mapped[User] = relationship()
+    version: Mapped[FileVersion | None] = relationship()

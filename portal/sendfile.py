@@ -23,6 +23,7 @@ import errno
 import fcntl
 import os
 import select
+import socket
 import struct
 import termios
 
@@ -46,42 +47,72 @@ def _waiter(sock):
     return wait
 
 
-def unacknowledged(sockfd: int) -> int:
+def unacknowledged(sock) -> int | None:
     """Bytes written to a TCP socket that the peer has not acknowledged yet (Linux SIOCOUTQ,
-    which equals TIOCOUTQ); 0 where the platform cannot tell."""
+    which equals TIOCOUTQ); None where the platform cannot tell."""
     try:
-        raw = fcntl.ioctl(sockfd, termios.TIOCOUTQ, b"\0\0\0\0")
+        raw = fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0\0\0\0")
     except (OSError, AttributeError):
-        return 0
+        return None
     return struct.unpack("i", raw)[0]
+
+
+# struct tcp_info (linux/tcp.h): the u64 tcpi_bytes_acked sits at this offset (kernel 4.2+).
+_TCPI_BYTES_ACKED = 120
+
+
+def peer_acked(sock) -> int | None:
+    """Bytes of this connection the peer's TCP has acknowledged so far (Linux TCP_INFO); it
+    stays readable after a reset. None where the platform cannot tell."""
+    try:
+        info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 256)
+    except (OSError, AttributeError):
+        return None
+    if len(info) < _TCPI_BYTES_ACKED + 8:
+        return None
+    return struct.unpack_from("=Q", info, _TCPI_BYTES_ACKED)[0]
 
 
 def send_range(sock, fileno: int, offset: int, count: int, progress=None) -> int:
     """Send count bytes of the file from offset with sendfile(2); return the bytes sent.
 
-    ``progress(n)`` is called after every successful call, so that a caller learns how far
-    it got even when the client goes away and an OSError ends the loop. While sending, n
-    leaves out what still waits unacknowledged in the kernel's send buffer (up to megabytes
-    per connection, lost when the client aborts); once everything is handed over, n = count.
+    ``progress(n)`` is called after every successful call and once more when an OSError ends
+    the loop (the client went away), so that a caller learns how far it got. While sending,
+    n counts the bytes the client's TCP acknowledged, not what still waits in the kernel's
+    send buffer (megabytes per connection, lost when the client aborts); once everything is
+    handed over, n = count. Where the kernel cannot tell, n is the bytes handed over.
     """
     sockfd = sock.fileno()
     wait = _waiter(sock)
     sent = 0
-    while sent < count:
-        try:
-            n = os.sendfile(sockfd, fileno, offset + sent, min(count - sent, BLOCK))
-        except BlockingIOError:
-            wait(sockfd)
-            continue
-        except OSError as exc:
-            if exc.errno == errno.EINTR:
+    acked, queued = peer_acked(sock), unacknowledged(sock)
+    # Everything written on this connection before the body (headers, earlier responses).
+    before = None if acked is None or queued is None else acked + queued
+
+    def delivered() -> int:
+        now = None if before is None else peer_acked(sock)
+        return sent if now is None else max(0, min(sent, now - before))
+
+    try:
+        while sent < count:
+            try:
+                n = os.sendfile(sockfd, fileno, offset + sent, min(count - sent, BLOCK))
+            except BlockingIOError:
+                wait(sockfd)
                 continue
-            raise
-        if n == 0:  # the file is shorter than promised: stop, the server closes the connection
-            break
-        sent += n
+            except OSError as exc:
+                if exc.errno == errno.EINTR:
+                    continue
+                raise
+            if n == 0:  # the file is shorter than promised: stop, the server closes
+                break
+            sent += n
+            if progress is not None:
+                progress(delivered())
+    except OSError:
         if progress is not None:
-            progress(max(0, sent - unacknowledged(sockfd)))
+            progress(delivered())
+        raise
     if progress is not None:
         progress(sent)
     return sent

@@ -119,6 +119,7 @@ def config(tmp_path, database_url, redis_url):
         "STORAGE_URL": (tmp_path / "storage").as_uri(),
         "DEMO_BIG_FILE_MB": 1,
         "RATELIMIT_STORAGE_URI": redis_url,
+        "PASSWORD_HASH_METHOD": "scrypt:1024:8:1",  # still scrypt, 32x cheaper than the default
     }
 
 

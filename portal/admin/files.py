@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from flask import abort, flash, redirect, render_template, request, url_for
+from flask import abort, current_app, flash, redirect, render_template, request, url_for
 from flask_babel import gettext as _
 from flask_babel import lazy_gettext as _l
 from flask_login import current_user
@@ -51,6 +51,21 @@ def files():
     return render_template("admin/files.html", files=db.session.scalars(stmt.limit(500)).all())
 
 
+def upload_context() -> dict:
+    """What the upload widget shows: known categories and the size limit."""
+    from ..catalog.service import human_size
+
+    categories = db.session.scalars(select(File.category).distinct().order_by(File.category))
+    return {"categories": [c for c in categories if c],
+            "max_size": human_size(current_app.config["MAX_UPLOAD_BYTES"])}
+
+
+@bp.route("/upload")
+def upload():
+    """Drag-and-drop upload of several files (tus, resumable)."""
+    return render_template("admin/upload.html", **upload_context())
+
+
 @bp.route("/files/<int:file_id>", methods=["GET", "POST"])
 def edit_file(file_id: int):
     """Edit title, category, description and access rule; changes of access are audited."""
@@ -82,7 +97,8 @@ def edit_file(file_id: int):
                 flash(_("Saved."), "info")
                 return redirect(url_for("admin.edit_file", file_id=file.id))
     status = 400 if request.method == "POST" else 200
-    return render_template("admin/file_edit.html", file=file, form=form), status
+    return render_template("admin/file_edit.html", file=file, form=form,
+                           **upload_context()), status
 
 
 @bp.route("/files/<int:file_id>/delete", methods=["POST"])

@@ -7,8 +7,19 @@ from dataclasses import dataclass
 from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session, selectinload
 
+from .. import cache
 from ..access import _escape_like, can_read, readable_clause
 from ..models import File, FileVersion, User
+
+
+def human_size(n: int) -> str:
+    """1536 -> '1.5 KB' (binary units, as the templates show sizes)."""
+    size = float(n)
+    for unit in ("B", "KB", "MB", "GB"):
+        if size < 1024 or unit == "GB":
+            return f"{int(size)} B" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{size:.1f} GB"
 
 
 @dataclass
@@ -65,3 +76,19 @@ def readable_file(session: Session, user: User | None, file_id: int) -> File | N
     if file is None or not can_read(user, file):
         return None
     return file
+
+
+def readable_latest(session: Session, user: User | None, file_id: int
+                    ) -> tuple[cache.FileSnapshot, cache.VersionSnapshot | None] | None:
+    """The file and its newest version as cached snapshots, if the user may read the file;
+    None otherwise. A hit in the metadata cache costs no SQL (can_read still loads a
+    signed-in user's groups for a group: rule)."""
+
+    def load():
+        file = session.get(File, file_id)
+        return None if file is None else cache.snapshot(file, file.latest)
+
+    found = cache.file_meta(file_id, load)
+    if found is None or not can_read(user, found[0]):
+        return None
+    return found

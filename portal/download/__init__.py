@@ -5,3 +5,4 @@ from flask import Blueprint
 bp = Blueprint("download", __name__)
 
 from . import views  # noqa: E402,F401
+from .zipview import zip_download  # noqa: E402,F401

@@ -7,7 +7,7 @@ into a Representation, asks http.evaluate what to send, and builds the response 
 from __future__ import annotations
 
 import logging
-from datetime import UTC, datetime
+from datetime import UTC
 
 from flask import (
     Response,
@@ -19,14 +19,14 @@ from flask import (
     url_for,
 )
 from flask_login import current_user, login_required
-from sqlalchemy import insert
-from sqlalchemy.exc import SQLAlchemyError
 
+from .. import cache
 from ..access import can_read
-from ..catalog.service import readable_file
+from ..analytics import recorder as analytics
+from ..catalog.service import readable_file, readable_latest
 from ..catalog.views import refuse
 from ..extensions import db
-from ..models import DownloadEvent, File, FileVersion, User
+from ..models import File, FileVersion, User
 from ..storage import StorageError, get_storage
 from . import bp, http, links
 from .body import CountedBody, TrackedFile, can_sendfile
@@ -57,32 +57,43 @@ def pick_version(file: File, raw: str | None) -> FileVersion:
     return version
 
 
-def _event_recorder(version: FileVersion, user_id: int | None, via_link: bool, status: int):
-    """A callback that writes one DownloadEvent when the body closes, using only values
-    captured now (no request, no session inside the callback)."""
-    engine = db.engine
-    row = {
-        "file_id": version.file_id,
-        "version_id": version.id,
-        "user_id": user_id,
-        "via_link": via_link,
-        "method": request.method,
-        "status": status,
-        "range_header": (request.headers.get("Range") or "")[:200],
-        "client_ip": (request.remote_addr or "")[:64],
-        "user_agent": (request.headers.get("User-Agent") or "")[:256],
-        "started_at": datetime.now(UTC),
-    }
+def _event_recorder(version: FileVersion, user_id: int | None, via_link: bool,
+                    decision: http.Decision):
+    """A callback that records one download event when the body closes (portal/analytics:
+    buffered in Redis, written to SQL in batches), using only values captured now (no
+    request, no session inside the callback)."""
+    config = current_app.config
+    status = decision.status
+    served = list(decision.ranges) if status == 206 else [(0, version.size)]
+    token = (request.view_args or {}).get("token") if via_link else None
+    row = analytics.event_row(
+        file_id=version.file_id, version_id=version.id, size=version.size, user_id=user_id,
+        via_link=via_link, method=request.method, status=status,
+        range_header=request.headers.get("Range") or "", served=served,
+        client_ip=request.remote_addr or "", user_agent=request.headers.get("User-Agent") or "",
+        referrer=request.referrer, link_id=analytics.link_nonce(config["SECRET_KEY"], token))
+    return analytics.open_event(current_app._get_current_object(), row)
 
-    def record(sent: int) -> None:
-        try:
-            with engine.begin() as conn:
-                conn.execute(insert(DownloadEvent).values(
-                    **row, bytes_sent=sent, ended_at=datetime.now(UTC)))
-        except SQLAlchemyError:
-            log.exception("could not record a download event")
 
-    return record
+def common_headers(decision: http.Decision, *, public: bool) -> list[tuple[str, str]]:
+    """The evaluated headers plus the caching and no-sniff policy every download shares."""
+    headers = list(decision.headers)
+    headers.append(("Cache-Control", "public, max-age=0, must-revalidate" if public
+                    else "private, max-age=0, must-revalidate"))
+    headers.append(("X-Content-Type-Options", "nosniff"))
+    return headers
+
+
+def bodiless_response(decision: http.Decision, headers: list) -> Response | None:
+    """The whole answer for 304, 412 and 416; None when the representation is to be sent."""
+    if decision.status in (304, 412):
+        body = "" if decision.status == 304 else "Precondition Failed\n"
+        return Response(body, status=decision.status, headers=headers,
+                        mimetype=None if decision.status == 304 else "text/plain")
+    if decision.status == 416:
+        return Response("Range Not Satisfiable\n", status=416, headers=headers,
+                        mimetype="text/plain")
+    return None
 
 
 def serve_version(file: File, version: FileVersion, *, user_id: int | None,
@@ -91,18 +102,10 @@ def serve_version(file: File, version: FileVersion, *, user_id: int | None,
     rep = representation(version)
     decision = http.evaluate(request.method, request.headers, rep,
                              max_ranges=current_app.config.get("MAX_RANGES", 64))
-    headers = list(decision.headers)
-    public = file.access == "public"
-    headers.append(("Cache-Control", "public, max-age=0, must-revalidate" if public
-                    else "private, max-age=0, must-revalidate"))
-    headers.append(("X-Content-Type-Options", "nosniff"))
-    if decision.status in (304, 412):
-        body = "" if decision.status == 304 else "Precondition Failed\n"
-        return Response(body, status=decision.status, headers=headers,
-                        mimetype=None if decision.status == 304 else "text/plain")
-    if decision.status == 416:
-        return Response("Range Not Satisfiable\n", status=416, headers=headers,
-                        mimetype="text/plain")
+    headers = common_headers(decision, public=file.access == "public")
+    early = bodiless_response(decision, headers)
+    if early is not None:
+        return early
 
     headers.append(("Content-Disposition", http.content_disposition(version.original_filename)))
     if http.is_active_content(version.mime_type):
@@ -124,22 +127,23 @@ def serve_version(file: File, version: FileVersion, *, user_id: int | None,
         # No body argument: Response(b"") would overwrite Content-Length with 0.
         return Response(status=decision.status, headers=headers)
 
-    record = _event_recorder(version, user_id, via_link, decision.status)
+    record = _event_recorder(version, user_id, via_link, decision)
     if (current_app.config["SENDFILE"] == "x-accel" and path is not None
             and _nginx_agrees(decision, request.headers)):
         return _x_accel(version, decision, headers, record)
 
     # Local files go zero-copy through the server's file_wrapper when it sends exactly
-    # Content-Length bytes (gunicorn); otherwise the backend streams the ranges.
-    def read_range(start: int, stop: int):
-        return storage.read_range(version.storage_key, start, stop)
-
+    # Content-Length bytes (gunicorn); otherwise the backend (or the hot-file cache in
+    # Redis, for a popular version of a remote origin) streams the ranges.
+    planned = (sum(b - a for a, b in decision.ranges) if decision.status == 206 else rep.size)
     try:
+        read_range = cache.range_reader(storage, version, local=path is not None,
+                                        planned_bytes=planned)
         if multipart:
             body = CountedBody(http.iter_multipart(plan, read_range), record)
         else:
             start, stop = decision.ranges[0] if decision.status == 206 else (0, rep.size)
-            if path is not None and can_sendfile(request.environ):
+            if path is not None and can_sendfile(request.environ) and not read_range.cached:
                 tracked = TrackedFile(path, start, stop - start, record)
                 body = request.environ["wsgi.file_wrapper"](tracked, 1024 * 1024)
             else:
@@ -167,26 +171,28 @@ def _x_accel(version: FileVersion, decision: http.Decision, headers: list, recor
     """
     prefix = current_app.config["X_ACCEL_PREFIX"].rstrip("/")
     key = version.storage_key
-    kept = [(k, v) for k, v in headers if k.lower() not in _NGINX_OWNS]
+    owned = _NGINX_OWNS if decision.status == 206 else _NGINX_OWNS | {"accept-ranges"}
+    kept = [(k, v) for k, v in headers if k.lower() not in owned]
     kept += [("Content-Type", version.mime_type),
              ("X-Accel-Redirect", f"{prefix}/{key[:2]}/{key[2:4]}/{key}")]
     record(-1)  # nginx reports the bytes it sent through its access log
     return Response(status=200, headers=kept)
 
 
-#: Fields nginx derives from the file and the client's Range (and Accept-Ranges, which its
-#: range filter adds itself): sending the portal's would duplicate or contradict them.
-_NGINX_OWNS = frozenset({"content-length", "content-range", "content-type", "accept-ranges"})
+#: Fields nginx derives from the file and the client's Range: sending the portal's would
+#: contradict them. Accept-Ranges is added by nginx's range filter to a 200 (not to a 206),
+#: so the portal's copy is kept for a 206 only.
+_NGINX_OWNS = frozenset({"content-length", "content-range", "content-type"})
 
 
 def _nginx_agrees(decision: http.Decision, headers) -> bool:
     """True when nginx, given this request, would send what the portal decided.
 
-    nginx evaluates the request's conditionals again against the file it serves, where
-    If-Match and If-Unmodified-Since can only fail (its own validators are off or are the
-    file's mtime); and it parses Range with its own policy, which may answer 206 where the
-    portal chose 200 (an invalid, abusive or If-Range-mismatched Range). Those rare requests
-    are answered by the portal itself (gunicorn sends the bytes, nginx only proxies them).
+    nginx evaluates If-Match and If-Unmodified-Since again before its add_header runs, i.e.
+    against no ETag at all and the file's mtime, so it could refuse what the portal allowed;
+    and it parses Range with its own policy, which may answer 206 where the portal chose 200
+    (an invalid or abusive Range). Those rare requests are answered by the portal itself
+    (gunicorn sends the bytes, nginx only proxies them).
     """
     if "If-Match" in headers or "If-Unmodified-Since" in headers:
         return False
@@ -196,10 +202,18 @@ def _nginx_agrees(decision: http.Decision, headers) -> bool:
 @bp.route("/files/<int:file_id>/download", methods=["GET", "HEAD"])
 def download(file_id: int):
     """The bytes of the newest (or ?version=N) version, for a user allowed to read them."""
-    file = readable_file(db.session, current_user, file_id)
-    if file is None:
-        return refuse()
-    version = pick_version(file, request.args.get("version"))
+    if request.args.get("version") is None:  # the newest: from the metadata cache, no SQL
+        found = readable_latest(db.session, current_user, file_id)
+        if found is None:
+            return refuse()
+        file, version = found
+        if version is None:
+            abort(404)
+    else:
+        file = readable_file(db.session, current_user, file_id)
+        if file is None:
+            return refuse()
+        version = pick_version(file, request.args.get("version"))
     user_id = current_user.id if current_user.is_authenticated else None
     return serve_version(file, version, user_id=user_id, via_link=False)
 

@@ -19,7 +19,13 @@ def _local(url) -> Storage:
     return LocalStorage(unquote(url.path))
 
 
-BACKENDS: dict[str, Callable[..., Storage]] = {"file": _local}
+def _s3(url) -> Storage:
+    from .s3 import S3Storage  # boto3 is imported only when an s3:// URL is used
+
+    return S3Storage(url.netloc, unquote(url.path))
+
+
+BACKENDS: dict[str, Callable[..., Storage]] = {"file": _local, "s3": _s3}
 
 
 def storage_from_url(url: str) -> Storage:

@@ -30,6 +30,9 @@ def add(app, title="课程表", body=BODY, access="public", filename="2026秋季
 
 
 def events(app):
+    from portal.analytics.recorder import recorder
+
+    recorder(app).flush()  # events are buffered in Redis until the flusher writes them
     with app.app_context():
         return db.session.scalars(select(DownloadEvent).order_by(DownloadEvent.id)).all()
 
