@@ -6,6 +6,8 @@ from logging.config import fileConfig
 from alembic import context
 from flask import current_app
 
+from portal.extensions import migration_include_object
+
 config = context.config
 if config.config_file_name is not None:
     fileConfig(config.config_file_name, disable_existing_loggers=False)
@@ -40,6 +42,7 @@ def run_migrations_online():
     conf_args = dict(current_app.extensions["migrate"].configure_args)
     conf_args.setdefault("process_revision_directives", skip_empty)
     conf_args.setdefault("render_as_batch", True)  # SQLite needs batch mode to alter tables
+    conf_args.setdefault("include_object", migration_include_object)
     with engine().connect() as connection:
         context.configure(connection=connection, target_metadata=target_metadata(), **conf_args)
         with context.begin_transaction():

@@ -51,3 +51,9 @@ def _tune_sqlite(dbapi_connection, _record) -> None:
         cursor.execute("PRAGMA foreign_keys=ON")
     finally:
         cursor.close()
+
+
+def migration_include_object(obj, name, type_, reflected, compare_to) -> bool:
+    """Alembic's filter: leave out what migrations make by hand and the models do not declare,
+    the trigram search indexes of migration 0005 (PostgreSQL only)."""
+    return not (type_ == "index" and name and name.endswith("_trgm"))

@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 from flask import abort, current_app, jsonify, render_template, request, url_for
-from flask_login import current_user
+from flask_login import current_user, login_required
 
 from ..extensions import db
 from ..models import File
 from . import bp
-from .service import categories, readable_file, search_files
+from .service import (
+    SORTS,
+    categories,
+    download_counts,
+    my_download_history,
+    readable_file,
+    search_files,
+)
 
 
 def file_json(file: File) -> dict:
@@ -52,10 +59,20 @@ def index():
     """The catalog: search, categories, pagination."""
     q = request.args.get("q", "")[:200]
     category = request.args.get("category", "")[:64]
+    sort = request.args.get("sort", "newest")
+    sort = sort if sort in SORTS else "newest"
     page = search_files(db.session, current_user, query=q, category=category,
-                        page=_page_arg(), per_page=current_app.config["PER_PAGE"])
-    return render_template("catalog/index.html", page=page, q=q, category=category,
+                        page=_page_arg(), per_page=current_app.config["PER_PAGE"], sort=sort)
+    return render_template("catalog/index.html", page=page, q=q, category=category, sort=sort,
                            categories=categories(db.session, current_user))
+
+
+@bp.route("/me/downloads")
+@login_required
+def my_downloads():
+    """What I downloaded, when, and how much of it arrived (logical downloads)."""
+    return render_template("catalog/my_downloads.html",
+                           rows=my_download_history(db.session, current_user))
 
 
 @bp.route("/files/<int:file_id>")
@@ -64,7 +81,8 @@ def file_page(file_id: int):
     file = readable_file(db.session, current_user, file_id)
     if file is None:
         return refuse()
-    return render_template("catalog/file.html", file=file)
+    return render_template("catalog/file.html", file=file,
+                           downloads=download_counts(db.session, [file.id]).get(file.id, 0))
 
 
 @bp.route("/api/files")

@@ -90,3 +90,29 @@ def test_login_without_csrf_is_refused(client, make_user):
     make_user("zhangsan")
     resp = client.post("/login", data={"username": "zhangsan", "password": "password123"})
     assert resp.status_code == 400
+
+
+def test_sort_by_downloads_counts_and_my_downloads(app, client, make_user, login):
+    from portal.analytics.recorder import recorder
+
+    quiet = add(app, "冷门资料", "public", body=b"q" * 100)
+    hot = add(app, "热门资料", "public", body=b"h" * 100)
+    make_user("zhangsan")
+    login("zhangsan")
+    client.get(f"/files/{hot}/download").close()
+    client.get(f"/files/{hot}/download", headers={"Range": "bytes=0-49"}).close()
+    recorder(app).flush()  # events are buffered in Redis until the flusher writes them
+    newest = client.get("/").get_data(as_text=True)
+    assert newest.index("热门资料") < newest.index("冷门资料")  # added last
+    add(app, "冷门资料", "public", body=b"q2" * 100)  # a new version makes it the newest
+    newest = client.get("/").get_data(as_text=True)
+    assert newest.index("冷门资料") < newest.index("热门资料")
+    popular = client.get("/?sort=popular").get_data(as_text=True)
+    assert popular.index("热门资料") < popular.index("冷门资料")
+    page = client.get(f"/files/{hot}").get_data(as_text=True)
+    assert '<dd id="download-count">1</dd>' in page  # two responses, one logical download
+    assert '<dd id="download-count">0</dd>' in client.get(f"/files/{quiet}").get_data(
+        as_text=True)
+    mine = client.get("/me/downloads").get_data(as_text=True)
+    assert "热门资料" in mine and "冷门资料" not in mine and "100%" in mine
+    assert client.get("/?sort=bogus").status_code == 200
