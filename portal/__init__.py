@@ -112,6 +112,7 @@ def select_locale() -> str:
 def register_blueprints(app: Flask) -> None:
     """Attach every blueprint."""
     from .admin import bp as admin_bp
+    from .analytics import init_app as init_analytics
     from .auth import bp as auth_bp
     from .catalog import bp as catalog_bp
     from .download import bp as download_bp
@@ -125,8 +126,6 @@ def register_blueprints(app: Flask) -> None:
     app.register_blueprint(health_bp)
     app.register_blueprint(metrics_bp)
     app.register_blueprint(admin_bp)
-    from .analytics import init_app as init_analytics
-
     init_analytics(app)  # /admin/analytics pages, /api/analytics, `flask analytics`
     app.register_blueprint(uploads_bp)
 

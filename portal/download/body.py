@@ -10,8 +10,6 @@ from __future__ import annotations
 import io
 from collections.abc import Callable, Iterable, Iterator
 
-CHUNK = 256 * 1024
-
 
 class TrackedFile(io.FileIO):
     """A file for ``wsgi.file_wrapper`` that reports, when closed, how many bytes went out.
@@ -46,19 +44,6 @@ class TrackedFile(io.FileIO):
             callback(sent)
             return
         super().close()
-
-
-def file_range(path: str, start: int, stop: int) -> Iterator[bytes]:
-    """The bytes of [start, stop) read in chunks (the fallback when sendfile cannot be used)."""
-    with open(path, "rb") as fh:
-        fh.seek(start)
-        remaining = stop - start
-        while remaining > 0:
-            chunk = fh.read(min(CHUNK, remaining))
-            if not chunk:
-                break
-            remaining -= len(chunk)
-            yield chunk
 
 
 class CountedBody:
