@@ -1043,6 +1043,16 @@ def old_analysis(path: Path) -> str:
     return text[start + len(ANALYSIS_START):end]
 
 
+def other_sections(path: Path) -> str:
+    """Whatever follows the analysis (other benchmarks' sections), kept as it is."""
+    try:
+        text = path.read_text()
+    except OSError:
+        return ""
+    end = text.find(ANALYSIS_END)
+    return text[end + len(ANALYSIS_END):].strip() if end >= 0 else ""
+
+
 # ----------------------------------------------------------------------------- main
 
 
@@ -1125,8 +1135,9 @@ def main(argv: list[str] | None = None) -> int:
     print(details(res, args))
     if not args.no_doc:
         args.doc.parent.mkdir(parents=True, exist_ok=True)
+        rest = other_sections(args.doc)
         args.doc.write_text(render(res, args, command, started, seconds,
-                                   old_analysis(args.doc)))
+                                   old_analysis(args.doc)) + (f"\n{rest}\n" if rest else ""))
         print(f"\nwrote {args.doc}")
     return 0
 
