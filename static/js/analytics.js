@@ -1,5 +1,8 @@
 // Analytics pages: fetch the JSON API and draw with the vendored Chart.js. No framework.
 (() => {
+  // Labels in the page's language, from the JSON the template renders (keys stay English).
+  const text = JSON.parse((document.getElementById("analytics-text") || {}).textContent || "{}");
+  const t = (key) => text[key] || key;
   const filters = document.getElementById("filters");
   const params = () => new URLSearchParams(filters ? new FormData(filters) : undefined);
   const getJSON = async (url) => (await fetch(url, {credentials: "same-origin"})).json();
@@ -60,8 +63,8 @@
     const canvas = document.getElementById("series-chart");
     const s = await getJSON(withParams(canvas.dataset.api));
     draw("series-chart", {type: "line", data: {labels: s.labels, datasets: [
-      {label: "downloads", data: s.downloads, borderColor: "#1f6feb"},
-      {label: "completed", data: s.completed, borderColor: "#2da44e"}]},
+      {label: t("downloads"), data: s.downloads, borderColor: "#1f6feb"},
+      {label: t("completed"), data: s.completed, borderColor: "#2da44e"}]},
       options: {animation: false, scales: {y: {beginAtZero: true}}}});
     const heat = document.getElementById("heatmap");
     const h = await getJSON(heat.dataset.api);
@@ -71,10 +74,10 @@
       const th = document.createElement("th"); th.textContent = x; return th; }));
     const rows = h.weekdays.map((day, i) => {
       const tr = document.createElement("tr");
-      const th = document.createElement("th"); th.textContent = day; tr.append(th);
+      const th = document.createElement("th"); th.textContent = t(day); tr.append(th);
       h.values[i].forEach((v) => {
         const td = document.createElement("td");
-        td.textContent = v; td.title = `${day} ${v}`;
+        td.textContent = v; td.title = `${t(day)} ${v}`;
         td.style.background = `rgba(31,111,235,${(v / max).toFixed(2)})`;
         tr.append(td);
       });
@@ -83,7 +86,7 @@
     heat.querySelector("tbody").replaceChildren(head, ...rows);
     const f = await getJSON(document.getElementById("forecast-chart").dataset.api);
     draw("forecast-chart", {type: "bar", data: {labels: f.labels,
-      datasets: [{label: f.method, data: f.values, backgroundColor: "#8250df"}]},
+      datasets: [{label: t("forecast"), data: f.values, backgroundColor: "#8250df"}]},
       options: {animation: false}});
     refreshCsv();
   }
@@ -95,19 +98,21 @@
     totals.replaceChildren();
     [["downloads"], ["unique_users"], ["bytes_served", "bytes"], ["completion_rate", "percent"],
      ["cache_hit_rate", "percent"]].forEach(([key, kind]) => {
-      const dt = document.createElement("dt"); dt.textContent = key;
+      const dt = document.createElement("dt"); dt.textContent = t(key);
       const dd = document.createElement("dd"); dd.textContent = fmt(d.totals[key], kind);
       totals.append(dt, dd);
     });
     const s = await getJSON(withParams(box.dataset.series));
     draw("file-series", {type: "line", data: {labels: s.labels, datasets: [
-      {label: "downloads", data: s.downloads, borderColor: "#1f6feb"}]},
+      {label: t("downloads"), data: s.downloads, borderColor: "#1f6feb"}]},
       options: {animation: false, scales: {y: {beginAtZero: true}}}});
     draw("completion-chart", {type: "bar", data: {labels: d.completion_histogram.labels,
-      datasets: [{label: "downloads", data: d.completion_histogram.values, backgroundColor: "#2da44e"}]},
+      datasets: [{label: t("downloads"), data: d.completion_histogram.values,
+        backgroundColor: "#2da44e"}]},
       options: {animation: false}});
-    draw("clients-chart", {type: "doughnut", data: {labels: Object.keys(d.clients),
-      datasets: [{data: Object.values(d.clients)}]}, options: {animation: false}});
+    draw("clients-chart", {type: "doughnut", data: {labels: Object.keys(d.clients).map(t),
+      datasets: [{data: Object.values(d.clients)}]},
+      options: {animation: false, aspectRatio: 2.5}});  // a doughnut defaults to square
     document.querySelector("#versions tbody").replaceChildren(...d.versions.map((v) => {
       const tr = document.createElement("tr");
       [v.version, fmt(v.downloads), fmt(v.completion_rate, "percent")].forEach((c) => {
