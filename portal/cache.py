@@ -18,7 +18,7 @@ from datetime import datetime
 from itertools import chain
 
 import redis
-from flask import current_app, has_app_context
+from flask import current_app, g, has_app_context
 from sqlalchemy import event
 from sqlalchemy.orm import Session
 
@@ -203,29 +203,42 @@ def file_meta(file_id: int, load: Callable[[], tuple | None]
     if not current_app.config.get("CACHE_METADATA", True):
         return load()
     key = _meta_key(file_id)
-    try:
-        raw = client().get(key)
-    except redis.RedisError:
-        raw = None
-        log.debug("redis down: metadata from the database")
+    # One round trip for the common case: read the entry and count it as a hit (a miss
+    # takes the hit back below, in the round trip that stores the entry anyway). A download
+    # has made that round trip already, together with the user's (prefetch_download).
+    raw, counted = _prefetched("meta", file_id), True
+    if raw is _DOWN:
+        return load()
+    if raw is _NOT_FETCHED:
+        try:
+            pipe = client().pipeline(transaction=False)
+            pipe.get(key)
+            pipe.hincrby(STATS_KEY, "meta_hits", 1)
+            raw = pipe.execute()[0]
+        except redis.RedisError:
+            raw = None
+            log.debug("redis down: metadata from the database")
+            counted = False
     if raw is not None:
         try:
             found = _load(raw)
         except (ValueError, KeyError, TypeError):
             found = None  # an older layout: reload below
         if found is not None:
-            _count(meta_hits=1)
             return found
     found = load()
-    if found is not None:
-        ttl = int(current_app.config.get("CACHE_META_TTL_SECONDS", META_TTL_DEFAULT))
-        try:
-            pipe = client().pipeline(transaction=False)
+    try:
+        pipe = client().pipeline(transaction=False)
+        if found is not None:
+            ttl = int(current_app.config.get("CACHE_META_TTL_SECONDS", META_TTL_DEFAULT))
             pipe.set(key, _dump(found), ex=max(1, ttl))
             pipe.hincrby(STATS_KEY, "meta_misses", 1)
+        if counted:
+            pipe.hincrby(STATS_KEY, "meta_hits", -1)
+        if len(pipe):
             pipe.execute()
-        except redis.RedisError:
-            pass
+    except redis.RedisError:
+        pass
     return found
 
 
@@ -244,39 +257,170 @@ def invalidate_file(file_id: int) -> None:
 
 
 _CHANGED = "portal_changed_files"
+_CHANGED_USERS = "portal_changed_users"
+_CHANGED_GROUPS = "portal_changed_groups"
 
 
 def _after_flush(session, _context) -> None:
-    """Remember which files this transaction changed (the lists still show pre-flush state)."""
-    from .models import File, FileVersion
+    """Remember which files and users this transaction changed (the lists still show
+    pre-flush state)."""
+    from .models import File, FileVersion, Group, User
 
     changed = session.info.setdefault(_CHANGED, set())
+    users = session.info.setdefault(_CHANGED_USERS, set())
     for obj in chain(session.new, session.dirty, session.deleted):
         if isinstance(obj, File) and obj.id is not None:
             changed.add(obj.id)
         elif isinstance(obj, FileVersion) and obj.file_id is not None:
             changed.add(obj.file_id)
+        elif isinstance(obj, User) and obj.id is not None:
+            users.add(obj.id)
+        elif isinstance(obj, Group):
+            session.info[_CHANGED_GROUPS] = True
 
 
 def _after_commit(session) -> None:
     """Invalidate after the commit, so no reader can cache the old rows again in between."""
     changed = session.info.pop(_CHANGED, None)
-    if changed and has_app_context():
-        for file_id in changed:
-            invalidate_file(file_id)
+    users = session.info.pop(_CHANGED_USERS, None)
+    groups = session.info.pop(_CHANGED_GROUPS, False)
+    if not has_app_context():
+        return
+    for file_id in changed or ():
+        invalidate_file(file_id)
+    if users or groups:
+        invalidate_users(users or (), groups)
 
 
 def _after_rollback(session) -> None:
-    session.info.pop(_CHANGED, None)
+    for name in (_CHANGED, _CHANGED_USERS, _CHANGED_GROUPS):
+        session.info.pop(name, None)
 
 
 def watch_file_changes() -> None:
     """Invalidate file metadata on every committed ORM change of a File or FileVersion
-    (admin edits, deletes, restores, uploads), wherever in the code it happens."""
+    (admin edits, deletes, restores, uploads), and cached users on every committed change of
+    a User or Group, wherever in the code it happens."""
     if not event.contains(Session, "after_flush", _after_flush):
         event.listen(Session, "after_flush", _after_flush)
         event.listen(Session, "after_commit", _after_commit)
         event.listen(Session, "after_soft_rollback", lambda s, _t: _after_rollback(s))
+
+
+# ---------------------------------------------------------------------------
+# Signed-in users: what the user loader needs, so that a download costs no SQL
+# ---------------------------------------------------------------------------
+
+#: Safety net only: every committed change of the user (or of any group) invalidates at once.
+USER_TTL = 60
+#: Bumped on every committed Group change (rename, members): every user snapshot is then stale.
+USER_GROUPS_GEN = "portal:user:groups-gen"
+#: A version key outlives every snapshot stored against it (see user_snapshot).
+USER_VERSION_TTL = 24 * 3600
+
+
+def _user_key(user_id: int) -> str:
+    return f"portal:user:{int(user_id)}:auth"
+
+
+def _user_version_key(user_id: int) -> str:
+    return f"portal:user:{int(user_id)}:v"
+
+
+_PREFETCH = "portal_prefetched"
+_NOT_FETCHED = object()
+_DOWN = object()  # the prefetch found Redis down
+
+
+def prefetch_download(user_id: str | None, file_id: int) -> None:
+    """Read the signed-in user's snapshot and the file's metadata in one round trip, for the
+    user loader and file_meta of this request to use (a download otherwise costs two)."""
+    if not current_app.config.get("CACHE_METADATA", True):
+        return
+    uid = int(user_id) if user_id and str(user_id).isdigit() else None
+    keys = [_meta_key(file_id)]
+    if uid is not None:
+        keys += [_user_key(uid), _user_version_key(uid), USER_GROUPS_GEN]
+    try:
+        pipe = client().pipeline(transaction=False)
+        pipe.mget(keys)
+        pipe.hincrby(STATS_KEY, "meta_hits", 1)
+        replies = pipe.execute()[0]
+    except redis.RedisError:
+        # Down: the lookups of this request go straight to the database instead of each
+        # waiting for its own failure.
+        g.setdefault(_PREFETCH, {})["down"] = True
+        return
+    found = {("meta", int(file_id)): replies[0]}
+    if uid is not None:
+        found[("user", uid)] = replies[1:]
+    g.setdefault(_PREFETCH, {}).update(found)
+
+
+def _prefetched(kind: str, key: int):
+    """A reply prefetch_download stored for this request (each is used once), _DOWN when it
+    found Redis down, else _NOT_FETCHED."""
+    if not has_app_context():
+        return _NOT_FETCHED
+    fetched = g.get(_PREFETCH, {})
+    if fetched.get("down"):
+        return _DOWN
+    return fetched.pop((kind, int(key)), _NOT_FETCHED)
+
+
+def user_snapshot(user_id: int, load: Callable[[], dict | None]) -> dict | None:
+    """What the user loader needs of a user (plain values, no password hash), from Redis,
+    else from ``load()`` (the database), stored for next time; None when there is no such
+    user.
+
+    A snapshot is stored with the user's version and the groups generation read *before*
+    ``load()``; a committed change bumps one of them (watch_file_changes), so a snapshot
+    loaded before the change, even one stored after it, never matches again. Disabling a
+    user therefore ends their session on the next request.
+    """
+    if not current_app.config.get("CACHE_USERS", True):
+        return load()
+    replies = _prefetched("user", user_id)
+    if replies is _DOWN:
+        return load()
+    if replies is _NOT_FETCHED:
+        try:
+            replies = client().mget(_user_key(user_id), _user_version_key(user_id),
+                                    USER_GROUPS_GEN)
+        except redis.RedisError:
+            return load()
+    raw, version, gen = replies
+    stamp = [(version or b"0").decode(), (gen or b"0").decode()]
+    if raw is not None:
+        try:
+            data = json.loads(raw)
+            if data.pop("stamp") == stamp:
+                return data
+        except (ValueError, KeyError, TypeError, AttributeError):
+            pass  # an older layout: reload below
+    data = load()
+    if data is not None:
+        with contextlib.suppress(redis.RedisError):
+            client().set(_user_key(user_id), json.dumps({**data, "stamp": stamp}),
+                         ex=USER_TTL)
+    return data
+
+
+def invalidate_users(user_ids: Iterable[int], groups_changed: bool) -> None:
+    """Make the cached snapshots of these users (or of everyone, when a group changed) stale."""
+    if not has_app_context():
+        return
+    try:
+        pipe = client().pipeline(transaction=False)
+        for user_id in user_ids:
+            pipe.incr(_user_version_key(user_id))
+            pipe.expire(_user_version_key(user_id), USER_VERSION_TTL)
+            pipe.delete(_user_key(user_id))
+        if groups_changed:
+            pipe.incr(USER_GROUPS_GEN)
+        pipe.execute()
+    except redis.RedisError:
+        log.warning("redis down: cached users not invalidated (they expire in %s s)", USER_TTL)
 
 
 # ---------------------------------------------------------------------------

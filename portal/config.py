@@ -42,6 +42,7 @@ DEFAULTS = {
     "CACHE_HOT_BUDGET_BYTES": 512 * 1024**2,  # LRU eviction above this many cached bytes
     "CACHE_METADATA": True,  # download metadata (access, newest version) in Redis
     "CACHE_META_TTL_SECONDS": 300,
+    "CACHE_USERS": True,  # the user loader's snapshot in Redis (invalidated on every change)
 }
 
 

@@ -102,8 +102,14 @@ class User(UserMixin, db.Model):
         """True when the password matches; an account without a password never matches."""
         return bool(self.password_hash) and check_password_hash(self.password_hash, password)
 
+    #: The group names of the cached snapshot this instance was built from (the user loader,
+    #: portal/auth/views.py), used until the groups relationship itself is loaded.
+    cached_group_names = None  # or a frozenset of names
+
     @property
     def group_names(self) -> set[str]:
+        if self.cached_group_names is not None and "groups" not in self.__dict__:
+            return set(self.cached_group_names)
         return {g.name for g in self.groups}
 
 

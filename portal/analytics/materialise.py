@@ -15,12 +15,12 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import Connection, bindparam, delete, func, select, update
+from sqlalchemy import Connection, bindparam, delete, func, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from ..models import DownloadEvent, Group, user_groups
 from . import clients, logical
-from .models import ALL_FILES, ALL_USERS, LogicalDownload, Rollup, UserDay
+from .models import ALL_FILES, ALL_USERS, FileDetailDay, FileUser, LogicalDownload, Rollup, UserDay
 
 COUNTERS = ("requests", "bytes_served", "cache_hits", "downloads", "completed")
 EVENT_COLUMNS = ("event_key", "file_id", "version_id", "user_id", "via_link", "method",
@@ -76,12 +76,35 @@ def to_event(row: dict) -> logical.Event:
 
 
 class Deltas:
-    """Counter increments per rollup row, and user-days to add."""
+    """Counter increments per rollup row, user-days to add, and the first and last day per
+    file and person they imply."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.rollups: dict[tuple, list[int]] = defaultdict(lambda: [0] * len(COUNTERS))
         self.user_days: dict[tuple, int | None] = {}
+        self.file_users: dict[tuple, list] = {}
+        self.details: dict[tuple, int] = defaultdict(int)
+
+    def detail(self, old: tuple | None, new: tuple | None) -> None:
+        """A logical download moved from one file-detail cell to another (None: none)."""
+        if old != new:
+            if old is not None:
+                self.details[old] -= 1
+            if new is not None:
+                self.details[new] += 1
+
+    def user_day(self, day: datetime, file_id: int, key: str, user_id: int | None) -> None:
+        """A person with a counted download of a file (and so of ALL_FILES) on a day."""
+        for fid in (file_id, ALL_FILES):
+            self.user_days[(day, fid, key)] = user_id
+            span = self.file_users.get((fid, key))
+            if span is None:
+                self.file_users[(fid, key)] = [user_id, day, day]
+            else:
+                span[0] = user_id if user_id is not None else span[0]
+                span[1] = min(span[1], day)
+                span[2] = max(span[2], day)
 
     def _add(self, moment: datetime, file_id: int, groups: Iterable[str], index: int,
              amount: int) -> None:
@@ -106,11 +129,20 @@ class Deltas:
         groups = tuple(groups)
         if change.counted_now:
             self._add(session.counted_at, session.file_id, groups, 3, 1)
-            day = day_bucket(session.counted_at, self.settings.tz)
-            self.user_days[(day, session.file_id, session.key)] = session.user_id
-            self.user_days[(day, ALL_FILES, session.key)] = session.user_id
+            self.user_day(day_bucket(session.counted_at, self.settings.tz), session.file_id,
+                          session.key, session.user_id)
         if change.completed_now:
             self._add(session.counted_at, session.file_id, groups, 4, 1)
+
+
+def detail_key(session: logical.Session, tz: ZoneInfo) -> tuple | None:
+    """The FileDetailDay cell of a logical download (None while it does not count)."""
+    if not session.counted:
+        return None
+    completion = session.completion
+    return (session.file_id, day_bucket(session.counted_at, tz), session.version_id,
+            session.ua_class, 9 if completion >= 1.0 else int(completion * 10),
+            bool(session.completed))
 
 
 def groups_of(conn: Connection, user_ids: Iterable[int | None]) -> dict[int, list[str]]:
@@ -184,6 +216,99 @@ def write_deltas(conn: Connection, deltas: Deltas) -> None:
             index_elements=["day", "file_id", "user_key"])
         for start in range(0, len(rows), 2000):
             conn.execute(stmt, rows[start:start + 2000])
+    write_file_users(conn, deltas.file_users)
+    write_details(conn, deltas.details)
+
+
+DETAIL_KEYS = ("file_id", "day", "version_id", "ua_class", "decile", "completed")
+
+
+def write_details(conn: Connection, details: dict[tuple, int]) -> None:
+    """Add to the file-detail cells (INSERT ... ON CONFLICT DO UPDATE SET n = n + excluded.n)."""
+    rows = [{**dict(zip(DETAIL_KEYS, key, strict=True)), "downloads": n}
+            for key, n in details.items() if n]
+    if not rows:
+        return
+    table = FileDetailDay.__table__
+    stmt = upsert(conn)(table)
+    stmt = stmt.on_conflict_do_update(
+        index_elements=list(DETAIL_KEYS),
+        set_={"downloads": table.c.downloads + stmt.excluded.downloads})
+    for start in range(0, len(rows), 2000):
+        conn.execute(stmt, rows[start:start + 2000])
+
+
+def details_of(sessions: Iterable[logical.Session], tz: ZoneInfo) -> dict[tuple, int]:
+    """The file-detail cells of final sessions (recomputation, rebuild, simulation)."""
+    cells: dict[tuple, int] = defaultdict(int)
+    for session in sessions:
+        key = detail_key(session, tz)
+        if key is not None:
+            cells[key] += 1
+    return dict(cells)
+
+
+def details_from_logical(conn: Connection, settings: Settings, *, after_id: int = 0) -> None:
+    """Add the file-detail cells of the logical downloads with an id above ``after_id``, in
+    one INSERT ... SELECT on PostgreSQL (bulk loads, backfills), else through Python."""
+    ld = LogicalDownload.__table__
+    if conn.dialect.name != "postgresql":
+        rows = conn.execute(select(ld).where(ld.c.id > after_id, ld.c.counted.is_(True)))
+        write_details(conn, details_of((session_from_row(r) for r in rows), settings.tz))
+        return
+    conn.execute(text(
+        "INSERT INTO analytics_file_details AS t (file_id, day, version_id, ua_class, decile,"
+        " completed, downloads) SELECT file_id, date_trunc('day', counted_at, :tz), version_id,"
+        " ua_class, CASE WHEN completion >= 1.0 THEN 9 ELSE floor(completion * 10)::int END,"
+        " completed, count(*) FROM logical_downloads WHERE id > :after AND counted"
+        " GROUP BY 1, 2, 3, 4, 5, 6 ON CONFLICT (file_id, day, version_id, ua_class, decile,"
+        " completed) DO UPDATE SET downloads = t.downloads + excluded.downloads"),
+        {"tz": settings.tz.key, "after": after_id})
+
+
+def stored_details(conn: Connection) -> dict[tuple, int]:
+    """The non-zero file-detail cells as stored (the shape of ``details_of``)."""
+    t = FileDetailDay.__table__
+    return {tuple(r[:6]): int(r[6]) for r in conn.execute(
+        select(*[t.c[k] for k in DETAIL_KEYS], t.c.downloads)) if r[6]}
+
+
+def write_file_users(conn: Connection, spans: dict[tuple, list]) -> None:
+    """Widen the stored first/last days per file and person (inserting new people)."""
+    if not spans:
+        return
+    table = FileUser.__table__
+    stmt = upsert(conn)(table)
+    least, greatest = ((func.least, func.greatest) if conn.dialect.name == "postgresql"
+                       else (func.min, func.max))  # SQLite's two-argument min and max
+    stmt = stmt.on_conflict_do_update(
+        index_elements=["file_id", "user_key"],
+        set_={"user_id": func.coalesce(stmt.excluded.user_id, table.c.user_id),
+              "first_day": least(table.c.first_day, stmt.excluded.first_day),
+              "last_day": greatest(table.c.last_day, stmt.excluded.last_day)})
+    rows = [{"file_id": f, "user_key": k, "user_id": u, "first_day": first, "last_day": last}
+            for (f, k), (u, first, last) in spans.items()]
+    for start in range(0, len(rows), 2000):
+        conn.execute(stmt, rows[start:start + 2000])
+
+
+def file_users_from_user_days(conn: Connection) -> None:
+    """Fill an empty ``analytics_file_users`` from the user-days (bulk loads)."""
+    u = UserDay.__table__
+    conn.execute(FileUser.__table__.insert().from_select(
+        ["file_id", "user_key", "user_id", "first_day", "last_day"],
+        select(u.c.file_id, u.c.user_key, func.max(u.c.user_id), func.min(u.c.day),
+               func.max(u.c.day)).group_by(u.c.file_id, u.c.user_key)))
+
+
+def stored_file_users(conn: Connection) -> tuple[set, set]:
+    """(first and last days as stored, as derived from the user-days): equal when right."""
+    t, u = FileUser.__table__, UserDay.__table__
+    stored = {(r.file_id, r.user_key, r.first_day, r.last_day) for r in conn.execute(select(t))}
+    derived = {tuple(r) for r in conn.execute(
+        select(u.c.file_id, u.c.user_key, func.min(u.c.day), func.max(u.c.day))
+        .group_by(u.c.file_id, u.c.user_key))}
+    return stored, derived
 
 
 def insert_new_events(conn: Connection, rows: list[dict]) -> list[dict]:
@@ -217,6 +342,7 @@ def store(conn: Connection, rows: list[dict], settings: Settings) -> int:
         loaded += [session_from_row(r) for r in conn.execute(
             select(table).where(table.c.user_key.in_(keys[start:start + 500]),
                                 table.c.last_at >= since))]
+    before = {s.id: detail_key(s, settings.tz) for s in loaded}
     sessionizer = logical.Sessionizer(settings.rules, loaded)
     groups = groups_of(conn, [e.user_id for e in events])
     deltas = Deltas(settings)
@@ -224,6 +350,9 @@ def store(conn: Connection, rows: list[dict], settings: Settings) -> int:
         change = sessionizer.add(event)
         deltas.event(event, groups.get(event.user_id, ()))
         deltas.change(change, groups.get(change.session.user_id, ()))
+    for session in sessionizer.sessions():
+        if session.dirty:
+            deltas.detail(before.get(session.id), detail_key(session, settings.tz))
     write_sessions(conn, sessionizer.sessions())
     write_deltas(conn, deltas)
     return len(fresh)
@@ -269,10 +398,10 @@ def rebuild(conn: Connection, settings: Settings) -> int:
         deltas.rollups[key] = [values[name] for name in COUNTERS]
     for session in sessions:
         if session.counted:
-            day = day_bucket(session.counted_at, settings.tz)
-            deltas.user_days[(day, session.file_id, session.key)] = session.user_id
-            deltas.user_days[(day, ALL_FILES, session.key)] = session.user_id
-    for table in (LogicalDownload, Rollup, UserDay):
+            deltas.user_day(day_bucket(session.counted_at, settings.tz), session.file_id,
+                            session.key, session.user_id)
+    deltas.details.update(details_of(sessions, settings.tz))
+    for table in (LogicalDownload, Rollup, UserDay, FileUser, FileDetailDay):
         conn.execute(delete(table))
     write_sessions(conn, sessions)
     write_deltas(conn, deltas)

@@ -55,7 +55,13 @@ class Rollup(db.Model):
     """
 
     __tablename__ = "analytics_rollups"
-    __table_args__ = (Index("ix_analytics_rollups_grain_grp_bucket", "grain", "grp", "bucket"),)
+    __table_args__ = (
+        # Top files over long periods: an index-only scan of every file's daily rows.
+        Index("ix_analytics_rollups_grain_grp_bucket_cover", "grain", "grp", "bucket", "file_id",
+              "downloads", "completed", "bytes_served"),
+        # One file's (or all files') series, heatmap and forecast: only that file's rows.
+        Index("ix_analytics_rollups_grain_grp_file_bucket", "grain", "grp", "file_id", "bucket"),
+    )
 
     grain: Mapped[str] = mapped_column(String(1), primary_key=True)
     bucket: Mapped[datetime] = mapped_column(UTCDateTime, primary_key=True)
@@ -72,9 +78,49 @@ class UserDay(db.Model):
     """Who downloaded which file on which local day: distinct users over any period."""
 
     __tablename__ = "analytics_user_days"
-    __table_args__ = (Index("ix_analytics_user_days_file_day", "file_id", "day"),)
+    __table_args__ = (
+        Index("ix_analytics_user_days_file_day", "file_id", "day"),
+        Index("ix_analytics_user_days_file_user_day", "file_id", "user_key", "day"),
+    )
 
     day: Mapped[datetime] = mapped_column(UTCDateTime, primary_key=True)
     file_id: Mapped[int] = mapped_column(Integer, primary_key=True)
     user_key: Mapped[str] = mapped_column(String(48), primary_key=True)
     user_id: Mapped[int | None] = mapped_column(Integer)
+
+
+class FileUser(db.Model):
+    """Each person's first and last day with a counted download of a file (``ALL_FILES``: of
+    any file): distinct users over long periods without reading every user-day.
+
+    Over [a, b) a person counts when first_day or last_day is inside, or, when the span covers
+    the whole period (first_day < a, last_day >= b), when a user-day inside exists (one index
+    probe). Periods that end today (the pages' "last N days") need no probe at all.
+    """
+
+    __tablename__ = "analytics_file_users"
+    __table_args__ = (Index("ix_analytics_file_users_file_last", "file_id", "last_day",
+                            "first_day"),)
+
+    file_id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    user_key: Mapped[str] = mapped_column(String(48), primary_key=True)
+    user_id: Mapped[int | None] = mapped_column(Integer)
+    first_day: Mapped[datetime] = mapped_column(UTCDateTime)
+    last_day: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class FileDetailDay(db.Model):
+    """Counted logical downloads per local day (of counted_at), file, version, client class,
+    completion decile (0-9, 9 = 90-100 %) and completed: the file detail page over long
+    periods without reading every logical download. A download whose coverage grows moves
+    from its old decile to its new one."""
+
+    __tablename__ = "analytics_file_details"
+
+    file_id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    day: Mapped[datetime] = mapped_column(UTCDateTime, primary_key=True)
+    version_id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    ua_class: Mapped[str] = mapped_column(String(16), primary_key=True)
+    decile: Mapped[int] = mapped_column(Integer, primary_key=True)
+    completed: Mapped[bool] = mapped_column(Boolean, primary_key=True)
+    downloads: Mapped[int] = mapped_column(BigInteger, default=0)

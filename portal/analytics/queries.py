@@ -11,11 +11,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import Connection, and_, case, distinct, func, select
+from sqlalchemy import Connection, distinct, func, or_, select
 
 from ..models import File, FileVersion, Group, user_groups
 from .clients import CLASSES
-from .models import ALL_FILES, ALL_USERS, LogicalDownload, Rollup, UserDay
+from .models import ALL_FILES, ALL_USERS, FileDetailDay, FileUser, Rollup, UserDay
 
 MEASURES = ("requests", "bytes_served", "cache_hits", "downloads", "completed")
 
@@ -75,14 +75,13 @@ def totals(conn: Connection, period: Period, *, file_id: int = ALL_FILES,
 
 def unique_users(conn: Connection, period: Period, *, file_id: int = ALL_FILES,
                  grp: str = ALL_USERS, category: str | None = None) -> int:
-    """Distinct people (or links, or anonymous clients) with a counted download."""
+    """Distinct people (or links, or anonymous clients) with a counted download (exact)."""
+    if category is None:
+        return _users_per_file(conn, period, [file_id], grp).get(file_id, 0)
     u = UserDay.__table__
-    stmt = select(func.count(distinct(u.c.user_key))).where(
-        u.c.day >= period.start, u.c.day < period.end)
-    if category is not None:
-        stmt = stmt.join(File, File.id == u.c.file_id).where(File.category == category)
-    else:
-        stmt = stmt.where(u.c.file_id == file_id)
+    stmt = (select(func.count(distinct(u.c.user_key)))
+            .join(File, File.id == u.c.file_id)
+            .where(u.c.day >= period.start, u.c.day < period.end, File.category == category))
     if grp != ALL_USERS:
         stmt = (stmt.join(user_groups, user_groups.c.user_id == u.c.user_id)
                 .join(Group, Group.id == user_groups.c.group_id).where(Group.name == grp))
@@ -133,16 +132,33 @@ def top_files(conn: Connection, period: Period, *, category: str | None = None,
 
 def _users_per_file(conn: Connection, period: Period, file_ids: list[int],
                     grp: str) -> dict[int, int]:
+    """Distinct people per file over the period, exact, from their first and last days: a
+    person whose first or last day is inside counts at once; one whose days span the whole
+    period counts when a user-day inside exists (an index probe, needed only for periods
+    that end before today). Never a count(DISTINCT) over every user-day of the period."""
     if not file_ids:
         return {}
-    u = UserDay.__table__
-    stmt = (select(u.c.file_id, func.count(distinct(u.c.user_key)))
-            .where(u.c.file_id.in_(file_ids), u.c.day >= period.start, u.c.day < period.end)
-            .group_by(u.c.file_id))
-    if grp != ALL_USERS:
-        stmt = (stmt.join(user_groups, user_groups.c.user_id == u.c.user_id)
-                .join(Group, Group.id == user_groups.c.group_id).where(Group.name == grp))
-    return {file_id: int(n) for file_id, n in conn.execute(stmt)}
+    f, u = FileUser.__table__, UserDay.__table__
+    start, end = period.start, period.end
+    inside = (select(u.c.day).where(u.c.file_id == f.c.file_id, u.c.user_key == f.c.user_key,
+                                    u.c.file_id.in_(file_ids),  # (for a hashed plan too)
+                                    u.c.day >= start, u.c.day < end).exists())
+    found: dict[int, int] = defaultdict(int)
+    for where in (
+        # Last day inside: they count. (All of them, for periods that end today.)
+        (f.c.last_day >= start, f.c.last_day < end),
+        # Last day after the period (only for periods that end earlier): first day inside,
+        # or their days span the period and one of them falls inside it.
+        (f.c.last_day >= end, f.c.first_day < end, or_(f.c.first_day >= start, inside)),
+    ):
+        stmt = (select(f.c.file_id, func.count()).where(f.c.file_id.in_(file_ids), *where)
+                .group_by(f.c.file_id))
+        if grp != ALL_USERS:
+            stmt = (stmt.join(user_groups, user_groups.c.user_id == f.c.user_id)
+                    .join(Group, Group.id == user_groups.c.group_id).where(Group.name == grp))
+        for file_id, n in conn.execute(stmt):
+            found[file_id] += int(n)
+    return dict(found)
 
 
 def series(conn: Connection, period: Period, tz: ZoneInfo, *, step: str = "day",
@@ -240,28 +256,32 @@ def forecast(conn: Connection, tz: ZoneInfo, *, weeks: int = 4,
 
 
 def file_detail(conn: Connection, file_id: int, period: Period, tz: ZoneInfo) -> dict:
-    """One file: totals, completion histogram, client classes, versions."""
-    ld = LogicalDownload.__table__
-    in_period = and_(ld.c.file_id == file_id, ld.c.counted.is_(True),
-                     ld.c.counted_at >= period.start, ld.c.counted_at < period.end)
-    decile = case((ld.c.completion >= 1.0, 9),
-                  else_=func.floor(ld.c.completion * 10)).label("decile")
+    """One file: totals, completion histogram, client classes, versions, from the file's
+    daily detail cells (never every logical download of the period)."""
+    t = FileDetailDay.__table__
+    rows = conn.execute(
+        select(t.c.version_id, t.c.ua_class, t.c.decile, t.c.completed, func.sum(t.c.downloads))
+        .where(t.c.file_id == file_id, t.c.day >= period.start, t.c.day < period.end)
+        .group_by(t.c.version_id, t.c.ua_class, t.c.decile, t.c.completed)).all()
     histogram = [0] * 10
-    for bin_, count in conn.execute(select(decile, func.count()).where(in_period)
-                                    .group_by(decile)):
-        histogram[int(bin_)] += int(count)
     clients = dict.fromkeys(CLASSES, 0)
-    for ua_class, count in conn.execute(select(ld.c.ua_class, func.count())
-                                        .where(in_period).group_by(ld.c.ua_class)):
-        clients[ua_class if ua_class in clients else "other"] += int(count)
-    versions = [{"version": number, "downloads": int(count),
-                 "completion_rate": _ratio(int(done or 0), int(count))}
-                for number, count, done in conn.execute(
-                    select(FileVersion.number, func.count(),
-                           func.sum(case((ld.c.completed.is_(True), 1), else_=0)))
-                    .join(FileVersion, FileVersion.id == ld.c.version_id)
-                    .where(in_period).group_by(FileVersion.number)
-                    .order_by(FileVersion.number))]
+    per_version: dict[int, list[int]] = defaultdict(lambda: [0, 0])
+    for version_id, ua_class, bin_, completed, n in rows:
+        n = int(n)
+        histogram[int(bin_)] += n
+        clients[ua_class if ua_class in clients else "other"] += n
+        per_version[version_id][0] += n
+        per_version[version_id][1] += n if completed else 0
+    numbers = dict(conn.execute(select(FileVersion.id, FileVersion.number)
+                                .where(FileVersion.id.in_(list(per_version))))
+                   .all()) if per_version else {}
+    by_number: dict[int, list[int]] = defaultdict(lambda: [0, 0])
+    for version_id, (count, done) in per_version.items():
+        if version_id in numbers:
+            by_number[numbers[version_id]][0] += count
+            by_number[numbers[version_id]][1] += done
+    versions = [{"version": number, "downloads": count, "completion_rate": _ratio(done, count)}
+                for number, (count, done) in sorted(by_number.items())]
     return {"file_id": file_id, "totals": totals(conn, period, file_id=file_id),
             "completion_histogram": {"labels": [f"{i * 10}-{i * 10 + 9}%" if i < 9
                                                 else "90-100%" for i in range(10)],

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from urllib.parse import urlsplit
 
 from flask import current_app, flash, jsonify, redirect, render_template, request, url_for
 from flask_babel import gettext as _
 from flask_login import current_user, login_required, login_user, logout_user
 from sqlalchemy import select
+from sqlalchemy.orm import make_transient_to_detached
+from sqlalchemy.orm.util import identity_key
 
+from .. import cache
 from ..audit import audit
 from ..extensions import db, limiter, login_manager
 from ..models import User
@@ -22,11 +26,49 @@ _DUMMY_HASH = None
 
 @login_manager.user_loader
 def load_user(user_id: str) -> User | None:
-    """The signed-in user; a disabled user gets no session (Flask-Login checks is_active)."""
+    """The signed-in user; a disabled user gets no session (Flask-Login checks is_active).
+
+    Read from the user cache (portal/cache.py, invalidated on every committed change), so a
+    request costs no SQL for it; columns the snapshot leaves out (the password hash) and
+    the groups relationship still load from the database when something touches them.
+    """
     if not user_id.isdigit():
         return None
-    user = db.session.get(User, int(user_id))
-    return user if user is not None and user.active else None
+    uid = int(user_id)
+    snap = cache.user_snapshot(uid, lambda: _user_row(uid))
+    if snap is None or not snap["active"]:
+        return None
+    return _attach(snap)
+
+
+#: The User columns a snapshot carries: everything except the password hash.
+_SNAPSHOT_COLUMNS = ("id", "username", "display_name", "role", "active")
+
+
+def _user_row(user_id: int) -> dict | None:
+    """A user's snapshot from the database (cache.user_snapshot stores it)."""
+    user = db.session.get(User, user_id)
+    if user is None:
+        return None
+    return {**{name: getattr(user, name) for name in _SNAPSHOT_COLUMNS},
+            "created_at": user.created_at.isoformat(), "groups": sorted(user.group_names)}
+
+
+def _attach(snap: dict) -> User:
+    """A persistent User in this request's session built from a snapshot, without SQL.
+
+    make_transient_to_detached marks what the snapshot lacks as expired, so those
+    attributes load from the database on first use, as after any commit.
+    """
+    existing = db.session.identity_map.get(identity_key(User, snap["id"]))
+    if existing is not None:
+        return existing
+    user = User(**{name: snap[name] for name in _SNAPSHOT_COLUMNS},
+                created_at=datetime.fromisoformat(snap["created_at"]))
+    make_transient_to_detached(user)
+    user.cached_group_names = frozenset(snap["groups"])
+    db.session.add(user)
+    return user
 
 
 @login_manager.unauthorized_handler

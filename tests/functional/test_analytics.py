@@ -42,8 +42,14 @@ def assert_rollups_match_raw(app):
     with app.app_context(), db.engine.connect() as conn:
         want_rollups, want_days, _ = materialise.recompute(conn, settings(app))
         have_rollups, have_days = materialise.stored_rollups(conn)
+        file_users, derived = materialise.stored_file_users(conn)
+        _, _, sessions = materialise.recompute(conn, settings(app))
+        want_details = materialise.details_of(sessions, settings(app).tz)
+        have_details = materialise.stored_details(conn)
+    assert have_details == want_details
     assert have_rollups == want_rollups
     assert have_days == want_days
+    assert file_users == derived
 
 
 def test_events_are_buffered_then_flushed_once(app, client):
@@ -266,3 +272,51 @@ def test_redis_client_errors_never_break_a_download(app, client, monkeypatch):
     assert resp.data == BODY
     resp.close()
     assert count(app, DownloadEvent) == 1
+
+
+def test_unique_users_and_file_detail_equal_brute_force(app):
+    """Distinct users from first/last days (and probes) equal count(DISTINCT) over the
+    user-days, for periods that end today and periods that end earlier; the file detail
+    equals counting the logical downloads one by one."""
+    from portal.analytics import queries
+    from portal.analytics.models import ALL_FILES, UserDay
+    from portal.models import FileVersion, Group, user_groups
+
+    tz = settings(app).tz
+    with app.app_context(), db.engine.begin() as conn:
+        simulate(conn, settings(app), events=3000, days=40, users=50, files=6, seed=3)
+    with app.app_context(), db.engine.connect() as conn:
+        days = conn.execute(select(UserDay.day, UserDay.file_id, UserDay.user_key,
+                                   UserDay.user_id)).all()
+        members = {(uid, name) for uid, name in conn.execute(
+            select(user_groups.c.user_id, Group.name)
+            .join(Group, Group.id == user_groups.c.group_id))}
+        file_ids = sorted({f for _, f, _, _ in days} - {ALL_FILES})[:3]
+        group = sorted(name for _, name in members)[0]
+        checked = 0
+        for length in (1, 3, 7, 20, 40, 90):
+            current = queries.Period.last_days(length, tz)
+            for period in (current, current.previous(), current.previous().previous()):
+                for fid in (ALL_FILES, *file_ids):
+                    for grp in ("", group):
+                        want = len({k for d, f, k, u in days
+                                    if f == fid and period.start <= d < period.end
+                                    and (not grp or (u, grp) in members)})
+                        got = queries.unique_users(conn, period, file_id=fid, grp=grp)
+                        assert got == want, (length, period, fid, grp)
+                        checked += want
+        assert checked > 0
+        ld = conn.execute(select(LogicalDownload.__table__)).all()
+        numbers = dict(conn.execute(select(FileVersion.id, FileVersion.number)).all())
+        for fid in file_ids:
+            period = queries.Period.last_days(30, tz)
+            detail = queries.file_detail(conn, fid, period, tz)
+            mine = [r for r in ld if r.file_id == fid and r.counted
+                    and period.start <= r.counted_at < period.end]
+            hist = [0] * 10
+            for r in mine:
+                hist[9 if r.completion >= 1 else int(r.completion * 10)] += 1
+            assert detail["completion_histogram"]["values"] == hist
+            assert sum(v["downloads"] for v in detail["versions"]) == len(mine)
+            assert {v["version"] for v in detail["versions"]} == {
+                numbers[r.version_id] for r in mine}

@@ -308,3 +308,91 @@ def test_rolled_back_change_keeps_the_cache(app, client, r):
         db.session.rollback()
     assert r.exists(f"portal:file:{file_id}:meta")
     assert get(client, url) == (200, b"stable")
+
+
+# ---------------------------------------------------------------------------
+# User cache: a signed-in download runs no SQL at all; every change is seen at once
+# ---------------------------------------------------------------------------
+
+
+def selects(statements: list[str]) -> list[str]:
+    return [s for s in statements if s.lstrip().upper().startswith("SELECT")]
+
+
+def test_signed_in_download_runs_no_sql(app, client, make_user, login, statements, r):
+    make_user("carol", groups=["CS"])
+    data = b"members only" * 100
+    url = f"/files/{add_file(app, data, access='group:CS')}/download"
+    login("carol")
+    assert get(client, url) == (200, data)  # fills the user and the metadata cache
+    statements.clear()
+    for _ in range(3):
+        assert get(client, url) == (200, data)
+        assert get(client, url, Range="bytes=0-9") == (206, data[:10])
+    assert selects(statements) == []
+    assert r.keys("portal:user:*:auth")  # no password hash in it
+    assert all(b"password" not in r.get(key) for key in r.keys("portal:user:*:auth"))
+
+
+def test_group_changes_are_seen_at_once(app, client, make_user, login):
+    from portal.models import Group, User
+
+    user_id = make_user("dave", groups=["CS"])
+    url = f"/files/{add_file(app, b'cs notes', access='group:CS')}/download"
+    login("dave")
+    assert get(client, url)[0] == 200
+    with app.app_context():  # from the group's side: the user row is not touched
+        group = db.session.query(Group).filter_by(name="CS").one()
+        group.members.clear()
+        db.session.commit()
+    assert get(client, url)[0] != 200
+    with app.app_context():  # from the user's side
+        user = db.session.get(User, user_id)
+        user.groups.append(db.session.query(Group).filter_by(name="CS").one())
+        db.session.commit()
+    assert get(client, url)[0] == 200
+    with app.app_context():  # a rename changes what the rule names
+        group = db.session.query(Group).filter_by(name="CS").one()
+        group.name = "CS-old"
+        db.session.commit()
+    assert get(client, url)[0] != 200
+
+
+def test_snapshot_loaded_before_a_change_is_never_used(app, make_user):
+    """A reader that loaded the user before an admin's commit and stores the snapshot after
+    it must not bring the old row back (the version read first no longer matches)."""
+    from portal.models import User
+
+    user_id = make_user("erin")
+    with app.test_request_context():
+        def stale_load():
+            with app.app_context():  # the admin disables erin meanwhile
+                db.session.get(User, user_id).active = False
+                db.session.commit()
+            return {"id": user_id, "active": True}
+
+        assert cache.user_snapshot(user_id, stale_load)["active"] is True
+        fresh = cache.user_snapshot(user_id, lambda: {"id": user_id, "active": False})
+        assert fresh["active"] is False
+
+
+def test_redis_down_signed_in_downloads_still_work(app, client, make_user, login):
+    from portal.models import User
+
+    user_id = make_user("frank")
+    data = os.urandom(20_000)
+    url = f"/files/{add_file(app, data, access='login')}/download"
+    login("frank")
+    assert get(client, url) == (200, data)
+    dead = f"redis://127.0.0.1:{s3server.free_port_for_dead_endpoint()}/0"
+    with app.app_context():
+        app.extensions["portal_redis"], live = cache.make_client(dead), cache.client()
+    try:
+        assert get(client, url) == (200, data)
+        with app.app_context():
+            db.session.get(User, user_id).active = False
+            db.session.commit()
+        assert get(client, url)[0] == 302  # disabled: the database says so, Redis or not
+    finally:
+        app.extensions["portal_redis"].close()
+        app.extensions["portal_redis"] = live
