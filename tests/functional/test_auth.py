@@ -67,8 +67,8 @@ def test_open_redirects_are_refused(client, make_user):
         assert resp.headers["Location"] == (target if target == "/files/1" else "/")
 
 
-def test_account_lockout_is_429_with_retry_after_and_reveals_nothing(config, make_user):
-    config["LOGIN_LIMIT_ACCOUNT"] = "3 per minute"
+def app_with_alice(config):
+    """An app built from config (limits changed by the test) with user alice."""
     app = create_app(config)
     with app.app_context():
         db.create_all()
@@ -76,6 +76,12 @@ def test_account_lockout_is_429_with_retry_after_and_reveals_nothing(config, mak
         user.set_password("password123")
         db.session.add(user)
         db.session.commit()
+    return app
+
+
+def test_account_lockout_is_429_with_retry_after_and_reveals_nothing(config, make_user):
+    config["LOGIN_LIMIT_ACCOUNT"] = "3 per minute"
+    app = app_with_alice(config)
     client = app.test_client()
     for name in ("alice", "ghost"):  # an existing and a missing account behave alike
         for _ in range(3):
@@ -103,13 +109,7 @@ def test_ip_limit_and_redis_down_fallback(config):
 
 def test_successful_logins_do_not_count(config, make_user):
     config["LOGIN_LIMIT_ACCOUNT"] = "2 per minute"
-    app = create_app(config)
-    with app.app_context():
-        db.create_all()
-        user = User(username="alice")
-        user.set_password("password123")
-        db.session.add(user)
-        db.session.commit()
+    app = app_with_alice(config)
     client = app.test_client()
     for _ in range(4):
         assert post_login(client, "alice", "password123").status_code == 302
