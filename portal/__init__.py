@@ -57,6 +57,9 @@ def register_extensions(app: Flask) -> None:
     app.config.setdefault("RATELIMIT_HEADERS_ENABLED", True)
     limiter.init_app(app)
     app.extensions["portal_redis"] = cache.make_client(app.config["REDIS_URL"])
+    if app.config["CACHE_LOCAL_SECONDS"] and app.config["CACHE_METADATA"]:
+        app.extensions["portal_local_copies"] = cache.LocalCopies(
+            app, float(app.config["CACHE_LOCAL_SECONDS"]))
     cache.watch_file_changes()
     try:
         storage = storage_from_url(app.config["STORAGE_URL"])

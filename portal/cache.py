@@ -10,6 +10,8 @@ import contextlib
 import hashlib
 import json
 import logging
+import os
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator
@@ -100,6 +102,7 @@ STATS_FIELDS = {
     "fallbacks": "Cached reads that found a chunk gone and finished from the origin",
     "meta_hits": "Download metadata answered from Redis",
     "meta_misses": "Download metadata loaded from the database",
+    "meta_local_hits": "Download metadata answered from a worker's own coherent copy",
 }
 
 
@@ -249,8 +252,13 @@ def invalidate_file(file_id: int) -> None:
     """
     if not has_app_context():  # no app, no Redis client: nothing can be cached either
         return
+    key = _meta_key(file_id)
+    _drop_local_copies([key])
     try:
-        client().delete(_meta_key(file_id))
+        pipe = client().pipeline(transaction=False)
+        pipe.delete(key)
+        pipe.publish(_invalidation_channel(), key)
+        pipe.execute()
     except redis.RedisError:
         log.warning("redis down: metadata of file %s not invalidated (expires in its TTL)",
                     file_id)
@@ -334,23 +342,30 @@ _DOWN = object()  # the prefetch found Redis down
 
 def prefetch_download(user_id: str | None, file_id: int) -> None:
     """Read the signed-in user's snapshot and the file's metadata in one round trip, for the
-    user loader and file_meta of this request to use (a download otherwise costs two)."""
+    user loader and file_meta of this request to use (a download otherwise costs two), or in
+    none when this worker holds coherent copies of those keys (LocalCopies)."""
     if not current_app.config.get("CACHE_METADATA", True):
         return
     uid = int(user_id) if user_id and str(user_id).isdigit() else None
     keys = [_meta_key(file_id)]
     if uid is not None:
         keys += [_user_key(uid), _user_version_key(uid), USER_GROUPS_GEN]
-    try:
-        pipe = client().pipeline(transaction=False)
-        pipe.mget(keys)
-        pipe.hincrby(STATS_KEY, "meta_hits", 1)
-        replies = pipe.execute()[0]
-    except redis.RedisError:
-        # Down: the lookups of this request go straight to the database instead of each
-        # waiting for its own failure.
-        g.setdefault(_PREFETCH, {})["down"] = True
-        return
+    copies = local_copies()
+    replies = copies.get_many(keys) if copies is not None else None
+    if replies is None:
+        epoch = copies.epoch if copies is not None else 0
+        try:
+            pipe = client().pipeline(transaction=False)
+            pipe.mget(keys)
+            pipe.hincrby(STATS_KEY, "meta_hits", 1)
+            replies = pipe.execute()[0]
+        except redis.RedisError:
+            # Down: the lookups of this request go straight to the database instead of each
+            # waiting for its own failure.
+            g.setdefault(_PREFETCH, {})["down"] = True
+            return
+        if copies is not None:
+            copies.put_many(keys, replies, epoch)
     found = {("meta", int(file_id)): replies[0]}
     if uid is not None:
         found[("user", uid)] = replies[1:]
@@ -410,6 +425,11 @@ def invalidate_users(user_ids: Iterable[int], groups_changed: bool) -> None:
     """Make the cached snapshots of these users (or of everyone, when a group changed) stale."""
     if not has_app_context():
         return
+    keys = [key for user_id in user_ids
+            for key in (_user_version_key(user_id), _user_key(user_id))]
+    if groups_changed:
+        keys.append(USER_GROUPS_GEN)
+    _drop_local_copies(keys)
     try:
         pipe = client().pipeline(transaction=False)
         for user_id in user_ids:
@@ -418,9 +438,149 @@ def invalidate_users(user_ids: Iterable[int], groups_changed: bool) -> None:
             pipe.delete(_user_key(user_id))
         if groups_changed:
             pipe.incr(USER_GROUPS_GEN)
+        pipe.publish(_invalidation_channel(), " ".join(keys))
         pipe.execute()
     except redis.RedisError:
         log.warning("redis down: cached users not invalidated (they expire in %s s)", USER_TTL)
+
+
+# ---------------------------------------------------------------------------
+# Worker-local copies of the download path's keys, kept coherent by Redis pub/sub
+# ---------------------------------------------------------------------------
+
+#: Published by every invalidation above: the names of the keys that changed, space-separated.
+INVALIDATE_CHANNEL = "portal:invalidate"
+#: Keys whose absence is not worth remembering: a miss there is filled from the database
+#: by a plain SET (no invalidation is published), so a remembered "absent" would hide it.
+_FILLED_ON_MISS = (":meta", ":auth")
+
+
+def _invalidation_channel() -> str:
+    # Pub/sub ignores SELECT: portals sharing a server on different databases get their own.
+    return f"{INVALIDATE_CHANNEL}:{client().get_connection_kwargs().get('db', 0)}"
+
+
+class LocalCopies:
+    """This process's copies of the metadata and user keys a download reads.
+
+    Why not redis-py's client-side caching (RESP3 tracking): it caches single commands only,
+    not the pipelined MGET this path sends, and a hit still takes a pooled connection and a
+    poll(2) and deep-copies the reply; a hit here is a dict lookup, so a warm download costs
+    no round trip at all.
+
+    Coherence: every invalidation (invalidate_file, invalidate_users) publishes the changed
+    keys on ``INVALIDATE_CHANNEL`` after changing them in Redis, and drops this process's
+    copies at once. A listener thread (a greenlet under gevent) subscribes and drops the
+    copies other processes and nodes invalidate. Copies are kept only while that
+    subscription is up: it clears everything when it (re)subscribes and when it loses
+    Redis, so a message missed while disconnected cannot leave a stale copy. A read that
+    raced an invalidation is not kept: ``epoch`` counts invalidations, and ``put_many``
+    stores only when none arrived since the read began. ``CACHE_LOCAL_SECONDS`` bounds the
+    age of a copy all the same.
+    """
+
+    def __init__(self, app, seconds: float) -> None:
+        self.app = app
+        self.seconds = seconds
+        self.epoch = 0
+        self.ready = False
+        self.hits = 0  # not yet added to the cluster-wide meta_local_hits counter
+        self._values: dict[str, tuple[float, bytes | None]] = {}
+        self._pid: int | None = None
+        self._stopping = False
+
+    def get_many(self, keys: list[str]) -> list | None:
+        """The copies of all these keys, or None unless every one is held and fresh."""
+        self._ensure_listener()
+        if not self.ready:
+            return None
+        now = time.monotonic()
+        out = []
+        for key in keys:
+            held = self._values.get(key)
+            if held is None or now - held[0] > self.seconds:
+                return None
+            out.append(held[1])
+        self.hits += 1
+        return out
+
+    def put_many(self, keys: list[str], values: list, epoch: int) -> None:
+        """Keep what Redis answered, unless an invalidation arrived since the read began."""
+        if not self.ready or epoch != self.epoch:
+            return
+        now = time.monotonic()
+        for key, value in zip(keys, values, strict=True):
+            if value is None and key.endswith(_FILLED_ON_MISS):
+                continue
+            self._values[key] = (now, value)
+
+    def drop(self, keys: Iterable[str]) -> None:
+        self.epoch += 1
+        for key in keys:
+            self._values.pop(key, None)
+
+    def clear(self) -> None:
+        self.epoch += 1
+        self._values.clear()
+
+    def stop(self) -> None:
+        """Stop the listener (tests; a worker's listener dies with it)."""
+        self._stopping = True
+        self.ready = False
+        self.clear()
+
+    def _ensure_listener(self) -> None:
+        if self._pid == os.getpid() or self._stopping:
+            return
+        # First use in this process (a forked worker inherits neither thread nor connection).
+        self._pid, self.ready = os.getpid(), False
+        self._values.clear()
+        threading.Thread(target=self._listen, name="cache-invalidation", daemon=True).start()
+
+    def _listen(self) -> None:
+        r = self.app.extensions["portal_redis"]
+        with self.app.app_context():
+            channel = _invalidation_channel()
+        while not self._stopping:
+            pubsub = r.pubsub()
+            try:
+                pubsub.subscribe(channel)
+                while not self._stopping:
+                    message = pubsub.get_message(timeout=1.0)
+                    if message is None:
+                        self._report_hits(r)
+                    elif message["type"] == "subscribe":
+                        self.clear()
+                        self.ready = True
+                    elif message["type"] == "message":
+                        self.drop(message["data"].decode().split())
+            except (redis.RedisError, OSError, ValueError):
+                log.warning("redis unavailable: worker-local metadata copies off until it is back")
+            finally:
+                self.ready = False
+                self.clear()
+                with contextlib.suppress(redis.RedisError, OSError):
+                    pubsub.close()
+            time.sleep(1.0)
+
+    def _report_hits(self, r: redis.Redis) -> None:
+        hits, self.hits = self.hits, 0
+        if hits:
+            try:
+                r.hincrby(STATS_KEY, "meta_local_hits", hits)
+            except redis.RedisError:
+                self.hits += hits
+
+
+def local_copies() -> LocalCopies | None:
+    """The current app's LocalCopies, None when switched off (CACHE_LOCAL_SECONDS = 0)."""
+    return current_app.extensions.get("portal_local_copies")
+
+
+def _drop_local_copies(keys: list[str]) -> None:
+    copies = local_copies()
+    if copies is not None:
+        copies.drop(keys)
 
 
 # ---------------------------------------------------------------------------

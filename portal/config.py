@@ -43,6 +43,9 @@ DEFAULTS = {
     "CACHE_METADATA": True,  # download metadata (access, newest version) in Redis
     "CACHE_META_TTL_SECONDS": 300,
     "CACHE_USERS": True,  # the user loader's snapshot in Redis (invalidated on every change)
+    # Each worker's own copies of those two, kept coherent by Redis pub/sub (cache.LocalCopies):
+    # the longest a copy is used. 0 switches them off; unset means 5, or 0 under TESTING.
+    "CACHE_LOCAL_SECONDS": None,
 }
 
 
@@ -65,6 +68,11 @@ def finalize(config: dict, instance_path: str) -> None:
     if config["SENDFILE"] not in ("direct", "x-accel"):
         raise ConfigError(
             f"PORTAL_SENDFILE must be 'direct' or 'x-accel', not {config['SENDFILE']!r}")
+    local = config.get("CACHE_LOCAL_SECONDS")
+    if local is None:
+        config["CACHE_LOCAL_SECONDS"] = 0 if config.get("TESTING") else 5
+    elif isinstance(local, bool) or not isinstance(local, int | float) or local < 0:
+        raise ConfigError(f"PORTAL_CACHE_LOCAL_SECONDS must be a number >= 0, not {local!r}")
     config.setdefault("SESSION_COOKIE_HTTPONLY", True)
     config.setdefault("SESSION_COOKIE_SAMESITE", "Lax")
     config.setdefault("REMEMBER_COOKIE_HTTPONLY", True)

@@ -3,10 +3,14 @@
 The path of one response (see docs/analytics.md, "Recording"):
 
 1. when the view hands the body to the server, ``begin`` stores a *start record* in the
-   Redis hash ``cache.ANALYTICS_OPEN`` and refreshes this worker's heartbeat (one
-   pipelined round trip);
-2. when the server closes the body, the callback appends the finished event to the Redis
-   stream ``cache.ANALYTICS_STREAM`` and removes the start record, atomically (MULTI);
+   Redis hash ``cache.ANALYTICS_OPEN`` (and, every few seconds, refreshes this worker's
+   heartbeat in the same round trip): the one round trip a download spends on analytics;
+2. when the server closes the body, the callback queues the finished event in the worker;
+   a shipper thread (a greenlet under gevent) wakes within ``SHIP_DELAY`` and, for all
+   the events queued meanwhile in one round trip, appends each to the Redis stream
+   ``cache.ANALYTICS_STREAM`` and removes its start record, atomically (MULTI). A worker
+   killed in that short window leaves start records only: step 4 records them, with the
+   bytes unknown. Without background threads (tests, the CLI) the end is shipped at once;
 3. a flusher writes the stream to SQL in batches (``materialise.store``) and then deletes
    the entries it wrote (XDEL). It runs in a background thread (a greenlet under gevent)
    of every worker, every ``ANALYTICS_FLUSH_SECONDS`` or as soon as the stream holds
@@ -62,6 +66,11 @@ def _load(raw: bytes | str) -> dict:
     return row
 
 
+#: How long the shipper waits after the first queued end, so that the ends of a busy moment
+#: cost one round trip; also the window a killed worker loses byte counts in.
+SHIP_DELAY = 0.05
+
+
 def new_event_key() -> str:
     """A unique key for one response (32 hex digits)."""
     return uuid.uuid4().hex
@@ -79,6 +88,10 @@ class Recorder:
         self._stopping = False
         self._lock = threading.Lock()
         self.last_flush = 0.0
+        self._beat_at = float("-inf")  # when begin last refreshed the heartbeat
+        self._ends: list[dict] = []  # finished events waiting for the shipper
+        self._ship_wake = threading.Event()
+        self._shipper: threading.Thread | None = None
 
     # -- identity -------------------------------------------------------------------------
 
@@ -88,7 +101,9 @@ class Recorder:
         if self._pid != os.getpid():
             self._pid = os.getpid()
             self._token = f"{socket.gethostname()}:{self._pid}:{secrets.token_hex(4)}"
-            self._thread = None
+            self._thread = self._shipper = None
+            self._beat_at = float("-inf")
+            self._ends = []
         return self._token
 
     @property
@@ -106,33 +121,58 @@ class Recorder:
     def begin(self, row: dict) -> bool:
         """Store the start record; False when Redis is down (the end goes straight to SQL)."""
         self.ensure_flusher()
+        now = time.monotonic()
+        beat = now - self._beat_at > self.heartbeat_ttl() / 3
         try:
             pipe = self.redis().pipeline(transaction=False)
             pipe.hset(cache.ANALYTICS_OPEN, row["event_key"],
                       _dump({**row, "worker": self.token}))
-            pipe.set(cache.analytics_worker_key(self.token), 1, ex=self.heartbeat_ttl())
+            if beat:
+                pipe.set(cache.analytics_worker_key(self.token), 1, ex=self.heartbeat_ttl())
             pipe.execute()
         except redis.RedisError:
             log.warning("redis down: download events are written straight to the database")
             return False
+        if beat:
+            self._beat_at = now
         return True
 
     def end(self, row: dict, buffered: bool) -> None:
-        """Buffer the finished event (or write it to SQL when Redis is down)."""
-        if buffered:
-            try:
-                pipe = self.redis().pipeline(transaction=True)
+        """Queue the finished event for the shipper (or ship it now without one; or write
+        it to SQL when Redis was down at its start)."""
+        if not buffered:
+            self.write_direct([row])
+        elif self._shipper is not None and not self._stopping:
+            with self._lock:
+                self._ends.append(row)
+            self._ship_wake.set()
+        else:
+            self.ship([row])
+
+    def ship(self, rows: list[dict]) -> None:
+        """Move finished events to the stream in one round trip (SQL when Redis is down)."""
+        if not rows:
+            return
+        try:
+            pipe = self.redis().pipeline(transaction=True)
+            for row in rows:
                 pipe.xadd(cache.ANALYTICS_STREAM, {"e": _dump(row)})
-                pipe.hdel(cache.ANALYTICS_OPEN, row["event_key"])
-                pipe.xlen(cache.ANALYTICS_STREAM)
-                length = pipe.execute()[2]
-            except redis.RedisError:
-                log.warning("redis down: download event written straight to the database")
-            else:
-                if length >= int(self.config["ANALYTICS_FLUSH_BATCH"]):
-                    self._wake.set()
-                return
-        self.write_direct([row])
+            pipe.hdel(cache.ANALYTICS_OPEN, *[row["event_key"] for row in rows])
+            pipe.xlen(cache.ANALYTICS_STREAM)
+            length = pipe.execute()[-1]
+        except redis.RedisError:
+            log.warning("redis down: %d download event(s) written straight to the database",
+                        len(rows))
+            self.write_direct(rows)
+            return
+        if length >= int(self.config["ANALYTICS_FLUSH_BATCH"]):
+            self._wake.set()
+
+    def ship_pending(self) -> None:
+        """Ship every queued end now."""
+        with self._lock:
+            rows, self._ends = self._ends, []
+        self.ship(rows)
 
     def write_direct(self, rows: list[dict]) -> None:
         """Write events to SQL now (Redis is down); errors are logged, never raised."""
@@ -150,6 +190,7 @@ class Recorder:
 
         Returns 0 without doing anything while another process holds the flush lock.
         """
+        self.ship_pending()
         try:
             r = self.redis()
             token = f"{self.token}:{threading.get_ident()}"
@@ -235,6 +276,9 @@ class Recorder:
                 self._thread = threading.Thread(target=self._run, name="analytics-flusher",
                                                 daemon=True)
                 self._thread.start()
+                self._shipper = threading.Thread(target=self._ship_loop,
+                                                 name="analytics-shipper", daemon=True)
+                self._shipper.start()
                 _RUNNING.add(self)
 
     def _run(self) -> None:
@@ -247,17 +291,30 @@ class Recorder:
             try:
                 self.redis().set(cache.analytics_worker_key(self.token), 1,
                                  ex=self.heartbeat_ttl())
+                self._beat_at = time.monotonic()
                 self.flush()
             except redis.RedisError:
                 pass
             except Exception:  # never let the flusher die
                 log.exception("analytics flusher")
 
+    def _ship_loop(self) -> None:
+        while not self._stopping:
+            self._ship_wake.wait()
+            time.sleep(SHIP_DELAY)  # let the ends of a busy moment share one round trip
+            self._ship_wake.clear()
+            try:
+                self.ship_pending()
+            except Exception:  # never let the shipper die
+                log.exception("analytics shipper")
+
     def shutdown(self) -> None:
-        """Stop the thread, flush what is buffered, drop this worker's heartbeat."""
+        """Stop the threads, ship and flush what is buffered."""
         self._stopping = True
         self._wake.set()
+        self._ship_wake.set()
         try:
+            self.ship_pending()
             self.flush()
         except Exception:
             log.exception("analytics flush at exit")
@@ -286,7 +343,8 @@ class EventCallback:
 
     Holds only plain values captured before the response started (no request, no
     session). ``served_from`` may be set by the path that sends the bytes ("cache" for a
-    Redis-cached body); a count of -1 means nginx sent the file (x-accel).
+    Redis-cached body, "s3" for a presigned redirect); a count of -1 means another server
+    sent the bytes: nginx (x-accel) unless the path named it.
     """
 
     def __init__(self, rec: Recorder, row: dict) -> None:
@@ -300,7 +358,7 @@ class EventCallback:
         if self.done:
             return
         self.done = True
-        served_from = "nginx" if sent < 0 else self.served_from
+        served_from = "nginx" if sent < 0 and self.served_from == "origin" else self.served_from
         row = {**self.row, "bytes_sent": -1 if sent < 0 else int(sent),
                "ended_at": datetime.now(UTC), "served_from": served_from}
         self.recorder.end(row, self.buffered)

@@ -1,0 +1,156 @@
+"""Worker-local copies of the download metadata and user keys (cache.LocalCopies): a warm
+download reads nothing from Redis, and every invalidation -- from this process or from
+another app on the same Redis (another worker or node) -- reaches the copies through
+pub/sub. Real Redis, real listener threads; two apps in one process stand for two workers."""
+
+from __future__ import annotations
+
+import io
+import time
+
+import pytest
+import redis
+
+from portal import cache, create_app
+from portal.extensions import db
+from portal.files import add_version
+from portal.models import File, User
+from portal.storage import get_storage
+
+
+@pytest.fixture
+def config(config):
+    config["CACHE_LOCAL_SECONDS"] = 30  # off by default under TESTING
+    return config
+
+
+@pytest.fixture
+def app(app):
+    yield app
+    app.extensions["portal_local_copies"].stop()
+
+
+@pytest.fixture
+def other(config):
+    """A second app on the same database and Redis: another worker, or another node."""
+    second = create_app(config)
+    yield second
+    second.extensions["portal_local_copies"].stop()
+    with second.app_context():
+        db.session.remove()
+        db.engine.dispose()
+
+
+@pytest.fixture
+def r(redis_url):
+    client = redis.Redis.from_url(redis_url)
+    yield client
+    client.close()
+
+
+def add_file(app, data: bytes, access: str = "login") -> int:
+    with app.app_context():
+        version = add_version(db.session, get_storage(), io.BytesIO(data), filename="n.bin",
+                              title="Notes", access=access)
+        db.session.commit()
+        return version.file_id
+
+
+def wait_until(predicate, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached in time")
+        time.sleep(0.01)
+
+
+def mgets(r) -> int:
+    return int(r.info("commandstats").get("cmdstat_mget", {}).get("calls", 0))
+
+
+def warm(app, client, url: str) -> cache.LocalCopies:
+    copies = app.extensions["portal_local_copies"]
+    client.get(url)  # starts the listener
+    wait_until(lambda: copies.ready)
+    assert client.get(url).status_code == 200  # stores the copies
+    return copies
+
+
+def test_warm_download_reads_nothing_from_redis(app, client, make_user, login, r):
+    make_user("amy")
+    data = b"lecture notes " * 1000
+    url = f"/files/{add_file(app, data)}/download"
+    login("amy")
+    warm(app, client, url)
+    before = mgets(r)
+    for _ in range(5):
+        resp = client.get(url, headers={"Range": "bytes=0-9"})
+        assert resp.status_code == 206 and resp.get_data() == data[:10]
+    assert mgets(r) == before
+    assert app.extensions["portal_local_copies"].hits >= 5
+
+
+def test_change_in_another_app_reaches_the_copies(app, other, client, make_user, login):
+    user_id = make_user("ben")
+    file_id = add_file(app, b"x" * 100)
+    url = f"/files/{file_id}/download"
+    login("ben")
+    copies = warm(app, client, url)
+    meta = f"portal:file:{file_id}:meta"
+    assert meta in copies._values
+    with other.app_context():  # an admin on another node makes the file personal to amy
+        db.session.get(File, file_id).access = "user:amy"
+        db.session.commit()
+    wait_until(lambda: meta not in copies._values)
+    assert client.get(url).status_code == 404
+    with other.app_context():  # ... and gives it back, then disables ben
+        db.session.get(File, file_id).access = "login"
+        db.session.commit()
+    wait_until(lambda: meta not in copies._values)
+    assert client.get(url).status_code == 200
+    assert client.get(url).status_code == 200  # copies stored again
+    with other.app_context():
+        db.session.get(User, user_id).active = False
+        db.session.commit()
+    wait_until(lambda: f"portal:user:{user_id}:auth" not in copies._values)
+    assert client.get(url).status_code == 302  # signed out: to the login page
+
+
+def test_change_in_this_app_is_seen_at_once(app, client, make_user, login):
+    make_user("cat")
+    file_id = add_file(app, b"y" * 100)
+    url = f"/files/{file_id}/download"
+    login("cat")
+    warm(app, client, url)
+    with app.app_context():
+        db.session.get(File, file_id).access = "user:nobody"
+        db.session.commit()
+    assert client.get(url).status_code == 404  # no waiting for the listener
+
+
+def test_a_read_that_raced_an_invalidation_is_not_kept(app):
+    copies = app.extensions["portal_local_copies"]
+    with app.test_request_context():
+        copies.get_many(["k"])
+    wait_until(lambda: copies.ready)
+    epoch = copies.epoch  # a reader starts its round trip here ...
+    copies.drop(["k"])  # ... an invalidation arrives before its answer
+    copies.put_many(["k"], [b"old"], epoch)
+    assert copies.get_many(["k"]) is None
+    copies.put_many(["k"], [b"new"], copies.epoch)
+    assert copies.get_many(["k"]) == [b"new"]
+
+
+def test_lost_subscription_clears_the_copies_and_resubscribes(app, client, make_user, login,
+                                                              r):
+    make_user("dan")
+    url = f"/files/{add_file(app, b'z' * 100)}/download"
+    login("dan")
+    copies = warm(app, client, url)
+    assert copies._values
+    epoch = copies.epoch
+    r.client_kill_filter(_type="pubsub")  # Redis drops the listener's connection
+    wait_until(lambda: copies.epoch != epoch)
+    assert not copies._values  # a message may have been missed: nothing is trusted
+    wait_until(lambda: copies.ready)  # subscribed again
+    assert client.get(url).status_code == 200
