@@ -9,7 +9,7 @@ from flask import Flask, request, session
 
 from . import cache
 from .config import DEFAULTS, PROJECT_ROOT, ConfigError, finalize
-from .extensions import babel, csrf, db, limiter, login_manager, migrate
+from .extensions import SessionInterface, babel, csrf, db, limiter, login_manager, migrate
 from .storage import StorageError, storage_from_url
 
 __all__ = ["ConfigError", "create_app"]
@@ -43,6 +43,7 @@ def create_app(config: dict | None = None) -> Flask:
 
 def register_extensions(app: Flask) -> None:
     """Bind the unbound extensions, the storage backend and the Redis client."""
+    app.session_interface = SessionInterface()
     db.init_app(app)
     migrate.init_app(app, db, directory=str(PROJECT_ROOT / "migrations"))
     login_manager.init_app(app)
@@ -125,6 +126,8 @@ def register_blueprints(app: Flask) -> None:
 
     app.register_blueprint(auth_bp)
     app.register_blueprint(catalog_bp)
+    # Only sign-in is rate limited: spare every download Flask-Limiter's per-request check.
+    limiter.exempt(download_bp)
     app.register_blueprint(download_bp)
     app.register_blueprint(health_bp)
     app.register_blueprint(metrics_bp)

@@ -74,16 +74,9 @@ def link_revoked(nonce: str) -> bool:
 # --- Analytics buffer (portal/analytics/recorder.py) ----------------------------------------
 #: Finished responses waiting for the flusher (one JSON entry each, XADD / XRANGE / XDEL).
 ANALYTICS_STREAM = "portal:analytics:events"
-#: Responses whose body is still open: event key -> JSON of the start record (HSET / HDEL).
-ANALYTICS_OPEN = "portal:analytics:open"
 #: Held (SET NX PX) by the one process that flushes at a time.
 ANALYTICS_FLUSH_LOCK = "portal:analytics:flush-lock"
 ANALYTICS_FLUSH_LOCK_MS = 60_000
-
-
-def analytics_worker_key(token: str) -> str:
-    """A worker's heartbeat: while it exists, that worker's open responses are not orphans."""
-    return f"portal:analytics:worker:{token}"
 
 
 # ---------------------------------------------------------------------------

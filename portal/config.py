@@ -24,6 +24,10 @@ DEFAULTS = {
     "STORAGE_URL": None,
     "SENDFILE": "direct",  # or "x-accel"
     "X_ACCEL_PREFIX": "/_protected",
+    # S3 downloads: "proxy" (the portal streams the bytes) or "redirect" (302 to a presigned
+    # URL valid this many seconds, after the portal has authorised and evaluated the request).
+    "S3_DELIVERY": "proxy",
+    "S3_PRESIGN_SECONDS": 300,
     "LINK_TTL_SECONDS": 24 * 3600,
     "MAX_UPLOAD_BYTES": 8 * 1024**3,
     "DEMO_BIG_FILE_MB": 100,
@@ -68,6 +72,7 @@ def finalize(config: dict, instance_path: str) -> None:
     if config["SENDFILE"] not in ("direct", "x-accel"):
         raise ConfigError(
             f"PORTAL_SENDFILE must be 'direct' or 'x-accel', not {config['SENDFILE']!r}")
+    _check_s3_delivery(config)
     local = config.get("CACHE_LOCAL_SECONDS")
     if local is None:
         config["CACHE_LOCAL_SECONDS"] = 0 if config.get("TESTING") else 5
@@ -81,6 +86,24 @@ def finalize(config: dict, instance_path: str) -> None:
     production = config["ENV"] == "production"
     config.setdefault("SESSION_COOKIE_SECURE", production)  # HTTPS-only cookies in production
     config.setdefault("REMEMBER_COOKIE_SECURE", production)
+
+
+#: SigV4 presigned URLs live at most seven days.
+PRESIGN_MAX_SECONDS = 7 * 24 * 3600
+
+
+def _check_s3_delivery(config: dict) -> None:
+    """PORTAL_S3_DELIVERY and PORTAL_S3_PRESIGN_SECONDS, or ConfigError."""
+    if config["S3_DELIVERY"] not in ("proxy", "redirect"):
+        raise ConfigError("PORTAL_S3_DELIVERY must be 'proxy' or 'redirect', "
+                          f"not {config['S3_DELIVERY']!r}")
+    seconds = config["S3_PRESIGN_SECONDS"]
+    if (isinstance(seconds, bool) or not isinstance(seconds, int)
+            or not 1 <= seconds <= PRESIGN_MAX_SECONDS):
+        raise ConfigError("PORTAL_S3_PRESIGN_SECONDS must be a whole number of seconds from 1 "
+                          f"to {PRESIGN_MAX_SECONDS}, not {seconds!r}")
+    if config["S3_DELIVERY"] == "redirect" and not str(config["STORAGE_URL"]).startswith("s3://"):
+        raise ConfigError("PORTAL_S3_DELIVERY=redirect needs an s3:// PORTAL_STORAGE_URL")
 
 
 def _instance_secret(config: dict, instance: Path) -> str:

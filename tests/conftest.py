@@ -141,6 +141,7 @@ def app(config):
     with app.app_context():
         _db.create_all()
     yield app
+    app.extensions["portal_analytics"].close_journal()
     with app.app_context():
         _db.session.remove()
         _db.engine.dispose()

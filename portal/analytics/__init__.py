@@ -1,6 +1,6 @@
 """Download analytics: honest counting (logical downloads), rollups, pages and a JSON API.
 
-recorder.py buffers events in Redis and flushes them; logical.py holds the pure counting
+recorder.py journals and buffers events and flushes them; logical.py holds the pure counting
 rules; materialise.py writes events, logical downloads and rollups; queries.py answers
 the pages and the API with plain dicts; views.py is the thin HTTP layer; simulate.py makes
 synthetic load. docs/analytics.md explains the rules.
@@ -19,8 +19,7 @@ DEFAULTS = {
     "ANALYTICS_FLUSH_SECONDS": 2.0,  # the background flusher's period
     "ANALYTICS_FLUSH_BATCH": 1000,  # stream length that wakes it early; rows per SQL batch
     "ANALYTICS_BACKGROUND_FLUSH": None,  # None: on, except under TESTING
-    "ANALYTICS_HEARTBEAT_SECONDS": 15,  # a worker silent this long is dead: orphans
-    "ANALYTICS_ORPHAN_SECONDS": 24 * 3600,  # an open response older than this is an orphan
+    "ANALYTICS_JOURNAL_DIR": None,  # start records (local disk); None: instance/analytics-journal
     "ANALYTICS_RETENTION_DAYS": 90,  # raw download events
     "ANALYTICS_LOGICAL_RETENTION_DAYS": 730,  # logical downloads
     "ANALYTICS_HOURLY_RETENTION_DAYS": 400,  # hourly rollups (daily ones are kept)

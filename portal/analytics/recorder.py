@@ -2,15 +2,14 @@
 
 The path of one response (see docs/analytics.md, "Recording"):
 
-1. when the view hands the body to the server, ``begin`` stores a *start record* in the
-   Redis hash ``cache.ANALYTICS_OPEN`` (and, every few seconds, refreshes this worker's
-   heartbeat in the same round trip): the one round trip a download spends on analytics;
+1. when the view hands the body to the server, ``begin`` appends a *start record* to this
+   worker's journal (journal.py: one write(2) to a local append-only file, no network
+   round trip), which outlives the worker however it dies;
 2. when the server closes the body, the callback queues the finished event in the worker;
-   a shipper thread (a greenlet under gevent) wakes within ``SHIP_DELAY`` and, for all
-   the events queued meanwhile in one round trip, appends each to the Redis stream
-   ``cache.ANALYTICS_STREAM`` and removes its start record, atomically (MULTI). A worker
-   killed in that short window leaves start records only: step 4 records them, with the
-   bytes unknown. Without background threads (tests, the CLI) the end is shipped at once;
+   a shipper thread (a greenlet under gevent) wakes within ``SHIP_DELAY`` and appends all
+   the events queued meanwhile to the Redis stream ``cache.ANALYTICS_STREAM`` in one
+   round trip, then notes their ends in the journal. Without background threads (tests,
+   the CLI) an end is shipped at once;
 3. a flusher writes the stream to SQL in batches (``materialise.store``) and then deletes
    the entries it wrote (XDEL). It runs in a background thread (a greenlet under gevent)
    of every worker, every ``ANALYTICS_FLUSH_SECONDS`` or as soon as the stream holds
@@ -18,13 +17,18 @@ The path of one response (see docs/analytics.md, "Recording"):
    (SET NX PX) lets one process flush at a time. Events are keyed (``event_key``, unique
    in SQL), so an entry written but not yet deleted when a flusher dies is skipped the next
    time: no event is written twice;
-4. a start record whose worker's heartbeat has expired (the worker was killed while the
-   body was open) or that is older than ``ANALYTICS_ORPHAN_SECONDS`` is an *orphan*: the
-   flusher writes it with ``ended_at`` empty and ``bytes_sent = -1`` (unknown), so the
-   response still exists in the statistics;
-5. when Redis is down, the callback writes the event straight to SQL (the same
-   ``materialise.store``), after the body has closed, i.e. off the response's path;
-6. at worker exit (gunicorn's ``worker_exit`` hook, and ``atexit``) the worker flushes.
+4. a worker killed while bodies were open (or before it shipped their ends) leaves their
+   start records in its journal, whose lock the kernel then releases: the next flush on the
+   same machine (any worker, or the CLI) stores each start without an end as an *orphan*,
+   with ``ended_at`` empty and ``bytes_sent = -1`` (unknown), after the stream, so an end
+   that did reach the stream wins;
+5. when Redis is down, the shipper writes the events straight to SQL (the same
+   ``materialise.store``), off the response's path;
+6. at worker exit (gunicorn's ``worker_exit`` hook, and ``atexit``) the worker ships,
+   flushes and removes its journal.
+
+The journal lives in ``ANALYTICS_JOURNAL_DIR`` (default: ``analytics-journal`` in the
+instance folder), which must be on the node's local disk.
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ import threading
 import time
 import uuid
 from datetime import UTC, datetime
+from pathlib import Path
 
 import redis
 from flask import Flask
@@ -47,6 +52,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from .. import cache
 from ..extensions import db
 from . import materialise
+from .journal import Journal, dead_journals
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +75,10 @@ def _load(raw: bytes | str) -> dict:
 #: How long the shipper waits after the first queued end, so that the ends of a busy moment
 #: cost one round trip; also the window a killed worker loses byte counts in.
 SHIP_DELAY = 0.05
+#: The journals' folder inside the instance folder, unless ANALYTICS_JOURNAL_DIR says otherwise.
+JOURNAL_DIR = "analytics-journal"
+#: A journal this large is replaced by one holding only the open starts.
+JOURNAL_ROTATE_BYTES = 4 * 1024 * 1024
 
 
 def new_event_key() -> str:
@@ -88,7 +98,9 @@ class Recorder:
         self._stopping = False
         self._lock = threading.Lock()
         self.last_flush = 0.0
-        self._beat_at = float("-inf")  # when begin last refreshed the heartbeat
+        self._journal: Journal | None = None
+        self._open: dict[str, str] = {}  # event key -> start record, journaled, not shipped
+        self._generation = 0  # journals this process has started (rotation)
         self._ends: list[dict] = []  # finished events waiting for the shipper
         self._ship_wake = threading.Event()
         self._shipper: threading.Thread | None = None
@@ -97,13 +109,12 @@ class Recorder:
 
     @property
     def token(self) -> str:
-        """This process's name for heartbeats (changes after a fork)."""
+        """This process's name, also its journal's (changes after a fork)."""
         if self._pid != os.getpid():
             self._pid = os.getpid()
-            self._token = f"{socket.gethostname()}:{self._pid}:{secrets.token_hex(4)}"
-            self._thread = self._shipper = None
-            self._beat_at = float("-inf")
-            self._ends = []
+            self._token = f"{socket.gethostname()}-{self._pid}-{secrets.token_hex(4)}"
+            self._thread = self._shipper = self._journal = None
+            self._ends, self._open, self._generation = [], {}, 0
         return self._token
 
     @property
@@ -113,34 +124,36 @@ class Recorder:
     def redis(self) -> redis.Redis:
         return self.app.extensions["portal_redis"]
 
-    def heartbeat_ttl(self) -> int:
-        return int(self.config["ANALYTICS_HEARTBEAT_SECONDS"])
+    def journal_dir(self) -> Path:
+        configured = self.config.get("ANALYTICS_JOURNAL_DIR")
+        return Path(configured) if configured else Path(self.app.instance_path) / JOURNAL_DIR
+
+    def open_responses(self) -> int:
+        """Responses of this process whose end is not yet shipped."""
+        return len(self._open)
 
     # -- the download path ----------------------------------------------------------------
 
     def begin(self, row: dict) -> bool:
-        """Store the start record; False when Redis is down (the end goes straight to SQL)."""
+        """Journal the start record; False when the disk refuses (the end then goes straight
+        to SQL)."""
         self.ensure_flusher()
-        now = time.monotonic()
-        beat = now - self._beat_at > self.heartbeat_ttl() / 3
+        record = _dump(row)
         try:
-            pipe = self.redis().pipeline(transaction=False)
-            pipe.hset(cache.ANALYTICS_OPEN, row["event_key"],
-                      _dump({**row, "worker": self.token}))
-            if beat:
-                pipe.set(cache.analytics_worker_key(self.token), 1, ex=self.heartbeat_ttl())
-            pipe.execute()
-        except redis.RedisError:
-            log.warning("redis down: download events are written straight to the database")
+            with self._lock:
+                if self._journal is None:
+                    self._journal = Journal(self.journal_dir(), self.token)
+                self._journal.started(record)
+                self._open[row["event_key"]] = record
+        except OSError:
+            log.exception("analytics journal unwritable: download events go straight to SQL")
             return False
-        if beat:
-            self._beat_at = now
         return True
 
-    def end(self, row: dict, buffered: bool) -> None:
+    def end(self, row: dict, journaled: bool) -> None:
         """Queue the finished event for the shipper (or ship it now without one; or write
-        it to SQL when Redis was down at its start)."""
-        if not buffered:
+        it to SQL when its start could not be journaled)."""
+        if not journaled:
             self.write_direct([row])
         elif self._shipper is not None and not self._stopping:
             with self._lock:
@@ -150,23 +163,46 @@ class Recorder:
             self.ship([row])
 
     def ship(self, rows: list[dict]) -> None:
-        """Move finished events to the stream in one round trip (SQL when Redis is down)."""
+        """Append finished events to the stream in one round trip (to SQL when Redis is
+        down), then note their ends in the journal. Should both fail, the starts stay open
+        in the journal and are recorded as orphans once this process is gone."""
         if not rows:
             return
         try:
-            pipe = self.redis().pipeline(transaction=True)
+            pipe = self.redis().pipeline(transaction=False)
             for row in rows:
                 pipe.xadd(cache.ANALYTICS_STREAM, {"e": _dump(row)})
-            pipe.hdel(cache.ANALYTICS_OPEN, *[row["event_key"] for row in rows])
             pipe.xlen(cache.ANALYTICS_STREAM)
             length = pipe.execute()[-1]
         except redis.RedisError:
             log.warning("redis down: %d download event(s) written straight to the database",
                         len(rows))
-            self.write_direct(rows)
-            return
-        if length >= int(self.config["ANALYTICS_FLUSH_BATCH"]):
-            self._wake.set()
+            if not self.write_direct(rows):
+                return
+        else:
+            if length >= int(self.config["ANALYTICS_FLUSH_BATCH"]):
+                self._wake.set()
+        keys = [row["event_key"] for row in rows]
+        with self._lock:
+            for key in keys:
+                self._open.pop(key, None)
+            if self._journal is not None:
+                try:
+                    self._journal.ended(keys)
+                    if self._journal.size() > JOURNAL_ROTATE_BYTES:
+                        self._rotate()
+                except OSError:
+                    log.exception("analytics journal unwritable")
+
+    def _rotate(self) -> None:
+        """Start a new journal holding only the starts still open, then delete the old one
+        (a kill in between leaves both: the orphans found twice are stored once)."""
+        self._generation += 1
+        fresh = Journal(self.journal_dir(), f"{self.token}-{self._generation}")
+        for record in self._open.values():
+            fresh.started(record)
+        self._journal.close(remove=True)
+        self._journal = fresh
 
     def ship_pending(self) -> None:
         """Ship every queued end now."""
@@ -174,7 +210,7 @@ class Recorder:
             rows, self._ends = self._ends, []
         self.ship(rows)
 
-    def write_direct(self, rows: list[dict]) -> None:
+    def write_direct(self, rows: list[dict]) -> bool:
         """Write events to SQL now (Redis is down); errors are logged, never raised."""
         settings = materialise.Settings.from_config(self.config)
         try:
@@ -182,49 +218,59 @@ class Recorder:
                 materialise.store(conn, rows, settings)
         except SQLAlchemyError:
             log.exception("could not record %d download event(s)", len(rows))
+            return False
+        return True
 
     # -- flushing -------------------------------------------------------------------------
 
     def flush(self, *, max_batches: int | None = None) -> int:
-        """Move buffered events and orphans to SQL; returns the number of new events.
+        """Move buffered events, then the orphans of dead workers, to SQL; returns the
+        number of new events.
 
-        Returns 0 without doing anything while another process holds the flush lock.
+        The stream is left alone while another process holds the flush lock.
         """
         self.ship_pending()
-        try:
-            r = self.redis()
-            token = f"{self.token}:{threading.get_ident()}"
-            if not r.set(cache.ANALYTICS_FLUSH_LOCK, token, nx=True,
-                         px=cache.ANALYTICS_FLUSH_LOCK_MS):
-                return 0
-        except redis.RedisError:
-            return 0
         written = 0
+        r = self.redis()
+        token = f"{self.token}:{threading.get_ident()}"
+        try:
+            locked = r.set(cache.ANALYTICS_FLUSH_LOCK, token, nx=True,
+                           px=cache.ANALYTICS_FLUSH_LOCK_MS)
+        except redis.RedisError:
+            locked = False
         try:
             with self.app.app_context():
-                written += self._flush_orphans(r)
-                batch = int(self.config["ANALYTICS_FLUSH_BATCH"])
-                batches = 0
-                while max_batches is None or batches < max_batches:
-                    entries = r.xrange(cache.ANALYTICS_STREAM, "-", "+", count=batch)
-                    if not entries:
-                        break
-                    rows = [_load(fields[b"e"]) for _, fields in entries]
-                    written += self._store(rows)
-                    r.xdel(cache.ANALYTICS_STREAM, *[entry_id for entry_id, _ in entries])
-                    r.pexpire(cache.ANALYTICS_FLUSH_LOCK, cache.ANALYTICS_FLUSH_LOCK_MS)
-                    batches += 1
-                    if len(entries) < batch:
-                        break
-        except (redis.RedisError, SQLAlchemyError):
-            log.exception("analytics flush failed; the events stay buffered")
+                if locked:
+                    written += self._flush_stream(r, max_batches)
+                written += self._flush_orphans()
         finally:
             self.last_flush = time.monotonic()
-            try:
-                if r.get(cache.ANALYTICS_FLUSH_LOCK) == token.encode():
-                    r.delete(cache.ANALYTICS_FLUSH_LOCK)
-            except redis.RedisError:
-                pass
+            if locked:
+                try:
+                    if r.get(cache.ANALYTICS_FLUSH_LOCK) == token.encode():
+                        r.delete(cache.ANALYTICS_FLUSH_LOCK)
+                except redis.RedisError:
+                    pass
+        return written
+
+    def _flush_stream(self, r: redis.Redis, max_batches: int | None) -> int:
+        written = 0
+        try:
+            batch = int(self.config["ANALYTICS_FLUSH_BATCH"])
+            batches = 0
+            while max_batches is None or batches < max_batches:
+                entries = r.xrange(cache.ANALYTICS_STREAM, "-", "+", count=batch)
+                if not entries:
+                    break
+                rows = [_load(fields[b"e"]) for _, fields in entries]
+                written += self._store(rows)
+                r.xdel(cache.ANALYTICS_STREAM, *[entry_id for entry_id, _ in entries])
+                r.pexpire(cache.ANALYTICS_FLUSH_LOCK, cache.ANALYTICS_FLUSH_LOCK_MS)
+                batches += 1
+                if len(entries) < batch:
+                    break
+        except (redis.RedisError, SQLAlchemyError):
+            log.exception("analytics flush failed; the events stay buffered")
         return written
 
     def _store(self, rows: list[dict]) -> int:
@@ -232,32 +278,25 @@ class Recorder:
         with db.engine.begin() as conn:
             return materialise.store(conn, rows, settings)
 
-    def _flush_orphans(self, r: redis.Redis) -> int:
-        """Write the start records of responses whose worker is gone (bytes unknown)."""
-        opened = r.hgetall(cache.ANALYTICS_OPEN)
-        if not opened:
-            return 0
-        records = {key: _load(raw) for key, raw in opened.items()}
-        workers = sorted({rec.get("worker", "") for rec in records.values()})
-        pipe = r.pipeline(transaction=False)
-        for worker in workers:
-            pipe.exists(cache.analytics_worker_key(worker))
-        alive = {w for w, up in zip(workers, pipe.execute(), strict=True) if up}
-        limit = float(self.config["ANALYTICS_ORPHAN_SECONDS"])
-        now = datetime.now(UTC)
-        orphans = {key: rec for key, rec in records.items()
-                   if rec.get("worker") not in alive
-                   or (now - rec["started_at"]).total_seconds() > limit}
-        if not orphans:
-            return 0
-        rows = []
-        for rec in orphans.values():
-            rec.pop("worker", None)
-            rows.append({**rec, "bytes_sent": -1, "ended_at": None})
-        written = self._store(rows)
-        r.hdel(cache.ANALYTICS_OPEN, *orphans)
-        log.warning("analytics: %d response(s) lost with their worker, recorded with "
-                    "unknown bytes", len(orphans))
+    def _flush_orphans(self) -> int:
+        """Store the starts left without an end in the journals of dead workers (bytes
+        unknown) and delete those journals."""
+        written = 0
+        for dead in dead_journals(self.journal_dir()):
+            rows = []
+            for record in dead.records:
+                rec = _load(record)
+                rows.append({**rec, "bytes_sent": -1, "ended_at": None})
+            try:
+                written += self._store(rows) if rows else 0
+            except SQLAlchemyError:
+                log.exception("orphans of %s not stored; kept for the next flush", dead.path)
+                dead.release()
+                continue
+            dead.remove()
+            if rows:
+                log.warning("analytics: %d response(s) lost with their worker, recorded "
+                            "with unknown bytes", len(rows))
         return written
 
     # -- the background flusher -----------------------------------------------------------
@@ -289,14 +328,17 @@ class Recorder:
             if self._stopping:
                 break
             try:
-                self.redis().set(cache.analytics_worker_key(self.token), 1,
-                                 ex=self.heartbeat_ttl())
-                self._beat_at = time.monotonic()
                 self.flush()
-            except redis.RedisError:
-                pass
             except Exception:  # never let the flusher die
                 log.exception("analytics flusher")
+
+    def close_journal(self) -> None:
+        """Close this process's journal: deleted, unless ends could not be stored (its
+        starts then become orphans, recorded by the next flush)."""
+        with self._lock:
+            if self._journal is not None:
+                self._journal.close(remove=not self._open)
+                self._journal = None
 
     def _ship_loop(self) -> None:
         while not self._stopping:
@@ -316,6 +358,7 @@ class Recorder:
         try:
             self.ship_pending()
             self.flush()
+            self.close_journal()
         except Exception:
             log.exception("analytics flush at exit")
 

@@ -132,6 +132,10 @@ def serve_version(file: File, version: FileVersion, *, user_id: int | None,
     if (current_app.config["SENDFILE"] == "x-accel" and path is not None
             and _nginx_agrees(decision, request.headers)):
         return _x_accel(version, decision, headers, record)
+    if current_app.config["S3_DELIVERY"] == "redirect" and path is None:
+        redirected = _presigned_redirect(storage, version, decision, headers, record)
+        if redirected is not None:
+            return redirected
 
     # Local files go zero-copy through the server's file_wrapper when it sends exactly
     # Content-Length bytes (gunicorn); otherwise the backend (or the hot-file cache in
@@ -198,6 +202,86 @@ def _nginx_agrees(decision: http.Decision, headers) -> bool:
     if "If-Match" in headers or "If-Unmodified-Since" in headers:
         return False
     return not (decision.status == 200 and "Range" in headers)
+
+
+def _presigned_redirect(storage, version: FileVersion, decision: http.Decision, headers: list,
+                        record) -> Response | None:
+    """PORTAL_S3_DELIVERY=redirect: answer 302 to a short-lived presigned S3 URL, or None
+    when the portal sends the bytes itself.
+
+    The portal has authorised the user and answered 304, 412 and 416 already; the URL
+    carries the portal's Content-Disposition (RFC 8187 for non-ASCII names) and
+    Content-Type as S3 ``response-content-*`` overrides, and the redirect itself must not be
+    cached (``private, no-store``: the URL is a bearer credential that expires). The client
+    then sees S3's ETag and Last-Modified, not the portal's (docs/s3.md). The portal keeps
+    what S3 would judge differently (``_s3_agrees``), active content (sent with the sandbox
+    CSP), and a version the hot-file cache holds (Redis beats a round trip to S3); the
+    request is counted for the cache's admission as in proxy mode.
+    """
+    presign = getattr(storage, "presigned_get", None)
+    if (presign is None or http.is_active_content(version.mime_type)
+            or not _s3_agrees(decision, request.headers)):
+        return None
+    start, stop = decision.ranges[0] if decision.status == 206 else (0, version.size)
+    try:
+        read_range = cache.range_reader(storage, version, local=False,
+                                        planned_bytes=stop - start)
+        if read_range.cached:
+            return Response(CountedBody(read_range(start, stop), record), status=decision.status,
+                            headers=headers, direct_passthrough=True)
+        url = presign(version.storage_key,
+                      filename_header=http.content_disposition(version.original_filename),
+                      content_type=version.mime_type,
+                      expires=current_app.config["S3_PRESIGN_SECONDS"])
+    except (OSError, StorageError):
+        log.exception("cannot serve version %s from S3", version.id)
+        abort(503)
+    record.served_from = "s3"
+    record(-1)  # S3 sends the bytes; the planned ranges count as delivered (docs/analytics.md)
+    return Response(status=302, headers=[("Location", url),
+                                         ("Cache-Control", "private, no-store")])
+
+
+#: Preconditions S3 would evaluate again against its own ETag and Last-Modified.
+_S3_REVALIDATES = ("If-Match", "If-Unmodified-Since", "If-None-Match", "If-Modified-Since")
+
+
+def _s3_agrees(decision: http.Decision, headers) -> bool:
+    """True when S3, given this request after the redirect, would send what the portal decided.
+
+    The client repeats its Range and conditional headers to S3, which judges them against its
+    own validators: so a request with If-Match, If-Unmodified-Since, If-None-Match or
+    If-Modified-Since, or with an If-Range the portal honoured (the portal's ETag or date, which
+    S3 would not match), is answered by the portal. An If-Range the portal did not honour goes
+    to S3 only as an entity tag (S3 resumes when it is S3's own ETag, else sends everything);
+    a date could match S3's older object time. Only one well-formed byte range is redirected:
+    S3 serves one range per GET (rclone answers several with 501), so the portal builds
+    multipart/byteranges itself.
+    """
+    if any(name in headers for name in _S3_REVALIDATES):
+        return False
+    spec = headers.get("Range")
+    if spec is None:
+        return True  # a bare If-Range is ignored by both
+    if not _single_byte_range(spec):
+        return False
+    if_range = headers.get("If-Range")
+    if if_range is None:
+        return decision.status == 206
+    return decision.status == 200 and if_range.strip().startswith('"')
+
+
+def _single_byte_range(value: str) -> bool:
+    """True for ``bytes=A-``, ``bytes=A-B`` or ``bytes=-N`` (ASCII digits, one range)."""
+    unit, _, spec = value.strip().partition("=")
+    first, dash, last = spec.strip().partition("-")
+    if unit.strip().lower() != "bytes" or not dash:
+        return False
+
+    def digits(text: str) -> bool:
+        return text.isascii() and text.isdigit()
+
+    return (digits(first) and (last == "" or digits(last))) or (first == "" and digits(last))
 
 
 @bp.route("/files/<int:file_id>/download", methods=["GET", "HEAD"])

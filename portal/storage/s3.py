@@ -34,8 +34,11 @@ TRANSFER = TransferConfig(multipart_threshold=16 * 1024 * 1024,
 def client_config() -> Config:
     """Timeouts short enough that a dead endpoint fails a request, not a worker; checksums
     only where the API requires them (rclone and other S3 servers reject the newer
-    CRC trailers that boto3 sends by default)."""
+    CRC trailers that boto3 sends by default); SigV4 for presigned URLs too (botocore
+    would presign with the legacy SigV2 query string, which rclone, MinIO and newer AWS
+    regions refuse)."""
     return Config(
+        signature_version="s3v4",
         connect_timeout=3, read_timeout=30,
         retries={"max_attempts": 3, "mode": "standard"},
         request_checksum_calculation="when_required",
@@ -175,7 +178,12 @@ class S3Storage:
 
     def presigned_get(self, key: str, *, filename_header: str, content_type: str,
                       expires: int = 300) -> str:
-        """A short-lived URL for GET of the object, with the portal's download headers."""
+        """A short-lived URL for GET of the object, with the portal's download headers.
+
+        S3 answers a GET of it with ``filename_header`` as Content-Disposition and
+        ``content_type`` as Content-Type (the signed ``response-content-*`` overrides); the
+        signature covers the method, so a HEAD of the same URL is refused.
+        """
         try:
             return self.client.generate_presigned_url(
                 "get_object", ExpiresIn=expires,

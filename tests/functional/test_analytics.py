@@ -1,7 +1,12 @@
 """Analytics through the app: buffering and flushing, rollups, the API and the pages."""
 
 import io
+import json
+import signal
+import subprocess
+import sys
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 import redis
@@ -9,15 +14,17 @@ from sqlalchemy import func, select
 
 from portal import cache
 from portal.analytics import materialise
+from portal.analytics import recorder as recorder_module
 from portal.analytics.models import LogicalDownload, Rollup
 from portal.analytics.recorder import recorder
 from portal.analytics.simulate import simulate
 from portal.extensions import db
 from portal.files import add_version
-from portal.models import DownloadEvent
+from portal.models import DownloadEvent, File
 from portal.storage import get_storage
 
 BODY = bytes(range(256)) * 256  # 64 KiB
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def add(app, title="讲义", access="public", category="课件", body=BODY):
@@ -32,6 +39,11 @@ def add(app, title="讲义", access="public", category="课件", body=BODY):
 def count(app, model):
     with app.app_context():
         return db.session.scalar(select(func.count()).select_from(model))
+
+
+def events(app) -> list:
+    with app.app_context():
+        return db.session.scalars(select(DownloadEvent).order_by(DownloadEvent.id)).all()
 
 
 def settings(app):
@@ -59,7 +71,7 @@ def test_events_are_buffered_then_flushed_once(app, client):
     client.get(f"/files/{file_id}/download", headers={"Range": "bytes=0-0"}).close()
     r = app.extensions["portal_redis"]
     assert r.xlen(cache.ANALYTICS_STREAM) == 4 and count(app, DownloadEvent) == 0
-    assert r.hlen(cache.ANALYTICS_OPEN) == 0  # every body closed
+    assert recorder(app).open_responses() == 0  # every body closed and shipped
     assert recorder(app).flush() == 4
     assert r.xlen(cache.ANALYTICS_STREAM) == 0 and count(app, DownloadEvent) == 4
     with app.app_context():
@@ -113,21 +125,55 @@ def test_redis_down_writes_straight_to_sql(config):
         db.engine.dispose()
 
 
-def test_orphans_of_dead_workers_are_recorded(app, client):
+def test_open_response_of_a_live_worker_is_not_an_orphan(app, client):
     file_id = add(app)
-    resp = client.get(f"/files/{file_id}/download")  # body still open: a start record
-    r = app.extensions["portal_redis"]
-    assert r.hlen(cache.ANALYTICS_OPEN) == 1
+    resp = client.get(f"/files/{file_id}/download")  # body still open: a journaled start
     rec = recorder(app)
-    assert rec.flush() == 0  # its worker (this process) is alive: not an orphan yet
-    r.delete(cache.analytics_worker_key(rec.token))  # the worker "died"
+    assert rec.open_responses() == 1
+    assert rec.flush() == 0  # this process holds its journal: not an orphan
+    resp.close()
+    assert rec.open_responses() == 0
     assert rec.flush() == 1
+    [row] = events(app)
+    assert row.bytes_sent == len(BODY)
+
+
+DEAD_WORKER = """
+import json, os, signal, sys
+from portal.analytics.journal import Journal
+journal = Journal(__import__("pathlib").Path(sys.argv[1]), "dead-worker")
+for line in sys.stdin:
+    journal.started(line.strip())
+journal.ended([json.loads(line)["event_key"] for line in sys.argv[2:]])
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def test_orphans_of_a_killed_worker_are_recorded_once(app, client):
+    file_id = add(app)
+    resp = client.get(f"/files/{file_id}/download")  # our own open response: not an orphan
+    rec = recorder(app)
     with app.app_context():
-        [row] = db.session.scalars(select(DownloadEvent)).all()
-        assert row.bytes_sent == -1 and row.ended_at is None
-    resp.close()  # a late end of the same event is not written twice
-    rec.flush()
-    assert count(app, DownloadEvent) == 1
+        version_id = db.session.get(File, file_id).latest.id
+    starts = [recorder_module._dump(recorder_module.event_row(
+        file_id=file_id, version_id=version_id, size=len(BODY), user_id=None, via_link=False,
+        method="GET", status=200, range_header="", served=[(0, len(BODY))],
+        client_ip="10.1.2.3", user_agent="curl/8", referrer=None, link_id=None)
+        | {"event_key": recorder_module.new_event_key()}) for _ in range(3)]
+    ended = starts[2]  # its end reached the stream before the kill
+    # a real process journals three starts, notes one end and is killed (SIGKILL)
+    done = subprocess.run([sys.executable, "-c", DEAD_WORKER, str(rec.journal_dir()), ended],
+                          input="\n".join(starts), text=True, cwd=ROOT, check=False)
+    assert done.returncode == -signal.SIGKILL
+    assert rec.flush() == 2
+    orphans = events(app)
+    assert {(o.bytes_sent, o.ended_at) for o in orphans} == {(-1, None)}
+    assert sorted(o.event_key for o in orphans) == sorted(
+        json.loads(s)["event_key"] for s in starts[:2])
+    assert [p.name for p in rec.journal_dir().iterdir()] == [rec._journal.path.name]
+    assert rec.flush() == 0  # recovered once
+    resp.close()
+    assert rec.flush() == 1 and len(events(app)) == 3
 
 
 def test_flush_equals_recompute_on_a_mix_of_clients(app, client, make_user, login):
@@ -320,3 +366,21 @@ def test_unique_users_and_file_detail_equal_brute_force(app):
             assert sum(v["downloads"] for v in detail["versions"]) == len(mine)
             assert {v["version"] for v in detail["versions"]} == {
                 numbers[r.version_id] for r in mine}
+
+
+def test_journal_rotates_keeping_only_open_starts(app, client, monkeypatch):
+    monkeypatch.setattr(recorder_module, "JOURNAL_ROTATE_BYTES", 2000)
+    file_id = add(app)
+    rec = recorder(app)
+    held = client.get(f"/files/{file_id}/download")  # stays open across the rotations
+    first = rec._journal.path
+    for _ in range(6):
+        client.get(f"/files/{file_id}/download").close()
+    assert rec._journal.path != first and not first.exists()
+    assert [p.name for p in rec.journal_dir().iterdir()] == [rec._journal.path.name]
+    from portal.analytics.journal import parse
+
+    [(key, record)] = parse(rec._journal.path.read_text()).items()
+    assert json.loads(record)["event_key"] == key and rec.open_responses() == 1
+    held.close()
+    assert rec.flush() == 7 and rec.open_responses() == 0
