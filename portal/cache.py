@@ -58,12 +58,24 @@ def _revoked_key(nonce: str) -> str:
 
 
 def revoke_link(nonce: str, ttl: int) -> None:
-    """Deny a signed link until it would have expired anyway (raises RedisError when down)."""
-    client().set(_revoked_key(nonce), 1, ex=max(1, ttl))
+    """Deny a signed link until it would have expired anyway (raises RedisError when down);
+    workers holding a copy of its (absent) entry drop it (LocalCopies)."""
+    key = _revoked_key(nonce)
+    _drop_local_copies([key])
+    pipe = client().pipeline(transaction=False)
+    pipe.set(key, 1, ex=max(1, ttl))
+    pipe.publish(_invalidation_channel(), key)
+    pipe.execute()
 
 
 def link_revoked(nonce: str) -> bool:
     """True when the link is on the deny-list; False when Redis cannot tell (it is down)."""
+    raw = _prefetched("revoked", nonce)
+    if raw is _DOWN:
+        log.warning("redis down: signed-link deny-list not checked")
+        return False
+    if raw is not _NOT_FETCHED:
+        return raw is not None
     try:
         return bool(client().exists(_revoked_key(nonce)))
     except redis.RedisError:
@@ -161,9 +173,14 @@ def snapshot(file, version) -> tuple[FileSnapshot, VersionSnapshot | None]:
     """Plain copies of an ORM File and (its newest) FileVersion."""
     fs = FileSnapshot(id=file.id, access=file.access, deleted_at=file.deleted_at,
                       owner_id=file.owner_id)
+    return fs, version_snapshot_of(version)
+
+
+def version_snapshot_of(version) -> VersionSnapshot | None:
+    """A plain copy of an ORM FileVersion (None for None)."""
     if version is None:
-        return fs, None
-    return fs, VersionSnapshot(
+        return None
+    return VersionSnapshot(
         id=version.id, file_id=version.file_id, number=version.number, sha256=version.sha256,
         size=version.size, mime_type=version.mime_type,
         original_filename=version.original_filename, storage_key=version.storage_key,
@@ -257,6 +274,56 @@ def invalidate_file(file_id: int) -> None:
                     file_id)
 
 
+# A version never changes once stored (a new upload is a new version), so its snapshot needs
+# no invalidation: whether it may be read is decided by the file's metadata above. Signed
+# links name a version by id, ``?version=N`` by its number within the file.
+VERSION_TTL = 24 * 3600
+
+
+def version_key_by_id(version_id: int) -> str:
+    return f"portal:version:{int(version_id)}:snap"
+
+
+def version_key_by_number(file_id: int, number: int) -> str:
+    return f"portal:file:{int(file_id)}:v{int(number)}:snap"
+
+
+def _dump_version(version: VersionSnapshot) -> str:
+    return json.dumps({k: v.isoformat() if isinstance(v, datetime) else v
+                       for k, v in asdict(version).items()})
+
+
+def _load_version(raw: bytes) -> VersionSnapshot:
+    data = json.loads(raw)
+    data["created_at"] = datetime.fromisoformat(data["created_at"])
+    return VersionSnapshot(**data)
+
+
+def version_snapshot(key: str, load: Callable[[], VersionSnapshot | None]
+                     ) -> VersionSnapshot | None:
+    """One version's snapshot from Redis (normally prefetched with the file's metadata), else
+    from ``load()`` (the database), stored for next time. None when there is no such version
+    (not cached)."""
+    if not current_app.config.get("CACHE_METADATA", True):
+        return load()
+    raw = _prefetched("version", key)
+    if raw is _DOWN:
+        return load()
+    if raw is _NOT_FETCHED:
+        try:
+            raw = client().get(key)
+        except redis.RedisError:
+            return load()
+    if raw is not None:
+        with contextlib.suppress(ValueError, KeyError, TypeError):
+            return _load_version(raw)
+    found = load()
+    if found is not None:
+        with contextlib.suppress(redis.RedisError):
+            client().set(key, _dump_version(found), ex=VERSION_TTL)
+    return found
+
+
 _CHANGED = "portal_changed_files"
 _CHANGED_USERS = "portal_changed_users"
 _CHANGED_GROUPS = "portal_changed_groups"
@@ -333,16 +400,23 @@ _NOT_FETCHED = object()
 _DOWN = object()  # the prefetch found Redis down
 
 
-def prefetch_download(user_id: str | None, file_id: int) -> None:
-    """Read the signed-in user's snapshot and the file's metadata in one round trip, for the
-    user loader and file_meta of this request to use (a download otherwise costs two), or in
-    none when this worker holds coherent copies of those keys (LocalCopies)."""
+def prefetch_download(user_id: str | None, file_id: int, *, version_key: str | None = None,
+                      link_nonce: str | None = None) -> None:
+    """Read what a download needs from Redis in one round trip, or in none when this worker
+    holds coherent copies of those keys (LocalCopies): the file's metadata, the signed-in
+    user's snapshot, and for an older version or a signed link the version's snapshot and
+    the link's deny-list entry. file_meta, user_snapshot, version_snapshot and link_revoked
+    then use the answers (a download otherwise costs a round trip for each)."""
     if not current_app.config.get("CACHE_METADATA", True):
         return
     uid = int(user_id) if user_id and str(user_id).isdigit() else None
     keys = [_meta_key(file_id)]
     if uid is not None:
         keys += [_user_key(uid), _user_version_key(uid), USER_GROUPS_GEN]
+    if version_key is not None:
+        keys.append(version_key)
+    if link_nonce is not None:
+        keys.append(_revoked_key(link_nonce))
     copies = local_copies()
     replies = copies.get_many(keys) if copies is not None else None
     if replies is None:
@@ -359,13 +433,18 @@ def prefetch_download(user_id: str | None, file_id: int) -> None:
             return
         if copies is not None:
             copies.put_many(keys, replies, epoch)
-    found = {("meta", int(file_id)): replies[0]}
+    replies = list(replies)
+    found = {("meta", int(file_id)): replies.pop(0)}
     if uid is not None:
-        found[("user", uid)] = replies[1:]
+        found[("user", uid)] = [replies.pop(0) for _ in range(3)]
+    if version_key is not None:
+        found[("version", version_key)] = replies.pop(0)
+    if link_nonce is not None:
+        found[("revoked", link_nonce)] = replies.pop(0)
     g.setdefault(_PREFETCH, {}).update(found)
 
 
-def _prefetched(kind: str, key: int):
+def _prefetched(kind: str, key: int | str):
     """A reply prefetch_download stored for this request (each is used once), _DOWN when it
     found Redis down, else _NOT_FETCHED."""
     if not has_app_context():
@@ -373,7 +452,7 @@ def _prefetched(kind: str, key: int):
     fetched = g.get(_PREFETCH, {})
     if fetched.get("down"):
         return _DOWN
-    return fetched.pop((kind, int(key)), _NOT_FETCHED)
+    return fetched.pop((kind, key if isinstance(key, str) else int(key)), _NOT_FETCHED)
 
 
 def user_snapshot(user_id: int, load: Callable[[], dict | None]) -> dict | None:
@@ -445,7 +524,7 @@ def invalidate_users(user_ids: Iterable[int], groups_changed: bool) -> None:
 INVALIDATE_CHANNEL = "portal:invalidate"
 #: Keys whose absence is not worth remembering: a miss there is filled from the database
 #: by a plain SET (no invalidation is published), so a remembered "absent" would hide it.
-_FILLED_ON_MISS = (":meta", ":auth")
+_FILLED_ON_MISS = (":meta", ":auth", ":snap")
 
 
 def _invalidation_channel() -> str:

@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+import redis
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent  # the venv running pytest: its flask and gunicorn
@@ -180,7 +181,14 @@ class Instance:
 
 
 def make_instance(root: Path, redis_url: str, **env: str) -> Instance:
-    """Create the folders, the environment and the schema (``flask db upgrade``)."""
+    """Create the folders, the environment and the schema (``flask db upgrade``).
+
+    The Redis database is emptied first: the instances of earlier test modules used it with
+    other databases, whose cached metadata and users (same ids) would answer for this one.
+    """
+    client = redis.Redis.from_url(redis_url)
+    client.flushdb()
+    client.close()
     root.mkdir(parents=True, exist_ok=True)
     db_path = root / "portal.db"
     storage = root / "storage"

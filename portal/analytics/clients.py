@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import ipaddress
 import re
@@ -21,6 +22,7 @@ _COMMAND_LINE = ("wget", "curl", "python-requests", "python-urllib", "httpie", "
 _BROWSERS = ("mozilla/", "opera/")
 
 
+@functools.lru_cache(maxsize=4096)  # a campus sends the same few hundred agents all day
 def classify(user_agent: str) -> str:
     """browser / manager / cli / other, from the User-Agent header.
 
@@ -38,6 +40,7 @@ def classify(user_agent: str) -> str:
     return OTHER
 
 
+@functools.lru_cache(maxsize=65536)  # pure, and the same clients come back for every range
 def truncate_ip(address: str) -> str:
     """The client's network, not its address: IPv4 to its /24, IPv6 to its /64.
 

@@ -414,20 +414,6 @@ def open_event(app: Flask, row: dict) -> EventCallback:
     return EventCallback(recorder(app), row)
 
 
-def link_nonce(secret_key: str, token: str | None) -> str | None:
-    """The nonce of a signed link the view has verified already (None when absent)."""
-    if not token:
-        return None
-    from itsdangerous import BadData, URLSafeTimedSerializer
-
-    from ..download.links import SALT
-
-    try:
-        return str(URLSafeTimedSerializer(secret_key, salt=SALT).loads(token)["n"])[:32]
-    except (BadData, KeyError, TypeError):
-        return None
-
-
 def referrer_without_query(referrer: str | None) -> str:
     """Where the download was started from, without query or fragment (they can carry
     personal data)."""

@@ -9,6 +9,7 @@ and the link must not be on the Redis deny-list.
 
 from __future__ import annotations
 
+import functools
 import secrets
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -35,6 +36,7 @@ class LinkError(Exception):
     """A bad, tampered, expired or revoked link."""
 
 
+@functools.lru_cache(maxsize=4)  # building one serialises a probe value (itsdangerous)
 def _serializer(secret_key: str) -> URLSafeTimedSerializer:
     return URLSafeTimedSerializer(secret_key, salt=SALT)
 
@@ -50,6 +52,15 @@ def mint(secret_key: str, ttl: int, *, user_id: int, file_id: int, version_id: i
 
 def verify(secret_key: str, ttl: int, token: str) -> LinkClaims:
     """The claims of a valid, unexpired, unrevoked token, or LinkError."""
+    claims = verify_signature(secret_key, ttl, token)
+    if cache.link_revoked(claims.nonce):
+        raise LinkError("revoked")
+    return claims
+
+
+def verify_signature(secret_key: str, ttl: int, token: str) -> LinkClaims:
+    """The claims of a valid, unexpired token, or LinkError; the caller checks the deny-list
+    (cache.link_revoked)."""
     try:
         payload = _serializer(secret_key).loads(token, max_age=ttl)
         claims = LinkClaims(int(payload["u"]), int(payload["f"]), int(payload["v"]),
@@ -58,8 +69,6 @@ def verify(secret_key: str, ttl: int, token: str) -> LinkClaims:
         raise LinkError("expired") from exc
     except (BadSignature, KeyError, TypeError, ValueError) as exc:
         raise LinkError("invalid") from exc
-    if cache.link_revoked(claims.nonce):
-        raise LinkError("revoked")
     return claims
 
 

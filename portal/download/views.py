@@ -22,12 +22,12 @@ from flask import (
 from flask_login import current_user, login_required
 
 from .. import cache
-from ..access import can_read
 from ..analytics import recorder as analytics
-from ..catalog.service import readable_file, readable_latest
+from ..auth.views import load_user
+from ..catalog.service import readable_file, readable_version
 from ..catalog.views import refuse
 from ..extensions import db
-from ..models import File, FileVersion, User
+from ..models import File, FileVersion
 from ..storage import StorageError, get_storage
 from . import bp, http, links
 from .body import CountedBody, TrackedFile, can_sendfile
@@ -58,21 +58,19 @@ def pick_version(file: File, raw: str | None) -> FileVersion:
     return version
 
 
-def _event_recorder(version: FileVersion, user_id: int | None, via_link: bool,
+def _event_recorder(version: FileVersion, user_id: int | None, link_nonce: str | None,
                     decision: http.Decision):
     """A callback that records one download event when the body closes (portal/analytics:
     buffered in Redis, written to SQL in batches), using only values captured now (no
     request, no session inside the callback)."""
-    config = current_app.config
     status = decision.status
     served = list(decision.ranges) if status == 206 else [(0, version.size)]
-    token = (request.view_args or {}).get("token") if via_link else None
     row = analytics.event_row(
         file_id=version.file_id, version_id=version.id, size=version.size, user_id=user_id,
-        via_link=via_link, method=request.method, status=status,
+        via_link=link_nonce is not None, method=request.method, status=status,
         range_header=request.headers.get("Range") or "", served=served,
         client_ip=request.remote_addr or "", user_agent=request.headers.get("User-Agent") or "",
-        referrer=request.referrer, link_id=analytics.link_nonce(config["SECRET_KEY"], token))
+        referrer=request.referrer, link_id=link_nonce[:32] if link_nonce else None)
     return analytics.open_event(current_app._get_current_object(), row)
 
 
@@ -98,7 +96,7 @@ def bodiless_response(decision: http.Decision, headers: list) -> Response | None
 
 
 def serve_version(file: File, version: FileVersion, *, user_id: int | None,
-                  via_link: bool) -> Response:
+                  link_nonce: str | None = None) -> Response:
     """Answer GET or HEAD for one version with full RFC 9110 semantics."""
     rep = representation(version)
     decision = http.evaluate(request.method, request.headers, rep,
@@ -128,7 +126,7 @@ def serve_version(file: File, version: FileVersion, *, user_id: int | None,
         # No body argument: Response(b"") would overwrite Content-Length with 0.
         return Response(status=decision.status, headers=headers)
 
-    record = _event_recorder(version, user_id, via_link, decision)
+    record = _event_recorder(version, user_id, link_nonce, decision)
     if (current_app.config["SENDFILE"] == "x-accel" and path is not None
             and _nginx_agrees(decision, request.headers)):
         return _x_accel(version, decision, headers, record)
@@ -286,24 +284,28 @@ def _single_byte_range(value: str) -> bool:
 
 @bp.route("/files/<int:file_id>/download", methods=["GET", "HEAD"])
 def download(file_id: int):
-    """The bytes of the newest (or ?version=N) version, for a user allowed to read them."""
-    if request.args.get("version") is None:  # the newest: from the metadata cache, no SQL
-        # The file's metadata and the signed-in user (before the loader runs) in one round
-        # trip to Redis.
-        cache.prefetch_download(session.get("_user_id"), file_id)
-        found = readable_latest(db.session, current_user, file_id)
-        if found is None:
-            return refuse()
-        file, version = found
-        if version is None:
+    """The bytes of the newest (or ?version=N) version, for a user allowed to read them.
+
+    Everything it needs (the file's metadata, the signed-in user, an older version) comes
+    from the metadata cache in one round trip to Redis, or none when warm; no SQL.
+    """
+    raw = request.args.get("version")
+    number = None
+    if raw is not None:
+        if not (raw.isascii() and raw.isdigit() and len(raw) < 9):
             abort(404)
-    else:
-        file = readable_file(db.session, current_user, file_id)
-        if file is None:
-            return refuse()
-        version = pick_version(file, request.args.get("version"))
+        number = int(raw)
+    cache.prefetch_download(  # before the user loader runs: it reads the prefetched snapshot
+        session.get("_user_id"), file_id,
+        version_key=None if number is None else cache.version_key_by_number(file_id, number))
+    found = readable_version(db.session, current_user, file_id, number=number)
+    if found is None:
+        return refuse()
+    file, version = found
+    if version is None:
+        abort(404)
     user_id = current_user.id if current_user.is_authenticated else None
-    return serve_version(file, version, user_id=user_id, via_link=False)
+    return serve_version(file, version, user_id=user_id)
 
 
 @bp.route("/api/files/<int:file_id>/links", methods=["POST"])
@@ -347,18 +349,27 @@ def revoke_link():
 @bp.route("/d/<token>", methods=["GET", "HEAD"])
 @bp.route("/d/<token>/<path:name>", methods=["GET", "HEAD"])
 def by_link(token: str, name: str | None = None):
-    """The bytes behind a signed link: same semantics as /files/<id>/download, no cookie."""
+    """The bytes behind a signed link: same semantics as /files/<id>/download, no cookie.
+
+    Checked on every request (a download manager's 16 connections each make one): the
+    deny-list, the user (still active), the access rule and the version, all from the
+    metadata cache in one round trip to Redis, or none when warm.
+    """
     config = current_app.config
     try:
-        claims = links.verify(config["SECRET_KEY"], config["LINK_TTL_SECONDS"], token)
+        claims = links.verify_signature(config["SECRET_KEY"], config["LINK_TTL_SECONDS"], token)
     except links.LinkError as exc:
         return bad_link(str(exc))
-    user = db.session.get(User, claims.user_id)
-    version = db.session.get(FileVersion, claims.version_id)
-    if (user is None or not user.active or version is None or version.file_id != claims.file_id
-            or not can_read(user, version.file)):
+    cache.prefetch_download(str(claims.user_id), claims.file_id,
+                            version_key=cache.version_key_by_id(claims.version_id),
+                            link_nonce=claims.nonce)
+    if cache.link_revoked(claims.nonce):
         return bad_link("revoked")
-    return serve_version(version.file, version, user_id=user.id, via_link=True)
+    user = load_user(str(claims.user_id))  # None once disabled: all their links stop
+    found = readable_version(db.session, user, claims.file_id, version_id=claims.version_id)
+    if user is None or found is None or found[1] is None:
+        return bad_link("revoked")
+    return serve_version(found[0], found[1], user_id=user.id, link_nonce=claims.nonce)
 
 
 def bad_link(reason: str):

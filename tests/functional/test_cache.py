@@ -396,3 +396,33 @@ def test_redis_down_signed_in_downloads_still_work(app, client, make_user, login
     finally:
         app.extensions["portal_redis"].close()
         app.extensions["portal_redis"] = live
+
+
+def test_signed_link_and_older_version_downloads_run_no_sql(app, client, make_user, login,
+                                                           statements):
+    """A download manager's many ranged requests on a signed link, and ?version=N, are
+    answered from the metadata cache: the deny-list, the user, the access rule and the
+    version in one Redis round trip, no SQL."""
+    make_user("gina", groups=["CS"])
+    one, two = b"first version " * 300, b"second version " * 300
+    file_id = add_file(app, one, title="Slides", access="group:CS")
+    add_file(app, two, title="Slides", access="group:CS")
+    csrf = login("gina")
+    link = client.post(f"/api/files/{file_id}/links", json={"version": 1},
+                       headers={"X-CSRFToken": csrf}).json["url"]
+    path = "/" + link.split("/", 3)[3]
+    manager = app.test_client()  # a download manager: no cookie
+    assert get(manager, path) == (200, one)  # fills the caches
+    assert get(client, f"/files/{file_id}/download?version=1") == (200, one)
+    statements.clear()
+    for start in range(0, 1600, 400):
+        assert get(manager, path, Range=f"bytes={start}-{start + 399}") == (
+            206, one[start:start + 400])
+    assert selects(statements) == []
+    assert get(client, f"/files/{file_id}/download?version=1", Range="bytes=0-9") == (
+        206, one[:10])
+    assert get(client, f"/files/{file_id}/download?version=2") == (200, two)
+    assert get(client, f"/files/{file_id}/download?version=2") == (200, two)
+    assert get(client, f"/files/{file_id}/download?version=3")[0] == 404
+    # version 2's first request and the missing version 3 looked in the database, no more
+    assert len([s for s in selects(statements) if "file_versions" in s]) == 2

@@ -154,3 +154,36 @@ def test_lost_subscription_clears_the_copies_and_resubscribes(app, client, make_
     assert not copies._values  # a message may have been missed: nothing is trusted
     wait_until(lambda: copies.ready)  # subscribed again
     assert client.get(url).status_code == 200
+
+
+def test_revoked_link_is_refused_at_once(app, client, make_user, login):
+    make_user("eve")
+    file_id = add_file(app, b"w" * 500)
+    csrf = login("eve")
+    url = client.post(f"/api/files/{file_id}/links", headers={"X-CSRFToken": csrf}).json["url"]
+    path = "/" + url.split("/", 3)[3]
+    manager = app.test_client()
+    copies = warm(app, manager, path)
+    nonce = next(k for k in copies._values if k.startswith("portal:link:revoked:"))
+    assert copies._values[nonce][1] is None  # "not revoked", held by this worker
+    resp = client.post("/api/links/revoke", json={"url": url}, headers={"X-CSRFToken": csrf})
+    assert resp.status_code == 200 and resp.json == {"revoked": True}
+    assert manager.get(path).status_code == 403  # this process: at once
+
+
+def test_revocation_elsewhere_reaches_the_copies(app, other, client, make_user, login):
+    from portal.download import links
+
+    make_user("fay")
+    file_id = add_file(app, b"v" * 500)
+    csrf = login("fay")
+    url = client.post(f"/api/files/{file_id}/links", headers={"X-CSRFToken": csrf}).json["url"]
+    path = "/" + url.split("/", 3)[3]
+    manager = app.test_client()
+    copies = warm(app, manager, path)
+    nonce = next(k for k in copies._values if k.startswith("portal:link:revoked:"))
+    with other.app_context():  # another node revokes the link
+        claims = links.verify(other.config["SECRET_KEY"], 3600, path.split("/")[2])
+        assert links.revoke(claims.nonce, 3600)
+    wait_until(lambda: nonce not in copies._values)
+    assert manager.get(path).status_code == 403
