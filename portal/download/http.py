@@ -21,6 +21,7 @@ code that implements them (search for "Policy").
 from __future__ import annotations
 
 import base64
+import functools
 import re
 import secrets
 import unicodedata
@@ -186,6 +187,14 @@ def _field_values(headers: Mapping[str, str], name: str) -> list[str]:
     for a plain mapping we scan the items so that tests (and callers) may pass
     a dict with any capitalisation.
     """
+    environ = getattr(headers, "environ", None)
+    if isinstance(environ, dict):
+        # A request's EnvironHeaders: read the one WSGI key directly (the server has joined
+        # repeated lines already); its getlist() walks the whole environ on every call,
+        # which made evaluate() about 30 us a download.
+        value = environ.get("HTTP_" + name.upper().replace("-", "_"))
+        values = [] if value is None else [value]
+        return [v for v in values if isinstance(v, str)]
     getlist = getattr(headers, "getlist", None)
     if callable(getlist):
         values = getlist(name)
@@ -865,6 +874,7 @@ def _ascii_fallback(name: str) -> str:
     return fallback
 
 
+@functools.lru_cache(maxsize=4096)  # pure, ~10 us, and asked on every download of a file
 def content_disposition(filename: str, *, inline: bool = False) -> str:
     """Build a Content-Disposition value (RFC 6266) for ``filename``.
 
