@@ -59,6 +59,10 @@ def register_extensions(app: Flask) -> None:
     limiter.init_app(app)
     skip_limiter_hook(app, "download")
     app.extensions["portal_redis"] = cache.make_client(app.config["REDIS_URL"])
+    if app.config["CACHE_HOT_MEMORY_BYTES"] and app.config["CACHE_HOT_ENABLED"]:
+        app.extensions["portal_hot_memory"] = cache.HotMemory(
+            app, app.config["CACHE_HOT_MEMORY_BYTES"],
+            int(app.config["CACHE_HOT_MEMORY_MAX_FILE_BYTES"]))
     if app.config["CACHE_LOCAL_SECONDS"] and app.config["CACHE_METADATA"]:
         app.extensions["portal_local_copies"] = cache.LocalCopies(
             app, float(app.config["CACHE_LOCAL_SECONDS"]))

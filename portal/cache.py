@@ -14,6 +14,7 @@ import os
 import threading
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass
 from datetime import datetime
@@ -105,6 +106,7 @@ STATS_FIELDS = {
     "fills": "Versions copied into the hot-file cache",
     "evictions": "Versions evicted from the hot-file cache to stay under the byte budget",
     "fallbacks": "Cached reads that found a chunk gone and finished from the origin",
+    "memory_hits": "Of those hits, the ones answered from a worker's own memory",
     "meta_hits": "Download metadata answered from Redis",
     "meta_misses": "Download metadata loaded from the database",
     "meta_local_hits": "Download metadata answered from a worker's own coherent copy",
@@ -871,10 +873,11 @@ def range_reader(storage, version, *, local: bool, planned_bytes: int) -> RangeR
     """Where the bytes of a version come from for this request.
 
     A remote origin (no local path): counted per request; a version that is cached is read
-    from Redis; one that qualifies (size <= CACHE_HOT_MAX_FILE_BYTES and at least
-    CACHE_HOT_MIN_HITS requests this hour and the last) is filled first by the one request
-    that wins the lock. A local origin keeps zero-copy sendfile, which the cache cannot beat,
-    unless CACHE_HOT_LOCAL is set. With Redis down everything comes from the origin.
+    from this worker's memory (HotMemory) or from Redis; one that qualifies (size <=
+    CACHE_HOT_MAX_FILE_BYTES and at least CACHE_HOT_MIN_HITS requests this hour and the
+    last) is filled first by the one request that wins the lock. A local origin keeps
+    zero-copy sendfile, which the cache cannot beat, unless CACHE_HOT_LOCAL is set. With
+    Redis down everything comes from the origin (or from memory).
     """
     key = version.storage_key
 
@@ -885,6 +888,12 @@ def range_reader(storage, version, *, local: bool, planned_bytes: int) -> RangeR
     if not config.get("CACHE_HOT_ENABLED", True) or (local and not config.get("CACHE_HOT_LOCAL")):
         return RangeReader(origin, cached=False)
     sha, size = version.sha256, version.size
+    memory = hot_memory()
+    if memory is not None:
+        content = memory.get(sha)
+        if content is not None:  # popularity, recency and counters reach Redis in batches
+            memory.note_hit(sha, planned_bytes)
+            return RangeReader(lambda start, stop: (content[start:stop],), cached=True)
     state = hot_lookup(sha, planned_bytes)
     if state is None or size == 0:
         return RangeReader(origin, cached=False)
@@ -894,4 +903,111 @@ def range_reader(storage, version, *, local: bool, planned_bytes: int) -> RangeR
     if not state.cached:
         return RangeReader(origin, cached=False)
     r = client()
+    if memory is not None and size <= memory.max_file:
+        content = hot_whole(r, sha, size)
+        if content is not None:
+            memory.put(sha, content)
+            return RangeReader(lambda start, stop: (content[start:stop],), cached=True)
     return RangeReader(lambda start, stop: hot_read(r, sha, start, stop, origin), cached=True)
+
+
+def hot_whole(r: redis.Redis, sha: str, size: int) -> bytes | None:
+    """All the cached chunks of a content in one round trip, checked against its SHA-256;
+    None when one is missing or Redis is down."""
+    try:
+        blobs = r.mget([_chunk_key(sha, i) for i in range(-(-size // HOT_CHUNK))])
+    except redis.RedisError:
+        return None
+    if any(blob is None for blob in blobs):
+        return None
+    content = b"".join(blobs)
+    if len(content) != size or hashlib.sha256(content).hexdigest() != sha:
+        return None
+    return content
+
+
+class HotMemory:
+    """This worker's copies of the hottest small contents: a tier in front of Redis.
+
+    Served from Redis, a hot 64 KiB file still costs two round trips (the popularity
+    lookup, the chunk read) and the bytes cross the network twice. A content is immutable
+    (keyed by its SHA-256), so a copy in the worker's memory can never be stale and needs no
+    invalidation; access is decided before the bytes are looked up. Filled from the Redis
+    chunks (verified by hash) once Redis holds the content, bounded by a byte budget with
+    LRU eviction. A hit sends nothing to Redis on the request's path: its popularity,
+    recency and counters are added up here and sent in one pipeline at most every
+    ``REPORT_SECONDS``, so admission, eviction and /metrics still see every request.
+    """
+
+    REPORT_SECONDS = 1.0
+
+    def __init__(self, app, budget: int, max_file: int) -> None:
+        self.app = app
+        self.budget = budget
+        self.max_file = max_file
+        self._items: OrderedDict[str, bytes] = OrderedDict()
+        self._bytes = 0
+        self._lock = threading.Lock()
+        self._hits: dict[str, int] = {}
+        self._hit_bytes = 0
+        self._reported = time.monotonic()
+
+    def get(self, sha: str) -> bytes | None:
+        with self._lock:
+            content = self._items.get(sha)
+            if content is not None:
+                self._items.move_to_end(sha)
+            return content
+
+    def put(self, sha: str, content: bytes) -> None:
+        if len(content) > min(self.max_file, self.budget):
+            return
+        with self._lock:
+            if sha in self._items:
+                return
+            self._items[sha] = content
+            self._bytes += len(content)
+            while self._bytes > self.budget:
+                _, dropped = self._items.popitem(last=False)
+                self._bytes -= len(dropped)
+
+    def held_bytes(self) -> int:
+        return self._bytes
+
+    def note_hit(self, sha: str, planned_bytes: int) -> None:
+        """Count a request answered from memory; report the counts when it is time."""
+        with self._lock:
+            self._hits[sha] = self._hits.get(sha, 0) + 1
+            self._hit_bytes += planned_bytes
+            due = time.monotonic() - self._reported >= self.REPORT_SECONDS
+        if due:
+            self.report()
+
+    def report(self) -> None:
+        """Send the counted hits to Redis: popularity, LRU time, hit counters."""
+        with self._lock:
+            hits, self._hits = self._hits, {}
+            hit_bytes, self._hit_bytes = self._hit_bytes, 0
+            self._reported = time.monotonic()
+        if not hits:
+            return
+        now = time.time()
+        bucket = _pop_key(int(now // POP_BUCKET_SECONDS))
+        try:
+            pipe = self.app.extensions["portal_redis"].pipeline(transaction=False)
+            for sha, count in hits.items():
+                pipe.zincrby(bucket, count, sha)
+            pipe.expire(bucket, 2 * POP_BUCKET_SECONDS)
+            pipe.zadd(HOT_LRU_KEY, dict.fromkeys(hits, now), xx=True)
+            total = sum(hits.values())
+            pipe.hincrby(STATS_KEY, "hits", total)
+            pipe.hincrby(STATS_KEY, "memory_hits", total)
+            pipe.hincrby(STATS_KEY, "hit_bytes", hit_bytes)
+            pipe.execute()
+        except redis.RedisError:
+            pass  # statistics only: a lost batch makes a file look a little less popular
+
+
+def hot_memory() -> HotMemory | None:
+    """The current app's HotMemory; None when switched off (CACHE_HOT_MEMORY_BYTES = 0)."""
+    return current_app.extensions.get("portal_hot_memory")

@@ -44,6 +44,10 @@ DEFAULTS = {
     "CACHE_HOT_MAX_FILE_BYTES": 32 * 1024**2,  # admission: only files this small
     "CACHE_HOT_MIN_HITS": 2,  # admission: requests this hour and the last, this one included
     "CACHE_HOT_BUDGET_BYTES": 512 * 1024**2,  # LRU eviction above this many cached bytes
+    # Each worker's own copies of the hottest contents (cache.HotMemory), in front of Redis:
+    # budget per worker (unset means 64 MiB, or 0 = off under TESTING) and largest file.
+    "CACHE_HOT_MEMORY_BYTES": None,
+    "CACHE_HOT_MEMORY_MAX_FILE_BYTES": 8 * 1024**2,
     "CACHE_METADATA": True,  # download metadata (access, newest version) in Redis
     "CACHE_META_TTL_SECONDS": 300,
     "CACHE_USERS": True,  # the user loader's snapshot in Redis (invalidated on every change)
@@ -73,6 +77,12 @@ def finalize(config: dict, instance_path: str) -> None:
         raise ConfigError(
             f"PORTAL_SENDFILE must be 'direct' or 'x-accel', not {config['SENDFILE']!r}")
     _check_s3_delivery(config)
+    memory = config.get("CACHE_HOT_MEMORY_BYTES")
+    if memory is None:
+        config["CACHE_HOT_MEMORY_BYTES"] = 0 if config.get("TESTING") else 64 * 1024**2
+    elif isinstance(memory, bool) or not isinstance(memory, int) or memory < 0:
+        raise ConfigError(f"PORTAL_CACHE_HOT_MEMORY_BYTES must be a whole number >= 0, "
+                          f"not {memory!r}")
     local = config.get("CACHE_LOCAL_SECONDS")
     if local is None:
         config["CACHE_LOCAL_SECONDS"] = 0 if config.get("TESTING") else 5

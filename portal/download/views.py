@@ -142,6 +142,8 @@ def serve_version(file: File, version: FileVersion, *, user_id: int | None,
     try:
         read_range = cache.range_reader(storage, version, local=path is not None,
                                         planned_bytes=planned)
+        if read_range.cached:
+            record.served_from = "cache"
         if multipart:
             body = CountedBody(http.iter_multipart(plan, read_range), record)
         else:
@@ -225,6 +227,7 @@ def _presigned_redirect(storage, version: FileVersion, decision: http.Decision, 
         read_range = cache.range_reader(storage, version, local=False,
                                         planned_bytes=stop - start)
         if read_range.cached:
+            record.served_from = "cache"
             return Response(CountedBody(read_range(start, stop), record), status=decision.status,
                             headers=headers, direct_passthrough=True)
         url = presign(version.storage_key,

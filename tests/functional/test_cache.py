@@ -426,3 +426,79 @@ def test_signed_link_and_older_version_downloads_run_no_sql(app, client, make_us
     assert get(client, f"/files/{file_id}/download?version=3")[0] == 404
     # version 2's first request and the missing version 3 looked in the database, no more
     assert len([s for s in selects(statements) if "file_versions" in s]) == 2
+
+
+# ---------------------------------------------------------------------------
+# The worker's own memory in front of Redis (cache.HotMemory)
+# ---------------------------------------------------------------------------
+
+
+@pytest.fixture
+def memory_app(config):
+    """The app with a 1 MiB in-worker tier (off by default under TESTING)."""
+    from portal import create_app
+
+    app = create_app({**config, "CACHE_HOT_MEMORY_BYTES": 1_000_000,
+                      "CACHE_HOT_MEMORY_MAX_FILE_BYTES": 600_000})
+    with app.app_context():
+        db.create_all()
+    yield app
+    app.extensions["portal_storage"].close()
+    app.extensions["portal_analytics"].close_journal()
+    with app.app_context():
+        db.session.remove()
+        db.engine.dispose()
+
+
+def redis_calls(r) -> int:
+    return sum(int(v["calls"]) for k, v in r.info("commandstats").items()
+               if k in ("cmdstat_mget", "cmdstat_eval", "cmdstat_evalsha", "cmdstat_get"))
+
+
+def test_hot_content_is_served_from_worker_memory(memory_app, r):
+    from portal.analytics.recorder import recorder
+
+    app, client = memory_app, memory_app.test_client()
+    data = os.urandom(300_000)
+    url = f"/files/{add_file(app, data)}/download"
+    assert get(client, url) == (200, data)  # a miss, not admitted
+    assert get(client, url) == (200, data)  # admitted: Redis filled, and the memory from it
+    memory = app.extensions["portal_hot_memory"]
+    assert memory.held_bytes() == len(data)
+    before = redis_calls(r)
+    for start in (0, 1000, 299_990):
+        assert get(client, url, Range=f"bytes={start}-{start + 9}") == (
+            206, data[start:start + 10])
+    assert get(client, url) == (200, data)
+    # only the metadata prefetch went to Redis (one MGET each), never the bytes
+    assert redis_calls(r) - before == 4
+    memory.report()
+    s = stats(app)
+    assert (s["memory_hits"], s["hits"], s["misses"]) == (4, 4, 2)  # the 2nd filled the cache
+    recorder(app).flush()
+    with app.app_context():
+        from portal.models import DownloadEvent
+
+        served = [e.served_from for e in db.session.query(DownloadEvent).order_by(
+            DownloadEvent.id)]
+    assert served == ["origin"] + ["cache"] * 5
+    r.flushdb()  # Redis loses everything: the copy is still right (contents never change)
+    assert get(client, url, Range="bytes=5-9") == (206, data[5:10])
+
+
+def test_worker_memory_keeps_to_its_budget(memory_app):
+    app, client = memory_app, memory_app.test_client()
+    blobs = [os.urandom(400_000) for _ in range(3)]  # 1 MB budget: two fit, not three
+    for i, blob in enumerate(blobs):
+        url = f"/files/{add_file(app, blob, title=f'M{i}')}/download"
+        for _ in range(3):
+            assert get(client, url) == (200, blob)
+    memory = app.extensions["portal_hot_memory"]
+    shas = [hashlib.sha256(b).hexdigest() for b in blobs]
+    assert memory.get(shas[0]) is None and memory.get(shas[1]) == blobs[1]
+    assert memory.held_bytes() == 800_000
+    big = os.urandom(700_000)  # over CACHE_HOT_MEMORY_MAX_FILE_BYTES: Redis only
+    url = f"/files/{add_file(app, big, title='Big')}/download"
+    for _ in range(3):
+        assert get(client, url) == (200, big)
+    assert memory.get(hashlib.sha256(big).hexdigest()) is None
