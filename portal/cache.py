@@ -90,6 +90,12 @@ ANALYTICS_STREAM = "portal:analytics:events"
 #: Held (SET NX PX) by the one process that flushes at a time.
 ANALYTICS_FLUSH_LOCK = "portal:analytics:flush-lock"
 ANALYTICS_FLUSH_LOCK_MS = 60_000
+#: x-accel downloads waiting for nginx's log line (ANALYTICS_NGINX_LOG): event key -> JSON.
+ANALYTICS_NGINX_WAITING = "portal:analytics:nginx:waiting"
+#: What nginx's log said about an event, until joined to it: event key -> JSON.
+ANALYTICS_NGINX_SENT = "portal:analytics:nginx:sent"
+#: How far the log has been read: {"inode", "offset"}.
+ANALYTICS_NGINX_STATE = "portal:analytics:nginx:state"
 
 
 # ---------------------------------------------------------------------------

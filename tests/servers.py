@@ -224,6 +224,7 @@ class Gunicorn:
     sendfile: str = "direct"
     port: int = field(default_factory=free_port)
     proc: subprocess.Popen | None = None
+    env: dict = field(default_factory=dict)  # settings of this server only
 
     @property
     def base_url(self) -> str:
@@ -244,7 +245,7 @@ class Gunicorn:
         exe = BIN / "gunicorn"
         cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "gunicorn"]
         env = {**self.instance.env, "PORTAL_SENDFILE": self.sendfile,
-               "PORTAL_GUNICORN_WORKERS": str(self.workers)}
+               "PORTAL_GUNICORN_WORKERS": str(self.workers), **self.env}
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(
                 [*cmd, "-c", "gunicorn.conf.py", "--bind", f"127.0.0.1:{self.port}", "wsgi:app"],

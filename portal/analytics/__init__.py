@@ -20,6 +20,10 @@ DEFAULTS = {
     "ANALYTICS_FLUSH_BATCH": 1000,  # stream length that wakes it early; rows per SQL batch
     "ANALYTICS_BACKGROUND_FLUSH": None,  # None: on, except under TESTING
     "ANALYTICS_JOURNAL_DIR": None,  # start records (local disk); None: instance/analytics-journal
+    # x-accel: nginx's event log (deploy/nginx.conf, portal_events.log) for the bytes it sent;
+    # events wait this long for their line, then count their planned bytes. None: no waiting.
+    "ANALYTICS_NGINX_LOG": None,
+    "ANALYTICS_NGINX_WAIT_SECONDS": 600,
     "ANALYTICS_RETENTION_DAYS": 90,  # raw download events
     "ANALYTICS_LOGICAL_RETENTION_DAYS": 730,  # logical downloads
     "ANALYTICS_HOURLY_RETENTION_DAYS": 400,  # hourly rollups (daily ones are kept)

@@ -51,7 +51,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from .. import cache
 from ..extensions import db
-from . import materialise
+from . import materialise, nginxlog
 from .journal import Journal, dead_journals
 
 log = logging.getLogger(__name__)
@@ -171,7 +171,10 @@ class Recorder:
         try:
             pipe = self.redis().pipeline(transaction=False)
             for row in rows:
-                pipe.xadd(cache.ANALYTICS_STREAM, {"e": _dump(row)})
+                if self._waits_for_nginx(row):
+                    pipe.hset(cache.ANALYTICS_NGINX_WAITING, row["event_key"], _dump(row))
+                else:
+                    pipe.xadd(cache.ANALYTICS_STREAM, {"e": _dump(row)})
             pipe.xlen(cache.ANALYTICS_STREAM)
             length = pipe.execute()[-1]
         except redis.RedisError:
@@ -203,6 +206,11 @@ class Recorder:
             fresh.started(record)
         self._journal.close(remove=True)
         self._journal = fresh
+
+    def _waits_for_nginx(self, row: dict) -> bool:
+        """An event nginx sends the bytes of, when its log says how many (x-accel)."""
+        return bool(self.config.get("ANALYTICS_NGINX_LOG")) and row.get("bytes_sent") == -1 \
+            and row.get("served_from") == "nginx"
 
     def ship_pending(self) -> None:
         """Ship every queued end now."""
@@ -242,6 +250,8 @@ class Recorder:
             with self.app.app_context():
                 if locked:
                     written += self._flush_stream(r, max_batches)
+                    if self.config.get("ANALYTICS_NGINX_LOG"):
+                        written += self._flush_nginx(r)
                 written += self._flush_orphans()
         finally:
             self.last_flush = time.monotonic()
@@ -272,6 +282,52 @@ class Recorder:
         except (redis.RedisError, SQLAlchemyError):
             log.exception("analytics flush failed; the events stay buffered")
         return written
+
+    def _flush_nginx(self, r: redis.Redis) -> int:
+        """Join the x-accel events held back for nginx to the lines its log added since the
+        last flush (nginxlog.py), and store them with the bytes nginx sent; an event whose
+        line has not come in ANALYTICS_NGINX_WAIT_SECONDS is stored with its planned bytes
+        (bytes_sent = -1), as without the log."""
+        try:
+            state = {k.decode(): int(v) for k, v in r.hgetall(cache.ANALYTICS_NGINX_STATE).items()}
+            sent, state = nginxlog.read_new(Path(self.config["ANALYTICS_NGINX_LOG"]), state)
+            if sent:  # kept in Redis before the offset moves past them
+                r.hset(cache.ANALYTICS_NGINX_SENT, mapping={
+                    s.event_key: json.dumps([s.status, s.bytes_sent, s.ended_at.isoformat()])
+                    for s in sent})
+            r.hset(cache.ANALYTICS_NGINX_STATE, mapping=state)
+            waiting = r.hgetall(cache.ANALYTICS_NGINX_WAITING)
+            known = r.hgetall(cache.ANALYTICS_NGINX_SENT)
+            wait = float(self.config["ANALYTICS_NGINX_WAIT_SECONDS"])
+            now = datetime.now(UTC)
+            rows, done = [], []
+            for key, raw in waiting.items():
+                row = _load(raw)
+                line = known.get(key)
+                if line is not None:
+                    status, nbytes, ended = json.loads(line)
+                    row.update(status=status, bytes_sent=nbytes,
+                               ended_at=datetime.fromisoformat(ended))
+                elif (now - row["started_at"]).total_seconds() <= wait:
+                    continue
+                rows.append(row)
+                done.append(key)
+            # lines of events that are not waiting (stored already): forgotten after the wait
+            stale = [key for key, line in known.items() if key not in waiting
+                     and (now - datetime.fromisoformat(json.loads(line)[2])).total_seconds()
+                     > wait]
+            written = self._store(rows) if rows else 0
+            if done or stale:
+                pipe = r.pipeline(transaction=False)
+                if done:
+                    pipe.hdel(cache.ANALYTICS_NGINX_WAITING, *done)
+                if done or stale:
+                    pipe.hdel(cache.ANALYTICS_NGINX_SENT, *done, *stale)
+                pipe.execute()
+            return written
+        except (redis.RedisError, SQLAlchemyError, OSError):
+            log.exception("nginx log import failed; the events keep waiting")
+            return 0
 
     def _store(self, rows: list[dict]) -> int:
         settings = materialise.Settings.from_config(self.config)

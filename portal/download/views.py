@@ -179,8 +179,11 @@ def _x_accel(version: FileVersion, decision: http.Decision, headers: list, recor
     owned = _NGINX_OWNS if decision.status == 206 else _NGINX_OWNS | {"accept-ranges"}
     kept = [(k, v) for k, v in headers if k.lower() not in owned]
     kept += [("Content-Type", version.mime_type),
-             ("X-Accel-Redirect", f"{prefix}/{key[:2]}/{key[2:4]}/{key}")]
-    record(-1)  # nginx reports the bytes it sent through its access log
+             ("X-Accel-Redirect", f"{prefix}/{key[:2]}/{key[2:4]}/{key}"),
+             # nginx logs it with the bytes it really sent (ANALYTICS_NGINX_LOG)
+             ("X-Portal-Event", record.row["event_key"])]
+    record.served_from = "nginx"
+    record(-1)
     return Response(status=200, headers=kept)
 
 

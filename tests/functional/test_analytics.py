@@ -384,3 +384,43 @@ def test_journal_rotates_keeping_only_open_starts(app, client, monkeypatch):
     assert json.loads(record)["event_key"] == key and rec.open_responses() == 1
     held.close()
     assert rec.flush() == 7 and rec.open_responses() == 0
+
+
+def test_xaccel_events_wait_for_nginx_log_lines(config, tmp_path):
+    """x-accel: the portal holds its events back until nginx's log says what it sent
+    (portal/analytics/nginxlog.py); one whose line never comes counts its planned bytes."""
+    from portal import create_app
+
+    log = tmp_path / "portal_events.log"
+    app = create_app({**config, "SENDFILE": "x-accel", "ANALYTICS_NGINX_LOG": str(log),
+                      "ANALYTICS_NGINX_WAIT_SECONDS": 3600})
+    with app.app_context():
+        db.create_all()
+    rec = recorder(app)
+    try:
+        file_id = add(app)
+        client = app.test_client()
+        keys = []
+        for _ in range(2):
+            resp = client.get(f"/files/{file_id}/download")
+            assert resp.status_code == 200 and resp.data == b""
+            keys.append(resp.headers["X-Portal-Event"])
+        assert rec.flush() == 0  # both wait for nginx
+        log.write_text(json.dumps({"event": keys[0], "status": 200, "bytes": 1234,
+                                   "time": "2026-11-29T10:00:00+00:00"}) + "\n")
+        assert rec.flush() == 1
+        [row] = events(app)
+        assert (row.event_key, row.bytes_sent, row.served_from) == (keys[0], 1234, "nginx")
+        assert row.ended_at is not None
+        app.config["ANALYTICS_NGINX_WAIT_SECONDS"] = 0  # the second line never comes
+        assert rec.flush() == 1
+        assert [(e.event_key, e.bytes_sent) for e in events(app)] == [
+            (keys[0], 1234), (keys[1], -1)]
+        r = app.extensions["portal_redis"]
+        assert not r.exists(cache.ANALYTICS_NGINX_WAITING, cache.ANALYTICS_NGINX_SENT)
+        assert_rollups_match_raw(app)
+    finally:
+        rec.close_journal()
+        with app.app_context():
+            db.session.remove()
+            db.engine.dispose()

@@ -10,6 +10,11 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
+import os
+import subprocess
+import time
+import uuid
 from types import SimpleNamespace
 
 import pytest
@@ -36,18 +41,27 @@ def site(portal_instance, tmp_path_factory):
     secret_id = portal_instance.add_file(src / "成绩单.pdf", category="成绩",
                                          access="user:alice")
     direct = Gunicorn(portal_instance, workers=1)
-    backend = Gunicorn(portal_instance, workers=1, sendfile="x-accel")
+    nginx_dir = tmp_path_factory.mktemp("nginx")
+    events_log = nginx_dir / "logs" / "portal_events.log"  # deploy/nginx.conf, rendered
+    backend = Gunicorn(portal_instance, workers=1, sendfile="x-accel",
+                       env={"PORTAL_ANALYTICS_NGINX_LOG": str(events_log)})
     with contextlib.ExitStack() as running:  # everything started is stopped, also on failure
         for server in (direct, backend):  # side by side: each takes seconds to boot
             running.callback(server.stop)
             server.launch()
         direct.wait_ready()
         backend.wait_ready()
-        nginx = running.enter_context(Nginx(tmp_path_factory.mktemp("nginx"), backend))
+        nginx = running.enter_context(Nginx(nginx_dir, backend))
         yield SimpleNamespace(
             data=data, path=f"/files/{public_id}/download", direct=direct.base_url,
             nginx=nginx.base_url, backend=backend.base_url, secret=secret,
-            secret_id=secret_id, etag=f'"{hashlib.sha256(data).hexdigest()}"')
+            secret_id=secret_id, etag=f'"{hashlib.sha256(data).hexdigest()}"',
+            instance=portal_instance, src=src, events_log=events_log)
+
+
+def tag(label: str) -> str:
+    """A unique User-Agent, so a test finds exactly the events its client caused."""
+    return f"{label}-{uuid.uuid4().hex[:8]}"
 
 
 def both(site, method: str, headers: dict | None = None):
@@ -143,3 +157,40 @@ def test_storage_is_not_reachable_from_outside(site):
     # Nor through the portal without being alice.
     status, _, body = request(site.nginx, "GET", f"/files/{site.secret_id}/download")
     assert status in (302, 404) and site.secret not in body
+
+
+def test_events_carry_the_bytes_nginx_sent(site):
+    """nginx logs each handed-off download with the portal's event key; the portal's
+    flusher reads the log and records what nginx really sent."""
+    full, part = tag("nginx-full"), tag("nginx-range")
+    status, headers, body = request(site.nginx, "GET", site.path, {"User-Agent": full})
+    assert status == 200 and body == site.data and "X-Portal-Event" not in headers
+    status, _, body = request(site.nginx, "GET", site.path,
+                              {"User-Agent": part, "Range": "bytes=100-1099"})
+    assert (status, body) == (206, site.data[100:1100])
+    [event] = site.instance.wait_events(user_agent=full)
+    assert (event["served_from"], event["status"], event["bytes_sent"]) == ("nginx", 200, SIZE)
+    [event] = site.instance.wait_events(user_agent=part)
+    assert (event["served_from"], event["status"], event["bytes_sent"]) == ("nginx", 206, 1000)
+    assert event["ended_at"] is not None
+    logged = [json.loads(line) for line in site.events_log.read_text().splitlines()]
+    assert {e["event"] for e in logged} >= {event["event_key"]}
+
+
+def test_aborted_download_counts_what_nginx_sent(site):
+    curl = require_tool("curl")
+    big = write_random(site.src / "讲座录像.mp4", 40 * (1 << 20))
+    file_id = site.instance.add_file(site.src / "讲座录像.mp4", category="录播",
+                                     access="public")
+    agent = tag("nginx-cut")
+    proc = subprocess.Popen([curl, "-s", "-o", os.devnull, "-A", agent, "--limit-rate", "1M",
+                             f"{site.nginx}/files/{file_id}/download"])
+    try:
+        time.sleep(1.5)
+    finally:
+        proc.kill()
+        proc.wait()
+    [event] = site.instance.wait_events(user_agent=agent)
+    assert event["served_from"] == "nginx" and event["status"] == 200
+    # what nginx handed to the kernel: more than the client read, far less than the file
+    assert 0 < event["bytes_sent"] < len(big) // 2
