@@ -568,6 +568,8 @@ class LocalCopies:
         self._values: dict[str, tuple[float, bytes | None]] = {}
         self._pid: int | None = None
         self._stopping = False
+        # epoch check and store as one step against the listener (thread workers)
+        self._lock = threading.Lock()
 
     def get_many(self, keys: list[str]) -> list | None:
         """The copies of all these keys, or None unless every one is held and fresh."""
@@ -586,22 +588,25 @@ class LocalCopies:
 
     def put_many(self, keys: list[str], values: list, epoch: int) -> None:
         """Keep what Redis answered, unless an invalidation arrived since the read began."""
-        if not self.ready or epoch != self.epoch:
-            return
         now = time.monotonic()
-        for key, value in zip(keys, values, strict=True):
-            if value is None and key.endswith(_FILLED_ON_MISS):
-                continue
-            self._values[key] = (now, value)
+        with self._lock:
+            if not self.ready or epoch != self.epoch:
+                return
+            for key, value in zip(keys, values, strict=True):
+                if value is None and key.endswith(_FILLED_ON_MISS):
+                    continue
+                self._values[key] = (now, value)
 
     def drop(self, keys: Iterable[str]) -> None:
-        self.epoch += 1
-        for key in keys:
-            self._values.pop(key, None)
+        with self._lock:
+            self.epoch += 1
+            for key in keys:
+                self._values.pop(key, None)
 
     def clear(self) -> None:
-        self.epoch += 1
-        self._values.clear()
+        with self._lock:
+            self.epoch += 1
+            self._values.clear()
 
     def stop(self) -> None:
         """Stop the listener (tests; a worker's listener dies with it)."""
