@@ -24,6 +24,7 @@ from flask_login import current_user, login_required
 from .. import cache
 from ..analytics import recorder as analytics
 from ..auth.views import load_user
+from ..cache import FileSnapshot, VersionSnapshot
 from ..catalog.service import readable_file, readable_version
 from ..catalog.views import refuse
 from ..extensions import db
@@ -35,7 +36,7 @@ from .body import CountedBody, TrackedFile, can_sendfile
 log = logging.getLogger(__name__)
 
 
-def representation(version: FileVersion) -> http.Representation:
+def representation(version: VersionSnapshot) -> http.Representation:
     """The HTTP view of a stored version: size, strong ETag from its hash, Last-Modified."""
     return http.Representation(
         size=version.size,
@@ -45,20 +46,25 @@ def representation(version: FileVersion) -> http.Representation:
     )
 
 
+def version_number(raw: str | None) -> int | None:
+    """The N of ?version=N (None when absent); 404 for anything but a plain number."""
+    if raw is None:
+        return None
+    if not (raw.isascii() and raw.isdigit() and len(raw) < 9):
+        abort(404)
+    return int(raw)
+
+
 def pick_version(file: File, raw: str | None) -> FileVersion:
     """?version=N or the newest; 404 for a number that does not exist."""
-    if raw is None:
-        version = file.latest
-    else:
-        if not (raw.isascii() and raw.isdigit() and len(raw) < 9):
-            abort(404)
-        version = file.version(int(raw))
+    number = version_number(raw)
+    version = file.latest if number is None else file.version(number)
     if version is None:
         abort(404)
     return version
 
 
-def _event_recorder(version: FileVersion, user_id: int | None, link_nonce: str | None,
+def _event_recorder(version: VersionSnapshot, user_id: int | None, link_nonce: str | None,
                     decision: http.Decision):
     """A callback that records one download event when the body closes (portal/analytics:
     buffered in Redis, written to SQL in batches), using only values captured now (no
@@ -95,7 +101,7 @@ def bodiless_response(decision: http.Decision, headers: list) -> Response | None
     return None
 
 
-def serve_version(file: File, version: FileVersion, *, user_id: int | None,
+def serve_version(file: FileSnapshot, version: VersionSnapshot, *, user_id: int | None,
                   link_nonce: str | None = None) -> Response:
     """Answer GET or HEAD for one version with full RFC 9110 semantics."""
     rep = representation(version)
@@ -160,7 +166,8 @@ def serve_version(file: File, version: FileVersion, *, user_id: int | None,
     return response
 
 
-def _x_accel(version: FileVersion, decision: http.Decision, headers: list, record) -> Response:
+def _x_accel(version: VersionSnapshot, decision: http.Decision, headers: list,
+             record) -> Response:
     """Hand the bytes to nginx: the portal has authorised the user and evaluated every
     precondition (http.evaluate); nginx then sends the file from its internal location and
     answers the Range itself (deploy/nginx.conf).
@@ -207,7 +214,8 @@ def _nginx_agrees(decision: http.Decision, headers) -> bool:
     return not (decision.status == 200 and "Range" in headers)
 
 
-def _presigned_redirect(storage, version: FileVersion, decision: http.Decision, headers: list,
+def _presigned_redirect(storage, version: VersionSnapshot, decision: http.Decision,
+                        headers: list,
                         record) -> Response | None:
     """PORTAL_S3_DELIVERY=redirect: answer 302 to a short-lived presigned S3 URL, or None
     when the portal sends the bytes itself.
@@ -295,12 +303,7 @@ def download(file_id: int):
     Everything it needs (the file's metadata, the signed-in user, an older version) comes
     from the metadata cache in one round trip to Redis, or none when warm; no SQL.
     """
-    raw = request.args.get("version")
-    number = None
-    if raw is not None:
-        if not (raw.isascii() and raw.isdigit() and len(raw) < 9):
-            abort(404)
-        number = int(raw)
+    number = version_number(request.args.get("version"))
     cache.prefetch_download(  # before the user loader runs: it reads the prefetched snapshot
         session.get("_user_id"), file_id,
         version_key=None if number is None else cache.version_key_by_number(file_id, number))
