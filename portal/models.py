@@ -56,7 +56,25 @@ user_groups = Table(
 )
 
 
-class User(UserMixin, db.Model):
+class Roles(UserMixin):
+    """What an account may do, from its ``role`` and ``active`` columns: shared by the ORM
+    User and the plain SnapshotUser of the download path (portal/auth/views.py)."""
+
+    @property
+    def is_active(self) -> bool:  # Flask-Login refuses sessions of disabled users
+        return self.active
+
+    @property
+    def is_admin(self) -> bool:
+        return self.role == "admin"
+
+    @property
+    def is_staff(self) -> bool:
+        """Staff and admins may upload and manage files."""
+        return self.role in ("staff", "admin")
+
+
+class User(Roles, db.Model):
     """A student, staff member or admin."""
 
     __tablename__ = "users"
@@ -72,19 +90,6 @@ class User(UserMixin, db.Model):
     groups: Mapped[list[Group]] = relationship(
         secondary=user_groups, back_populates="members", order_by="Group.name"
     )
-
-    @property
-    def is_active(self) -> bool:  # Flask-Login refuses sessions of disabled users
-        return self.active
-
-    @property
-    def is_admin(self) -> bool:
-        return self.role == "admin"
-
-    @property
-    def is_staff(self) -> bool:
-        """Staff and admins may upload and manage files."""
-        return self.role in ("staff", "admin")
 
     def set_password(self, password: str | None) -> None:
         """Store a scrypt hash, or no password at all (the account cannot sign in).

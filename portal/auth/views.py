@@ -15,7 +15,7 @@ from sqlalchemy.orm.util import identity_key
 from .. import cache
 from ..audit import audit
 from ..extensions import db, limiter, login_manager
-from ..models import User
+from ..models import Roles, User
 from . import bp
 from .forms import LoginForm, PasswordChangeForm
 
@@ -54,29 +54,42 @@ def _user_row(user_id: int) -> dict | None:
             "created_at": user.created_at.isoformat(), "groups": sorted(user.group_names)}
 
 
-def _attach(snap: dict) -> User:
+def _attach(snap: dict) -> User | SnapshotUser:
     """A persistent User in this request's session built from a snapshot, without SQL.
 
     make_transient_to_detached marks what the snapshot lacks as expired, so those
     attributes load from the database on first use, as after any commit.
 
     Downloads (the ``download`` blueprint) read nothing of the user beyond the snapshot
-    (can_read, the event's user id), so there the user stays detached and the request never
-    opens a database session: creating and tearing one down was about a tenth of a warm
+    (can_read, the event's user id), so they get a plain SnapshotUser and never open a
+    database session: the session and the ORM object were about a seventh of a warm
     signed-in download's time (py-spy, bench/run_download_bench.py).
     """
-    detached_only = request.blueprint == "download"
-    if not detached_only:
-        existing = db.session.identity_map.get(identity_key(User, snap["id"]))
-        if existing is not None:
-            return existing
+    if request.blueprint == "download":
+        return SnapshotUser(snap)
+    existing = db.session.identity_map.get(identity_key(User, snap["id"]))
+    if existing is not None:
+        return existing
     user = User(**{name: snap[name] for name in _SNAPSHOT_COLUMNS},
                 created_at=datetime.fromisoformat(snap["created_at"]))
     make_transient_to_detached(user)
     user.cached_group_names = frozenset(snap["groups"])
-    if not detached_only:
-        db.session.add(user)
+    db.session.add(user)
     return user
+
+
+class SnapshotUser(Roles):
+    """The signed-in user as its cached snapshot has it: the columns can_read and the
+    download views use, and the group names. Not an ORM object: nothing loads lazily."""
+
+    def __init__(self, snap: dict) -> None:
+        for name in _SNAPSHOT_COLUMNS:
+            setattr(self, name, snap[name])
+        self._groups = frozenset(snap["groups"])
+
+    @property
+    def group_names(self) -> set[str]:
+        return set(self._groups)
 
 
 @login_manager.unauthorized_handler
