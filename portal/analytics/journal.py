@@ -13,10 +13,10 @@ elsewhere (the Redis stream or SQL).
 
 Ownership: the worker holds ``flock(LOCK_EX)`` on its journal for as long as it lives; the
 kernel releases the lock when the process dies, however it dies. Any process that can take
-the lock on somebody else's journal therefore knows its writer is gone: ``recover`` reads
-such a journal and returns the starts that have no end (the orphans); the caller stores
-them and then calls ``remove``. A journal grows until ``rotate_if_larger`` starts a new one
-holding only the starts still open.
+the lock on somebody else's journal therefore knows its writer is gone: ``dead_journals``
+finds such journals and the starts in them that have no end (the orphans); the caller
+stores them and then calls ``Orphans.remove``. A journal grows to a few MB before the
+recorder replaces it with one holding only the starts still open (``Recorder._rotate``).
 
 Why by hand: what is needed is a write-ahead log of a few hundred bytes per response with
 crash detection by lock; the standard library's os.write, fcntl.flock and json are all

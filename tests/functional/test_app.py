@@ -57,6 +57,10 @@ def test_factory_writes_nothing(config, tmp_path):
     ("DATABASE_URL", "not a url", "PORTAL_DATABASE_URL"),
     ("SENDFILE", "carrier-pigeon", "PORTAL_SENDFILE"),
     ("STORAGE_URL", "ftp://host/x", "PORTAL_STORAGE_URL"),
+    ("CACHE_LOCAL_SECONDS", -1, "PORTAL_CACHE_LOCAL_SECONDS"),
+    ("CACHE_LOCAL_SECONDS", "soon", "PORTAL_CACHE_LOCAL_SECONDS"),
+    ("CACHE_HOT_MEMORY_BYTES", 1.5, "PORTAL_CACHE_HOT_MEMORY_BYTES"),
+    ("CACHE_HOT_MEMORY_BYTES", True, "PORTAL_CACHE_HOT_MEMORY_BYTES"),
 ])
 def test_config_errors(config, key, value, message):
     config[key] = value
