@@ -195,14 +195,21 @@ def version_snapshot_of(version) -> VersionSnapshot | None:
         created_at=version.created_at)
 
 
-def _dump(snap: tuple[FileSnapshot, VersionSnapshot | None]) -> str:
-    def plain(obj):
-        if obj is None:
-            return None
-        return {k: v.isoformat() if isinstance(v, datetime) else v
-                for k, v in asdict(obj).items()}
+def _plain(obj) -> dict | None:
+    """A snapshot as JSON-ready values (datetimes as ISO text)."""
+    if obj is None:
+        return None
+    return {k: v.isoformat() if isinstance(v, datetime) else v for k, v in asdict(obj).items()}
 
-    return json.dumps({"file": plain(snap[0]), "latest": plain(snap[1])})
+
+def _version_from(data: dict | None) -> VersionSnapshot | None:
+    if data is None:
+        return None
+    return VersionSnapshot(**{**data, "created_at": datetime.fromisoformat(data["created_at"])})
+
+
+def _dump(snap: tuple[FileSnapshot, VersionSnapshot | None]) -> str:
+    return json.dumps({"file": _plain(snap[0]), "latest": _plain(snap[1])})
 
 
 def _load(raw: bytes) -> tuple[FileSnapshot, VersionSnapshot | None]:
@@ -210,11 +217,7 @@ def _load(raw: bytes) -> tuple[FileSnapshot, VersionSnapshot | None]:
     file = data["file"]
     if file["deleted_at"]:
         file["deleted_at"] = datetime.fromisoformat(file["deleted_at"])
-    latest = data["latest"]
-    if latest is not None:
-        latest["created_at"] = datetime.fromisoformat(latest["created_at"])
-        latest = VersionSnapshot(**latest)
-    return FileSnapshot(**file), latest
+    return FileSnapshot(**file), _version_from(data["latest"])
 
 
 def file_meta(file_id: int, load: Callable[[], tuple | None]
@@ -296,17 +299,6 @@ def version_key_by_number(file_id: int, number: int) -> str:
     return f"portal:file:{int(file_id)}:v{int(number)}:snap"
 
 
-def _dump_version(version: VersionSnapshot) -> str:
-    return json.dumps({k: v.isoformat() if isinstance(v, datetime) else v
-                       for k, v in asdict(version).items()})
-
-
-def _load_version(raw: bytes) -> VersionSnapshot:
-    data = json.loads(raw)
-    data["created_at"] = datetime.fromisoformat(data["created_at"])
-    return VersionSnapshot(**data)
-
-
 def version_snapshot(key: str, load: Callable[[], VersionSnapshot | None]
                      ) -> VersionSnapshot | None:
     """One version's snapshot from Redis (normally prefetched with the file's metadata), else
@@ -324,11 +316,11 @@ def version_snapshot(key: str, load: Callable[[], VersionSnapshot | None]
             return load()
     if raw is not None:
         with contextlib.suppress(ValueError, KeyError, TypeError):
-            return _load_version(raw)
+            return _version_from(json.loads(raw))
     found = load()
     if found is not None:
         with contextlib.suppress(redis.RedisError):
-            client().set(key, _dump_version(found), ex=VERSION_TTL)
+            client().set(key, json.dumps(_plain(found)), ex=VERSION_TTL)
     return found
 
 

@@ -134,6 +134,17 @@ def config(tmp_path, database_url, redis_url):
     }
 
 
+def close_app(app) -> None:
+    """Release what a test app holds: its journal, listener, connections."""
+    app.extensions["portal_analytics"].close_journal()
+    copies = app.extensions.get("portal_local_copies")
+    if copies is not None:
+        copies.stop()
+    with app.app_context():
+        _db.session.remove()
+        _db.engine.dispose()
+
+
 @pytest.fixture
 def app(config):
     """The app with its schema created (the migration itself is tested in test_migrations)."""
@@ -141,10 +152,25 @@ def app(config):
     with app.app_context():
         _db.create_all()
     yield app
-    app.extensions["portal_analytics"].close_journal()
-    with app.app_context():
-        _db.session.remove()
-        _db.engine.dispose()
+    close_app(app)
+
+
+@pytest.fixture
+def make_app(config):
+    """More apps on the test's database and Redis, with other settings: another worker or
+    node, or the same portal configured differently (``make_app(SENDFILE="x-accel")``)."""
+    made = []
+
+    def make(**settings):
+        app = create_app({**config, **settings})
+        with app.app_context():
+            _db.create_all()
+        made.append(app)
+        return app
+
+    yield make
+    for app in made:
+        close_app(app)
 
 
 @pytest.fixture

@@ -434,20 +434,11 @@ def test_signed_link_and_older_version_downloads_run_no_sql(app, client, make_us
 
 
 @pytest.fixture
-def memory_app(config):
+def memory_app(make_app):
     """The app with a 1 MiB in-worker tier (off by default under TESTING)."""
-    from portal import create_app
-
-    app = create_app({**config, "CACHE_HOT_MEMORY_BYTES": 1_000_000,
-                      "CACHE_HOT_MEMORY_MAX_FILE_BYTES": 600_000})
-    with app.app_context():
-        db.create_all()
+    app = make_app(CACHE_HOT_MEMORY_BYTES=1_000_000, CACHE_HOT_MEMORY_MAX_FILE_BYTES=600_000)
     yield app
     app.extensions["portal_storage"].close()
-    app.extensions["portal_analytics"].close_journal()
-    with app.app_context():
-        db.session.remove()
-        db.engine.dispose()
 
 
 def redis_calls(r) -> int:

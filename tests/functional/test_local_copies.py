@@ -11,7 +11,7 @@ import time
 import pytest
 import redis
 
-from portal import cache, create_app
+from portal import cache
 from portal.extensions import db
 from portal.files import add_version
 from portal.models import File, User
@@ -25,20 +25,9 @@ def config(config):
 
 
 @pytest.fixture
-def app(app):
-    yield app
-    app.extensions["portal_local_copies"].stop()
-
-
-@pytest.fixture
-def other(config):
+def other(make_app):
     """A second app on the same database and Redis: another worker, or another node."""
-    second = create_app(config)
-    yield second
-    second.extensions["portal_local_copies"].stop()
-    with second.app_context():
-        db.session.remove()
-        db.engine.dispose()
+    return make_app()
 
 
 @pytest.fixture
