@@ -13,14 +13,24 @@ from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from itertools import pairwise
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import Connection, bindparam, delete, func, select, text, update
+from sqlalchemy import Connection, bindparam, delete, func, select, text, tuple_, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from ..models import DownloadEvent, Group, user_groups
 from . import clients, logical
-from .models import ALL_FILES, ALL_USERS, FileDetailDay, FileUser, LogicalDownload, Rollup, UserDay
+from .models import (
+    ALL_FILES,
+    ALL_USERS,
+    FileDetailDay,
+    FileUser,
+    LogicalDownload,
+    Rollup,
+    UserDay,
+    UserGap,
+)
 
 COUNTERS = ("requests", "bytes_served", "cache_hits", "downloads", "completed")
 EVENT_COLUMNS = ("event_key", "file_id", "version_id", "user_id", "via_link", "method",
@@ -196,7 +206,12 @@ def write_sessions(conn: Connection, sessions: Iterable[logical.Session]) -> Non
 
 
 def write_deltas(conn: Connection, deltas: Deltas) -> None:
-    """Add the counter increments (INSERT ... ON CONFLICT DO UPDATE SET n = n + excluded.n)."""
+    """Add the counter increments (INSERT ... ON CONFLICT DO UPDATE SET n = n + excluded.n),
+    the user-days, and the first/last days and gaps they imply.
+
+    The first/last days are derived from the user-days written here (not from
+    ``deltas.file_users``), so a stored first or last day is always a stored user-day: the
+    gaps rely on that."""
     insert = upsert(conn)
     if deltas.rollups:
         rows = [{"grain": g, "bucket": b, "file_id": f, "grp": grp,
@@ -210,13 +225,16 @@ def write_deltas(conn: Connection, deltas: Deltas) -> None:
         for start in range(0, len(rows), 2000):
             conn.execute(stmt, rows[start:start + 2000])
     if deltas.user_days:
+        spans = spans_of(deltas.user_days)
+        before = stored_spans(conn, list(spans))
         rows = [{"day": d, "file_id": f, "user_key": k, "user_id": u}
                 for (d, f, k), u in deltas.user_days.items()]
         stmt = insert(UserDay.__table__).on_conflict_do_nothing(
             index_elements=["day", "file_id", "user_key"])
         for start in range(0, len(rows), 2000):
             conn.execute(stmt, rows[start:start + 2000])
-    write_file_users(conn, deltas.file_users)
+        write_gaps(conn, deltas.user_days, before)
+        write_file_users(conn, spans)
     write_details(conn, deltas.details)
 
 
@@ -301,6 +319,152 @@ def file_users_from_user_days(conn: Connection) -> None:
                func.max(u.c.day)).group_by(u.c.file_id, u.c.user_key)))
 
 
+def spans_of(user_days: dict[tuple, int | None]) -> dict[tuple, list]:
+    """{(file, person): [user id, first day, last day]} of some user-days."""
+    spans: dict[tuple, list] = {}
+    for (day, fid, key), user_id in user_days.items():
+        span = spans.get((fid, key))
+        if span is None:
+            spans[(fid, key)] = [user_id, day, day]
+        else:
+            span[0] = user_id if user_id is not None else span[0]
+            span[1] = min(span[1], day)
+            span[2] = max(span[2], day)
+    return spans
+
+
+def stored_spans(conn: Connection, pairs: list[tuple]) -> dict[tuple, tuple]:
+    """{(file, person): (first day, last day)} as stored, for these pairs."""
+    t = FileUser.__table__
+    found = {}
+    for start in range(0, len(pairs), 500):
+        for fid, key, first, last in conn.execute(
+                select(t.c.file_id, t.c.user_key, t.c.first_day, t.c.last_day)
+                .where(tuple_(t.c.file_id, t.c.user_key).in_(pairs[start:start + 500]))):
+            found[(fid, key)] = (first, last)
+    return found
+
+
+# Consecutive local days are at most 25 hours apart (a DST change), days with one between
+# at least 46: a gap row only where a whole inactive day lies between two active days.
+GAP_MIN = timedelta(hours=36)
+DAY = timedelta(days=1)
+
+
+def gaps_between(days: list[datetime]) -> list[tuple[datetime, datetime]]:
+    """The gaps (active day, next active day) of one person and file's sorted active days."""
+    return [(a, b) for a, b in pairwise(days) if b - a > GAP_MIN]
+
+
+def write_gaps(conn: Connection, user_days: dict[tuple, int | None],
+               before: dict[tuple, tuple]) -> None:
+    """Keep ``analytics_user_gaps`` right after the user-days were inserted.
+
+    ``before`` is the stored first/last days of the affected pairs before that insert. The
+    usual case, days at or after the last stored day, appends gaps without reading anything;
+    a day before the last stored one (a late event, or an existing day that the insert
+    skipped) re-derives that pair's gaps from its user-days (one index range per pair).
+    """
+    new: dict[tuple, set] = defaultdict(set)
+    users: dict[tuple, int | None] = {}
+    for (day, fid, key), user_id in user_days.items():
+        new[(fid, key)].add(day)
+        if user_id is not None or (fid, key) not in users:
+            users[(fid, key)] = user_id
+    rows, redo = [], []
+    for pair, days in new.items():
+        span = before.get(pair)
+        if span is None:
+            chain = sorted(days)
+        elif min(days) >= span[1]:
+            chain = [span[1], *sorted(d for d in days if d > span[1])]
+        elif days <= {span[0], span[1]}:
+            continue  # both already stored: the insert skipped them
+        else:
+            redo.append(pair)
+            continue
+        rows += [_gap_row(pair, a, b, users[pair]) for a, b in gaps_between(chain)]
+    if redo:
+        u, g = UserDay.__table__, UserGap.__table__
+        for start in range(0, len(redo), 500):
+            chunk = redo[start:start + 500]
+            conn.execute(delete(g).where(tuple_(g.c.file_id, g.c.user_key).in_(chunk)))
+            stored: dict[tuple, list] = defaultdict(list)
+            for fid, key, day in conn.execute(
+                    select(u.c.file_id, u.c.user_key, u.c.day)
+                    .where(tuple_(u.c.file_id, u.c.user_key).in_(chunk))
+                    .order_by(u.c.file_id, u.c.user_key, u.c.day)):
+                stored[(fid, key)].append(day)
+            for pair, days in stored.items():
+                rows += [_gap_row(pair, a, b, users[pair]) for a, b in gaps_between(days)]
+    _insert_gaps(conn, rows)
+
+
+def _gap_row(pair: tuple, gap_from: datetime, gap_to: datetime, user_id: int | None) -> dict:
+    return {"file_id": pair[0], "user_key": pair[1], "gap_from": gap_from, "gap_to": gap_to,
+            "span_days": (gap_to - gap_from) // DAY, "user_id": user_id}
+
+
+def _insert_gaps(conn: Connection, rows: list[dict]) -> None:
+    if not rows:
+        return
+    table = UserGap.__table__
+    stmt = upsert(conn)(table)
+    stmt = stmt.on_conflict_do_update(
+        index_elements=["file_id", "user_key", "gap_from"],
+        set_={"gap_to": stmt.excluded.gap_to, "span_days": stmt.excluded.span_days,
+              "user_id": stmt.excluded.user_id})
+    for start in range(0, len(rows), 2000):
+        conn.execute(stmt, rows[start:start + 2000])
+
+
+# Every gap of every person and file from the user-days, in one statement (bulk loads, the
+# 0007 backfill). lag() finds each active day's predecessor.
+_GAPS_FROM_USER_DAYS = """
+INSERT INTO analytics_user_gaps (file_id, user_key, gap_from, gap_to, span_days, user_id)
+SELECT file_id, user_key, prev, day, floor(extract(epoch FROM day - prev) / 86400)::int,
+       user_id
+FROM (SELECT file_id, user_key, day, user_id,
+             lag(day) OVER (PARTITION BY file_id, user_key ORDER BY day) AS prev
+      FROM analytics_user_days) AS x
+WHERE day - prev > interval '36 hours'
+"""
+
+
+def gaps_from_user_days(conn: Connection) -> None:
+    """Replace every stored gap by those derived from the user-days (bulk loads, the 0007
+    backfill): in SQL on PostgreSQL, through Python elsewhere."""
+    conn.execute(delete(UserGap))
+    if conn.dialect.name == "postgresql":
+        conn.execute(text(_GAPS_FROM_USER_DAYS))
+        return
+    _insert_gaps(conn, derived_gap_rows(conn))
+
+
+def derived_gap_rows(conn: Connection) -> list[dict]:
+    """The gap rows the user-days imply (for checks and non-PostgreSQL backfills)."""
+    u = UserDay.__table__
+    days: dict[tuple, list] = defaultdict(list)
+    users: dict[tuple, int | None] = {}
+    for fid, key, day, user_id in conn.execute(
+            select(u.c.file_id, u.c.user_key, u.c.day, u.c.user_id)
+            .order_by(u.c.file_id, u.c.user_key, u.c.day)):
+        days[(fid, key)].append(day)
+        if user_id is not None or (fid, key) not in users:
+            users[(fid, key)] = user_id
+    return [_gap_row(pair, a, b, users[pair])
+            for pair, pair_days in days.items() for a, b in gaps_between(pair_days)]
+
+
+def stored_gaps(conn: Connection) -> tuple[set, set]:
+    """(gaps as stored, gaps as derived from the user-days): equal when right."""
+    columns = ("file_id", "user_key", "gap_from", "gap_to", "span_days")
+    stored = {tuple(r) for r in conn.execute(
+        select(*[UserGap.__table__.c[c] for c in columns]))}
+    derived = {tuple(row[c] for c in columns) for row in derived_gap_rows(conn)}
+    return stored, derived
+
+
 def stored_file_users(conn: Connection) -> tuple[set, set]:
     """(first and last days as stored, as derived from the user-days): equal when right."""
     t, u = FileUser.__table__, UserDay.__table__
@@ -325,11 +489,28 @@ def insert_new_events(conn: Connection, rows: list[dict]) -> list[dict]:
     return [row for row in rows if row["event_key"] in fresh]
 
 
+# pg_advisory_xact_lock key of the analytics writers ("anal" in ASCII).
+WRITER_LOCK = 0x616E616C
+
+
+def serialise_writers(conn: Connection) -> None:
+    """One analytics writer at a time, until the transaction ends (PostgreSQL).
+
+    Why: the gaps (``write_gaps``) are decided from the first/last days stored before the
+    write; two writers for the same person (the flusher, or workers writing directly while
+    Redis is down) must not both decide from the same state. The lock is taken before
+    anything is written, so it cannot deadlock with the row locks. SQLite already allows one
+    writer at a time."""
+    if conn.dialect.name == "postgresql":
+        conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": WRITER_LOCK})
+
+
 def store(conn: Connection, rows: list[dict], settings: Settings) -> int:
     """Write event rows (dicts of EVENT_COLUMNS, datetimes aware) and materialise them.
 
     Returns how many were new. Runs inside the caller's transaction.
     """
+    serialise_writers(conn)
     fresh = insert_new_events(conn, rows)
     if not fresh:
         return 0
@@ -401,7 +582,7 @@ def rebuild(conn: Connection, settings: Settings) -> int:
             deltas.user_day(day_bucket(session.counted_at, settings.tz), session.file_id,
                             session.key, session.user_id)
     deltas.details.update(details_of(sessions, settings.tz))
-    for table in (LogicalDownload, Rollup, UserDay, FileUser, FileDetailDay):
+    for table in (LogicalDownload, Rollup, UserDay, FileUser, UserGap, FileDetailDay):
         conn.execute(delete(table))
     write_sessions(conn, sessions)
     write_deltas(conn, deltas)

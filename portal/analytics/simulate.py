@@ -15,19 +15,21 @@ downloads and rollups, so the rollups equal a recomputation from the raw events.
 from __future__ import annotations
 
 import functools
+import itertools
 import math
+import operator
 import queue
 import random
 import threading
 import uuid
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import Connection, func, select, text
+from sqlalchemy import Connection, Index, func, select, text
 from sqlalchemy.exc import DBAPIError
 
-from ..models import File, FileVersion, Group, User, user_groups
+from ..models import DownloadEvent, File, FileVersion, Group, User, user_groups
 from . import clients, logical, materialise
-from .models import FileUser, LogicalDownload, Rollup, UserDay
+from .models import FileUser, LogicalDownload, Rollup, UserDay, UserGap
 
 CATEGORIES = ("课程表", "课件", "录播", "考试", "表格", "通知")
 GROUPS = ("CS2023", "CS2024", "EE2023", "EE2024", "MATH2024", "LAW2024")
@@ -109,6 +111,10 @@ class Generator:
     def __init__(self, rng: random.Random, user_ids: list[int], versions: list) -> None:
         self.rng = rng
         self.users = user_ids
+        # Event keys: a random prefix per run and a counter (unique like uuid4, whose
+        # urandom call took ~15 % of the generating thread under load).
+        self.key_prefix = uuid.uuid4().hex[:20]
+        self.serial = itertools.count()
         by_file: dict[int, list] = {}
         for v in versions:
             by_file.setdefault(v.file_id, []).append(v)
@@ -130,8 +136,9 @@ class Generator:
                 return chosen
         return chosen
 
-    def download(self, start: datetime, exam: bool) -> list[dict]:
-        """The responses of one person fetching one file."""
+    def download(self, start: datetime, exam: bool) -> list[tuple[dict, logical.Event]]:
+        """The responses of one person fetching one file: (the row to store, the event as
+        the grouping sees it), built together so nothing is formatted and parsed again."""
         rng = self.rng
         version = self.pick_file(exam)[-1 if rng.random() < 0.9 else 0]
         user_id = self.users[min(len(self.users) - 1, int(rng.paretovariate(1.2)) - 1)
@@ -150,14 +157,22 @@ class Generator:
                 "served_from": "cache" if size < 5e6 and rng.random() < 0.6 else "origin",
                 "link_id": None}
         out = []
+        who = clients.who_key(user_id, None, base["client_ip"], agent)
 
         def response(at, status, ranges, sent, range_header):
             seconds = max(0.05, sent / speed)
-            out.append({**base, "event_key": uuid.uuid4().hex, "status": status,
-                        "range_header": range_header,
-                        "served_ranges": logical.format_ranges(ranges), "bytes_sent": sent,
-                        "started_at": at, "ended_at": at + timedelta(seconds=seconds)})
-            return at + timedelta(seconds=seconds)
+            end = at + timedelta(seconds=seconds)
+            row = {**base, "event_key": f"{self.key_prefix}{next(self.serial):012x}",
+                   "status": status, "range_header": range_header,
+                   "served_ranges": logical.format_ranges(ranges), "bytes_sent": sent,
+                   "started_at": at, "ended_at": end}
+            out.append((row, logical.Event(
+                key=who, file_id=version.file_id, version_id=version.id, size=size,
+                method="GET", status=status, served=[(a, b) for a, b in ranges if b > a],
+                bytes_sent=sent, started_at=at,
+                ended_at=end, user_id=user_id, ua_class=kind,
+                served_from=base["served_from"])))
+            return end
 
         if kind == clients.MANAGER:
             at = response(start, 206, [(0, 1)], 1, "bytes=0-0")  # the probe
@@ -209,10 +224,12 @@ def copy_rows(conn: Connection, table, columns: list[str], rows: list[dict]) -> 
 
         # A writer thread sends while Python builds the next rows (the server parses and
         # indexes them on the other core meanwhile).
+        values = operator.itemgetter(*columns)  # (a tuple per row, built in C: this thread
+        # holds the GIL while it converts, and the generator waits for it when it lags)
         with raw.cursor() as cur, cur.copy(f"COPY {name} ({cols}) FROM STDIN",
                                            writer=QueuedLibpqWriter(cur)) as copy:
             for row in rows:
-                copy.write_row([row[c] for c in columns])
+                copy.write_row(values(row))
         return
     conn.execute(table.insert(), [{c: row[c] for c in columns} for row in rows])
 
@@ -265,8 +282,7 @@ def _write_finished(conn: Connection, deltas: materialise.Deltas, before: dateti
         done.rollups[key] = deltas.rollups.pop(key)
     for key in [k for k in deltas.user_days if before is None or k[0] < before]:
         done.user_days[key] = deltas.user_days.pop(key)
-    if mode == "upsert":
-        done.file_users, deltas.file_users = deltas.file_users, {}
+    if mode == "upsert":  # (first/last days and gaps follow from the user-days written)
         materialise.write_deltas(conn, done)
         return
     names = ["grain", "bucket", "file_id", "grp", *materialise.COUNTERS]
@@ -335,6 +351,30 @@ def _skip_foreign_key_checks(conn: Connection) -> None:
         pass
 
 
+def _defer_indexes(conn: Connection) -> list[Index]:
+    """Drop the secondary (non-unique) indexes of the tables a bulk load fills from empty;
+    ``_build_indexes`` builds them once at the end: one sorted build per index instead of an
+    index insert per row. Nothing in the load reads them (the end's SQL selects by id, the
+    primary key). DDL is transactional: a failed load leaves the indexes as they were."""
+    deferred = []
+    for model in (DownloadEvent, LogicalDownload, UserDay, Rollup, FileUser, UserGap):
+        table = model.__table__
+        if conn.execute(select(table.c[table.primary_key.columns.keys()[0]])
+                        .limit(1)).first() is not None:
+            continue
+        for index in sorted(table.indexes, key=lambda i: i.name):
+            if not index.unique:
+                conn.execute(text(f'DROP INDEX IF EXISTS "{index.name}"'))
+                deferred.append(index)
+    return deferred
+
+
+def _build_indexes(conn: Connection, indexes: list[Index]) -> None:
+    """Build the indexes ``_defer_indexes`` dropped."""
+    for index in indexes:
+        index.create(conn)
+
+
 def _sum_parts(conn: Connection, settings: materialise.Settings, first_event: int,
                first_logical: int) -> None:
     """Rollups and user-days of the events and logical downloads after the given ids, in
@@ -356,8 +396,6 @@ def simulate(conn: Connection, settings: materialise.Settings, *, events: int, d
              users: int = 3000, files: int = 200, seed: int = 1,
              now: datetime | None = None, progress=None) -> dict:
     """Generate about ``events`` responses over the last ``days`` days (in time order)."""
-    from ..models import DownloadEvent
-
     rng = random.Random(seed)
     user_ids, versions = ensure_population(conn, users=users, files=files, rng=rng)
     gen = Generator(rng, list(user_ids), versions)
@@ -377,8 +415,10 @@ def simulate(conn: Connection, settings: materialise.Settings, *, events: int, d
     first_event = conn.execute(select(func.coalesce(func.max(DownloadEvent.id), 0))).scalar_one()
     first_logical = conn.execute(
         select(func.coalesce(func.max(LogicalDownload.id), 0))).scalar_one()
+    deferred = []
     if bulk:
         _skip_foreign_key_checks(conn)
+        deferred = _defer_indexes(conn)
         conn.execute(text(f"DROP TABLE IF EXISTS {PARTS}"))
         conn.execute(text(f"CREATE TEMP TABLE {PARTS} (LIKE analytics_rollups)"))
     # In a bulk load nothing but the COPYs uses the connection until the end: they run in a
@@ -394,7 +434,7 @@ def simulate(conn: Connection, settings: materialise.Settings, *, events: int, d
     try:
         for d in range(days):
             day = first + timedelta(days=d)
-            batch: list[dict] = []
+            batch: list[tuple[dict, logical.Event]] = []
             exam = day_weights[d] >= 2.0
             for hour in range(24):
                 hour_start = day + timedelta(hours=hour)
@@ -406,14 +446,13 @@ def simulate(conn: Connection, settings: materialise.Settings, *, events: int, d
                     if start >= now:
                         continue
                     batch += gen.download(start, exam)
-            batch.sort(key=lambda e: (e["started_at"], e["ended_at"]))
-            for row in batch:
-                event = materialise.to_event(row)
+            batch.sort(key=lambda pair: (pair[0]["started_at"], pair[0]["ended_at"]))
+            for _row, event in batch:
                 change = sessionizer.add(event)
                 if not bulk:  # (in bulk, _sum_parts counts in SQL at the end)
                     deltas.event(event, groups.get(event.user_id, ()))
                     deltas.change(change, groups.get(change.session.user_id, ()))
-            copy(DownloadEvent.__table__, event_cols, batch)
+            copy(DownloadEvent.__table__, event_cols, [row for row, _event in batch])
             done = sessionizer.forget_before(day + timedelta(days=1))
             copy(ld_table, ld_cols, [materialise.session_values(s) for s in done])
             if not bulk:
@@ -443,6 +482,8 @@ def simulate(conn: Connection, settings: materialise.Settings, *, events: int, d
             materialise.file_users_from_user_days(conn)
         else:
             materialise.write_file_users(conn, deltas.file_users)
+        materialise.gaps_from_user_days(conn)  # (the user-days went in by COPY)
+    _build_indexes(conn, deferred)
     return {"events": made, "logical_downloads": logical_rows + len(rest),
             "users": len(user_ids), "files": len({v.file_id for v in versions})}
 

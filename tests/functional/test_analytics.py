@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import redis
-from sqlalchemy import func, select
+from sqlalchemy import func, inspect, select
 
 from portal import cache
 from portal.analytics import materialise
@@ -62,6 +62,9 @@ def assert_rollups_match_raw(app):
     assert have_rollups == want_rollups
     assert have_days == want_days
     assert file_users == derived
+    with app.app_context(), db.engine.connect() as conn:
+        gaps, derived_gaps = materialise.stored_gaps(conn)
+    assert gaps == derived_gaps
 
 
 def test_events_are_buffered_then_flushed_once(app, client):
@@ -207,6 +210,10 @@ def test_simulated_rollups_equal_a_recomputation_from_raw_events(app, seed):
                           seed=seed)
     assert report["events"] > 1500
     assert_rollups_match_raw(app)
+    with app.app_context(), db.engine.connect() as conn:  # (bulk loads build them at the end)
+        for table in db.metadata.sorted_tables:
+            stored = {ix["name"] for ix in inspect(conn).get_indexes(table.name)}
+            assert {ix.name for ix in table.indexes if not ix.unique} <= stored, table.name
     with app.app_context(), db.engine.connect() as conn:
         _, _, sessions = materialise.recompute(conn, settings(app))
     assert count(app, LogicalDownload) == len(sessions)
@@ -366,6 +373,99 @@ def test_unique_users_and_file_detail_equal_brute_force(app):
             assert sum(v["downloads"] for v in detail["versions"]) == len(mine)
             assert {v["version"] for v in detail["versions"]} == {
                 numbers[r.version_id] for r in mine}
+
+
+def _late_copies(app, tz, now):
+    """Event rows copied from stored ones, moved to other days: a person's new day today (the
+    appending path), a day inside someone's span and one before their first day (late
+    events: the re-derive path), and a day in a long break (splits a gap)."""
+    import uuid
+
+    from portal.analytics.models import FileUser
+
+    with app.app_context(), db.engine.connect() as conn:
+        spans = conn.execute(select(FileUser.__table__).where(FileUser.file_id != 0)
+                             .order_by(FileUser.last_day, FileUser.user_key)).all()
+        originals = {(r.user_id, r.file_id): dict(r._mapping) for r in conn.execute(
+            select(DownloadEvent.__table__).where(DownloadEvent.status == 200,
+                                                  DownloadEvent.bytes_sent > 0))}
+    spans = [s for s in spans if (s.user_id, s.file_id) in originals]
+    moves = [(spans[0], now - timedelta(hours=1)),  # an old last day: a new day today
+             (spans[-1], spans[-1].first_day - timedelta(days=3, hours=-12)),
+             (spans[-2], spans[-2].first_day + (spans[-2].last_day - spans[-2].first_day) / 2
+              + timedelta(hours=12)),
+             (spans[len(spans) // 2], now - timedelta(days=25, hours=-12))]
+    rows = []
+    for span, moment in moves:
+        row = dict(originals[(span.user_id, span.file_id)])
+        row.pop("id", None)
+        rows.append({**row, "event_key": uuid.uuid4().hex, "started_at": moment,
+                     "ended_at": moment + timedelta(seconds=1)})
+    return rows
+
+
+def test_distinct_users_fast_path_equals_raw_recomputation(app):
+    """Distinct users from first/last days and gaps equal the people counted afresh from the
+    raw events (logical downloads recomputed by the same rules), for periods that end today
+    and earlier, every file and all files, everyone and one group: after a bulk simulation,
+    after late and out-of-order events through the flusher's write path, after a rebuild."""
+    from portal.analytics import queries
+    from portal.analytics.models import ALL_FILES
+    from portal.models import Group, user_groups
+
+    tz = settings(app).tz
+    now = datetime.now(UTC)
+    with app.app_context(), db.engine.begin() as conn:
+        simulate(conn, settings(app), events=4000, days=60, users=40, files=5, seed=11,
+                 now=now)
+
+    def check():
+        with app.app_context(), db.engine.connect() as conn:
+            _, _, sessions = materialise.recompute(conn, settings(app))
+            members = {(uid, name) for uid, name in conn.execute(
+                select(user_groups.c.user_id, Group.name)
+                .join(Group, Group.id == user_groups.c.group_id))}
+            active = {(materialise.day_bucket(s.counted_at, tz), fid, s.key, s.user_id)
+                      for s in sessions if s.counted for fid in (s.file_id, ALL_FILES)}
+            file_ids = sorted({f for _, f, _, _ in active})
+            group = sorted(name for _, name in members)[0]
+            compared = past_with_gaps = 0
+            for length in (1, 2, 7, 13, 30, 45, 60):
+                period = queries.Period.last_days(length, tz, now)
+                for _ in range(4):
+                    for fid in file_ids:
+                        for grp in ("", group):
+                            want = len({k for d, f, k, u in active if f == fid
+                                        and period.start <= d < period.end
+                                        and (not grp or (u, grp) in members)})
+                            got = queries.unique_users(conn, period, file_id=fid, grp=grp)
+                            assert got == want, (length, period, fid, grp)
+                            compared += 1
+                            past_with_gaps += bool(want) and period.end < now
+                    period = period.previous()
+            assert compared > 200 and past_with_gaps > 50
+            for grp in ("", group):  # top files: the same people, downloads from sessions
+                period = queries.Period.last_days(30, tz, now)
+                mine = [s for s in sessions if s.counted
+                        and period.start <= s.counted_at < period.end
+                        and (not grp or (s.user_id, grp) in members)]
+                top = queries.top_files(conn, period, grp=grp, limit=100)
+                assert {t["file_id"]: (t["downloads"], t["unique_users"]) for t in top} == {
+                    fid: (sum(s.file_id == fid for s in mine),
+                          len({s.key for s in mine if s.file_id == fid}))
+                    for fid in {t["file_id"] for t in top} | {s.file_id for s in mine}}
+            gaps, derived = materialise.stored_gaps(conn)
+            assert gaps == derived and len(gaps) > 20
+
+    check()
+    rows = _late_copies(app, tz, now)
+    with app.app_context(), db.engine.begin() as conn:
+        assert materialise.store(conn, rows, settings(app)) == len(rows)
+    assert_rollups_match_raw(app)
+    check()
+    with app.app_context(), db.engine.begin() as conn:
+        materialise.rebuild(conn, settings(app))
+    check()
 
 
 def test_journal_rotates_keeping_only_open_starts(app, client, monkeypatch):
