@@ -94,8 +94,12 @@ ANALYTICS_FLUSH_LOCK_MS = 60_000
 ANALYTICS_NGINX_WAITING = "portal:analytics:nginx:waiting"
 #: What nginx's log said about an event, until joined to it: event key -> JSON.
 ANALYTICS_NGINX_SENT = "portal:analytics:nginx:sent"
-#: How far the log has been read: {"inode", "offset"}.
-ANALYTICS_NGINX_STATE = "portal:analytics:nginx:state"
+
+
+def analytics_nginx_state_key(host: str, path: str) -> str:
+    """How far one nginx host's event log has been read: {"inode", "offset"} (each node with
+    its own nginx reads its own file)."""
+    return f"portal:analytics:nginx:state:{host}:{path}"
 
 
 # ---------------------------------------------------------------------------

@@ -289,13 +289,15 @@ class Recorder:
         line has not come in ANALYTICS_NGINX_WAIT_SECONDS is stored with its planned bytes
         (bytes_sent = -1), as without the log."""
         try:
-            state = {k.decode(): int(v) for k, v in r.hgetall(cache.ANALYTICS_NGINX_STATE).items()}
-            sent, state = nginxlog.read_new(Path(self.config["ANALYTICS_NGINX_LOG"]), state)
+            path = str(self.config["ANALYTICS_NGINX_LOG"])
+            state_key = cache.analytics_nginx_state_key(socket.gethostname(), path)
+            state = {k.decode(): int(v) for k, v in r.hgetall(state_key).items()}
+            sent, state = nginxlog.read_new(Path(path), state)
             if sent:  # kept in Redis before the offset moves past them
                 r.hset(cache.ANALYTICS_NGINX_SENT, mapping={
                     s.event_key: json.dumps([s.status, s.bytes_sent, s.ended_at.isoformat()])
                     for s in sent})
-            r.hset(cache.ANALYTICS_NGINX_STATE, mapping=state)
+            r.hset(state_key, mapping=state)
             waiting = r.hgetall(cache.ANALYTICS_NGINX_WAITING)
             known = r.hgetall(cache.ANALYTICS_NGINX_SENT)
             wait = float(self.config["ANALYTICS_NGINX_WAIT_SECONDS"])
