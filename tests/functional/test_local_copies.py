@@ -16,6 +16,7 @@ from portal.extensions import db
 from portal.files import add_version
 from portal.models import File, User
 from portal.storage import get_storage
+from tests.conftest import csrf_from
 
 
 @pytest.fixture
@@ -176,3 +177,31 @@ def test_revocation_elsewhere_reaches_the_copies(app, other, client, make_user, 
         assert links.revoke(claims.nonce, 3600)
     wait_until(lambda: nonce not in copies._values)
     assert manager.get(path).status_code == 403
+
+
+def test_redis_down_downloads_still_work(make_app):
+    """No Redis: the listener never subscribes, so no copy is used, and every lookup goes
+    to the database (and the sign-in limits to memory)."""
+    import socket
+
+    with socket.socket() as sock:  # a port nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        dead = f"redis://127.0.0.1:{sock.getsockname()[1]}/0"
+    app = make_app(REDIS_URL=dead, RATELIMIT_STORAGE_URI="memory://")
+    from portal.models import User
+
+    with app.app_context():
+        user = User(username="gil", display_name="gil", role="student")
+        user.set_password("password123")
+        db.session.add(user)
+        db.session.commit()
+    data = b"d" * 2000
+    url = f"/files/{add_file(app, data)}/download"
+    client = app.test_client()
+    token = csrf_from(client.get("/login").get_data(as_text=True))
+    assert client.post("/login", data={"username": "gil", "password": "password123",
+                                       "csrf_token": token}).status_code == 302
+    for _ in range(3):
+        resp = client.get(url, headers={"Range": "bytes=10-19"})
+        assert (resp.status_code, resp.get_data()) == (206, data[10:20])
+    assert app.extensions["portal_local_copies"].ready is False
