@@ -310,14 +310,9 @@ def version_snapshot(key: str, load: Callable[[], VersionSnapshot | None]
     (not cached)."""
     if not current_app.config.get("CACHE_METADATA", True):
         return load()
-    raw = _prefetched("version", key)
+    raw = _prefetched_or("version", key, lambda: client().get(key))
     if raw is _DOWN:
         return load()
-    if raw is _NOT_FETCHED:
-        try:
-            raw = client().get(key)
-        except redis.RedisError:
-            return load()
     if raw is not None:
         with contextlib.suppress(ValueError, KeyError, TypeError):
             return _version_from(json.loads(raw))
@@ -459,6 +454,18 @@ def _prefetched(kind: str, key: int | str):
     return fetched.pop((kind, key if isinstance(key, str) else int(key)), _NOT_FETCHED)
 
 
+def _prefetched_or(kind: str, key: int | str, fetch: Callable[[], object]):
+    """The reply prefetch_download stored for this request, else ``fetch()`` from Redis
+    now; _DOWN when Redis cannot answer."""
+    raw = _prefetched(kind, key)
+    if raw is _NOT_FETCHED:
+        try:
+            raw = fetch()
+        except redis.RedisError:
+            return _DOWN
+    return raw
+
+
 def user_snapshot(user_id: int, load: Callable[[], dict | None]) -> dict | None:
     """What the user loader needs of a user (plain values, no password hash), from Redis,
     else from ``load()`` (the database), stored for next time; None when there is no such
@@ -471,15 +478,10 @@ def user_snapshot(user_id: int, load: Callable[[], dict | None]) -> dict | None:
     """
     if not current_app.config.get("CACHE_USERS", True):
         return load()
-    replies = _prefetched("user", user_id)
+    replies = _prefetched_or("user", user_id, lambda: client().mget(
+        _user_key(user_id), _user_version_key(user_id), USER_GROUPS_GEN))
     if replies is _DOWN:
         return load()
-    if replies is _NOT_FETCHED:
-        try:
-            replies = client().mget(_user_key(user_id), _user_version_key(user_id),
-                                    USER_GROUPS_GEN)
-        except redis.RedisError:
-            return load()
     raw, version, gen = replies
     stamp = [(version or b"0").decode(), (gen or b"0").decode()]
     if raw is not None:

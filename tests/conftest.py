@@ -137,6 +137,9 @@ def config(tmp_path, database_url, redis_url):
 def close_app(app) -> None:
     """Release what a test app holds: its journal, listener, connections."""
     app.extensions["portal_analytics"].close_journal()
+    close_storage = getattr(app.extensions["portal_storage"], "close", None)
+    if close_storage is not None:  # S3: its connection pool
+        close_storage()
     copies = app.extensions.get("portal_local_copies")
     if copies is not None:
         copies.stop()

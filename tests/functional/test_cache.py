@@ -34,13 +34,6 @@ def config(config, s3_env):
 
 
 @pytest.fixture
-def app(app):
-    """The test app; its S3 connection pool is closed afterwards."""
-    yield app
-    app.extensions["portal_storage"].close()
-
-
-@pytest.fixture
 def r(redis_url):
     """A direct Redis client for inspecting and flushing."""
     client = redis.Redis.from_url(redis_url)
@@ -436,9 +429,7 @@ def test_signed_link_and_older_version_downloads_run_no_sql(app, client, make_us
 @pytest.fixture
 def memory_app(make_app):
     """The app with a 1 MiB in-worker tier (off by default under TESTING)."""
-    app = make_app(CACHE_HOT_MEMORY_BYTES=1_000_000, CACHE_HOT_MEMORY_MAX_FILE_BYTES=600_000)
-    yield app
-    app.extensions["portal_storage"].close()
+    return make_app(CACHE_HOT_MEMORY_BYTES=1_000_000, CACHE_HOT_MEMORY_MAX_FILE_BYTES=600_000)
 
 
 def redis_calls(r) -> int:

@@ -146,32 +146,32 @@ def test_lost_subscription_clears_the_copies_and_resubscribes(app, client, make_
     assert client.get(url).status_code == 200
 
 
-def test_revoked_link_is_refused_at_once(app, client, make_user, login):
-    make_user("eve")
+def warm_link(app, client, make_user, login, name: str):
+    """A user's signed link, used once by a download manager so that this worker holds its
+    deny-list entry: (url, csrf, manager client, copies, the entry's key)."""
+    make_user(name)
     file_id = add_file(app, b"w" * 500)
-    csrf = login("eve")
+    csrf = login(name)
     url = client.post(f"/api/files/{file_id}/links", headers={"X-CSRFToken": csrf}).json["url"]
-    path = "/" + url.split("/", 3)[3]
     manager = app.test_client()
-    copies = warm(app, manager, path)
+    copies = warm(app, manager, "/" + url.split("/", 3)[3])
     nonce = next(k for k in copies._values if k.startswith("portal:link:revoked:"))
     assert copies._values[nonce][1] is None  # "not revoked", held by this worker
+    return url, csrf, manager, copies, nonce
+
+
+def test_revoked_link_is_refused_at_once(app, client, make_user, login):
+    url, csrf, manager, _, _ = warm_link(app, client, make_user, login, "eve")
     resp = client.post("/api/links/revoke", json={"url": url}, headers={"X-CSRFToken": csrf})
     assert resp.status_code == 200 and resp.json == {"revoked": True}
-    assert manager.get(path).status_code == 403  # this process: at once
+    assert manager.get("/" + url.split("/", 3)[3]).status_code == 403  # this process: at once
 
 
 def test_revocation_elsewhere_reaches_the_copies(app, other, client, make_user, login):
     from portal.download import links
 
-    make_user("fay")
-    file_id = add_file(app, b"v" * 500)
-    csrf = login("fay")
-    url = client.post(f"/api/files/{file_id}/links", headers={"X-CSRFToken": csrf}).json["url"]
+    url, _, manager, copies, nonce = warm_link(app, client, make_user, login, "fay")
     path = "/" + url.split("/", 3)[3]
-    manager = app.test_client()
-    copies = warm(app, manager, path)
-    nonce = next(k for k in copies._values if k.startswith("portal:link:revoked:"))
     with other.app_context():  # another node revokes the link
         claims = links.verify(other.config["SECRET_KEY"], 3600, path.split("/")[2])
         assert links.revoke(claims.nonce, 3600)

@@ -64,13 +64,6 @@ def config(config, s3_env):
 
 
 @pytest.fixture
-def app(app):
-    """The test app; its S3 connection pool is closed afterwards."""
-    yield app
-    app.extensions["portal_storage"].close()
-
-
-@pytest.fixture
 def live(app):
     """The same app behind a real HTTP server (werkzeug, threaded) for curl and requests."""
     server = make_server("127.0.0.1", 0, app, threaded=True)
