@@ -452,7 +452,7 @@ class EventCallback:
         self.recorder = rec
         self.row = row
         self.served_from = row.get("served_from", "origin")
-        self.buffered = rec.begin(row)
+        self.journaled = rec.begin(row)
         self.done = False
 
     def __call__(self, sent: int) -> None:
@@ -462,7 +462,7 @@ class EventCallback:
         served_from = "nginx" if sent < 0 and self.served_from == "origin" else self.served_from
         row = {**self.row, "bytes_sent": -1 if sent < 0 else int(sent),
                "ended_at": datetime.now(UTC), "served_from": served_from}
-        self.recorder.end(row, self.buffered)
+        self.recorder.end(row, self.journaled)
 
 
 def open_event(app: Flask, row: dict) -> EventCallback:
