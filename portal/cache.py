@@ -234,19 +234,16 @@ def file_meta(file_id: int, load: Callable[[], tuple | None]
     # One round trip for the common case: read the entry and count it as a hit (a miss
     # takes the hit back below, in the round trip that stores the entry anyway). A download
     # has made that round trip already, together with the user's (prefetch_download).
-    raw, counted = _prefetched("meta", file_id), True
+    def fetch():
+        pipe = client().pipeline(transaction=False)
+        pipe.get(key)
+        pipe.hincrby(STATS_KEY, "meta_hits", 1)
+        return pipe.execute()[0]
+
+    raw = _prefetched_or("meta", file_id, fetch)
     if raw is _DOWN:
+        log.debug("redis down: metadata from the database")
         return load()
-    if raw is _NOT_FETCHED:
-        try:
-            pipe = client().pipeline(transaction=False)
-            pipe.get(key)
-            pipe.hincrby(STATS_KEY, "meta_hits", 1)
-            raw = pipe.execute()[0]
-        except redis.RedisError:
-            raw = None
-            log.debug("redis down: metadata from the database")
-            counted = False
     if raw is not None:
         try:
             found = _load(raw)
@@ -261,10 +258,8 @@ def file_meta(file_id: int, load: Callable[[], tuple | None]
             ttl = int(current_app.config.get("CACHE_META_TTL_SECONDS", META_TTL_DEFAULT))
             pipe.set(key, _dump(found), ex=max(1, ttl))
             pipe.hincrby(STATS_KEY, "meta_misses", 1)
-        if counted:
-            pipe.hincrby(STATS_KEY, "meta_hits", -1)
-        if len(pipe):
-            pipe.execute()
+        pipe.hincrby(STATS_KEY, "meta_hits", -1)  # the read above counted one
+        pipe.execute()
     except redis.RedisError:
         pass
     return found

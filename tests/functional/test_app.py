@@ -61,6 +61,11 @@ def test_factory_writes_nothing(config, tmp_path):
     ("CACHE_LOCAL_SECONDS", "soon", "PORTAL_CACHE_LOCAL_SECONDS"),
     ("CACHE_HOT_MEMORY_BYTES", 1.5, "PORTAL_CACHE_HOT_MEMORY_BYTES"),
     ("CACHE_HOT_MEMORY_BYTES", True, "PORTAL_CACHE_HOT_MEMORY_BYTES"),
+    ("S3_DELIVERY", "teleport", "PORTAL_S3_DELIVERY must be"),
+    ("S3_PRESIGN_SECONDS", 0, "PORTAL_S3_PRESIGN_SECONDS"),
+    ("S3_PRESIGN_SECONDS", 8 * 24 * 3600, "PORTAL_S3_PRESIGN_SECONDS"),
+    ("S3_PRESIGN_SECONDS", "300", "PORTAL_S3_PRESIGN_SECONDS"),
+    ("S3_PRESIGN_SECONDS", True, "PORTAL_S3_PRESIGN_SECONDS"),
 ])
 def test_config_errors(config, key, value, message):
     config[key] = value

@@ -357,19 +357,6 @@ def test_proxy_mode_is_unchanged(app, client):
 # ---------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("key,value,message", [
-    ("S3_DELIVERY", "teleport", "PORTAL_S3_DELIVERY must be"),
-    ("S3_PRESIGN_SECONDS", 0, "PORTAL_S3_PRESIGN_SECONDS"),
-    ("S3_PRESIGN_SECONDS", 8 * 24 * 3600, "PORTAL_S3_PRESIGN_SECONDS"),
-    ("S3_PRESIGN_SECONDS", "300", "PORTAL_S3_PRESIGN_SECONDS"),
-    ("S3_PRESIGN_SECONDS", True, "PORTAL_S3_PRESIGN_SECONDS"),
-])
-def test_config_errors(config, key, value, message):
-    config[key] = value
-    with pytest.raises(ConfigError, match=message):
-        create_app(config)
-
-
 def test_redirect_needs_s3_storage(config, tmp_path):
     config["STORAGE_URL"] = (tmp_path / "files").as_uri()
     with pytest.raises(ConfigError, match="needs an s3:// PORTAL_STORAGE_URL"):
