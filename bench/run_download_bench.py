@@ -564,6 +564,7 @@ def render_deploy_conf(text: str, run: Run, port: int, upstream: int, storage: P
         "user www-data;": "",
         "pid /run/nginx.pid;": f"pid {run.tmp}/nginx-deploy.pid;",
         "/var/log/nginx/": f"{run.logs}/nginx-deploy-",
+        "/var/cache/nginx/": f"{run.tmp}/nginx-deploy-cache-",
         "server 127.0.0.1:8000": f"server 127.0.0.1:{upstream}",
         "listen 80;": f"listen 127.0.0.1:{port};",
         "/srv/portal/storage/objects/": f"{storage}/objects/",
@@ -813,7 +814,10 @@ def xaccel_phase(run: Run, args: argparse.Namespace, inst: Instance, auth: dict,
     """The portal with PORTAL_SENDFILE=x-accel behind nginx, against nginx direct."""
     out: dict = {"config": "", "error": "", "portal": None, "base": None, "portal4": None,
                  "base4": None}
-    env = dict(inst.env, PORTAL_SENDFILE="x-accel")
+    # nginx's event log (deploy/nginx.conf, rendered below): with it the portal grants
+    # downloads to nginx (its own log counts them), without it every request asks the portal.
+    env = dict(inst.env, PORTAL_SENDFILE="x-accel",
+               PORTAL_ANALYTICS_NGINX_LOG=str(run.logs / "nginx-deploy-portal_events.log"))
     xportal = gunicorn(run, "portal-xaccel", "wsgi:app", env)
     port = free_port()
     deploy = ROOT / "deploy" / "nginx.conf"

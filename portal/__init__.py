@@ -38,6 +38,10 @@ def create_app(config: dict | None = None) -> Flask:
     register_blueprints(app)
     register_errorhandlers(app)
     register_commands(app)
+
+    from .download.fast import FastDownloads
+
+    app.wsgi_app = FastDownloads(app, app.wsgi_app)
     return app
 
 

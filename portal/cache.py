@@ -152,7 +152,7 @@ def _count(**fields: int) -> None:
 META_TTL_DEFAULT = 300
 
 
-def _meta_key(file_id: int) -> str:
+def meta_key(file_id: int) -> str:
     return f"portal:file:{int(file_id)}:meta"
 
 
@@ -224,13 +224,23 @@ def _load(raw: bytes) -> tuple[FileSnapshot, VersionSnapshot | None]:
     return FileSnapshot(**file), _version_from(data["latest"])
 
 
+def meta_from_reply(raw: bytes | None) -> tuple[FileSnapshot, VersionSnapshot | None] | None:
+    """The snapshots in a metadata entry; None when absent or of an older layout."""
+    if raw is None:
+        return None
+    try:
+        return _load(raw)
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
 def file_meta(file_id: int, load: Callable[[], tuple | None]
               ) -> tuple[FileSnapshot, VersionSnapshot | None] | None:
     """The file's download metadata from Redis, else from ``load()`` (the database), stored
     for next time. None when the file does not exist (not cached: ids are cheap to guess)."""
     if not current_app.config.get("CACHE_METADATA", True):
         return load()
-    key = _meta_key(file_id)
+    key = meta_key(file_id)
     # One round trip for the common case: read the entry and count it as a hit (a miss
     # takes the hit back below, in the round trip that stores the entry anyway). A download
     # has made that round trip already, together with the user's (prefetch_download).
@@ -244,13 +254,9 @@ def file_meta(file_id: int, load: Callable[[], tuple | None]
     if raw is _DOWN:
         log.debug("redis down: metadata from the database")
         return load()
-    if raw is not None:
-        try:
-            found = _load(raw)
-        except (ValueError, KeyError, TypeError):
-            found = None  # an older layout: reload below
-        if found is not None:
-            return found
+    found = meta_from_reply(raw)
+    if found is not None:
+        return found
     found = load()
     try:
         pipe = client().pipeline(transaction=False)
@@ -272,7 +278,7 @@ def invalidate_file(file_id: int) -> None:
     """
     if not has_app_context():  # no app, no Redis client: nothing can be cached either
         return
-    key = _meta_key(file_id)
+    key = meta_key(file_id)
     _drop_local_copies([key])
     try:
         pipe = client().pipeline(transaction=False)
@@ -404,9 +410,9 @@ def prefetch_download(user_id: str | None, file_id: int, *, version_key: str | N
     if not current_app.config.get("CACHE_METADATA", True):
         return
     uid = int(user_id) if user_id and str(user_id).isdigit() else None
-    keys = [_meta_key(file_id)]
+    keys = [meta_key(file_id)]
     if uid is not None:
-        keys += [_user_key(uid), _user_version_key(uid), USER_GROUPS_GEN]
+        keys += user_keys(uid)
     if version_key is not None:
         keys.append(version_key)
     if link_nonce is not None:
@@ -477,21 +483,36 @@ def user_snapshot(user_id: int, load: Callable[[], dict | None]) -> dict | None:
         _user_key(user_id), _user_version_key(user_id), USER_GROUPS_GEN))
     if replies is _DOWN:
         return load()
-    raw, version, gen = replies
+    data = user_from_replies(replies)
+    if data is not None:
+        return data
+    _, version, gen = replies
     stamp = [(version or b"0").decode(), (gen or b"0").decode()]
-    if raw is not None:
-        try:
-            data = json.loads(raw)
-            if data.pop("stamp") == stamp:
-                return data
-        except (ValueError, KeyError, TypeError, AttributeError):
-            pass  # an older layout: reload below
     data = load()
     if data is not None:
         with contextlib.suppress(redis.RedisError):
             client().set(_user_key(user_id), json.dumps({**data, "stamp": stamp}),
                          ex=USER_TTL)
     return data
+
+
+def user_keys(user_id: int) -> list[str]:
+    """The keys whose values user_from_replies reads, in its order."""
+    return [_user_key(user_id), _user_version_key(user_id), USER_GROUPS_GEN]
+
+
+def user_from_replies(replies: list) -> dict | None:
+    """The user snapshot in Redis' replies for ``user_keys``: None when it is absent, of an
+    older layout, or stamped with an older user version or groups generation (stale)."""
+    raw, version, gen = replies
+    if raw is None:
+        return None
+    stamp = [(version or b"0").decode(), (gen or b"0").decode()]
+    try:
+        data = json.loads(raw)
+        return data if data.pop("stamp") == stamp else None
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return None
 
 
 def invalidate_users(user_ids: Iterable[int], groups_changed: bool) -> None:

@@ -24,6 +24,9 @@ DEFAULTS = {
     "STORAGE_URL": None,
     "SENDFILE": "direct",  # or "x-accel"
     "X_ACCEL_PREFIX": "/_protected",
+    # How long nginx may reuse the portal's grant for a download (deploy/nginx.conf,
+    # portal/download/fast.py): a revocation can take this long to reach nginx. 0: ask each time.
+    "NGINX_GRANT_SECONDS": 1,
     # S3 downloads: "proxy" (the portal streams the bytes) or "redirect" (302 to a presigned
     # URL valid this many seconds, after the portal has authorised and evaluated the request).
     "S3_DELIVERY": "proxy",
@@ -54,6 +57,8 @@ DEFAULTS = {
     # Each worker's own copies of those two, kept coherent by Redis pub/sub (cache.LocalCopies):
     # the longest a copy is used. 0 switches them off; unset means 5, or 0 under TESTING.
     "CACHE_LOCAL_SECONDS": None,
+    # Warm downloads answered in front of Flask from those copies (portal/download/fast.py).
+    "FAST_DOWNLOADS": True,
 }
 
 
@@ -88,6 +93,13 @@ def finalize(config: dict, instance_path: str) -> None:
         config["CACHE_LOCAL_SECONDS"] = 0 if config.get("TESTING") else 5
     elif isinstance(local, bool) or not isinstance(local, int | float) or local < 0:
         raise ConfigError(f"PORTAL_CACHE_LOCAL_SECONDS must be a number >= 0, not {local!r}")
+    grant = config["NGINX_GRANT_SECONDS"]
+    if isinstance(grant, bool) or not isinstance(grant, int) or not 0 <= grant <= 3600:
+        raise ConfigError(f"PORTAL_NGINX_GRANT_SECONDS must be a whole number from 0 to 3600, "
+                          f"not {grant!r}")
+    if config["FAST_DOWNLOADS"] not in (True, False):  # JSON true/false, or 1/0
+        raise ConfigError(f"PORTAL_FAST_DOWNLOADS must be true or false, "
+                          f"not {config['FAST_DOWNLOADS']!r}")
     config.setdefault("SESSION_COOKIE_HTTPONLY", True)
     config.setdefault("SESSION_COOKIE_SAMESITE", "Lax")
     config.setdefault("REMEMBER_COOKIE_HTTPONLY", True)

@@ -294,6 +294,7 @@ _NGINX_PLACEHOLDERS = (
     "user www-data;",
     "pid /run/nginx.pid;",
     "/var/log/nginx/",
+    "/var/cache/nginx/",
     "server 127.0.0.1:8000",
     "listen 80;",
     "/srv/portal/storage/objects/",
@@ -314,6 +315,7 @@ def render_nginx_conf(workdir: Path, *, port: int, upstream_port: int, storage: 
     return (text.replace("user www-data;", user)
             .replace("pid /run/nginx.pid;", f"pid {workdir / 'nginx.pid'};")
             .replace("/var/log/nginx/", f"{workdir / 'logs'}/")
+            .replace("/var/cache/nginx/", f"{workdir / 'cache'}/")
             .replace("server 127.0.0.1:8000", f"server 127.0.0.1:{upstream_port}")
             .replace("listen 80;", f"listen 127.0.0.1:{port};")
             .replace("/srv/portal/storage/objects/", f"{storage / 'objects'}/")
@@ -337,7 +339,7 @@ class Nginx:
     def start(self) -> Nginx:
         """Render the config, check it with ``nginx -t``, start, wait for /healthz."""
         exe = require_tool("nginx")
-        for sub in ("logs", "temp"):
+        for sub in ("logs", "temp", "cache"):
             (self.workdir / sub).mkdir(parents=True, exist_ok=True)
         conf = self.workdir / "nginx.conf"
         conf.write_text(render_nginx_conf(self.workdir, port=self.port,

@@ -44,17 +44,61 @@ class Sent:
     ended_at: datetime
 
 
-def parse(line: bytes) -> Sent | None:
+@dataclass(frozen=True)
+class Granted:
+    """One line of a download nginx sent on the portal's grant (no portal request saw it):
+    everything the event needs (portal/download/fast.py says who and which version)."""
+
+    request_id: str
+    user_id: int | None
+    file_id: int
+    version_id: int
+    size: int
+    status: int
+    bytes_sent: int
+    ended_at: datetime
+    seconds: float
+    range_header: str
+    client_ip: str
+    user_agent: str
+    referrer: str
+
+
+def _hex_key(value: object) -> bool:
+    return isinstance(value, str) and len(value) == 32 and value.isalnum()
+
+
+def parse(line: bytes) -> Sent | Granted | None:
     """The line's values, or None for a line that is not a well-formed portal event."""
     try:
         data = json.loads(line)
+        if "grant" in data:
+            return _granted(data)
         key = data["event"]
-        if not (isinstance(key, str) and len(key) == 32 and key.isalnum()):
+        if not _hex_key(key):
             return None
         return Sent(key, int(data["status"]), int(data["bytes"]),
                     datetime.fromisoformat(data["time"]))
-    except (ValueError, KeyError, TypeError):
+    except (ValueError, KeyError, TypeError, AttributeError):
         return None
+
+
+def _granted(data: dict) -> Granted | None:
+    user, file_id, version_id, size = data["grant"].split()
+    if not _hex_key(data["id"]) or not (user == "-" or user.isdigit()):
+        return None
+
+    def text(name: str) -> str:  # nginx writes an absent field as "" (or "-")
+        value = data.get(name) or ""
+        return "" if value == "-" else str(value)
+
+    return Granted(
+        request_id=data["id"], user_id=None if user == "-" else int(user),
+        file_id=int(file_id), version_id=int(version_id), size=int(size),
+        status=int(data["status"]), bytes_sent=int(data["bytes"]),
+        ended_at=datetime.fromisoformat(data["time"]), seconds=float(data["seconds"]),
+        range_header=text("range"), client_ip=text("ip"), user_agent=text("ua"),
+        referrer=text("referer"))
 
 
 def _read_from(path: Path, offset: int) -> tuple[list[bytes], int]:
@@ -68,7 +112,7 @@ def _read_from(path: Path, offset: int) -> tuple[list[bytes], int]:
     return lines, offset + end
 
 
-def read_new(path: Path, state: dict) -> tuple[list[Sent], dict]:
+def read_new(path: Path, state: dict) -> tuple[list[Sent | Granted], dict]:
     """The events logged since ``state`` ({"inode", "offset"}), and the new state.
 
     After a rotation (the path now names another file) the rest of the old file is read

@@ -42,7 +42,7 @@ import socket
 import threading
 import time
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import redis
@@ -50,6 +50,7 @@ from flask import Flask
 from sqlalchemy.exc import SQLAlchemyError
 
 from .. import cache
+from ..download.http import RangeOutcome, select_ranges
 from ..extensions import db
 from . import materialise, nginxlog
 from .journal import Journal, dead_journals
@@ -292,11 +293,17 @@ class Recorder:
             path = str(self.config["ANALYTICS_NGINX_LOG"])
             state_key = cache.analytics_nginx_state_key(socket.gethostname(), path)
             state = {k.decode(): int(v) for k, v in r.hgetall(state_key).items()}
-            sent, state = nginxlog.read_new(Path(path), state)
+            lines, state = nginxlog.read_new(Path(path), state)
+            sent = [line for line in lines if isinstance(line, nginxlog.Sent)]
             if sent:  # kept in Redis before the offset moves past them
                 r.hset(cache.ANALYTICS_NGINX_SENT, mapping={
                     s.event_key: json.dumps([s.status, s.bytes_sent, s.ended_at.isoformat()])
                     for s in sent})
+            # Downloads nginx sent on a grant are whole events; stored (once: the key is
+            # nginx's request id) before the offset moves past them.
+            granted = [granted_row(line) for line in lines
+                       if isinstance(line, nginxlog.Granted) and line.status in (200, 206)]
+            written = self._store(granted) if granted else 0
             r.hset(state_key, mapping=state)
             waiting = r.hgetall(cache.ANALYTICS_NGINX_WAITING)
             known = r.hgetall(cache.ANALYTICS_NGINX_SENT)
@@ -318,7 +325,7 @@ class Recorder:
             stale = [key for key, line in known.items() if key not in waiting
                      and (now - datetime.fromisoformat(json.loads(line)[2])).total_seconds()
                      > wait]
-            written = self._store(rows) if rows else 0
+            written += self._store(rows) if rows else 0
             if done or stale:
                 pipe = r.pipeline(transaction=False)
                 if done:
@@ -501,6 +508,23 @@ def event_row(*, file_id: int, version_id: int, size: int, user_id: int | None,
         "referrer": referrer_without_query(referrer), "served_from": "origin",
         "link_id": link_id, "started_at": datetime.now(UTC),
     }
+
+
+def granted_row(line: nginxlog.Granted) -> dict:
+    """The event of a download nginx sent on the portal's grant, from its log line alone."""
+    served = [(0, line.size)]
+    if line.status == 206:  # the one range nginx sent (the grant was for a plain range)
+        selection = select_ranges(line.range_header, line.size)
+        if selection.outcome is RangeOutcome.SATISFIABLE:
+            served = list(selection.ranges)
+    row = event_row(file_id=line.file_id, version_id=line.version_id, size=line.size,
+                    user_id=line.user_id, via_link=False, method="GET", status=line.status,
+                    range_header=line.range_header, served=served, client_ip=line.client_ip,
+                    user_agent=line.user_agent, referrer=line.referrer, link_id=None)
+    row.update(event_key=line.request_id, served_from="nginx", bytes_sent=line.bytes_sent,
+               started_at=line.ended_at - timedelta(seconds=line.seconds),
+               ended_at=line.ended_at)
+    return row
 
 
 def start_flusher(app) -> None:

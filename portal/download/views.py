@@ -67,17 +67,24 @@ def pick_version(file: File, raw: str | None) -> FileVersion:
 def _event_recorder(version: VersionSnapshot, user_id: int | None, link_nonce: str | None,
                     decision: http.Decision):
     """A callback that records one download event when the body closes (portal/analytics:
-    buffered in Redis, written to SQL in batches), using only values captured now (no
-    request, no session inside the callback)."""
-    status = decision.status
-    served = list(decision.ranges) if status == 206 else [(0, version.size)]
-    row = analytics.event_row(
-        file_id=version.file_id, version_id=version.id, size=version.size, user_id=user_id,
-        via_link=link_nonce is not None, method=request.method, status=status,
-        range_header=request.headers.get("Range") or "", served=served,
-        client_ip=request.remote_addr or "", user_agent=request.headers.get("User-Agent") or "",
-        referrer=request.referrer, link_id=link_nonce[:32] if link_nonce else None)
+    journaled now, written to SQL in batches), using only values captured now (no request,
+    no session inside the callback)."""
+    row = event_row_of(version, user_id, link_nonce, decision, request.environ)
     return analytics.open_event(current_app._get_current_object(), row)
+
+
+def event_row_of(version: VersionSnapshot, user_id: int | None, link_nonce: str | None,
+                 decision: http.Decision, environ: dict) -> dict:
+    """The start record of one download, from the WSGI environ (the Flask view and the
+    fast path, fast.py, record the same row)."""
+    status = decision.status
+    return analytics.event_row(
+        file_id=version.file_id, version_id=version.id, size=version.size, user_id=user_id,
+        via_link=link_nonce is not None, method=environ["REQUEST_METHOD"], status=status,
+        range_header=environ.get("HTTP_RANGE") or "",
+        served=list(decision.ranges) if status == 206 else [(0, version.size)],
+        client_ip=environ.get("REMOTE_ADDR") or "", user_agent=environ.get("HTTP_USER_AGENT") or "",
+        referrer=environ.get("HTTP_REFERER"), link_id=link_nonce[:32] if link_nonce else None)
 
 
 def common_headers(decision: http.Decision, *, public: bool) -> list[tuple[str, str]]:
@@ -86,6 +93,17 @@ def common_headers(decision: http.Decision, *, public: bool) -> list[tuple[str, 
     headers.append(("Cache-Control", "public, max-age=0, must-revalidate" if public
                     else "private, max-age=0, must-revalidate"))
     headers.append(("X-Content-Type-Options", "nosniff"))
+    return headers
+
+
+def representation_headers(version: VersionSnapshot, *, full: bool) -> list[tuple[str, str]]:
+    """What a 200 or 206 adds to common_headers, before its Content-Type: the file name, the
+    sandbox for active content, and on a full response the digest."""
+    headers = [("Content-Disposition", http.content_disposition(version.original_filename))]
+    if http.is_active_content(version.mime_type):
+        headers.append(("Content-Security-Policy", "sandbox; default-src 'none'"))
+    if full:
+        headers.append(("Repr-Digest", http.repr_digest(version.sha256)))
     return headers
 
 
@@ -111,12 +129,7 @@ def serve_version(file: FileSnapshot, version: VersionSnapshot, *, user_id: int 
     early = bodiless_response(decision, headers)
     if early is not None:
         return early
-
-    headers.append(("Content-Disposition", http.content_disposition(version.original_filename)))
-    if http.is_active_content(version.mime_type):
-        headers.append(("Content-Security-Policy", "sandbox; default-src 'none'"))
-    if decision.status == 200:
-        headers.append(("Repr-Digest", http.repr_digest(version.sha256)))
+    headers += representation_headers(version, full=decision.status == 200)
 
     storage = get_storage()
     path = storage.local_path(version.storage_key)

@@ -14,11 +14,21 @@ import json
 import os
 import subprocess
 import time
+import urllib.request
 import uuid
 from types import SimpleNamespace
 
 import pytest
-from servers import Gunicorn, Nginx, parse_byteranges, request, require_tool, write_random
+from servers import (
+    PASSWORD,
+    Browser,
+    Gunicorn,
+    Nginx,
+    parse_byteranges,
+    request,
+    require_tool,
+    write_random,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -56,7 +66,7 @@ def site(portal_instance, tmp_path_factory):
             data=data, path=f"/files/{public_id}/download", direct=direct.base_url,
             nginx=nginx.base_url, backend=backend.base_url, secret=secret,
             secret_id=secret_id, etag=f'"{hashlib.sha256(data).hexdigest()}"',
-            instance=portal_instance, src=src, events_log=events_log)
+            instance=portal_instance, src=src, events_log=events_log, backend_log=backend.log)
 
 
 def tag(label: str) -> str:
@@ -174,7 +184,8 @@ def test_events_carry_the_bytes_nginx_sent(site):
     assert (event["served_from"], event["status"], event["bytes_sent"]) == ("nginx", 206, 1000)
     assert event["ended_at"] is not None
     logged = [json.loads(line) for line in site.events_log.read_text().splitlines()]
-    assert {e["event"] for e in logged} >= {event["event_key"]}
+    # handed off by the portal (its event key), or sent on a grant (nginx's request id)
+    assert event["event_key"] in {e.get("event") or e.get("id") for e in logged}
 
 
 def test_aborted_download_counts_what_nginx_sent(site):
@@ -194,3 +205,93 @@ def test_aborted_download_counts_what_nginx_sent(site):
     assert event["served_from"] == "nginx" and event["status"] == 200
     # what nginx handed to the kernel: more than the client read, far less than the file
     assert 0 < event["bytes_sent"] < len(big) // 2
+
+
+# ---------------------------------------------------------------------------
+# Grants: nginx keeps the portal's decision for a second and sends the file itself
+# ---------------------------------------------------------------------------
+
+
+def portal_requests(site, since: int) -> tuple[int, int]:
+    """(grant requests, download requests) in the backend's access log after ``since``."""
+    text = site.backend_log.read_text(errors="replace")[since:]
+    return text.count('"GET /_portal/grant/'), text.count('"GET /files/')
+
+
+def granted(site, path: str, headers: dict, expect: int, timeout: float = 10):
+    """Repeat the request until nginx answers it on a grant (the portal's first answers warm
+    its copies), then return the offset of the backend's log from there on."""
+    deadline = time.monotonic() + timeout
+    while True:
+        status, _, _ = request(site.nginx, "GET", path, headers)
+        assert status == expect
+        mark = len(site.backend_log.read_text(errors="replace"))
+        request(site.nginx, "GET", path, headers)
+        if portal_requests(site, mark) == (0, 0):
+            return mark
+        assert time.monotonic() < deadline, "nginx never sent the download on a grant"
+        time.sleep(0.05)
+
+
+def test_warm_downloads_never_reach_the_portal(site):
+    agent = tag("granted")
+    d_status, d_headers, _ = request(site.direct, "GET", site.path, {"User-Agent": agent})
+    mark = granted(site, site.path, {"User-Agent": agent}, 200)
+    for _ in range(20):
+        status, headers, body = request(site.nginx, "GET", site.path, {"User-Agent": agent})
+        assert (status, body) == (d_status, site.data)
+        assert_same_headers(d_headers, headers)
+    grants, downloads = portal_requests(site, mark)
+    assert downloads == 0 and grants <= 1  # at most one refresh of the grant (1 s)
+
+    # A range, with and without a matching If-Range: also nginx's alone, same answer.
+    for extra in ({"Range": "bytes=1000-200999"},
+                  {"Range": "bytes=-100", "If-Range": site.etag},
+                  {"Range": "bytes=-100", "If-Range": '"an-older-version"'}):
+        wanted = {"User-Agent": agent, **extra}
+        d_status, d_headers, d_body = request(site.direct, "GET", site.path, wanted)
+        mark = granted(site, site.path, wanted, d_status)
+        status, headers, body = request(site.nginx, "GET", site.path, wanted)
+        assert (status, body) == (d_status, d_body)
+        assert_same_headers(d_headers, headers)
+        assert portal_requests(site, mark)[1] == 0
+
+    # Every one of them is recorded from nginx's log: who, what, how many bytes.
+    events = site.instance.wait_events(count=27, user_agent=agent)
+    from_nginx = [e for e in events if e["served_from"] == "nginx"]
+    assert len({e["event_key"] for e in events}) == len(events)
+    assert sum(1 for e in from_nginx if e["status"] == 200 and e["bytes_sent"] == SIZE) >= 21
+    ranged = [e for e in from_nginx if e["range_header"] == "bytes=1000-200999"]
+    assert ranged and all((e["status"], e["bytes_sent"], e["served_ranges"]) ==
+                          (206, 200_000, "1000-200999") for e in ranged)
+
+
+def test_grants_follow_the_access_rule_within_a_second(site):
+    site.instance.flask("user", "create", "bob", "--password", PASSWORD, "--group", "CS")
+    notes = write_random(site.src / "CS 讲义.pdf", 50_000)
+    file_id = site.instance.add_file(site.src / "CS 讲义.pdf", category="课件",
+                                     access="group:CS")
+    path = f"/files/{file_id}/download"
+    browser = Browser(site.nginx).login("bob")
+    cookie = "; ".join(f"{c.name}={c.value}" for c in browser.jar)
+    # the browser's own User-Agent: another one would make the session non-fresh (a new
+    # cookie, so no grant), as Flask-Login's session protection does for a changed client
+    headers = {"Cookie": cookie, "User-Agent": f"Python-urllib/{urllib.request.__version__}"}
+    mark = granted(site, path, headers, 200)
+    status, got, body = request(site.nginx, "GET", path, headers)
+    assert (status, body) == (200, notes) and got["Cache-Control"].startswith("private")
+    assert portal_requests(site, mark) == (0, 0)
+
+    # bob leaves CS (another process: the CLI); nginx stops within the grant's second
+    csv = site.src / "bob.csv"
+    csv.write_text("username,groups\nbob,\n")
+    site.instance.flask("user", "import", str(csv))
+    left = time.monotonic()
+    while request(site.nginx, "GET", path, headers)[0] == 200:
+        assert time.monotonic() - left < 3, "nginx kept sending after the rule changed"
+        time.sleep(0.05)
+    status, _, body = request(site.nginx, "GET", path, headers)
+    assert status == 404 and notes not in body
+    [event] = [e for e in site.instance.wait_events(file_id=file_id)
+               if e["served_from"] == "nginx" and e["status"] == 200][:1]
+    assert event["user_id"] is not None and event["bytes_sent"] == len(notes)

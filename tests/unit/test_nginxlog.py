@@ -51,3 +51,42 @@ def test_rotation_finishes_the_old_file_first(tmp_path):
 def test_missing_log_changes_nothing(tmp_path):
     state = {"inode": 5, "offset": 10}
     assert nginxlog.read_new(tmp_path / "absent.log", state) == ([], state)
+
+
+def grant_line(**fields) -> bytes:
+    data = {"grant": "7 3 12 65536", "id": "e" * 32, "status": 206, "bytes": 100,
+            "time": "2026-11-30T01:10:00+00:00", "seconds": "0.250", "range": "bytes=0-99",
+            "ip": "10.1.2.3", "ua": "aria2/1.36.0", "referer": ""}
+    data.update(fields)
+    return json.dumps(data).encode()
+
+
+def test_a_granted_download_is_a_whole_event():
+    granted = nginxlog.parse(grant_line())
+    assert granted == nginxlog.Granted(
+        request_id="e" * 32, user_id=7, file_id=3, version_id=12, size=65536, status=206,
+        bytes_sent=100, ended_at=granted.ended_at, seconds=0.25, range_header="bytes=0-99",
+        client_ip="10.1.2.3", user_agent="aria2/1.36.0", referrer="")
+    assert granted.ended_at.isoformat() == "2026-11-30T01:10:00+00:00"
+    assert nginxlog.parse(grant_line(grant="- 3 12 65536", referer="-")).user_id is None
+
+
+def test_malformed_grant_lines_are_skipped():
+    for fields in ({"grant": "7 3 12"}, {"grant": "x 3 12 5"}, {"id": "short"},
+                   {"status": "ok"}, {"seconds": "soon"}, {"time": "yesterday"},
+                   {"grant": None}):
+        assert nginxlog.parse(grant_line(**fields)) is None, fields
+
+
+def test_granted_row_counts_the_range_nginx_sent():
+    from portal.analytics.recorder import granted_row
+
+    row = granted_row(nginxlog.parse(grant_line()))
+    assert (row["event_key"], row["user_id"], row["file_id"], row["version_id"]) == (
+        "e" * 32, 7, 3, 12)
+    assert (row["served_ranges"], row["bytes_sent"], row["served_from"]) == ("0-99", 100,
+                                                                            "nginx")
+    assert (row["ended_at"] - row["started_at"]).total_seconds() == 0.25
+    assert row["ua_class"] == "manager" and row["method"] == "GET"
+    full = granted_row(nginxlog.parse(grant_line(status=200, range="", bytes=65536)))
+    assert (full["served_ranges"], full["status"]) == ("0-65535", 200)
