@@ -24,6 +24,9 @@ DEFAULTS = {
     # events wait this long for their line, then count their planned bytes. None: no waiting.
     "ANALYTICS_NGINX_LOG": None,
     "ANALYTICS_NGINX_WAIT_SECONDS": 600,
+    # Who reads that log: "workers" (each web node's background flusher) or "external" (a
+    # `flask analytics flush --follow` of its own on the node, e.g. at a lower CPU priority).
+    "ANALYTICS_NGINX_IMPORT": "workers",
     "ANALYTICS_RETENTION_DAYS": 90,  # raw download events
     "ANALYTICS_LOGICAL_RETENTION_DAYS": 730,  # logical downloads
     "ANALYTICS_HOURLY_RETENTION_DAYS": 400,  # hourly rollups (daily ones are kept)
@@ -41,6 +44,11 @@ def init_app(app: Flask) -> None:
 
     for key, value in DEFAULTS.items():
         app.config.setdefault(key, value)
+    if app.config["ANALYTICS_NGINX_IMPORT"] not in ("workers", "external"):
+        from ..config import ConfigError
+
+        raise ConfigError("PORTAL_ANALYTICS_NGINX_IMPORT must be 'workers' or 'external', "
+                          f"not {app.config['ANALYTICS_NGINX_IMPORT']!r}")
     app.extensions["portal_analytics"] = Recorder(app)
     app.register_blueprint(pages_bp)
     app.register_blueprint(api_bp)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import signal
+import sys
 import time
 from datetime import UTC, datetime, timedelta
 
@@ -21,10 +23,26 @@ def _settings() -> materialise.Settings:
 
 
 @analytics_cli.command("flush")
-def flush_command():
-    """Write the events buffered in Redis (and orphaned responses) to the database."""
-    written = recorder(current_app).flush()
-    click.echo(f"flushed {written} event(s)")
+@click.option("--follow", is_flag=True,
+              help="Keep flushing every --interval seconds until stopped (SIGTERM, Ctrl-C).")
+@click.option("--interval", type=click.FloatRange(min=0.1), default=1.0, show_default=True)
+def flush_command(follow, interval):
+    """Write the events buffered in Redis, nginx's new log lines (ANALYTICS_NGINX_LOG) and
+    orphaned responses to the database."""
+    rec = recorder(current_app)
+    if not follow:
+        click.echo(f"flushed {rec.flush(nginx=True)} event(s)")
+        return
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    try:
+        while True:
+            written = rec.flush(nginx=True)
+            if written:
+                click.echo(f"{datetime.now(UTC):%H:%M:%S} flushed {written} event(s)")
+            else:
+                time.sleep(interval)  # caught up: wait for more
+    except KeyboardInterrupt:
+        pass
 
 
 @analytics_cli.command("purge")

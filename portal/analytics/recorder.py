@@ -52,7 +52,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from .. import cache
 from ..download.http import RangeOutcome, select_ranges
 from ..extensions import db
-from . import materialise, nginxlog
+from . import clients, logical, materialise, nginxlog
 from .journal import Journal, dead_journals
 
 log = logging.getLogger(__name__)
@@ -85,6 +85,11 @@ JOURNAL_ROTATE_BYTES = 4 * 1024 * 1024
 def new_event_key() -> str:
     """A unique key for one response (32 hex digits)."""
     return uuid.uuid4().hex
+
+
+#: Steps of nginxlog.READ_LIMIT bytes one flush reads at most (a reader that has fallen far
+#: behind catches up over several flushes).
+NGINX_STEPS = 16
 
 
 class Recorder:
@@ -232,12 +237,16 @@ class Recorder:
 
     # -- flushing -------------------------------------------------------------------------
 
-    def flush(self, *, max_batches: int | None = None) -> int:
-        """Move buffered events, then the orphans of dead workers, to SQL; returns the
-        number of new events.
+    def flush(self, *, max_batches: int | None = None, nginx: bool | None = None) -> int:
+        """Move buffered events, nginx's new log lines, then the orphans of dead workers, to
+        SQL; returns the number of new events.
 
-        The stream is left alone while another process holds the flush lock.
+        The stream and the log are left alone while another process holds the flush lock.
+        ``nginx`` says whether to read nginx's log (ANALYTICS_NGINX_LOG); by default only
+        when ANALYTICS_NGINX_IMPORT is "workers".
         """
+        if nginx is None:
+            nginx = self.config["ANALYTICS_NGINX_IMPORT"] == "workers"
         self.ship_pending()
         written = 0
         r = self.redis()
@@ -251,7 +260,7 @@ class Recorder:
             with self.app.app_context():
                 if locked:
                     written += self._flush_stream(r, max_batches)
-                    if self.config.get("ANALYTICS_NGINX_LOG"):
+                    if nginx and self.config.get("ANALYTICS_NGINX_LOG"):
                         written += self._flush_nginx(r)
                 written += self._flush_orphans()
         finally:
@@ -293,18 +302,25 @@ class Recorder:
             path = str(self.config["ANALYTICS_NGINX_LOG"])
             state_key = cache.analytics_nginx_state_key(socket.gethostname(), path)
             state = {k.decode(): int(v) for k, v in r.hgetall(state_key).items()}
-            lines, state = nginxlog.read_new(Path(path), state)
-            sent = [line for line in lines if isinstance(line, nginxlog.Sent)]
-            if sent:  # kept in Redis before the offset moves past them
-                r.hset(cache.ANALYTICS_NGINX_SENT, mapping={
-                    s.event_key: json.dumps([s.status, s.bytes_sent, s.ended_at.isoformat()])
-                    for s in sent})
-            # Downloads nginx sent on a grant are whole events; stored (once: the key is
-            # nginx's request id) before the offset moves past them.
-            granted = [granted_row(line) for line in lines
-                       if isinstance(line, nginxlog.Granted) and line.status in (200, 206)]
-            written = self._store(granted) if granted else 0
-            r.hset(state_key, mapping=state)
+            written = 0
+            for _ in range(NGINX_STEPS):
+                lines, state, more = nginxlog.read_new(Path(path), state)
+                sent = [line for line in lines if isinstance(line, nginxlog.Sent)]
+                if sent:  # kept in Redis before the offset moves past them
+                    r.hset(cache.ANALYTICS_NGINX_SENT, mapping={
+                        s.event_key: json.dumps([s.status, s.bytes_sent,
+                                                 s.ended_at.isoformat()])
+                        for s in sent})
+                # Downloads nginx sent on a grant are whole events; stored (once: the key is
+                # nginx's request id) before the offset moves past them.
+                granted = [granted_row(line) for line in lines
+                           if isinstance(line, nginxlog.Granted) and line.status in (200, 206)]
+                written += self._store(granted) if granted else 0
+                r.hset(state_key, mapping=state)
+                if not more:
+                    break
+                r.pexpire(cache.ANALYTICS_FLUSH_LOCK, cache.ANALYTICS_FLUSH_LOCK_MS)
+                time.sleep(0)  # a gevent worker serves its other greenlets between steps
             waiting = r.hgetall(cache.ANALYTICS_NGINX_WAITING)
             known = r.hgetall(cache.ANALYTICS_NGINX_SENT)
             wait = float(self.config["ANALYTICS_NGINX_WAIT_SECONDS"])
@@ -495,8 +511,6 @@ def event_row(*, file_id: int, version_id: int, size: int, user_id: int | None,
               served: list[tuple[int, int]], client_ip: str, user_agent: str, referrer: str,
               link_id: str | None) -> dict:
     """The start record of one response, from values the view captured."""
-    from . import clients, logical
-
     user_agent = (user_agent or "")[:256]
     return {
         "file_id": file_id, "version_id": version_id, "user_id": user_id,

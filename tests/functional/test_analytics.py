@@ -524,3 +524,34 @@ def test_xaccel_events_wait_for_nginx_log_lines(config, tmp_path):
         with app.app_context():
             db.session.remove()
             db.engine.dispose()
+
+
+def grant_line(file_id: int, version_id: int, request_id: str, status: int = 200) -> str:
+    return json.dumps({"grant": f"- {file_id} {version_id} {len(BODY)}", "id": request_id,
+                       "status": status, "bytes": len(BODY), "seconds": "0.002",
+                       "time": "2026-11-30T02:00:00+00:00", "range": "", "ip": "10.0.0.9",
+                       "ua": "Wget/1.21", "referer": ""}) + "\n"
+
+
+def test_granted_downloads_are_recorded_once_by_whoever_reads_the_log(make_app, tmp_path):
+    """A download nginx sent on a grant is known only from nginx's log; with
+    ANALYTICS_NGINX_IMPORT=external the web workers leave the log to `analytics flush`."""
+    log = tmp_path / "portal_events.log"
+    app = make_app(SENDFILE="x-accel", ANALYTICS_NGINX_LOG=str(log),
+                   ANALYTICS_NGINX_IMPORT="external")
+    file_id = add(app)
+    with app.app_context():
+        version_id = db.session.get(File, file_id).latest.id
+    log.write_text(grant_line(file_id, version_id, "a" * 32)
+                   + grant_line(file_id, version_id, "b" * 32, status=404))  # not a download
+    rec = recorder(app)
+    assert rec.flush() == 0  # the workers' flusher leaves it to the importer
+    result = app.test_cli_runner().invoke(args=["analytics", "flush"])
+    assert result.exit_code == 0 and "flushed 1 event" in result.output
+    [row] = events(app)
+    assert (row.event_key, row.user_id, row.served_from, row.bytes_sent, row.ua_class) == (
+        "a" * 32, None, "nginx", len(BODY), "cli")  # Wget
+    # read again from the start (lost offsets): still one event, the key is nginx's id
+    app.extensions["portal_redis"].flushdb()
+    assert rec.flush(nginx=True) == 0 and len(events(app)) == 1
+    assert_rollups_match_raw(app)

@@ -13,9 +13,11 @@ import hashlib
 import json
 import os
 import subprocess
+import sys
 import time
 import urllib.request
 import uuid
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -295,3 +297,31 @@ def test_grants_follow_the_access_rule_within_a_second(site):
     [event] = [e for e in site.instance.wait_events(file_id=file_id)
                if e["served_from"] == "nginx" and e["status"] == 200][:1]
     assert event["user_id"] is not None and event["bytes_sent"] == len(notes)
+
+
+def test_importer_follows_the_log_until_stopped(site, tmp_path):
+    """``flask analytics flush --follow`` (PORTAL_ANALYTICS_NGINX_IMPORT=external): records
+    the downloads nginx logs as they come, and stops cleanly on SIGTERM."""
+    log = tmp_path / "portal_events.log"
+    log.write_text("")
+    env = {**site.instance.env, "PORTAL_ANALYTICS_NGINX_LOG": str(log),
+           "PORTAL_ANALYTICS_NGINX_IMPORT": "external"}
+    cmd = [str(Path(sys.executable).with_name("flask")), "--app", "wsgi", "analytics", "flush",
+           "--follow", "--interval", "0.2"]
+    proc = subprocess.Popen(cmd, cwd=Path(__file__).resolve().parents[2], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        request_id = uuid.uuid4().hex
+        size = len(site.data)
+        with open(log, "a") as fh:
+            # the module's first file and version: the public one
+            fh.write(json.dumps({"grant": f"- 1 1 {size}", "id": request_id, "status": 200,
+                                 "bytes": size, "time": "2026-11-30T02:00:00+00:00",
+                                 "seconds": "0.5", "range": "", "ip": "10.0.0.1",
+                                 "ua": "follow-test", "referer": ""}) + "\n")
+        [event] = site.instance.wait_events(event_key=request_id)
+        assert (event["served_from"], event["bytes_sent"]) == ("nginx", size)
+    finally:
+        proc.terminate()
+        out, _ = proc.communicate(timeout=15)
+    assert proc.returncode == 0, out

@@ -20,37 +20,61 @@ K1, K2, K3, K4 = ("a" * 32, "b" * 32, "c" * 32, "d" * 32)
 def test_new_complete_lines_only(tmp_path):
     log = tmp_path / "portal_events.log"
     log.write_text(line(K1) + "not json\n" + json.dumps({"event": "x"}) + "\n" + line(K2)[:20])
-    sent, state = nginxlog.read_new(log, {})
+    sent, state, _ = nginxlog.read_new(log, {})
     assert [s.event_key for s in sent] == [K1]  # the half-written line waits
     with open(log, "a") as fh:
         fh.write(line(K2)[20:] + line(K3, 5, 206))
-    sent, state = nginxlog.read_new(log, state)
+    sent, state, _ = nginxlog.read_new(log, state)
     assert [(s.event_key, s.status, s.bytes_sent) for s in sent] == [(K2, 200, 10),
                                                                        (K3, 206, 5)]
-    assert nginxlog.read_new(log, state) == ([], state)
+    assert nginxlog.read_new(log, state) == ([], state, False)
 
 
 def test_rotation_finishes_the_old_file_first(tmp_path):
     log = tmp_path / "portal_events.log"
     log.write_text(line(K1))
-    _, state = nginxlog.read_new(log, {})
+    _, state, _ = nginxlog.read_new(log, {})
     with open(log, "a") as fh:
         fh.write(line(K2))  # written just before logrotate renamed the file
     os.rename(log, f"{log}.1")
     log.write_text(line(K3))  # nginx reopened a new one
-    sent, state = nginxlog.read_new(log, state)
+    sent, state, _ = nginxlog.read_new(log, state)
     assert [s.event_key for s in sent] == [K2, K3]
     log.write_text("")  # truncated in place (copytruncate): noticed while it is shorter
-    sent, state = nginxlog.read_new(log, state)
+    sent, state, _ = nginxlog.read_new(log, state)
     assert sent == [] and state["offset"] == 0
     log.write_text(line(K4))
-    sent, _ = nginxlog.read_new(log, state)
+    sent, _, _ = nginxlog.read_new(log, state)
     assert [s.event_key for s in sent] == [K4]
+
+
+def test_a_reader_behind_reads_in_bounded_steps(tmp_path):
+    log = tmp_path / "portal_events.log"
+    keys = [f"{i:032x}" for i in range(10)]
+    log.write_text("".join(line(k) for k in keys))
+    size = len(line(keys[0]))
+    state, got, calls = {}, [], 0
+    while True:  # room for two and a half lines per call: two lines each time
+        sent, state, more = nginxlog.read_new(log, state, limit=size * 5 // 2)
+        got += [s.event_key for s in sent]
+        calls += 1
+        if not more:
+            break
+    assert got == keys and calls == 5
+    # across a rotation: the rest of the old file first, in steps, then the new one
+    os.rename(log, f"{log}.1")
+    with open(f"{log}.1", "a") as fh:
+        fh.write(line(K1) + line(K2) + line(K3))
+    log.write_text(line(K4))
+    sent, state, more = nginxlog.read_new(log, state, limit=size * 2)
+    assert [s.event_key for s in sent] == [K1, K2] and more
+    sent, state, more = nginxlog.read_new(log, state, limit=size * 2)
+    assert [s.event_key for s in sent] == [K3, K4] and not more
 
 
 def test_missing_log_changes_nothing(tmp_path):
     state = {"inode": 5, "offset": 10}
-    assert nginxlog.read_new(tmp_path / "absent.log", state) == ([], state)
+    assert nginxlog.read_new(tmp_path / "absent.log", state) == ([], state, False)
 
 
 def grant_line(**fields) -> bytes:
