@@ -777,6 +777,7 @@ def bench(run: Run, args: argparse.Namespace) -> dict:
                       url.format(baseline.port, f"/f/{inst.big_key}"), rng)
 
     print("c. x-accel behind nginx vs nginx direct", flush=True)
+    settle(inst)  # the portal's flusher records a and b first: not c's work, nor its CPU
     res["xaccel"] = xaccel_phase(run, args, inst, auth, small_obj, direct_port)
 
     print("e. RSS while serving the sparse file", flush=True)
@@ -884,6 +885,29 @@ def xaccel_servers(run: Run, inst: Instance, env: dict, name: str, out: dict):
         if ngx is not None:
             run.stop(ngx)
         run.stop(xportal)
+
+
+def settle(inst: Instance, quiet: float = 3.0, timeout: float = 300) -> None:
+    """Wait until the recorded download events stop growing for ``quiet`` seconds (the
+    flushers have written what earlier phases caused)."""
+    from sqlalchemy import create_engine, text
+
+    engine = create_engine(inst.env["PORTAL_DATABASE_URL"])
+    started = time.monotonic()
+    last, since = -1, time.monotonic()
+    try:
+        while time.monotonic() - started < timeout:
+            with engine.connect() as conn:
+                count = conn.execute(text("SELECT count(*) FROM download_events")).scalar()
+            if count != last:
+                last, since = count, time.monotonic()
+            elif time.monotonic() - since >= quiet:
+                break
+            time.sleep(0.5)
+    finally:
+        engine.dispose()
+    print(f"  {last:,} download events recorded; settled after "
+          f"{time.monotonic() - started:.0f} s", flush=True)
 
 
 def drain(inst: Instance, events_log: Path, timeout: float = 300) -> dict:

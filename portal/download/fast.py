@@ -8,7 +8,8 @@ offers a cheaper way into that machinery. This path serves ``GET /files/<id>/dow
 views.representation_headers, views.event_row_of, can_read, the analytics journal -- and
 only when every input is already at hand and the answer is the plain one:
 
-- this worker's coherent copies (cache.LocalCopies) hold the file's metadata and the user;
+- this worker's coherent copies (cache.LocalCopies), or Redis in one round trip, hold the
+  file's metadata and the user (what only the database has is left to the view);
 - the session cookie verifies with Flask's own serializer (a verified cookie is remembered
   with its timestamp, so the age limit still applies) and the request would not change it:
   Flask-Login's session-protection identifier matches, there is no remember-me cookie to
@@ -16,7 +17,7 @@ only when every input is already at hand and the answer is the plain one:
 - the user is active and can_read() allows the file (a public file needs no session);
 - the answer is a 200 or a single-range 206 sent with sendfile from local storage.
 
-Everything else -- a worker's first requests, a refusal, 304 / 412 / 416, HEAD, multi-range,
+Everything else -- what Redis does not hold yet, a refusal, 304 / 412 / 416, HEAD, multi-range,
 ``?version=N``, signed links, S3, x-accel, Redis down -- goes to the Flask view, which stays
 the reference: tests/functional/test_fast_downloads.py checks that both answer with the same
 status, headers and bytes. ``PORTAL_FAST_DOWNLOADS=0`` switches this path off.
@@ -31,6 +32,7 @@ from functools import lru_cache
 from hashlib import sha512
 from typing import NamedTuple
 
+import redis
 from itsdangerous import BadSignature
 from werkzeug.http import HTTP_STATUS_CODES, parse_cookie
 
@@ -47,8 +49,6 @@ log = logging.getLogger(__name__)
 
 _PATH = re.compile(r"/files/([0-9]{1,9})/download")
 _GRANT_PATH = re.compile(r"/_portal/grant/files/([0-9]{1,9})/download")
-#: The grant's refusal: nginx passes the request on to the portal.
-_REFER = ("403 FORBIDDEN", [("Content-Length", "0")], [b""])
 #: Preconditions nginx evaluates again with its own rules: requests with them are not granted.
 _NGINX_JUDGES = ("HTTP_IF_MATCH", "HTTP_IF_NONE_MATCH", "HTTP_IF_MODIFIED_SINCE",
                  "HTTP_IF_UNMODIFIED_SINCE")
@@ -124,7 +124,7 @@ class FastDownloads:
                     answer = self.grant(environ, int(match.group(1)))
             except Exception:  # never worse than the view: it answers instead
                 log.exception("fast download path failed; the view answers")
-                answer = _REFER if _GRANT_PATH.fullmatch(path) else None
+                answer = self.refer() if _GRANT_PATH.fullmatch(path) else None
             if answer is not None:
                 status, headers, body = answer
                 start_response(status, headers)
@@ -180,7 +180,7 @@ class FastDownloads:
         app = self.app
         if app.config["SENDFILE"] != "x-accel":
             return None  # no such route in direct mode: the view's 404
-        refuse = _REFER
+        refuse = self.refer()
         if (not app.config.get("ANALYTICS_NGINX_LOG")  # nginx's downloads would go unrecorded
                 or environ.get("QUERY_STRING")  # ?version=N
                 or environ.get("HTTP_X_ORIGINAL_METHOD") != "GET"
@@ -225,6 +225,18 @@ class FastDownloads:
         self.granted += 1
         return "200 OK", headers, [b""]
 
+    def refer(self):
+        """The grant's refusal (403): nginx passes the request on to the portal's view.
+
+        Kept by nginx as long as a grant, like one: when a right is revoked, the refusal
+        replaces the grant in nginx's cache at its next refresh. (An uncached refusal would
+        leave the expired grant in place, and nginx answers the requests that arrive while
+        each refresh is under way from it: proxy_cache_use_stale updating.) So a refusal
+        must be rare where a grant is due: what the worker's copies lack comes from Redis
+        (authorise), only a cold Redis leaves a request to the view for that second."""
+        seconds = str(int(self.app.config["NGINX_GRANT_SECONDS"]))
+        return "403 FORBIDDEN", [("X-Accel-Expires", seconds), ("Content-Length", "0")], [b""]
+
     def authorise(self, environ: dict, file_id: int) -> _Warm | None:
         """The newest version of the file, the user and the evaluated request, when all of it
         comes from this worker's copies and the answer would be the view's 200 / 206 of a
@@ -245,7 +257,7 @@ class FastDownloads:
             if not (isinstance(user_id, str) and user_id.isdigit()):
                 return None
             keys += cache.user_keys(int(user_id))
-        replies = copies.get_many(keys)
+        replies = copies.get_many(keys) or self._fetch(copies, keys)
         if replies is None:
             return None
         found = self._decode(keys[0], replies[:1], _meta)
@@ -267,6 +279,17 @@ class FastDownloads:
         if decision.status not in (200, 206):
             return None
         return _Warm(file, version, rep, None if user is None else user.id, decision, path)
+
+    def _fetch(self, copies, keys: list[str]) -> list | None:
+        """The keys from Redis in one round trip (the copies lack or have aged them out),
+        kept as copies when no invalidation raced the read; None when Redis is down."""
+        epoch = copies.epoch
+        try:
+            replies = self.app.extensions["portal_redis"].mget(keys)
+        except redis.RedisError:
+            return None
+        copies.put_many(keys, replies, epoch)
+        return replies
 
     def session(self, environ: dict) -> dict | None:
         """The session Flask would open for this request, if handling it would not change
