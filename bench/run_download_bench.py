@@ -815,14 +815,14 @@ def xaccel_phase(run: Run, args: argparse.Namespace, inst: Instance, auth: dict,
     """The portal with PORTAL_SENDFILE=x-accel behind nginx, against nginx direct.
 
     nginx's event log (deploy/nginx.conf, rendered here) is given to the portal: with it
-    the portal grants downloads to nginx, which counts them in that log. The log is read
-    first by an importer of its own at a lower CPU priority (PORTAL_ANALYTICS_NGINX_IMPORT=
-    external, ``nice -n 10 flask analytics flush --follow``: the recommended set-up, which
-    lets serving go first and records every event once the peak has passed; how long that
-    takes is measured), then by the web workers themselves (the default, reported too).
+    the portal grants downloads to nginx, which counts them in that log. The log is read by
+    the web workers' flusher (the default: c, c′), then, for comparison, by an importer of
+    its own at a lower CPU priority (PORTAL_ANALYTICS_NGINX_IMPORT=external, ``nice -n 10
+    flask analytics flush --follow``: c″). After each, how long until every download nginx
+    logged is an event in the database is measured.
     """
     out: dict = {"config": "", "error": "", "portal": None, "base": None, "portal4": None,
-                 "base4": None, "workers": None, "drain": None}
+                 "base4": None, "external": None, "drain": None, "drain_external": None}
     events_log = run.logs / "nginx-deploy-portal_events.log"
     env = dict(inst.env, PORTAL_SENDFILE="x-accel", PORTAL_ANALYTICS_NGINX_LOG=str(events_log))
     path = f"/files/{inst.ids['bench 64k']}/download"
@@ -833,17 +833,14 @@ def xaccel_phase(run: Run, args: argparse.Namespace, inst: Instance, auth: dict,
         out["base4"] = wrk(args, "nginx direct 4 MiB",
                            f"http://127.0.0.1:{direct_port}/objects/{key[:2]}/{key[2:4]}/{key}",
                            {})
-        external = dict(env, PORTAL_ANALYTICS_NGINX_IMPORT="external")
-        with xaccel_servers(run, inst, external, "external", out) as port:
-            importer = run.spawn("importer", ["nice", "-n", "10", VENV_BIN / "flask", "--app",
-                                              "wsgi", "analytics", "flush", "--follow"],
-                                 external)
+        with xaccel_servers(run, inst, env, "workers", out) as port:
             problem = check_body("x-accel 64k", port, path, auth, 200, inst.small)
             out["range_check"] = check_body(
                 "x-accel range", port, f"/files/{inst.ids['bench 4m']}/download",
                 {**auth, "Range": "bytes=1000-2023"}, 206, inst.big[1000:2024]) or "ok"
             if problem:
                 raise BenchError(f"x-accel answers wrongly, not measured: {problem}")
+            quiet_cpus()
             out["portal"] = wrk(args, "portal x-accel via nginx 64 KiB",
                                 f"http://127.0.0.1:{port}{path}", auth)
             big_path = f"/files/{inst.ids['bench 4m']}/download"
@@ -851,10 +848,17 @@ def xaccel_phase(run: Run, args: argparse.Namespace, inst: Instance, auth: dict,
                 out["portal4"] = wrk(args, "portal x-accel via nginx 4 MiB",
                                      f"http://127.0.0.1:{port}{big_path}", auth)
             out["drain"] = drain(inst, events_log)
+        external = dict(env, PORTAL_ANALYTICS_NGINX_IMPORT="external")
+        with xaccel_servers(run, inst, external, "external", out) as port:
+            importer = run.spawn("importer", ["nice", "-n", "10", VENV_BIN / "flask", "--app",
+                                              "wsgi", "analytics", "flush", "--follow"],
+                                 external)
+            check_body("x-accel 64k", port, path, auth, 200, inst.small)
+            quiet_cpus()
+            out["external"] = wrk(args, "portal x-accel, log read by a niced importer",
+                                  f"http://127.0.0.1:{port}{path}", auth)
+            out["drain_external"] = drain(inst, events_log)
             run.stop(importer)
-        with xaccel_servers(run, inst, env, "workers", out) as port:
-            out["workers"] = wrk(args, "portal x-accel, log read by the workers",
-                                 f"http://127.0.0.1:{port}{path}", auth)
     except BenchError as exc:
         out["error"] = str(exc).splitlines()[0]
         print(f"  x-accel not measured: {exc}", flush=True)
@@ -906,8 +910,30 @@ def settle(inst: Instance, quiet: float = 3.0, timeout: float = 300) -> None:
             time.sleep(0.5)
     finally:
         engine.dispose()
+    idle = quiet_cpus(timeout)
     print(f"  {last:,} download events recorded; settled after "
-          f"{time.monotonic() - started:.0f} s", flush=True)
+          f"{time.monotonic() - started:.0f} s (CPUs {idle:.0%} idle)", flush=True)
+
+
+def quiet_cpus(timeout: float = 60) -> float:
+    """Wait (at most ``timeout`` s) for a second in which the CPUs are 90 % idle; the share."""
+    deadline = time.monotonic() + timeout
+    idle = cpu_idle(1.0)
+    while idle < 0.9 and time.monotonic() < deadline:
+        idle = cpu_idle(1.0)
+    return idle
+
+
+def cpu_idle(seconds: float) -> float:
+    """The share of all CPUs' time that was idle over the next ``seconds`` (/proc/stat)."""
+    def sample() -> tuple[int, int]:
+        fields = [int(v) for v in Path("/proc/stat").read_text().split("\n")[0].split()[1:]]
+        return fields[3] + fields[4], sum(fields)  # idle + iowait, total
+
+    idle0, total0 = sample()
+    time.sleep(seconds)
+    idle1, total1 = sample()
+    return (idle1 - idle0) / max(1, total1 - total0)
 
 
 def drain(inst: Instance, events_log: Path, timeout: float = 300) -> dict:
@@ -983,8 +1009,8 @@ def rows(res: dict, args: argparse.Namespace) -> list[Row]:
                   f" ({x['error']})" if x["error"] else ""),
         ratio_row("c′. the same with a 4 MiB file (info)", x["portal4"], x["base4"], 0.5,
                   " (info)"),
-        ratio_row("c″. c with nginx's log read by the web workers (the default; info)",
-                  x["workers"], x["base"], 0.5, " (info)"),
+        ratio_row("c″. c with nginx's log read by a niced importer process (info)",
+                  x["external"], x["base"], 0.5, " (info)"),
     ]
     sp, so = res["slow_portal"], res["slow_other"]
     timeout = args.probe_timeout
@@ -1021,7 +1047,7 @@ def details(res: dict, args: argparse.Namespace) -> str:
              "| --- | --- | --- | --- | --- | --- | --- |"]
     x = res["xaccel"]
     runs = list(res["wrk"].values()) + [
-        r for r in (x["base"], x["portal"], x["base4"], x["portal4"], x["workers"]) if r]
+        r for r in (x["base"], x["portal"], x["base4"], x["portal4"], x["external"]) if r]
     for r in runs:
         lines.append(f"| {r.target} | {r.rps:,.0f} | {r.p50_ms:.2f} ms | {r.p99_ms:.2f} ms | "
                      f"{r.bytes_per_request:,.0f} | {r.non_2xx} | {r.errors or '-'} |")
@@ -1048,11 +1074,13 @@ def details(res: dict, args: argparse.Namespace) -> str:
     lines.append(f"- x-accel: nginx configuration: {x['config']}; signed-in Range through "
                  f"nginx: {x.get('range_check', 'not checked')}"
                  + (f"; problem: {x['error']}" if x["error"] else "") + ".")
-    if x.get("drain"):
-        d = x["drain"]
-        lines.append(f"- x-accel, importer at nice 10 (c, c′): {d['stored']:,} of the "
-                     f"{d['logged']:,} downloads nginx logged were recorded in the database "
-                     f"{d['seconds']:.1f} s after the load stopped.")
+    for key, who in (("drain", "the web workers (c, c′)"),
+                     ("drain_external", "a niced importer (c″)")):
+        if x.get(key):
+            d = x[key]
+            lines.append(f"- x-accel, nginx's log read by {who}: {d['stored']:,} of the "
+                         f"{d['logged']:,} downloads nginx had logged were recorded in the "
+                         f"database {d['seconds']:.1f} s after the load stopped.")
     return "\n".join(lines)
 
 
