@@ -260,6 +260,21 @@ def test_remember_me_cookie_is_left_to_flask_login(app, view, world):
     assert client.get(url).status_code == 200 and fast_count(app) == before + 1
 
 
+def test_a_visitors_session_is_left_to_flask_login_until_settled(app, world):
+    url = f"/files/{world['public_html']}/download"
+    warm(app, signed_in(app, None), url)
+    visitor = signed_in(app, None)
+    with visitor.session_transaction() as session:  # chose a language, saw no other page
+        session["lang"] = "en"
+    before = fast_count(app)
+    resp = visitor.get(url)  # Flask-Login marks it non-fresh: a new cookie, from the view
+    assert resp.status_code == 200 and "Set-Cookie" in resp.headers
+    assert fast_count(app) == before
+    resp = visitor.get(url)
+    assert resp.status_code == 200 and "Set-Cookie" not in resp.headers
+    assert fast_count(app) == before + 1
+
+
 def test_forged_session_cookie_is_refused(app, world):
     url = f"/files/{world['login']}/download"
     client = signed_in(app, "amy")
