@@ -417,22 +417,12 @@ def prefetch_download(user_id: str | None, file_id: int, *, version_key: str | N
         keys.append(version_key)
     if link_nonce is not None:
         keys.append(_revoked_key(link_nonce))
-    copies = local_copies()
-    replies = copies.get_many(keys) if copies is not None else None
+    replies = read_keys(local_copies(), client(), keys)
     if replies is None:
-        epoch = copies.epoch if copies is not None else 0
-        try:
-            pipe = client().pipeline(transaction=False)
-            pipe.mget(keys)
-            pipe.hincrby(STATS_KEY, "meta_hits", 1)
-            replies = pipe.execute()[0]
-        except redis.RedisError:
-            # Down: the lookups of this request go straight to the database instead of each
-            # waiting for its own failure.
-            g.setdefault(_PREFETCH, {})["down"] = True
-            return
-        if copies is not None:
-            copies.put_many(keys, replies, epoch)
+        # Down: the lookups of this request go straight to the database instead of each
+        # waiting for its own failure.
+        g.setdefault(_PREFETCH, {})["down"] = True
+        return
     replies = list(replies)
     found = {("meta", int(file_id)): replies.pop(0)}
     if uid is not None:
@@ -442,6 +432,27 @@ def prefetch_download(user_id: str | None, file_id: int, *, version_key: str | N
     if link_nonce is not None:
         found[("revoked", link_nonce)] = replies.pop(0)
     g.setdefault(_PREFETCH, {}).update(found)
+
+
+def read_keys(copies: LocalCopies | None, r: redis.Redis, keys: list[str]) -> list | None:
+    """The values of these keys from this worker's copies, else from Redis in one round trip
+    (counted as a metadata hit, and kept as copies unless an invalidation raced the read);
+    None when Redis is down. The download view (prefetch_download) and the fast path
+    (download/fast.py) read through here."""
+    replies = copies.get_many(keys) if copies is not None else None
+    if replies is not None:
+        return replies
+    epoch = copies.epoch if copies is not None else 0
+    try:
+        pipe = r.pipeline(transaction=False)
+        pipe.mget(keys)
+        pipe.hincrby(STATS_KEY, "meta_hits", 1)
+        replies = pipe.execute()[0]
+    except redis.RedisError:
+        return None
+    if copies is not None:
+        copies.put_many(keys, replies, epoch)
+    return replies
 
 
 def _prefetched(kind: str, key: int | str):

@@ -32,7 +32,6 @@ from functools import lru_cache
 from hashlib import sha512
 from typing import NamedTuple
 
-import redis
 from itsdangerous import BadSignature
 from werkzeug.http import HTTP_STATUS_CODES, parse_cookie
 
@@ -255,7 +254,7 @@ class FastDownloads:
             if not (isinstance(user_id, str) and user_id.isdigit()):
                 return None
             keys += cache.user_keys(int(user_id))
-        replies = copies.get_many(keys) or self._fetch(copies, keys)
+        replies = cache.read_keys(copies, app.extensions["portal_redis"], keys)
         if replies is None:
             return None
         found = self._decode(keys[0], replies[:1], _meta)
@@ -277,17 +276,6 @@ class FastDownloads:
         if decision.status not in (200, 206):
             return None
         return _Warm(file, version, rep, None if user is None else user.id, decision, path)
-
-    def _fetch(self, copies, keys: list[str]) -> list | None:
-        """The keys from Redis in one round trip (the copies lack or have aged them out),
-        kept as copies when no invalidation raced the read; None when Redis is down."""
-        epoch = copies.epoch
-        try:
-            replies = self.app.extensions["portal_redis"].mget(keys)
-        except redis.RedisError:
-            return None
-        copies.put_many(keys, replies, epoch)
-        return replies
 
     def session(self, environ: dict) -> dict | None:
         """The session Flask would open for this request, if handling it would not change
