@@ -163,7 +163,9 @@ def test_conditional_requests_answered_by_the_portal(site):
 def test_storage_is_not_reachable_from_outside(site):
     key = hashlib.sha256(site.secret).hexdigest()
     for path in (f"/_protected/{key[:2]}/{key[2:4]}/{key}", f"/_protected/{key[:2]}/",
-                 "/_protected/", f"/_protected/../objects/{key[:2]}/{key[2:4]}/{key}"):
+                 "/_protected/", f"/_protected/../objects/{key[:2]}/{key[2:4]}/{key}",
+                 f"/_portal/objects/{key[:2]}/{key[2:4]}/{key}.pdf", "/_portal/grant",
+                 f"/_portal/grant/files/{site.secret_id}/download", "/_portal/"):
         status, _, body = request(site.nginx, "GET", path)
         assert status == 404, path
         assert site.secret not in body
