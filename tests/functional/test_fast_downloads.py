@@ -12,7 +12,6 @@ copies on) and in bench/run_download_bench.py.
 
 from __future__ import annotations
 
-import io
 import time
 
 import pytest
@@ -22,11 +21,9 @@ from flask_login.utils import _create_identifier
 from portal.analytics.recorder import recorder
 from portal.download.fast import _identifier
 from portal.extensions import db
-from portal.files import add_version
 from portal.models import DownloadEvent, File, User
-from portal.storage import get_storage
 from tests.conftest import csrf_from
-from tests.functional.test_local_copies import wait_until
+from tests.functional.test_local_copies import add_file, wait_until
 
 DATA = bytes(range(256)) * 256  # 64 KiB
 
@@ -73,14 +70,6 @@ def view(make_app):
     return make_app(FAST_DOWNLOADS=False)
 
 
-def add(app, data: bytes, *, filename: str, access: str) -> int:
-    with app.app_context():
-        version = add_version(db.session, get_storage(), io.BytesIO(data), filename=filename,
-                              title=filename, access=access)
-        db.session.commit()
-        return version.file_id
-
-
 def signed_in(app, username: str | None):
     """A test client with the stand-in sendfile, signed in as ``username`` (None: anonymous)."""
     client = Client(app, app.response_class, use_cookies=True)
@@ -118,11 +107,11 @@ def warm(app, client, url: str) -> None:
 def world(app, view, make_user):
     make_user("amy", groups=["CS"])
     files = {
-        "login": add(app, DATA, filename="高等数学 期末复习.pdf", access="login"),
-        "group": add(app, DATA[:1000], filename="notes.txt", access="group:CS"),
-        "public_html": add(app, b"<script>alert(1)</script>", filename="page.html",
-                           access="public"),
-        "other_group": add(app, DATA[:10], filename="x.bin", access="group:EE"),
+        "login": add_file(app, DATA, "login", filename="高等数学 期末复习.pdf"),
+        "group": add_file(app, DATA[:1000], "group:CS", filename="notes.txt"),
+        "public_html": add_file(app, b"<script>alert(1)</script>", "public",
+                                filename="page.html"),
+        "other_group": add_file(app, DATA[:10], "group:EE", filename="x.bin"),
     }
     return files
 
@@ -234,7 +223,7 @@ def test_a_disabled_user_or_a_changed_rule_stops_the_fast_path(app, view, world)
 def test_an_expired_session_cookie_is_not_served(make_app, make_user):
     app = make_app(PERMANENT_SESSION_LIFETIME=2)
     make_user("amy")
-    url = f"/files/{add(app, DATA, filename='a.bin', access='login')}/download"
+    url = f"/files/{add_file(app, DATA, 'login', filename='a.bin')}/download"
     client = signed_in(app, "amy")
     warm(app, client, url)
     before = fast_count(app)

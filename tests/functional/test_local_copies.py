@@ -38,10 +38,10 @@ def r(redis_url):
     client.close()
 
 
-def add_file(app, data: bytes, access: str = "login") -> int:
+def add_file(app, data: bytes, access: str = "login", *, filename: str = "n.bin") -> int:
     with app.app_context():
-        version = add_version(db.session, get_storage(), io.BytesIO(data), filename="n.bin",
-                              title="Notes", access=access)
+        version = add_version(db.session, get_storage(), io.BytesIO(data), filename=filename,
+                              title=filename, access=access)
         db.session.commit()
         return version.file_id
 
