@@ -26,6 +26,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from functools import lru_cache
 
 Interval = tuple[int, int]  # half-open [start, stop)
 
@@ -55,12 +56,17 @@ def format_ranges(ranges: Iterable[Interval]) -> str:
 
 def parse_ranges(text: str) -> list[Interval]:
     """The inverse of format_ranges; malformed parts are skipped."""
+    return list(_parse_ranges(text or ""))
+
+
+@lru_cache(maxsize=1024)  # a batch repeats the same few texts ("0-65535") thousands of times
+def _parse_ranges(text: str) -> tuple[Interval, ...]:
     out = []
-    for part in (text or "").split(","):
+    for part in text.split(","):
         first, sep, last = part.strip().partition("-")
         if sep and first.isdigit() and last.isdigit() and int(last) >= int(first):
             out.append((int(first), int(last) + 1))
-    return out
+    return tuple(out)
 
 
 def union(intervals: Iterable[Interval]) -> list[Interval]:
