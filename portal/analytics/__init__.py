@@ -27,6 +27,9 @@ DEFAULTS = {
     # Who reads that log: "workers" (each web node's background flusher) or "external" (a
     # `flask analytics flush --follow` of its own on the node, e.g. at a lower CPU priority).
     "ANALYTICS_NGINX_IMPORT": "workers",
+    # The share of the time the workers' import may take while it is behind (a peak): the
+    # rest goes to serving, and the import catches up after the peak.
+    "ANALYTICS_NGINX_IMPORT_SHARE": 0.25,
     "ANALYTICS_RETENTION_DAYS": 90,  # raw download events
     "ANALYTICS_LOGICAL_RETENTION_DAYS": 730,  # logical downloads
     "ANALYTICS_HOURLY_RETENTION_DAYS": 400,  # hourly rollups (daily ones are kept)
@@ -49,6 +52,16 @@ def init_app(app: Flask) -> None:
 
         raise ConfigError("PORTAL_ANALYTICS_NGINX_IMPORT must be 'workers' or 'external', "
                           f"not {app.config['ANALYTICS_NGINX_IMPORT']!r}")
+    share = app.config["ANALYTICS_NGINX_IMPORT_SHARE"]
+    try:
+        valid = 0 < float(share) <= 1
+    except (TypeError, ValueError):
+        valid = False
+    if not valid:
+        from ..config import ConfigError
+
+        raise ConfigError("PORTAL_ANALYTICS_NGINX_IMPORT_SHARE must be a number above 0 and "
+                          f"at most 1, not {share!r}")
     app.extensions["portal_analytics"] = Recorder(app)
     app.register_blueprint(pages_bp)
     app.register_blueprint(api_bp)

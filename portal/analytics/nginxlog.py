@@ -134,9 +134,9 @@ def _read_from(path: Path, offset: int, limit: int) -> tuple[list[bytes], int, b
     return lines, offset + end, more
 
 
-#: Bytes read per call of read_new (about 4,000 lines): bounds the memory of a reader
-#: that has fallen behind, and how long one batch keeps a worker busy.
-READ_LIMIT = 1 << 20
+#: Bytes read per call of read_new (about 1,000 lines): bounds the memory of a reader
+#: that has fallen behind, and how long one batch keeps a worker busy (about 50 ms).
+READ_LIMIT = 1 << 18
 
 
 def read_new(path: Path, state: dict, limit: int = READ_LIMIT

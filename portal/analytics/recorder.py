@@ -52,7 +52,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from .. import cache
 from ..download.http import RangeOutcome, select_ranges
 from ..extensions import db
-from . import clients, logical, materialise, nginxlog
+from . import clients, logical, materialise, nginxlog, pacing
 from .journal import Journal, dead_journals
 
 log = logging.getLogger(__name__)
@@ -89,7 +89,7 @@ def new_event_key() -> str:
 
 #: Steps of nginxlog.READ_LIMIT bytes one flush reads at most (a reader that has fallen far
 #: behind catches up over several flushes).
-NGINX_STEPS = 16
+NGINX_STEPS = 64
 
 
 class Recorder:
@@ -237,13 +237,16 @@ class Recorder:
 
     # -- flushing -------------------------------------------------------------------------
 
-    def flush(self, *, max_batches: int | None = None, nginx: bool | None = None) -> int:
+    def flush(self, *, max_batches: int | None = None, nginx: bool | None = None,
+              paced: bool = False) -> int:
         """Move buffered events, nginx's new log lines, then the orphans of dead workers, to
         SQL; returns the number of new events.
 
         The stream and the log are left alone while another process holds the flush lock.
         ``nginx`` says whether to read nginx's log (ANALYTICS_NGINX_LOG); by default only
-        when ANALYTICS_NGINX_IMPORT is "workers".
+        when ANALYTICS_NGINX_IMPORT is "workers". ``paced`` (the web workers' background
+        flusher) keeps that import to ANALYTICS_NGINX_IMPORT_SHARE of the time while it is
+        behind.
         """
         if nginx is None:
             nginx = self.config["ANALYTICS_NGINX_IMPORT"] == "workers"
@@ -261,7 +264,7 @@ class Recorder:
                 if locked:
                     written += self._flush_stream(r, max_batches)
                     if nginx and self.config.get("ANALYTICS_NGINX_LOG"):
-                        written += self._flush_nginx(r)
+                        written += self._flush_nginx(r, paced)
                 written += self._flush_orphans()
         finally:
             self.last_flush = time.monotonic()
@@ -293,17 +296,24 @@ class Recorder:
             log.exception("analytics flush failed; the events stay buffered")
         return written
 
-    def _flush_nginx(self, r: redis.Redis) -> int:
+    def _flush_nginx(self, r: redis.Redis, paced: bool = False) -> int:
         """Join the x-accel events held back for nginx to the lines its log added since the
         last flush (nginxlog.py), and store them with the bytes nginx sent; an event whose
         line has not come in ANALYTICS_NGINX_WAIT_SECONDS is stored with its planned bytes
-        (bytes_sent = -1), as without the log."""
+        (bytes_sent = -1), as without the log (but not while the reader is behind: the
+        line may be in what it has not read yet).
+
+        Paced, a step is followed by a pause while the CPUs are busy, so that the import
+        works at most ANALYTICS_NGINX_IMPORT_SHARE of the time at a peak (pacing.py)."""
+        pacer = pacing.Pacer(float(self.config["ANALYTICS_NGINX_IMPORT_SHARE"])
+                             if paced else 1.0)
         try:
             path = str(self.config["ANALYTICS_NGINX_LOG"])
             state_key = cache.analytics_nginx_state_key(socket.gethostname(), path)
             state = {k.decode(): int(v) for k, v in r.hgetall(state_key).items()}
             written = 0
             for _ in range(NGINX_STEPS):
+                began = time.monotonic()
                 lines, state, more = nginxlog.read_new(Path(path), state)
                 sent = [line for line in lines if isinstance(line, nginxlog.Sent)]
                 if sent:  # kept in Redis before the offset moves past them
@@ -320,7 +330,8 @@ class Recorder:
                 if not more:
                     break
                 r.pexpire(cache.ANALYTICS_FLUSH_LOCK, cache.ANALYTICS_FLUSH_LOCK_MS)
-                time.sleep(0)  # a gevent worker serves its other greenlets between steps
+                # a gevent worker serves its other greenlets meanwhile (at least a yield)
+                time.sleep(pacer.pause(time.monotonic() - began))
             waiting = r.hgetall(cache.ANALYTICS_NGINX_WAITING)
             known = r.hgetall(cache.ANALYTICS_NGINX_SENT)
             wait = float(self.config["ANALYTICS_NGINX_WAIT_SECONDS"])
@@ -333,12 +344,12 @@ class Recorder:
                     status, nbytes, ended = json.loads(line)
                     row.update(status=status, bytes_sent=nbytes,
                                ended_at=datetime.fromisoformat(ended))
-                elif (now - row["started_at"]).total_seconds() <= wait:
+                elif more or (now - row["started_at"]).total_seconds() <= wait:
                     continue
                 rows.append(row)
                 done.append(key)
             # lines of events that are not waiting (stored already): forgotten after the wait
-            stale = [key for key, line in known.items() if key not in waiting
+            stale = [key for key, line in known.items() if not more and key not in waiting
                      and (now - datetime.fromisoformat(json.loads(line)[2])).total_seconds()
                      > wait]
             written += self._store(rows) if rows else 0
@@ -409,7 +420,7 @@ class Recorder:
             if self._stopping:
                 break
             try:
-                self.flush()
+                self.flush(paced=True)
             except Exception:  # never let the flusher die
                 log.exception("analytics flusher")
 

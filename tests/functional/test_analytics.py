@@ -5,6 +5,8 @@ import json
 import signal
 import subprocess
 import sys
+import time
+import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -13,7 +15,7 @@ import redis
 from sqlalchemy import func, inspect, select
 
 from portal import cache
-from portal.analytics import materialise
+from portal.analytics import materialise, nginxlog, pacing
 from portal.analytics import recorder as recorder_module
 from portal.analytics.models import LogicalDownload, Rollup
 from portal.analytics.recorder import recorder
@@ -555,3 +557,61 @@ def test_granted_downloads_are_recorded_once_by_whoever_reads_the_log(make_app, 
     app.extensions["portal_redis"].flushdb()
     assert rec.flush(nginx=True) == 0 and len(events(app)) == 1
     assert_rollups_match_raw(app)
+
+
+def test_a_reader_behind_keeps_waiting_and_a_paced_one_pauses(make_app, tmp_path,
+                                                               monkeypatch):
+    """A waiting event is not given up while the reader is behind (its line may be in what
+    is still unread); while the CPUs are busy the workers' paced import pauses
+    (1 / share - 1) times each step's work (share 0.25: three times); the CLI's import does
+    not pause (tests/unit/test_pacing.py: nor the paced one while a CPU is idle)."""
+    log = tmp_path / "portal_events.log"
+    app = make_app(SENDFILE="x-accel", ANALYTICS_NGINX_LOG=str(log),
+                   ANALYTICS_NGINX_WAIT_SECONDS=0, ANALYTICS_NGINX_IMPORT_SHARE=0.25)
+    file_id = add(app)
+    with app.app_context():
+        version_id = db.session.get(File, file_id).latest.id
+    resp = app.test_client().get(f"/files/{file_id}/download")
+    key = resp.headers["X-Portal-Event"]
+    filler = "".join(grant_line(file_id, version_id, uuid.uuid4().hex) for _ in range(4500))
+    log.write_text(filler + json.dumps({"event": key, "status": 200, "bytes": 7,
+                                        "time": "2026-11-30T02:00:01+00:00"}) + "\n")
+    assert len(filler) > 3 * nginxlog.READ_LIMIT  # four steps at least
+
+    busy = tmp_path / "stat"  # CPU counters that do not move: no idle time seen, busy
+    busy.write_text("cpu  100 0 100 0 0 0 0 0 0 0\n")
+    monkeypatch.setattr(pacing, "PROC_STAT", str(busy))
+    pauses = []  # (when asked, how long)
+    monkeypatch.setattr(recorder_module.time, "sleep",
+                        lambda s: pauses.append((time.monotonic(), s)))
+    monkeypatch.setattr(recorder_module, "NGINX_STEPS", 1)
+    rec = recorder(app)
+    assert rec.flush(nginx=True, paced=True) > 0  # one step, behind: the event waits
+    assert key not in {e.event_key for e in events(app)}
+    began = time.monotonic()
+    monkeypatch.setattr(recorder_module, "NGINX_STEPS", 64)
+    pauses.clear()
+    rec.flush(nginx=True, paced=True)
+    assert len(pauses) >= 2
+    last = began
+    for when, pause in pauses:  # each pause is 3x the step before it (sleep did not sleep)
+        assert 2.5 * (when - last) <= pause <= 3.0 * (when - last)
+        last = when
+    assert [e.bytes_sent for e in events(app) if e.event_key == key] == [7]  # its real bytes
+    assert len(events(app)) == 4501
+
+
+    # the CLI's import (external, or a one-off flush) works flat out: yields only
+    app.extensions["portal_redis"].flushdb()  # forget the offset: read it all again
+    pauses.clear()
+    rec.flush(nginx=True)
+    assert pauses and all(pause == 0 for _, pause in pauses)
+
+
+def test_the_import_share_is_checked(config):
+    from portal import create_app
+    from portal.config import ConfigError
+
+    for bad in (0, 1.5, "lots"):
+        with pytest.raises(ConfigError, match="IMPORT_SHARE"):
+            create_app({**config, "ANALYTICS_NGINX_IMPORT_SHARE": bad})
