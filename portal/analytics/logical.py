@@ -80,6 +80,13 @@ def union(intervals: Iterable[Interval]) -> list[Interval]:
     return [(a, b) for a, b in merged]
 
 
+def within(intervals: Iterable[Interval], merged: list[Interval]) -> bool:
+    """Whether every interval lies inside one interval of ``merged`` (a union): then adding
+    them changes nothing (the usual case of a download repeated in full)."""
+    return all(any(a <= start and stop <= b for a, b in merged)
+               for start, stop in intervals if stop > start)
+
+
 def covered(intervals: Iterable[Interval]) -> int:
     """Bytes in the union."""
     return sum(b - a for a, b in union(intervals))
@@ -226,7 +233,8 @@ def apply(session: Session | None, event: Event, rules: Rules) -> Change:
                           size=event.size, started_at=event.started_at, last_at=event.last_at,
                           user_id=event.user_id, ua_class=event.ua_class)
     got = event_delivered(event)
-    session.ranges = union([*session.ranges, *got])
+    if not within(got, session.ranges):
+        session.ranges = union([*session.ranges, *got])
     session.events += 1
     session.started_at = min(session.started_at, event.started_at)
     session.last_at = max(session.last_at, event.last_at)

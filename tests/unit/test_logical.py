@@ -121,6 +121,16 @@ def test_union_is_sorted_disjoint_and_covers_exactly(raw):
     assert logical.covered(intervals) == len(points)
 
 
+INTERVALS = st.lists(st.tuples(st.integers(0, 100), st.integers(0, 100)), max_size=8).map(
+    lambda raw: [(min(a, b), max(a, b)) for a, b in raw])
+
+
+@given(INTERVALS, INTERVALS)
+def test_within_says_exactly_when_adding_changes_nothing(old, new):
+    merged = logical.union(old)
+    assert logical.within(new, merged) == (logical.union([*merged, *new]) == merged)
+
+
 @given(st.lists(st.tuples(st.integers(0, 10**9), st.integers(1, 10**6)), max_size=10))
 def test_format_parse_round_trip(raw):
     ranges = [(a, a + n) for a, n in raw]
