@@ -814,10 +814,6 @@ def compare_label(args: argparse.Namespace) -> str:
     return "gthread 2×8" if args.compare_worker == "gthread" else "sync ×2"
 
 
-#: Pairs of (nginx direct, portal) runs for c; the pair with the median ratio is reported.
-XACCEL_ROUNDS = 3
-
-
 @contextlib.contextmanager
 def frozen(*servers: Server):
     """Stop these servers' process groups (SIGSTOP) for the duration, so that a baseline
@@ -846,7 +842,7 @@ def xaccel_phase(run: Run, args: argparse.Namespace, inst: Instance, auth: dict,
 
     This machine's speed drifts by up to 2× within minutes, so each portal run comes right
     after a baseline run of its own, with the portal frozen meanwhile; c is measured
-    XACCEL_ROUNDS times and the pair with the median ratio reported (all runs are listed).
+    ``--rounds`` times and the pair with the median ratio reported (all runs are listed).
     """
     out: dict = {"config": "", "error": "", "portal": None, "base": None, "portal4": None,
                  "base4": None, "external": None, "base_external": None, "rounds": [],
@@ -867,14 +863,14 @@ def xaccel_phase(run: Run, args: argparse.Namespace, inst: Instance, auth: dict,
             if problem:
                 raise BenchError(f"x-accel answers wrongly, not measured: {problem}")
             quiet_cpus()
-            for i in range(1, XACCEL_ROUNDS + 1):
+            for i in range(1, args.rounds + 1):
                 with frozen(xportal):
                     base = wrk(args, f"nginx direct 64 KiB (round {i})", direct, {})
                 out["rounds"].append((base, wrk(
                     args, f"portal x-accel via nginx 64 KiB (round {i})",
                     f"http://127.0.0.1:{port}{path}", auth)))
             out["base"], out["portal"] = sorted(
-                out["rounds"], key=lambda pair: pair[1].rps / pair[0].rps)[XACCEL_ROUNDS // 2]
+                out["rounds"], key=lambda pair: pair[1].rps / pair[0].rps)[args.rounds // 2]
             if not check_body("x-accel 4m", port, big_path, auth, 200, inst.big):
                 with frozen(xportal):
                     out["base4"] = wrk(args, "nginx direct 4 MiB", direct4, {})
@@ -892,7 +888,7 @@ def xaccel_phase(run: Run, args: argparse.Namespace, inst: Instance, auth: dict,
                 out["base_external"] = wrk(args, "nginx direct 64 KiB (before c″)", direct, {})
             out["external"] = wrk(args, "portal x-accel, log read by a niced importer",
                                   f"http://127.0.0.1:{port}{path}", auth)
-            out["drain_external"] = drain(inst, events_log)
+            out["drain_external"] = drain(inst, events_log, out["drain"])
             run.stop(importer)
     except BenchError as exc:
         out["error"] = str(exc).splitlines()[0]
@@ -971,9 +967,11 @@ def cpu_idle(seconds: float) -> float:
     return (idle1 - idle0) / max(1, total1 - total0)
 
 
-def drain(inst: Instance, events_log: Path, timeout: float = 300) -> dict:
+def drain(inst: Instance, events_log: Path, before: dict | None = None,
+          timeout: float = 300) -> dict:
     """Wait until every download nginx logged is an event in the database; how long that
-    took after the load stopped, and the counts."""
+    took after the load stopped, and the counts (those after ``before``, an earlier
+    drain's result: the phases share the log and the database)."""
     from sqlalchemy import create_engine, text
 
     engine = create_engine(inst.env["PORTAL_DATABASE_URL"])
@@ -996,8 +994,10 @@ def drain(inst: Instance, events_log: Path, timeout: float = 300) -> dict:
                 break
     finally:
         engine.dispose()
-    result = {"logged": logged, "stored": stored, "seconds": waited}
-    print(f"  importer: {stored:,} of {logged:,} logged downloads recorded "
+    result = {"logged": logged - (before or {}).get("logged_total", 0),
+              "stored": stored - (before or {}).get("stored_total", 0), "seconds": waited,
+              "logged_total": logged, "stored_total": stored}
+    print(f"  importer: {result['stored']:,} of {result['logged']:,} logged downloads recorded "
           f"{waited:.1f} s after the load stopped", flush=True)
     return result
 
@@ -1238,12 +1238,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--wait-idle", type=int, default=0, metavar="SECONDS",
                    help="first wait up to this long for the 1-minute load average to drop "
                         "below 1.5 (other processes skew every number)")
+    p.add_argument("--rounds", type=int, default=3,
+                   help="paired (nginx direct, portal) rounds of c; the median is reported")
     p.add_argument("--only-xaccel", action="store_true",
                    help="only c, c′ and c″ (x-accel behind nginx), no doc")
     p.add_argument("--keep-tmp", action="store_true", help="keep the temp folder (logs)")
     p.add_argument("--quick", action="store_true",
                    help="smoke run: 3 s wrk, 200 slow clients for 15 s, 1 GiB, no doc")
     args = p.parse_args(argv)
+    if args.rounds < 1:
+        p.error("--rounds must be at least 1")
     if args.only_xaccel:
         args.no_doc = True
     if args.quick:

@@ -29,7 +29,7 @@ DEFAULTS = {
     "ANALYTICS_NGINX_IMPORT": "workers",
     # The share of the time the workers' import may take while it is behind (a peak): the
     # rest goes to serving, and the import catches up after the peak.
-    "ANALYTICS_NGINX_IMPORT_SHARE": 0.25,
+    "ANALYTICS_NGINX_IMPORT_SHARE": 0.1,
     "ANALYTICS_RETENTION_DAYS": 90,  # raw download events
     "ANALYTICS_LOGICAL_RETENTION_DAYS": 730,  # logical downloads
     "ANALYTICS_HOURLY_RETENTION_DAYS": 400,  # hourly rollups (daily ones are kept)

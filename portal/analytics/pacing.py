@@ -17,6 +17,9 @@ import os
 
 #: The kernel's CPU time counters (Linux); elsewhere the CPUs always count as busy.
 PROC_STAT = "/proc/stat"
+#: The longest pause: a step that took unusually long (a slow database, a stopped process)
+#: must not park the import for minutes.
+MAX_PAUSE = 2.0
 
 
 def cpu_times(path: str | None = None) -> tuple[int, int] | None:
@@ -52,4 +55,4 @@ class Pacer:
         """Seconds to pause after a step that took ``worked`` seconds."""
         if self.share >= 1 or not self.busy():
             return 0.0
-        return worked * (1 / self.share - 1)
+        return min(MAX_PAUSE, worked * (1 / self.share - 1))

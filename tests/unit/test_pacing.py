@@ -23,6 +23,8 @@ def test_pauses_only_while_the_cpus_are_busy(tmp_path, monkeypatch):
     assert pacer.pause(0.1) == 0.1 * 3
     counters(stat, idle=1064, other=1236)  # 24 %
     assert pacer.pause(0.02) == 0.02 * 3
+    counters(stat, idle=1064, other=1336)
+    assert pacer.pause(60.0) == pacing.MAX_PAUSE  # a step held up: not minutes of pause
 
 
 def test_full_share_never_pauses_and_no_counters_means_busy(tmp_path, monkeypatch):
