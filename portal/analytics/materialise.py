@@ -498,15 +498,19 @@ def insert_new_events(conn: Connection, rows: list[dict]) -> list[dict]:
     writer at a time anyway), so no other writer can add a key in between."""
     table = DownloadEvent.__table__
     fresh: dict[str, dict] = {}
+    unkeyed = []  # an event without a key cannot be recognised: always new (as before)
     for row in rows:
-        fresh.setdefault(row["event_key"], row)  # a key twice in one batch: the first wins
+        if row.get("event_key") is None:
+            unkeyed.append(row)
+        else:
+            fresh.setdefault(row["event_key"], row)  # a key twice in a batch: the first wins
     keys = list(fresh)
     for start in range(0, len(keys), 1000):
         for key in conn.execute(select(table.c.event_key)
                                 .where(table.c.event_key.in_(keys[start:start + 1000])))\
                 .scalars():
             del fresh[key]
-    new = list(fresh.values())
+    new = [*fresh.values(), *unkeyed]
     if new:
         sql, processors = _event_insert(conn.dialect)
         conn.exec_driver_sql(sql, [

@@ -98,6 +98,15 @@ def test_events_are_buffered_then_flushed_once(app, client):
         [logical] = db.session.scalars(select(LogicalDownload)).all()
         assert logical.counted and logical.completed and logical.events == 4
     assert_rollups_match_raw(app)
+    # a batch holding a stored key, a new key twice and an event without a key: the new
+    # key is written once, the keyless event always (nothing could recognise it)
+    fresh = {k: v for k, v in rows[0].items() if k != "id"}
+    batch = [rows[1], {**fresh, "event_key": "f" * 32}, {**fresh, "event_key": "f" * 32},
+             {**fresh, "event_key": None}]
+    with app.app_context(), db.engine.begin() as conn:
+        assert materialise.store(conn, batch, settings(app)) == 2
+    assert count(app, DownloadEvent) == 6
+    assert_rollups_match_raw(app)
 
 
 def test_flush_lock_lets_one_process_flush(app, client):
