@@ -364,7 +364,7 @@ def postgres_database(run: Run, admin_url: str) -> str:
     """A new, empty PostgreSQL database for this run, dropped again by Run.close."""
     import psycopg
 
-    name = f"portal_bench_{os.getpid()}_{int(time.time())}"
+    name = f"portal_bench_{os.getpid()}_{int(time.time())}_{os.urandom(3).hex()}"
     with psycopg.connect(admin_url, autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{name}"')
 
