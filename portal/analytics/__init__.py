@@ -40,6 +40,7 @@ DEFAULTS = {
 
 def init_app(app: Flask) -> None:
     """Settings, the recorder, the page and API blueprints, the ``analytics`` commands."""
+    from ..config import ConfigError
     from . import models  # noqa: F401  (the tables belong to db.metadata)
     from .cli import analytics_cli
     from .recorder import Recorder
@@ -48,8 +49,6 @@ def init_app(app: Flask) -> None:
     for key, value in DEFAULTS.items():
         app.config.setdefault(key, value)
     if app.config["ANALYTICS_NGINX_IMPORT"] not in ("workers", "external"):
-        from ..config import ConfigError
-
         raise ConfigError("PORTAL_ANALYTICS_NGINX_IMPORT must be 'workers' or 'external', "
                           f"not {app.config['ANALYTICS_NGINX_IMPORT']!r}")
     share = app.config["ANALYTICS_NGINX_IMPORT_SHARE"]
@@ -58,8 +57,6 @@ def init_app(app: Flask) -> None:
     except (TypeError, ValueError):
         valid = False
     if not valid:
-        from ..config import ConfigError
-
         raise ConfigError("PORTAL_ANALYTICS_NGINX_IMPORT_SHARE must be a number above 0 and "
                           f"at most 1, not {share!r}")
     app.extensions["portal_analytics"] = Recorder(app)
