@@ -492,11 +492,13 @@ def stored_file_users(conn: Connection) -> tuple[set, set]:
 def insert_new_events(conn: Connection, rows: list[dict]) -> list[dict]:
     """Insert the events not stored yet; return those (the others were flushed before).
 
-    The stored keys are looked up first and the rest inserted by a plain executemany:
-    several times cheaper per row than INSERT ... ON CONFLICT DO NOTHING RETURNING, and
-    safe because ``store`` holds the writers' lock (``serialise_writers``; SQLite has one
-    writer at a time anyway), so no other writer can add a key in between."""
-    table = DownloadEvent.__table__
+    One executemany of INSERT ... ON CONFLICT (event_key) DO NOTHING through the driver:
+    the unique index decides, whatever the planner knows of the table (a lookup of the
+    stored keys first was fast on SQLite but, on a PostgreSQL table grown faster than its
+    statistics, a sequential scan per batch). When fewer rows were written than given (a
+    batch read twice), the new ones are those with an id above the largest before: under
+    the writers' lock (``serialise_writers``; SQLite has one writer) nothing else writes
+    events meanwhile."""
     fresh: dict[str, dict] = {}
     unkeyed = []  # an event without a key cannot be recognised: always new (as before)
     for row in rows:
@@ -504,32 +506,34 @@ def insert_new_events(conn: Connection, rows: list[dict]) -> list[dict]:
             unkeyed.append(row)
         else:
             fresh.setdefault(row["event_key"], row)  # a key twice in a batch: the first wins
-    keys = list(fresh)
-    for start in range(0, len(keys), 1000):
-        for key in conn.execute(select(table.c.event_key)
-                                .where(table.c.event_key.in_(keys[start:start + 1000])))\
-                .scalars():
-            del fresh[key]
     new = [*fresh.values(), *unkeyed]
-    if new:
-        sql, processors = _event_insert(conn.dialect)
-        conn.exec_driver_sql(sql, [
-            tuple(row.get(c) if p is None else p(row.get(c)) for c, p in processors)
-            for row in new])
-    return new
+    if not new:
+        return []
+    table = DownloadEvent.__table__
+    before = conn.execute(select(func.max(table.c.id))).scalar() or 0
+    sql, processors = _event_insert(conn.dialect)
+    written = conn.exec_driver_sql(sql, [
+        tuple(row.get(c) if p is None else p(row.get(c)) for c, p in processors)
+        for row in new]).rowcount
+    if written == len(new):
+        return new
+    stored = set(conn.execute(select(table.c.event_key).where(table.c.id > before)).scalars())
+    return [row for row in new if row.get("event_key") is None or row["event_key"] in stored]
 
 
 @lru_cache(maxsize=4)
 def _event_insert(dialect) -> tuple[str, list]:
-    """The driver's own INSERT of an event row, and each column's bind processor.
+    """The driver's own INSERT of an event row (none when its key is stored), and each
+    column's bind processor.
 
     Why not ``conn.execute(table.insert(), rows)``: SQLAlchemy's per-row parameter
-    handling was a third of the cost of importing nginx's lines at peak load (py-spy);
+    handling was a third of the cost of importing nginx's lines at peak load (cProfile);
     the values are prepared here once with the same processors, then executemany."""
     table = DownloadEvent.__table__
     mark = "%s" if dialect.paramstyle in ("pyformat", "format") else "?"
     sql = (f"INSERT INTO {table.name} ({', '.join(EVENT_COLUMNS)}) "
-           f"VALUES ({', '.join(mark for _ in EVENT_COLUMNS)})")
+           f"VALUES ({', '.join(mark for _ in EVENT_COLUMNS)}) "
+           "ON CONFLICT (event_key) DO NOTHING")
     return sql, [(c, table.c[c].type.bind_processor(dialect)) for c in EVENT_COLUMNS]
 
 
