@@ -14,16 +14,16 @@ def test_pauses_only_while_the_cpus_are_busy(tmp_path, monkeypatch):
     stat = tmp_path / "stat"
     monkeypatch.setattr(pacing, "PROC_STAT", str(stat))
     counters(stat, idle=1000, other=1000)
-    pacer = pacing.Pacer(0.25, cpus=2)  # busy: less than a quarter of all CPU time idle
-    counters(stat, idle=1010, other=1090)  # 10 % idle
+    pacer = pacing.Pacer(0.25, cpus=2)  # busy: less than an eighth of all CPU time idle
+    counters(stat, idle=1005, other=1095)  # 5 % idle
     assert pacer.pause(0.05) == 0.05 * 3
-    counters(stat, idle=1040, other=1160)  # 30 % idle (more than half of one CPU of two)
+    counters(stat, idle=1020, other=1180)  # 15 % idle (more than a quarter of one CPU of two)
     assert pacer.pause(0.05) == 0
-    counters(stat, idle=1040, other=1160)  # no time passed: unknown, counts as busy
+    counters(stat, idle=1020, other=1180)  # no time passed: unknown, counts as busy
     assert pacer.pause(0.1) == 0.1 * 3
-    counters(stat, idle=1064, other=1236)  # 24 %
+    counters(stat, idle=1032, other=1268)  # 12 %
     assert pacer.pause(0.02) == 0.02 * 3
-    counters(stat, idle=1064, other=1336)
+    counters(stat, idle=1032, other=1368)
     assert pacer.pause(60.0) == pacing.MAX_PAUSE  # a step held up: not minutes of pause
 
 
