@@ -8,8 +8,10 @@ ANALYTICS_NGINX_IMPORT_SHARE of the time; when at least a quarter of a CPU was i
 meanwhile the CPUs are not saturated, it takes nothing from serving and goes on at once, so
 it catches up at full speed after the peak. (Half a CPU was too strict: on PostgreSQL the
 import's own work, the worker plus the database server, leaves less than that idle on two
-CPUs, and the import then crawled at its peak pace long after the peak.) Why by hand: the busy test is two readings of /proc/stat's first line; no library
-here paces a loop by the machine's idle time (``nice`` needs a process of its own: that is
+CPUs, and the import then crawled at its peak pace long after the peak.)
+
+Why by hand: the busy test is two readings of /proc/stat's first line; no library here
+paces a loop by the machine's idle time (``nice`` needs a process of its own: that is
 ANALYTICS_NGINX_IMPORT=external).
 """
 
