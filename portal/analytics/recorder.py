@@ -299,7 +299,7 @@ class Recorder:
             log.exception("analytics flush failed; the events stay buffered")
         return written
 
-    def _flush_nginx(self, r: redis.Redis, paced: bool = False) -> int:
+    def _flush_nginx(self, r: redis.Redis, paced: bool) -> int:
         """Join the x-accel events held back for nginx to the lines its log added since the
         last flush (nginxlog.py), and store them with the bytes nginx sent; an event whose
         line has not come in ANALYTICS_NGINX_WAIT_SECONDS is stored with its planned bytes
