@@ -23,7 +23,10 @@ from itertools import chain
 import redis
 from flask import current_app, g, has_app_context
 from sqlalchemy import event
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
+
+from .coherence import Coherence, coherence, record_changes
 
 log = logging.getLogger(__name__)
 
@@ -54,58 +57,47 @@ def status() -> str:
     return "ok"
 
 
-def _revoked_key(nonce: str) -> str:
-    return f"portal:link:revoked:{nonce}"
-
-
-def revoke_link(nonce: str, ttl: int) -> None:
-    """Deny a signed link until it would have expired anyway (raises RedisError when down);
-    workers holding a copy of its (absent) entry drop it (LocalCopies)."""
-    key = _revoked_key(nonce)
-    _drop_local_copies([key])
-    pipe = client().pipeline(transaction=False)
-    pipe.set(key, 1, ex=max(1, ttl))
-    pipe.publish(_invalidation_channel(), key)
-    pipe.execute()
-
-
-def link_revoked(nonce: str) -> bool:
-    """True when the link is on the deny-list; False when Redis cannot tell (it is down)."""
-    raw = _prefetched("revoked", nonce)
-    if raw is _DOWN:
-        log.warning("redis down: signed-link deny-list not checked")
-        return False
-    if raw is not _NOT_FETCHED:
-        return raw is not None
-    try:
-        return bool(client().exists(_revoked_key(nonce)))
-    except redis.RedisError:
-        log.warning("redis down: signed-link deny-list not checked")
-        return False
+def namespace() -> str | None:
+    """The current app's key prefix, ``portal:<database identity>:``; None while the
+    database's identity is unknown (then nothing is cached)."""
+    return coherence(current_app).prefix
 
 
 # --- Analytics buffer (portal/analytics/recorder.py) ----------------------------------------
-#: Finished responses waiting for the flusher (one JSON entry each, XADD / XRANGE / XDEL).
-ANALYTICS_STREAM = "portal:analytics:events"
-#: Held (SET NX PX) by the one process that flushes at a time.
-ANALYTICS_FLUSH_LOCK = "portal:analytics:flush-lock"
 ANALYTICS_FLUSH_LOCK_MS = 60_000
-#: x-accel downloads waiting for nginx's log line (ANALYTICS_NGINX_LOG): event key -> JSON.
-ANALYTICS_NGINX_WAITING = "portal:analytics:nginx:waiting"
-#: What nginx's log said about an event, until joined to it: event key -> JSON.
-ANALYTICS_NGINX_SENT = "portal:analytics:nginx:sent"
 
 
-def analytics_nginx_state_key(host: str, path: str) -> str:
-    """How far one nginx host's event log has been read: {"inode", "offset"} (each node with
-    its own nginx reads its own file)."""
-    return f"portal:analytics:nginx:state:{host}:{path}"
+@dataclass(frozen=True)
+class AnalyticsKeys:
+    """The recorder's keys in one database's namespace."""
+
+    #: Finished responses waiting for the flusher (one JSON entry each, XADD / XRANGE / XDEL).
+    stream: str
+    #: Held (SET NX PX) by the one process that flushes at a time.
+    flush_lock: str
+    #: x-accel downloads waiting for nginx's log line (ANALYTICS_NGINX_LOG): event key -> JSON.
+    nginx_waiting: str
+    #: What nginx's log said about an event, until joined to it: event key -> JSON.
+    nginx_sent: str
+
+    def nginx_state(self, host: str, path: str) -> str:
+        """How far one nginx host's event log has been read: {"inode", "offset"} (each node
+        with its own nginx reads its own file)."""
+        return f"{self.stream.rsplit(':', 1)[0]}:nginx:state:{host}:{path}"
+
+
+def analytics_keys(prefix: str) -> AnalyticsKeys:
+    """The recorder's keys under this database's prefix (namespace())."""
+    base = f"{prefix}analytics"
+    return AnalyticsKeys(stream=f"{base}:events", flush_lock=f"{base}:flush-lock",
+                         nginx_waiting=f"{base}:nginx:waiting", nginx_sent=f"{base}:nginx:sent")
 
 
 # ---------------------------------------------------------------------------
 # Statistics: cluster-wide counters in one Redis hash, exposed on /metrics
 # ---------------------------------------------------------------------------
 
+#: Shared by every database on this Redis: counters of the cache itself, no fact of a database.
 STATS_KEY = "portal:cache:stats"
 #: Field -> help text; /metrics exposes each as ``portal_cache_<field>_total``.
 STATS_FIELDS = {
@@ -134,26 +126,17 @@ def stats() -> dict[str, int] | None:
     return values
 
 
-def _count(**fields: int) -> None:
-    try:
-        pipe = client().pipeline(transaction=False)
-        for name, amount in fields.items():
-            pipe.hincrby(STATS_KEY, name, amount)
-        pipe.execute()
-    except redis.RedisError:
-        pass
-
-
 # ---------------------------------------------------------------------------
 # Download metadata: file id -> access rule, deletion, owner, newest version
 # ---------------------------------------------------------------------------
 
-#: Bounded staleness should an invalidation ever be lost (Redis unreachable at commit time).
+#: How long Redis keeps an entry; staleness is bounded by coherence.py, not by this.
 META_TTL_DEFAULT = 300
 
 
-def meta_key(file_id: int) -> str:
-    return f"portal:file:{int(file_id)}:meta"
+def meta_key(file_id: int, prefix: str | None = None) -> str:
+    """A file's metadata entry (``prefix``: namespace(), given where there is no app)."""
+    return f"{prefix or namespace()}file:{int(file_id)}:meta"
 
 
 @dataclass(frozen=True)
@@ -212,34 +195,54 @@ def _version_from(data: dict | None) -> VersionSnapshot | None:
     return VersionSnapshot(**{**data, "created_at": datetime.fromisoformat(data["created_at"])})
 
 
-def _dump(snap: tuple[FileSnapshot, VersionSnapshot | None]) -> str:
-    return json.dumps({"file": _plain(snap[0]), "latest": _plain(snap[1])})
+#: A metadata entry saying the file does not exist: kept like any other, so that a missing
+#: id costs what a forbidden one costs (no timing tells which ids exist). Creating the file
+#: changes its subject, which makes the entry stale.
+MISSING = "missing"
 
 
-def _load(raw: bytes) -> tuple[FileSnapshot, VersionSnapshot | None]:
-    data = json.loads(raw)
-    file = data["file"]
-    if file["deleted_at"]:
-        file["deleted_at"] = datetime.fromisoformat(file["deleted_at"])
-    return FileSnapshot(**file), _version_from(data["latest"])
+def _dump(file_id: int, snap: tuple[FileSnapshot, VersionSnapshot | None] | None,
+          stamp: int) -> str:
+    if snap is None:
+        return json.dumps({"file": None, "id": int(file_id), "gen": stamp})
+    return json.dumps({"file": _plain(snap[0]), "latest": _plain(snap[1]), "gen": stamp})
 
 
-def meta_from_reply(raw: bytes | None) -> tuple[FileSnapshot, VersionSnapshot | None] | None:
-    """The snapshots in a metadata entry; None when absent or of an older layout."""
+def meta_from_reply(raw: bytes | None, co: Coherence):
+    """The snapshots in a metadata entry, or MISSING for a cached absence; None when the
+    entry is absent, of an older layout, or stale by the database's change log (co.valid).
+    The caller has checked co.current()."""
     if raw is None:
         return None
     try:
-        return _load(raw)
+        data = json.loads(raw)
+        file_id = data["file"]["id"] if data["file"] is not None else data["id"]
+        if not co.valid(f"file:{int(file_id)}", data["gen"]):
+            return None
+        if data["file"] is None:
+            return MISSING
+        file = data["file"]
+        if file["deleted_at"]:
+            file["deleted_at"] = datetime.fromisoformat(file["deleted_at"])
+        return FileSnapshot(**file), _version_from(data["latest"])
     except (ValueError, KeyError, TypeError):
         return None
 
 
 def file_meta(file_id: int, load: Callable[[], tuple | None]
               ) -> tuple[FileSnapshot, VersionSnapshot | None] | None:
-    """The file's download metadata from Redis, else from ``load()`` (the database), stored
-    for next time. None when the file does not exist (not cached: ids are cheap to guess)."""
+    """The file's download metadata from this worker's copies or Redis when their stamp is
+    still valid (coherence.py), else from ``load()`` (the database), stored for next time.
+    None when the file does not exist (cached too, see MISSING).
+
+    While the database cannot confirm the cache, the database itself is asked; when it
+    cannot answer either, a cached public file is still served and anything else raises
+    the database's error (the error handler answers 503: fail closed)."""
+    co = coherence(current_app)
     if not current_app.config.get("CACHE_METADATA", True):
         return load()
+    if not co.current():
+        return _untrusted_meta(file_id, load)
     key = meta_key(file_id)
     # One round trip for the common case: read the entry and count it as a hit (a miss
     # takes the hit back below, in the round trip that stores the entry anyway). A download
@@ -251,19 +254,21 @@ def file_meta(file_id: int, load: Callable[[], tuple | None]
         return pipe.execute()[0]
 
     raw = _prefetched_or("meta", file_id, fetch)
-    if raw is _DOWN:
-        log.debug("redis down: metadata from the database")
-        return load()
-    found = meta_from_reply(raw)
-    if found is not None:
-        return found
+    if raw is not _DOWN:
+        found = meta_from_reply(raw, co)
+        if found is MISSING:
+            return None
+        if found is not None:
+            return found
+    stamp = co.stamp()
     found = load()
+    if raw is _DOWN:
+        return found
     try:
         pipe = client().pipeline(transaction=False)
-        if found is not None:
-            ttl = int(current_app.config.get("CACHE_META_TTL_SECONDS", META_TTL_DEFAULT))
-            pipe.set(key, _dump(found), ex=max(1, ttl))
-            pipe.hincrby(STATS_KEY, "meta_misses", 1)
+        ttl = int(current_app.config.get("CACHE_META_TTL_SECONDS", META_TTL_DEFAULT))
+        pipe.set(key, _dump(file_id, found, stamp), ex=max(1, ttl))
+        pipe.hincrby(STATS_KEY, "meta_misses", 1)
         pipe.hincrby(STATS_KEY, "meta_hits", -1)  # the read above counted one
         pipe.execute()
     except redis.RedisError:
@@ -271,23 +276,25 @@ def file_meta(file_id: int, load: Callable[[], tuple | None]
     return found
 
 
-def invalidate_file(file_id: int) -> None:
-    """Forget the file's cached metadata (new version, access change, delete, restore).
-
-    Hot content needs no invalidation: it is keyed by SHA-256 and versions are immutable.
-    """
-    if not has_app_context():  # no app, no Redis client: nothing can be cached either
-        return
-    key = meta_key(file_id)
-    _drop_local_copies([key])
+def _untrusted_meta(file_id: int, load: Callable[[], tuple | None]):
+    """file_meta while the database cannot confirm the cache: the database, else (it is
+    down) a cached entry of a public file, else the database's error."""
     try:
-        pipe = client().pipeline(transaction=False)
-        pipe.delete(key)
-        pipe.publish(_invalidation_channel(), key)
-        pipe.execute()
-    except redis.RedisError:
-        log.warning("redis down: metadata of file %s not invalidated (expires in its TTL)",
-                    file_id)
+        return load()
+    except SQLAlchemyError:
+        prefix = namespace()
+        raw = None
+        if prefix is not None:
+            with contextlib.suppress(redis.RedisError):
+                raw = client().get(meta_key(file_id, prefix))
+        try:
+            data = json.loads(raw) if raw is not None else None
+            if data and data["file"] and data["file"]["access"] == "public" \
+                    and not data["file"]["deleted_at"]:
+                return FileSnapshot(**data["file"]), _version_from(data["latest"])
+        except (ValueError, KeyError, TypeError):
+            pass
+        raise
 
 
 # A version never changes once stored (a new upload is a new version), so its snapshot needs
@@ -297,11 +304,11 @@ VERSION_TTL = 24 * 3600
 
 
 def version_key_by_id(version_id: int) -> str:
-    return f"portal:version:{int(version_id)}:snap"
+    return f"{namespace()}version:{int(version_id)}:snap"
 
 
 def version_key_by_number(file_id: int, number: int) -> str:
-    return f"portal:file:{int(file_id)}:v{int(number)}:snap"
+    return f"{namespace()}file:{int(file_id)}:v{int(number)}:snap"
 
 
 def version_snapshot(key: str, load: Callable[[], VersionSnapshot | None]
@@ -309,7 +316,7 @@ def version_snapshot(key: str, load: Callable[[], VersionSnapshot | None]
     """One version's snapshot from Redis (normally prefetched with the file's metadata), else
     from ``load()`` (the database), stored for next time. None when there is no such version
     (not cached)."""
-    if not current_app.config.get("CACHE_METADATA", True):
+    if not current_app.config.get("CACHE_METADATA", True) or namespace() is None:
         return load()
     raw = _prefetched_or("version", key, lambda: client().get(key))
     if raw is _DOWN:
@@ -324,75 +331,132 @@ def version_snapshot(key: str, load: Callable[[], VersionSnapshot | None]
     return found
 
 
-_CHANGED = "portal_changed_files"
-_CHANGED_USERS = "portal_changed_users"
-_CHANGED_GROUPS = "portal_changed_groups"
+# ---------------------------------------------------------------------------
+# Change tracking: every committed change reaches SQL's change log, then Redis and the copies
+# ---------------------------------------------------------------------------
+
+_SUBJECTS = "portal_changed_subjects"  # session.info: subjects of this transaction's flushes
+_COMMITTED = "portal_change_generations"  # session.info: generations this transaction took
+
+
+def changed_subjects(objects) -> set[str]:
+    """The coherence subjects (coherence.py) that these new, changed or deleted ORM objects
+    touch."""
+    from .models import File, FileVersion, Group, RevokedToken, User
+
+    subjects = set()
+    for obj in objects:
+        if isinstance(obj, File) and obj.id is not None:
+            subjects.add(f"file:{obj.id}")
+        elif isinstance(obj, FileVersion) and obj.file_id is not None:
+            subjects.add(f"file:{obj.file_id}")
+        elif isinstance(obj, User) and obj.id is not None:
+            subjects.add(f"user:{obj.id}")
+        elif isinstance(obj, Group):
+            subjects.add("users")
+        elif isinstance(obj, RevokedToken):
+            subjects.add(f"token:{obj.nonce}")
+    return subjects
 
 
 def _after_flush(session, _context) -> None:
-    """Remember which files and users this transaction changed (the lists still show
-    pre-flush state)."""
-    from .models import File, FileVersion, Group, User
-
-    changed = session.info.setdefault(_CHANGED, set())
-    users = session.info.setdefault(_CHANGED_USERS, set())
-    for obj in chain(session.new, session.dirty, session.deleted):
-        if isinstance(obj, File) and obj.id is not None:
-            changed.add(obj.id)
-        elif isinstance(obj, FileVersion) and obj.file_id is not None:
-            changed.add(obj.file_id)
-        elif isinstance(obj, User) and obj.id is not None:
-            users.add(obj.id)
-        elif isinstance(obj, Group):
-            session.info[_CHANGED_GROUPS] = True
+    """Log what this flush changed in SQL, in the same transaction (coherence.record_changes):
+    the one durable record of every revocation, whatever Redis does."""
+    subjects = changed_subjects(chain(session.new, session.dirty, session.deleted))
+    if not subjects:
+        return
+    generation = record_changes(session.connection(), subjects)
+    if generation is not None:
+        session.info.setdefault(_COMMITTED, []).append((generation, subjects))
 
 
 def _after_commit(session) -> None:
-    """Invalidate after the commit, so no reader can cache the old rows again in between."""
-    changed = session.info.pop(_CHANGED, None)
-    users = session.info.pop(_CHANGED_USERS, None)
-    groups = session.info.pop(_CHANGED_GROUPS, False)
-    if not has_app_context():
+    """After the commit: this worker applies the change at once, then Redis forgets the
+    entries and tells the other workers (an optimisation: they would confirm it anyway)."""
+    committed = session.info.pop(_COMMITTED, None)
+    if not committed or not has_app_context():
         return
-    for file_id in changed or ():
-        invalidate_file(file_id)
-    if users or groups:
-        invalidate_users(users or (), groups)
+    co = coherence(current_app)
+    subjects = set()
+    for generation, changed in committed:
+        co.note_commit(generation, changed)
+        subjects |= changed
+    _forget_in_redis(subjects)
 
 
 def _after_rollback(session) -> None:
-    for name in (_CHANGED, _CHANGED_USERS, _CHANGED_GROUPS):
-        session.info.pop(name, None)
+    session.info.pop(_COMMITTED, None)
 
 
 def watch_file_changes() -> None:
-    """Invalidate file metadata on every committed ORM change of a File or FileVersion
-    (admin edits, deletes, restores, uploads), and cached users on every committed change of
-    a User or Group, wherever in the code it happens."""
+    """Record every committed ORM change of a File, FileVersion, User or Group and every
+    revoked token in the change log, wherever in the code it happens."""
     if not event.contains(Session, "after_flush", _after_flush):
         event.listen(Session, "after_flush", _after_flush)
         event.listen(Session, "after_commit", _after_commit)
         event.listen(Session, "after_soft_rollback", lambda s, _t: _after_rollback(s))
 
 
+def subject_keys(subjects: Iterable[str], prefix: str) -> list[str]:
+    """The Redis keys that hold facts about these subjects (a group change: every user's,
+    which Redis cannot list cheaply; those entries go stale by their stamp instead)."""
+    keys = []
+    for subject in subjects:
+        kind, _, ident = subject.partition(":")
+        if kind == "file":
+            keys.append(meta_key(int(ident), prefix))
+        elif kind == "user":
+            keys.append(_user_key(int(ident), prefix))
+    return keys
+
+
+def _forget_in_redis(subjects: set[str]) -> None:
+    co = coherence(current_app)
+    if co.prefix is None:
+        co.current()  # learn the identity (a process that has only written so far)
+    prefix = co.prefix
+    if prefix is None:
+        return
+    keys = subject_keys(subjects, prefix)
+    if not keys:
+        return
+    try:
+        pipe = client().pipeline(transaction=False)
+        pipe.delete(*keys)
+        pipe.publish(_invalidation_channel(), " ".join(keys))
+        pipe.execute()
+    except redis.RedisError:
+        log.warning("redis down: %d cached entries not dropped (stale by the change log)",
+                    len(keys))
+
+
+def forget_locally(app, subjects: Iterable[str] | None) -> None:
+    """Drop this process's copies of what these subjects describe (coherence.py's
+    on_change); None: everything."""
+    copies = app.extensions.get("portal_local_copies")
+    if copies is None:
+        return
+    if subjects is None:
+        copies.clear()
+        return
+    subjects = list(subjects)
+    if "users" in subjects:
+        copies.drop_matching(":user:")
+    prefix = app.extensions["portal_coherence"].prefix
+    if prefix is not None:
+        copies.drop(subject_keys(subjects, prefix))
+
+
 # ---------------------------------------------------------------------------
 # Signed-in users: what the user loader needs, so that a download costs no SQL
 # ---------------------------------------------------------------------------
 
-#: Safety net only: every committed change of the user (or of any group) invalidates at once.
-USER_TTL = 60
-#: Bumped on every committed Group change (rename, members): every user snapshot is then stale.
-USER_GROUPS_GEN = "portal:user:groups-gen"
-#: A version key outlives every snapshot stored against it (see user_snapshot).
-USER_VERSION_TTL = 24 * 3600
+#: How long Redis keeps an entry; staleness is bounded by coherence.py, not by this.
+USER_TTL = 300
 
 
-def _user_key(user_id: int) -> str:
-    return f"portal:user:{int(user_id)}:auth"
-
-
-def _user_version_key(user_id: int) -> str:
-    return f"portal:user:{int(user_id)}:v"
+def _user_key(user_id: int, prefix: str | None = None) -> str:
+    return f"{prefix or namespace()}user:{int(user_id)}:auth"
 
 
 _PREFETCH = "portal_prefetched"
@@ -400,23 +464,22 @@ _NOT_FETCHED = object()
 _DOWN = object()  # the prefetch found Redis down
 
 
-def prefetch_download(user_id: str | None, file_id: int, *, version_key: str | None = None,
-                      link_nonce: str | None = None) -> None:
+def prefetch_download(user_id: int | None, file_id: int, *,
+                      version_key: str | None = None) -> None:
     """Read what a download needs from Redis in one round trip, or in none when this worker
     holds coherent copies of those keys (LocalCopies): the file's metadata, the signed-in
-    user's snapshot, and for an older version or a signed link the version's snapshot and
-    the link's deny-list entry. file_meta, user_snapshot, version_snapshot and link_revoked
-    then use the answers (a download otherwise costs a round trip for each)."""
+    user's snapshot, and for an older version or a signed link the version's snapshot.
+    file_meta, user_snapshot and version_snapshot then use the answers (a download otherwise
+    costs a round trip for each). Nothing is read while the cache cannot be trusted."""
     if not current_app.config.get("CACHE_METADATA", True):
         return
-    uid = int(user_id) if user_id and str(user_id).isdigit() else None
+    if not coherence(current_app).current():
+        return
     keys = [meta_key(file_id)]
-    if uid is not None:
-        keys += user_keys(uid)
+    if user_id is not None:
+        keys += user_keys(user_id)
     if version_key is not None:
         keys.append(version_key)
-    if link_nonce is not None:
-        keys.append(_revoked_key(link_nonce))
     replies = read_keys(local_copies(), client(), keys)
     if replies is None:
         # Down: the lookups of this request go straight to the database instead of each
@@ -425,12 +488,10 @@ def prefetch_download(user_id: str | None, file_id: int, *, version_key: str | N
         return
     replies = list(replies)
     found = {("meta", int(file_id)): replies.pop(0)}
-    if uid is not None:
-        found[("user", uid)] = [replies.pop(0) for _ in range(3)]
+    if user_id is not None:
+        found[("user", int(user_id))] = replies.pop(0)
     if version_key is not None:
         found[("version", version_key)] = replies.pop(0)
-    if link_nonce is not None:
-        found[("revoked", link_nonce)] = replies.pop(0)
     g.setdefault(_PREFETCH, {}).update(found)
 
 
@@ -479,74 +540,45 @@ def _prefetched_or(kind: str, key: int | str, fetch: Callable[[], object]):
 
 
 def user_snapshot(user_id: int, load: Callable[[], dict | None]) -> dict | None:
-    """What the user loader needs of a user (plain values, no password hash), from Redis,
-    else from ``load()`` (the database), stored for next time; None when there is no such
-    user.
+    """What the user loader needs of a user (plain values, no password hash), from this
+    worker's copies or Redis when its stamp is still valid (coherence.py), else from
+    ``load()`` (the database), stored for next time; None when there is no such user.
 
-    A snapshot is stored with the user's version and the groups generation read *before*
-    ``load()``; a committed change bumps one of them (watch_file_changes), so a snapshot
-    loaded before the change, even one stored after it, never matches again. Disabling a
-    user therefore ends their session on the next request.
-    """
-    if not current_app.config.get("CACHE_USERS", True):
+    While the database cannot confirm the cache, ``load()`` answers (and raises when the
+    database is down: fail closed)."""
+    co = coherence(current_app)
+    if not current_app.config.get("CACHE_USERS", True) or not co.current():
         return load()
-    replies = _prefetched_or("user", user_id, lambda: client().mget(
-        _user_key(user_id), _user_version_key(user_id), USER_GROUPS_GEN))
-    if replies is _DOWN:
+    raw = _prefetched_or("user", user_id, lambda: client().get(_user_key(user_id)))
+    if raw is _DOWN:
         return load()
-    data = user_from_replies(replies)
+    data = user_from_reply(raw, co)
     if data is not None:
         return data
-    _, version, gen = replies
-    stamp = [(version or b"0").decode(), (gen or b"0").decode()]
+    stamp = co.stamp()
     data = load()
     if data is not None:
         with contextlib.suppress(redis.RedisError):
-            client().set(_user_key(user_id), json.dumps({**data, "stamp": stamp}),
-                         ex=USER_TTL)
+            client().set(_user_key(user_id), json.dumps({**data, "gen": stamp}), ex=USER_TTL)
     return data
 
 
-def user_keys(user_id: int) -> list[str]:
-    """The keys whose values user_from_replies reads, in its order."""
-    return [_user_key(user_id), _user_version_key(user_id), USER_GROUPS_GEN]
+def user_keys(user_id: int, prefix: str | None = None) -> list[str]:
+    """The keys whose values user_from_reply reads (one)."""
+    return [_user_key(user_id, prefix)]
 
 
-def user_from_replies(replies: list) -> dict | None:
-    """The user snapshot in Redis' replies for ``user_keys``: None when it is absent, of an
-    older layout, or stamped with an older user version or groups generation (stale)."""
-    raw, version, gen = replies
+def user_from_reply(raw: bytes | None, co: Coherence) -> dict | None:
+    """The user snapshot in Redis' reply: None when it is absent, of an older layout, or
+    stale by the database's change log (co.valid). The caller has checked co.current()."""
     if raw is None:
         return None
-    stamp = [(version or b"0").decode(), (gen or b"0").decode()]
     try:
         data = json.loads(raw)
-        return data if data.pop("stamp") == stamp else None
+        stamp = data.pop("gen")
+        return data if co.valid(f"user:{int(data['id'])}", stamp) else None
     except (ValueError, KeyError, TypeError, AttributeError):
         return None
-
-
-def invalidate_users(user_ids: Iterable[int], groups_changed: bool) -> None:
-    """Make the cached snapshots of these users (or of everyone, when a group changed) stale."""
-    if not has_app_context():
-        return
-    keys = [key for user_id in user_ids
-            for key in (_user_version_key(user_id), _user_key(user_id))]
-    if groups_changed:
-        keys.append(USER_GROUPS_GEN)
-    _drop_local_copies(keys)
-    try:
-        pipe = client().pipeline(transaction=False)
-        for user_id in user_ids:
-            pipe.incr(_user_version_key(user_id))
-            pipe.expire(_user_version_key(user_id), USER_VERSION_TTL)
-            pipe.delete(_user_key(user_id))
-        if groups_changed:
-            pipe.incr(USER_GROUPS_GEN)
-        pipe.publish(_invalidation_channel(), " ".join(keys))
-        pipe.execute()
-    except redis.RedisError:
-        log.warning("redis down: cached users not invalidated (they expire in %s s)", USER_TTL)
 
 
 # ---------------------------------------------------------------------------
@@ -564,7 +596,6 @@ def _invalidation_channel() -> str:
     # Pub/sub ignores SELECT: portals sharing a server on different databases get their own.
     return f"{INVALIDATE_CHANNEL}:{client().get_connection_kwargs().get('db', 0)}"
 
-
 class LocalCopies:
     """This process's copies of the metadata and user keys a download reads.
 
@@ -573,15 +604,16 @@ class LocalCopies:
     poll(2) and deep-copies the reply; a hit here is a dict lookup, so a warm download costs
     no round trip at all.
 
-    Coherence: every invalidation (invalidate_file, invalidate_users) publishes the changed
-    keys on ``INVALIDATE_CHANNEL`` after changing them in Redis, and drops this process's
-    copies at once. A listener thread (a greenlet under gevent) subscribes and drops the
-    copies other processes and nodes invalidate. Copies are kept only while that
-    subscription is up: it clears everything when it (re)subscribes and when it loses
-    Redis, so a message missed while disconnected cannot leave a stale copy. A read that
-    raced an invalidation is not kept: ``epoch`` counts invalidations, and ``put_many``
-    stores only when none arrived since the read began. ``CACHE_LOCAL_SECONDS`` bounds the
-    age of a copy all the same.
+    Coherence: every committed change (_forget_in_redis) publishes the changed keys on
+    ``INVALIDATE_CHANNEL`` after deleting them in Redis, and drops this process's copies at
+    once. A listener thread (a greenlet under gevent) subscribes and drops the copies other
+    processes and nodes invalidate. Copies are kept only while that subscription is up: it
+    clears everything when it (re)subscribes and when it loses Redis. A read that raced an
+    invalidation is not kept: ``epoch`` counts invalidations, and ``put_many`` stores only
+    when none arrived since the read began. All of that is speed only: every copy is judged
+    by its stamp against the database's change log when it is used (coherence.py), so a lost
+    message or a frozen Redis cannot make one outlive a revocation.
+    ``CACHE_LOCAL_SECONDS`` bounds the age of a copy all the same.
     """
 
     def __init__(self, app, seconds: float) -> None:
@@ -627,6 +659,13 @@ class LocalCopies:
             self.epoch += 1
             for key in keys:
                 self._values.pop(key, None)
+
+    def drop_matching(self, fragment: str) -> None:
+        """Drop every copy whose key contains ``fragment``."""
+        with self._lock:
+            self.epoch += 1
+            for key in [k for k in self._values if fragment in k]:
+                del self._values[key]
 
     def clear(self) -> None:
         with self._lock:

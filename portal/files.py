@@ -9,7 +9,6 @@ from typing import BinaryIO
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from . import cache
 from .access import normalize_access
 from .models import File, FileVersion, User, utcnow
 from .storage import Storage, StorageError, StoredObject
@@ -48,7 +47,6 @@ def add_version(session: Session, storage: Storage, stream: BinaryIO, *, filenam
         session.add(version)
         file.updated_at = utcnow()
         session.flush()
-        cache.invalidate_file(file.id)  # again after the commit (cache.watch_file_changes)
     except Exception:
         discard(storage, stored)
         raise

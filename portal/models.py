@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from datetime import UTC, datetime
 
 from flask import current_app, has_app_context
@@ -17,6 +18,7 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    event,
 )
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 from werkzeug.security import check_password_hash, generate_password_hash
@@ -60,6 +62,16 @@ class Roles(UserMixin):
     """What an account may do, from its ``role`` and ``active`` columns: shared by the ORM
     User and the plain SnapshotUser of the download path (portal/auth/views.py)."""
 
+    #: The session token (portal/auth/tokens.py) this user signed in or was loaded with.
+    session_token: str | None = None
+
+    def get_id(self) -> str:
+        """What Flask-Login keeps in the session and the remember-me cookie: the session
+        token, never the bare id (so that a session can be revoked on its own)."""
+        if self.session_token is None:
+            raise RuntimeError("no session token: sign in through auth.views.sign_in")
+        return self.session_token
+
     @property
     def is_active(self) -> bool:  # Flask-Login refuses sessions of disabled users
         return self.active
@@ -86,6 +98,9 @@ class User(Roles, db.Model):
     role: Mapped[str] = mapped_column(String(16), default="student")
     active: Mapped[bool] = mapped_column(Boolean, default=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    #: Part of every session and remember-me token (portal/auth/tokens.py): bumping it ends
+    #: all of the user's sessions and signed links (end_sessions).
+    session_gen: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
     groups: Mapped[list[Group]] = relationship(
         secondary=user_groups, back_populates="members", order_by="Group.name"
@@ -97,11 +112,17 @@ class User(Roles, db.Model):
         The KDF is Werkzeug's (scrypt, its default cost) unless PASSWORD_HASH_METHOD names
         another: the test suite uses a cheaper scrypt so that hundreds of sign-ins stay fast.
         """
+        self.end_sessions()
         if not password:
             self.password_hash = None
             return
         method = current_app.config.get("PASSWORD_HASH_METHOD") if has_app_context() else None
         self.password_hash = generate_password_hash(password, method=method or "scrypt")
+
+    def end_sessions(self) -> None:
+        """End every session, remember-me token and signed link of this user (password
+        change, disable, "sign out everywhere"); committed with the change itself."""
+        self.session_gen = (self.session_gen or 0) + 1
 
     def check_password(self, password: str) -> bool:
         """True when the password matches; an account without a password never matches."""
@@ -261,3 +282,51 @@ class Upload(db.Model):
 
     user: Mapped[User] = relationship()
     version: Mapped[FileVersion | None] = relationship()
+
+
+class PortalState(db.Model):
+    """One row: who this database is, and how many revoking changes it has committed.
+
+    ``identity`` is made with the schema and names this database's Redis keys (cache.py), so
+    a fresh, reset or second database on the same Redis never reads another's entries;
+    ``generation`` grows by one in every transaction that changes a file, a user, a group or
+    revokes a token, in that same transaction (portal/coherence.py).
+    """
+
+    __tablename__ = "portal_state"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    identity: Mapped[str] = mapped_column(String(32))
+    generation: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+class ChangeLog(db.Model):
+    """What each generation changed: ``file:<id>``, ``user:<id>``, ``users`` (a group
+    changed: every user), ``token:<nonce>`` (a revoked link or session). Workers read the
+    rows past the generation they last saw and drop what they hold of those subjects."""
+
+    __tablename__ = "change_log"
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    generation: Mapped[int] = mapped_column(BigInteger, index=True)
+    subject: Mapped[str] = mapped_column(String(64))
+    at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
+
+
+class RevokedToken(db.Model):
+    """A signed link or a session that was ended before it expired (kept until then)."""
+
+    __tablename__ = "revoked_tokens"
+
+    nonce: Mapped[str] = mapped_column(String(32), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(8))  # "link" or "session"
+    user_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    revoked_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+
+
+@event.listens_for(PortalState.__table__, "after_create")
+def _seed_state(target, connection, **_kw) -> None:
+    """The one state row, with a new identity, whenever the table is created (create_all in
+    tests; the migration inserts its own)."""
+    connection.execute(target.insert().values(id=1, identity=uuid.uuid4().hex, generation=0))

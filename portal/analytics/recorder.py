@@ -7,7 +7,7 @@ The path of one response (see docs/analytics.md, "Recording"):
    round trip), which outlives the worker however it dies;
 2. when the server closes the body, the callback queues the finished event in the worker;
    a shipper thread (a greenlet under gevent) wakes within ``SHIP_DELAY`` and appends all
-   the events queued meanwhile to the Redis stream ``cache.ANALYTICS_STREAM`` in one
+   the events queued meanwhile to this database's Redis stream (``cache.analytics_keys``) in one
    round trip, then notes their ends in the journal. Without background threads (tests,
    the CLI) an end is shipped at once;
 3. a flusher writes the stream to SQL in batches (``materialise.store``) and then deletes
@@ -50,6 +50,7 @@ from flask import Flask
 from sqlalchemy.exc import SQLAlchemyError
 
 from .. import cache
+from ..coherence import coherence
 from ..download.http import RangeOutcome, select_ranges
 from ..extensions import db
 from . import clients, logical, materialise, nginxlog, pacing
@@ -132,6 +133,14 @@ class Recorder:
     def redis(self) -> redis.Redis:
         return self.app.extensions["portal_redis"]
 
+    def keys(self) -> cache.AnalyticsKeys:
+        """The buffer's keys in this database's namespace; raises RedisError while the
+        database's identity is unknown (it is unreachable), like a Redis that is down."""
+        co = coherence(self.app)
+        if co.prefix is None and not co.current():
+            raise redis.ConnectionError("the database's identity is not known yet")
+        return cache.analytics_keys(co.prefix)
+
     def journal_dir(self) -> Path:
         configured = self.config.get("ANALYTICS_JOURNAL_DIR")
         return Path(configured) if configured else Path(self.app.instance_path) / JOURNAL_DIR
@@ -177,13 +186,14 @@ class Recorder:
         if not rows:
             return
         try:
+            keys = self.keys()
             pipe = self.redis().pipeline(transaction=False)
             for row in rows:
                 if self._waits_for_nginx(row):
-                    pipe.hset(cache.ANALYTICS_NGINX_WAITING, row["event_key"], _dump(row))
+                    pipe.hset(keys.nginx_waiting, row["event_key"], _dump(row))
                 else:
-                    pipe.xadd(cache.ANALYTICS_STREAM, {"e": _dump(row)})
-            pipe.xlen(cache.ANALYTICS_STREAM)
+                    pipe.xadd(keys.stream, {"e": _dump(row)})
+            pipe.xlen(keys.stream)
             length = pipe.execute()[-1]
         except redis.RedisError:
             log.warning("redis down: %d download event(s) written straight to the database",
@@ -258,40 +268,41 @@ class Recorder:
         r = self.redis()
         token = f"{self.token}:{threading.get_ident()}"
         try:
-            locked = r.set(cache.ANALYTICS_FLUSH_LOCK, token, nx=True,
-                           px=cache.ANALYTICS_FLUSH_LOCK_MS)
+            keys = self.keys()
+            locked = r.set(keys.flush_lock, token, nx=True, px=cache.ANALYTICS_FLUSH_LOCK_MS)
         except redis.RedisError:
             locked = False
         try:
             with self.app.app_context():
                 if locked:
-                    written += self._flush_stream(r, max_batches)
+                    written += self._flush_stream(r, keys, max_batches)
                     if nginx and self.config.get("ANALYTICS_NGINX_LOG"):
-                        written += self._flush_nginx(r, paced)
+                        written += self._flush_nginx(r, keys, paced)
                 written += self._flush_orphans()
         finally:
             self.last_flush = time.monotonic()
             if locked:
                 try:
-                    if r.get(cache.ANALYTICS_FLUSH_LOCK) == token.encode():
-                        r.delete(cache.ANALYTICS_FLUSH_LOCK)
+                    if r.get(keys.flush_lock) == token.encode():
+                        r.delete(keys.flush_lock)
                 except redis.RedisError:
                     pass
         return written
 
-    def _flush_stream(self, r: redis.Redis, max_batches: int | None) -> int:
+    def _flush_stream(self, r: redis.Redis, keys: cache.AnalyticsKeys,
+                      max_batches: int | None) -> int:
         written = 0
         try:
             batch = int(self.config["ANALYTICS_FLUSH_BATCH"])
             batches = 0
             while max_batches is None or batches < max_batches:
-                entries = r.xrange(cache.ANALYTICS_STREAM, "-", "+", count=batch)
+                entries = r.xrange(keys.stream, "-", "+", count=batch)
                 if not entries:
                     break
                 rows = [_load(fields[b"e"]) for _, fields in entries]
                 written += self._store(rows)
-                r.xdel(cache.ANALYTICS_STREAM, *[entry_id for entry_id, _ in entries])
-                r.pexpire(cache.ANALYTICS_FLUSH_LOCK, cache.ANALYTICS_FLUSH_LOCK_MS)
+                r.xdel(keys.stream, *[entry_id for entry_id, _ in entries])
+                r.pexpire(keys.flush_lock, cache.ANALYTICS_FLUSH_LOCK_MS)
                 batches += 1
                 if len(entries) < batch:
                     break
@@ -299,7 +310,7 @@ class Recorder:
             log.exception("analytics flush failed; the events stay buffered")
         return written
 
-    def _flush_nginx(self, r: redis.Redis, paced: bool) -> int:
+    def _flush_nginx(self, r: redis.Redis, keys: cache.AnalyticsKeys, paced: bool) -> int:
         """Join the x-accel events held back for nginx to the lines its log added since the
         last flush (nginxlog.py), and store them with the bytes nginx sent; an event whose
         line has not come in ANALYTICS_NGINX_WAIT_SECONDS is stored with its planned bytes
@@ -312,7 +323,7 @@ class Recorder:
                              if paced else 1.0)
         try:
             path = str(self.config["ANALYTICS_NGINX_LOG"])
-            state_key = cache.analytics_nginx_state_key(socket.gethostname(), path)
+            state_key = keys.nginx_state(socket.gethostname(), path)
             state = {k.decode(): int(v) for k, v in r.hgetall(state_key).items()}
             written = 0
             for _ in range(NGINX_STEPS):
@@ -320,7 +331,7 @@ class Recorder:
                 lines, state, more = nginxlog.read_new(Path(path), state)
                 sent = [line for line in lines if isinstance(line, nginxlog.Sent)]
                 if sent:  # kept in Redis before the offset moves past them
-                    r.hset(cache.ANALYTICS_NGINX_SENT, mapping={
+                    r.hset(keys.nginx_sent, mapping={
                         s.event_key: json.dumps([s.status, s.bytes_sent,
                                                  s.ended_at.isoformat()])
                         for s in sent})
@@ -333,11 +344,11 @@ class Recorder:
                 self.nginx_behind = more
                 if not more:
                     break
-                r.pexpire(cache.ANALYTICS_FLUSH_LOCK, cache.ANALYTICS_FLUSH_LOCK_MS)
+                r.pexpire(keys.flush_lock, cache.ANALYTICS_FLUSH_LOCK_MS)
                 # a gevent worker serves its other greenlets meanwhile (at least a yield)
                 time.sleep(pacer.pause(time.monotonic() - began))
-            waiting = r.hgetall(cache.ANALYTICS_NGINX_WAITING)
-            known = r.hgetall(cache.ANALYTICS_NGINX_SENT)
+            waiting = r.hgetall(keys.nginx_waiting)
+            known = r.hgetall(keys.nginx_sent)
             wait = float(self.config["ANALYTICS_NGINX_WAIT_SECONDS"])
             now = datetime.now(UTC)
             rows, done = [], []
@@ -360,9 +371,9 @@ class Recorder:
             if done or stale:
                 pipe = r.pipeline(transaction=False)
                 if done:
-                    pipe.hdel(cache.ANALYTICS_NGINX_WAITING, *done)
+                    pipe.hdel(keys.nginx_waiting, *done)
                 if done or stale:
-                    pipe.hdel(cache.ANALYTICS_NGINX_SENT, *done, *stale)
+                    pipe.hdel(keys.nginx_sent, *done, *stale)
                 pipe.execute()
             return written
         except (redis.RedisError, SQLAlchemyError, OSError):

@@ -25,6 +25,7 @@ status, headers and bytes. ``PORTAL_FAST_DOWNLOADS=0`` switches this path off.
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import time
@@ -38,6 +39,7 @@ from werkzeug.http import HTTP_STATUS_CODES, parse_cookie
 from .. import cache
 from ..access import can_read
 from ..analytics import recorder as analytics
+from ..auth.tokens import parse_token
 from ..auth.views import SnapshotUser
 from ..cache import FileSnapshot, VersionSnapshot
 from . import http
@@ -245,27 +247,33 @@ class FastDownloads:
                 or not config["CACHE_USERS"]
                 or config.get("REMEMBER_COOKIE_REFRESH_EACH_REQUEST")):
             return None
+        co = app.extensions["portal_coherence"]
         session = self.session(environ)
-        if session is None:
-            return None
-        user_id = session.get("_user_id")
-        keys = [cache.meta_key(file_id)]
-        if user_id is not None:
-            if not (isinstance(user_id, str) and user_id.isdigit()):
+        if session is None or not co.current():
+            return None  # the view decides from the database
+        token = None
+        keys = [cache.meta_key(file_id, co.prefix)]
+        if session.get("_user_id") is not None:
+            token = parse_token(session["_user_id"])
+            if (token is None or token.expired(config["SESSION_LIFETIME_SECONDS"])
+                    or co.revoked(token.nonce)):
                 return None
-            keys += cache.user_keys(int(user_id))
+            keys += cache.user_keys(token.user_id, co.prefix)
         replies = cache.read_keys(copies, app.extensions["portal_redis"], keys)
         if replies is None:
             return None
         found = self._decode(keys[0], replies[:1], _meta)
-        if found is None:
+        # judged on every use: the change log may have moved since it was decoded
+        if found is None or not co.valid(f"file:{file_id}", found[3]):
             return None
-        file, version, rep = found
+        file, version, rep, _ = found
         user = None
-        if user_id is not None:
-            user = self._decode(keys[1], replies[1:], _user)
-            if user is None or not user.is_active:
+        if token is not None:
+            held = self._decode(keys[1], replies[1:], _user)
+            if (held is None or not co.valid(f"user:{token.user_id}", held[1])
+                    or not held[0].is_active or held[0].session_gen != token.generation):
                 return None
+            user = held[0]
         if version is None or not can_read(user, file):
             return None
         path = app.extensions["portal_storage"].local_path(version.storage_key)
@@ -358,16 +366,40 @@ class _Fields:
 
 
 def _meta(raws: list):
-    found = cache.meta_from_reply(raws[0])
-    if found is None:
+    """(file, newest version, its representation, stamp) of a metadata entry, None when it
+    is absent, unreadable or a cached absence (the view answers those)."""
+    try:
+        data = json.loads(raws[0]) if raws[0] is not None else None
+        stamp = data["gen"]
+    except (ValueError, KeyError, TypeError):
+        return None
+    found = cache.meta_from_reply(raws[0], _ANY_STAMP)
+    if found is None or found is cache.MISSING:
         return None
     file, version = found
-    return file, version, representation(version) if version is not None else None
+    return file, version, representation(version) if version is not None else None, stamp
 
 
-def _user(raws: list) -> SnapshotUser | None:
-    snap = cache.user_from_replies(raws)
-    return None if snap is None else SnapshotUser(snap)
+def _user(raws: list) -> tuple[SnapshotUser, object] | None:
+    """(user, stamp) of a user entry, None when it is absent or unreadable."""
+    try:
+        data = json.loads(raws[0]) if raws[0] is not None else None
+        stamp = data["gen"]
+    except (ValueError, KeyError, TypeError):
+        return None
+    snap = cache.user_from_reply(raws[0], _ANY_STAMP)
+    return None if snap is None else (SnapshotUser(snap), stamp)
+
+
+class _AnyStamp:
+    """Decoding only: the stamp is judged on every use (Coherence.valid), not when decoded."""
+
+    @staticmethod
+    def valid(_subject: str, _stamp: object) -> bool:
+        return True
+
+
+_ANY_STAMP = _AnyStamp()
 
 
 @lru_cache(maxsize=1024)

@@ -3,8 +3,10 @@
 A link names the user, the file and the version current when it was minted, so that a
 resume never mixes two versions. It is HMAC-signed with the secret key (itsdangerous),
 valid for LINK_TTL_SECONDS, usable by any number of connections until then, and checked
-again on every request: the user must still be active and still allowed to read the file,
-and the link must not be on the Redis deny-list.
+again on every request: the user must still be active, of the session generation the link
+was minted in (a password change or "sign out everywhere" ends their links too), still
+allowed to read the file, and the link must not have been revoked. Revocations are rows in
+SQL (revoked_tokens), which every worker confirms (coherence.py).
 """
 
 from __future__ import annotations
@@ -14,10 +16,11 @@ import secrets
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-import redis
 from itsdangerous import BadSignature, SignatureExpired, URLSafeTimedSerializer
+from sqlalchemy.orm import Session
 
-from .. import cache
+from ..coherence import coherence
+from ..models import RevokedToken
 
 SALT = "portal.download-link.v1"
 
@@ -30,6 +33,7 @@ class LinkClaims:
     file_id: int
     version_id: int
     nonce: str
+    generation: int = 0  # the user's session generation when minted (absent in old links)
 
 
 class LinkError(Exception):
@@ -42,10 +46,11 @@ def _serializer(secret_key: str) -> URLSafeTimedSerializer:
 
 
 def mint(secret_key: str, ttl: int, *, user_id: int, file_id: int, version_id: int,
-         now: datetime | None = None) -> tuple[str, datetime]:
+         generation: int = 0, now: datetime | None = None) -> tuple[str, datetime]:
     """A new token and when it expires."""
     now = now or datetime.now(UTC)
-    payload = {"u": user_id, "f": file_id, "v": version_id, "n": secrets.token_hex(8)}
+    payload = {"u": user_id, "f": file_id, "v": version_id, "n": secrets.token_hex(8),
+               "g": int(generation or 0)}
     token = _serializer(secret_key).dumps(payload)
     return token, now.replace(microsecond=0) + timedelta(seconds=ttl)
 
@@ -53,29 +58,30 @@ def mint(secret_key: str, ttl: int, *, user_id: int, file_id: int, version_id: i
 def verify(secret_key: str, ttl: int, token: str) -> LinkClaims:
     """The claims of a valid, unexpired, unrevoked token, or LinkError."""
     claims = verify_signature(secret_key, ttl, token)
-    if cache.link_revoked(claims.nonce):
+    if coherence().revoked(claims.nonce):
         raise LinkError("revoked")
     return claims
 
 
 def verify_signature(secret_key: str, ttl: int, token: str) -> LinkClaims:
-    """The claims of a valid, unexpired token, or LinkError; the caller checks the deny-list
-    (cache.link_revoked)."""
+    """The claims of a valid, unexpired token, or LinkError; the caller checks revocation
+    (coherence.revoked)."""
     try:
         payload = _serializer(secret_key).loads(token, max_age=ttl)
         claims = LinkClaims(int(payload["u"]), int(payload["f"]), int(payload["v"]),
-                            str(payload["n"]))
+                            str(payload["n"]), int(payload.get("g", 0)))
     except SignatureExpired as exc:
         raise LinkError("expired") from exc
-    except (BadSignature, KeyError, TypeError, ValueError) as exc:
+    except (BadSignature, KeyError, TypeError, ValueError, AttributeError) as exc:
         raise LinkError("invalid") from exc
     return claims
 
 
-def revoke(token_nonce: str, ttl: int) -> bool:
-    """Put one link on the deny-list; False when Redis is down (then it cannot be revoked)."""
-    try:
-        cache.revoke_link(token_nonce, ttl)
-    except redis.RedisError:
-        return False
-    return True
+def revoke(session: Session, claims: LinkClaims, ttl: int, now: datetime | None = None) -> None:
+    """Revoke one link until it would have expired anyway: a row in SQL, committed by the
+    caller, which every worker honours within COHERENCE_SECONDS whatever Redis does."""
+    if session.get(RevokedToken, claims.nonce) is not None:
+        return
+    now = now or datetime.now(UTC)
+    session.add(RevokedToken(nonce=claims.nonce, kind="link", user_id=claims.user_id,
+                             revoked_at=now, expires_at=now + timedelta(seconds=ttl)))

@@ -14,7 +14,6 @@ import pytest
 import redis
 from sqlalchemy import func, inspect, select
 
-from portal import cache
 from portal.analytics import materialise, nginxlog, pacing
 from portal.analytics import recorder as recorder_module
 from portal.analytics.models import LogicalDownload, Rollup
@@ -75,10 +74,11 @@ def test_events_are_buffered_then_flushed_once(app, client):
         client.get(f"/files/{file_id}/download").close()
     client.get(f"/files/{file_id}/download", headers={"Range": "bytes=0-0"}).close()
     r = app.extensions["portal_redis"]
-    assert r.xlen(cache.ANALYTICS_STREAM) == 4 and count(app, DownloadEvent) == 0
+    stream = recorder(app).keys().stream
+    assert r.xlen(stream) == 4 and count(app, DownloadEvent) == 0
     assert recorder(app).open_responses() == 0  # every body closed and shipped
     assert recorder(app).flush() == 4
-    assert r.xlen(cache.ANALYTICS_STREAM) == 0 and count(app, DownloadEvent) == 4
+    assert r.xlen(stream) == 0 and count(app, DownloadEvent) == 4
     with app.app_context():
         row = db.session.scalars(select(DownloadEvent).order_by(DownloadEvent.id)).first()
         assert row.size == len(BODY) and row.served_ranges == f"0-{len(BODY) - 1}"
@@ -113,9 +113,10 @@ def test_flush_lock_lets_one_process_flush(app, client):
     file_id = add(app)
     client.get(f"/files/{file_id}/download").close()
     r = app.extensions["portal_redis"]
-    r.set(cache.ANALYTICS_FLUSH_LOCK, "someone-else", px=5000)
+    lock = recorder(app).keys().flush_lock
+    r.set(lock, "someone-else", px=5000)
     assert recorder(app).flush() == 0 and count(app, DownloadEvent) == 0
-    r.delete(cache.ANALYTICS_FLUSH_LOCK)
+    r.delete(lock)
     assert recorder(app).flush() == 1
 
 
@@ -528,7 +529,7 @@ def test_xaccel_events_wait_for_nginx_log_lines(config, tmp_path):
         assert [(e.event_key, e.bytes_sent) for e in events(app)] == [
             (keys[0], 1234), (keys[1], -1)]
         r = app.extensions["portal_redis"]
-        assert not r.exists(cache.ANALYTICS_NGINX_WAITING, cache.ANALYTICS_NGINX_SENT)
+        assert not r.exists(rec.keys().nginx_waiting, rec.keys().nginx_sent)
         assert_rollups_match_raw(app)
     finally:
         rec.close_journal()

@@ -86,7 +86,7 @@ def test_change_in_another_app_reaches_the_copies(app, other, client, make_user,
     url = f"/files/{file_id}/download"
     login("ben")
     copies = warm(app, client, url)
-    meta = f"portal:file:{file_id}:meta"
+    meta = cache.meta_key(file_id, namespace(app))
     assert meta in copies._values
     with other.app_context():  # an admin on another node makes the file personal to amy
         db.session.get(File, file_id).access = "user:amy"
@@ -102,7 +102,7 @@ def test_change_in_another_app_reaches_the_copies(app, other, client, make_user,
     with other.app_context():
         db.session.get(User, user_id).active = False
         db.session.commit()
-    wait_until(lambda: f"portal:user:{user_id}:auth" not in copies._values)
+    wait_until(lambda: cache.user_keys(user_id, namespace(app))[0] not in copies._values)
     assert client.get(url).status_code == 302  # signed out: to the login page
 
 
@@ -146,18 +146,27 @@ def test_lost_subscription_clears_the_copies_and_resubscribes(app, client, make_
     assert client.get(url).status_code == 200
 
 
+def namespace(app) -> str:
+    """The app's key prefix (its database's identity), once it has confirmed it."""
+    co = app.extensions["portal_coherence"]
+    assert co.current()
+    return co.prefix
+
+
 def warm_link(app, client, make_user, login, name: str):
-    """A user's signed link, used once by a download manager so that this worker holds its
-    deny-list entry: (url, csrf, manager client, copies, the entry's key)."""
+    """A user's signed link, used by a download manager until this worker holds copies of
+    what it needs: (url, csrf, manager client, copies, the link's nonce)."""
+    from portal.download import links
+
     make_user(name)
     file_id = add_file(app, b"w" * 500)
     csrf = login(name)
     url = client.post(f"/api/files/{file_id}/links", headers={"X-CSRFToken": csrf}).json["url"]
     manager = app.test_client()
-    copies = warm(app, manager, "/" + url.split("/", 3)[3])
-    nonce = next(k for k in copies._values if k.startswith("portal:link:revoked:"))
-    assert copies._values[nonce][1] is None  # "not revoked", held by this worker
-    return url, csrf, manager, copies, nonce
+    path = "/" + url.split("/", 3)[3]
+    copies = warm(app, manager, path)
+    claims = links.verify_signature(app.config["SECRET_KEY"], 3600, path.split("/")[2])
+    return url, csrf, manager, copies, claims.nonce
 
 
 def test_revoked_link_is_refused_at_once(app, client, make_user, login):
@@ -170,13 +179,16 @@ def test_revoked_link_is_refused_at_once(app, client, make_user, login):
 def test_revocation_elsewhere_reaches_the_copies(app, other, client, make_user, login):
     from portal.download import links
 
-    url, _, manager, copies, nonce = warm_link(app, client, make_user, login, "fay")
+    url, _, manager, _, _ = warm_link(app, client, make_user, login, "fay")
     path = "/" + url.split("/", 3)[3]
     with other.app_context():  # another node revokes the link
         claims = links.verify(other.config["SECRET_KEY"], 3600, path.split("/")[2])
-        assert links.revoke(claims.nonce, 3600)
-    wait_until(lambda: nonce not in copies._values)
-    assert manager.get(path).status_code == 403
+        links.revoke(db.session, claims, 3600)
+        db.session.commit()
+    revoked_at = time.monotonic()
+    wait_until(lambda: manager.get(path).status_code == 403, timeout=2.0)
+    # this worker learnt it from the database's change log, within its confirmation interval
+    assert time.monotonic() - revoked_at <= app.config["COHERENCE_SECONDS"] + 0.5
 
 
 def test_redis_down_downloads_still_work(make_app):
