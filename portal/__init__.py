@@ -7,7 +7,8 @@ import os
 
 from flask import Flask, request, session
 
-from . import cache
+from . import cache, security
+from .coherence import Coherence
 from .config import DEFAULTS, PROJECT_ROOT, ConfigError, finalize
 from .extensions import SessionInterface, babel, csrf, db, limiter, login_manager, migrate
 from .storage import StorageError, storage_from_url
@@ -42,12 +43,35 @@ def create_app(config: dict | None = None) -> Flask:
     from .download.fast import FastDownloads
 
     app.wsgi_app = FastDownloads(app, app.wsgi_app)
+    trust_proxies(app)  # last: the outermost wrapper
     return app
+
+
+def trust_proxies(app: Flask) -> None:
+    """Behind PORTAL_TRUSTED_PROXIES proxies, take the client's address and scheme from the
+    X-Forwarded-For / X-Forwarded-Proto values those proxies appended (Werkzeug's ProxyFix).
+
+    It wraps everything else, the fast path included, so that every door (FastDownloads'
+    analytics, request.remote_addr for the audit log, sign-in limits and analytics) sees the
+    same client. x_for and x_proto only: deploy/nginx.conf sets those two and passes the
+    client's own Host through untouched, so an X-Forwarded-Host (or -Port, -Prefix) reaching
+    the portal can only come from the client and must not be believed (it would choose the
+    host of the signed links the portal hands out). ProxyFix keeps the X-Forwarded-For header
+    as it came, so Flask-Login's session identifier (and its copy in download/fast.py),
+    which reads that header, is computed from the same value as without it.
+    """
+    proxies = app.config["TRUSTED_PROXIES"]
+    if proxies:
+        from werkzeug.middleware.proxy_fix import ProxyFix
+
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=proxies, x_proto=proxies, x_host=0,
+                                x_port=0, x_prefix=0)
 
 
 def register_extensions(app: Flask) -> None:
     """Bind the unbound extensions, the storage backend and the Redis client."""
     app.session_interface = SessionInterface()
+    security.register(app)  # the id converter (before any blueprint) and the page headers
     db.init_app(app)
     migrate.init_app(app, db, directory=str(PROJECT_ROOT / "migrations"))
     login_manager.init_app(app)
@@ -63,6 +87,9 @@ def register_extensions(app: Flask) -> None:
     limiter.init_app(app)
     skip_limiter_hook(app, "download")
     app.extensions["portal_redis"] = cache.make_client(app.config["REDIS_URL"])
+    app.extensions["portal_coherence"] = Coherence(
+        app, float(app.config["COHERENCE_SECONDS"]),
+        on_change=lambda subjects: cache.forget_locally(app, subjects))
     if app.config["CACHE_HOT_MEMORY_BYTES"] and app.config["CACHE_HOT_ENABLED"]:
         app.extensions["portal_hot_memory"] = cache.HotMemory(
             app, app.config["CACHE_HOT_MEMORY_BYTES"],

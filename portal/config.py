@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import secrets
+from datetime import timedelta
 from pathlib import Path
 
 from sqlalchemy.engine import make_url
@@ -34,12 +35,30 @@ DEFAULTS = {
     "LINK_TTL_SECONDS": 24 * 3600,
     "MAX_UPLOAD_BYTES": 8 * 1024**3,
     "DEMO_BIG_FILE_MB": 100,
+    # The session and remember-me cookies: never readable by scripts, not sent on cross-site
+    # subrequests or POSTs, and HTTPS-only in production. These keys override Flask's and
+    # Flask-Login's own defaults (which are not HttpOnly-and-Lax everywhere, never Secure);
+    # None for SECURE means "true when ENV is production", so an operator's explicit
+    # PORTAL_SESSION_COOKIE_SECURE=false (a TLS-less test bed) still wins.
+    "SESSION_COOKIE_SECURE": None,
+    "SESSION_COOKIE_HTTPONLY": True,
+    "SESSION_COOKIE_SAMESITE": "Lax",
+    "REMEMBER_COOKIE_SECURE": None,
+    "REMEMBER_COOKIE_HTTPONLY": True,
+    "REMEMBER_COOKIE_SAMESITE": "Lax",
     "BABEL_DEFAULT_LOCALE": "zh_CN",
     "LANGUAGES": ["zh_CN", "en"],
     "PER_PAGE": 20,
-    # Failed sign-ins (Flask-Limiter syntax). Per IP is generous: a campus NATs many students.
+    # Failed sign-ins (Flask-Limiter syntax; portal/auth/throttle.py): per account name and
+    # client address, and per address (generous: a campus NATs many students) -- past those
+    # the address is refused (429); per account over all addresses, the ceiling -- past it
+    # attempts are delayed, never refused, so a stranger cannot lock the owner out.
     "LOGIN_LIMIT_ACCOUNT": "5 per minute;20 per hour",
     "LOGIN_LIMIT_IP": "100 per minute",
+    "LOGIN_LIMIT_ACCOUNT_CEILING": "50 per hour",
+    # How many proxies in front of the portal set X-Forwarded-For / -Proto (deploy/nginx.conf
+    # is one). 0: the peer's address is the client's and those headers are not believed.
+    "TRUSTED_PROXIES": 0,
     # Hot-file cache in Redis (portal/cache.py): pays for remote origins such as S3; a local
     # origin keeps zero-copy sendfile unless CACHE_HOT_LOCAL is true.
     "CACHE_HOT_ENABLED": True,
@@ -59,6 +78,12 @@ DEFAULTS = {
     "CACHE_LOCAL_SECONDS": None,
     # Warm downloads answered in front of Flask from those copies (portal/download/fast.py).
     "FAST_DOWNLOADS": True,
+    # The longest a worker trusts its cached decisions without confirming them against the
+    # database's change log (portal/coherence.py): a revoked right, access rule, disabled
+    # user or ended session stops working within this long, whatever Redis does.
+    "COHERENCE_SECONDS": 0.5,
+    # A session and its remember-me cookie end this long after sign-in (tokens.py).
+    "SESSION_LIFETIME_SECONDS": 14 * 24 * 3600,
 }
 
 
@@ -100,14 +125,41 @@ def finalize(config: dict, instance_path: str) -> None:
     if config["FAST_DOWNLOADS"] not in (True, False):  # JSON true/false, or 1/0
         raise ConfigError(f"PORTAL_FAST_DOWNLOADS must be true or false, "
                           f"not {config['FAST_DOWNLOADS']!r}")
-    config.setdefault("SESSION_COOKIE_HTTPONLY", True)
-    config.setdefault("SESSION_COOKIE_SAMESITE", "Lax")
-    config.setdefault("REMEMBER_COOKIE_HTTPONLY", True)
-    config.setdefault("REMEMBER_COOKIE_SAMESITE", "Lax")
+    proxies = config["TRUSTED_PROXIES"]
+    if isinstance(proxies, bool) or not isinstance(proxies, int) or proxies < 0:
+        raise ConfigError(f"PORTAL_TRUSTED_PROXIES must be a whole number >= 0 (the proxies "
+                          f"in front of the portal), not {proxies!r}")
+    _check_login_limits(config)
+    for name, high in (("COHERENCE_SECONDS", 1.5), ("SESSION_LIFETIME_SECONDS", 366 * 86400)):
+        value = config[name]
+        if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value <= high:
+            raise ConfigError(f"PORTAL_{name} must be a number above 0 and at most {high}, "
+                              f"not {value!r}")
+    lifetime = timedelta(seconds=config["SESSION_LIFETIME_SECONDS"])
+    flask_limit = config.get("PERMANENT_SESSION_LIFETIME", lifetime)
+    if not isinstance(flask_limit, timedelta):
+        flask_limit = timedelta(seconds=flask_limit)
+    # Flask's own age limit of the signed cookie: never longer than a session lives
+    config["PERMANENT_SESSION_LIFETIME"] = min(flask_limit, lifetime)
+    config["REMEMBER_COOKIE_DURATION"] = lifetime
     config.setdefault("WTF_CSRF_TIME_LIMIT", None)  # tied to the session, not to a clock
+    _cookie_flags(config)
+
+
+def _cookie_flags(config: dict) -> None:
+    """The session and remember-me cookie flags (DEFAULTS): Secure follows ENV unless set, and
+    each flag must be a boolean, SameSite Lax, Strict, None or unset; else ConfigError."""
     production = config["ENV"] == "production"
-    config.setdefault("SESSION_COOKIE_SECURE", production)  # HTTPS-only cookies in production
-    config.setdefault("REMEMBER_COOKIE_SECURE", production)
+    for prefix in ("SESSION_COOKIE_", "REMEMBER_COOKIE_"):
+        if config.get(prefix + "SECURE") is None:
+            config[prefix + "SECURE"] = production
+        for flag in ("SECURE", "HTTPONLY"):
+            if config[prefix + flag] not in (True, False):  # JSON true/false, or 1/0
+                raise ConfigError(f"PORTAL_{prefix}{flag} must be true or false, "
+                                  f"not {config[prefix + flag]!r}")
+        if config[prefix + "SAMESITE"] not in ("Lax", "Strict", "None", None):
+            raise ConfigError(f"PORTAL_{prefix}SAMESITE must be Lax, Strict or None, "
+                              f"not {config[prefix + 'SAMESITE']!r}")
 
 
 #: SigV4 presigned URLs live at most seven days.
@@ -126,6 +178,16 @@ def _check_s3_delivery(config: dict) -> None:
                           f"to {PRESIGN_MAX_SECONDS}, not {seconds!r}")
     if config["S3_DELIVERY"] == "redirect" and not str(config["STORAGE_URL"]).startswith("s3://"):
         raise ConfigError("PORTAL_S3_DELIVERY=redirect needs an s3:// PORTAL_STORAGE_URL")
+
+
+def _check_login_limits(config: dict) -> None:
+    """The sign-in limits parse (Flask-Limiter syntax, each allowing 1 or more), or ConfigError."""
+    from .auth.throttle import check_setting  # the one parser of these settings
+
+    for name in ("LOGIN_LIMIT_ACCOUNT", "LOGIN_LIMIT_IP", "LOGIN_LIMIT_ACCOUNT_CEILING"):
+        problem = check_setting(config[name])
+        if problem:
+            raise ConfigError(f"PORTAL_{name}: {problem}")
 
 
 def _instance_secret(config: dict, instance: Path) -> str:

@@ -2,22 +2,35 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from urllib.parse import urlsplit
 
-from flask import current_app, flash, jsonify, redirect, render_template, request, url_for
+from flask import (
+    current_app,
+    flash,
+    g,
+    jsonify,
+    redirect,
+    render_template,
+    request,
+    session,
+    url_for,
+)
 from flask_babel import gettext as _
 from flask_login import current_user, login_required, login_user, logout_user
 from sqlalchemy import select
 from sqlalchemy.orm import make_transient_to_detached
 from sqlalchemy.orm.util import identity_key
+from werkzeug.exceptions import TooManyRequests
 
 from .. import cache
 from ..audit import audit
-from ..extensions import db, limiter, login_manager
-from ..models import Roles, User
-from . import bp
+from ..coherence import coherence
+from ..extensions import db, login_manager
+from ..models import RevokedToken, Roles, User
+from . import bp, throttle
 from .forms import LoginForm, PasswordChangeForm
+from .tokens import new_token, parse_token
 
 # A real hash to check against when the user does not exist, so that an unknown user and a
 # wrong password cost the same time.
@@ -25,24 +38,36 @@ _DUMMY_HASH = None
 
 
 @login_manager.user_loader
-def load_user(user_id: str) -> User | None:
-    """The signed-in user; a disabled user gets no session (Flask-Login checks is_active).
-
-    Read from the user cache (portal/cache.py, invalidated on every committed change), so a
-    request costs no SQL for it; columns the snapshot leaves out (the password hash) and
-    the groups relationship still load from the database when something touches them.
-    """
-    if not user_id.isdigit():
+def load_user(token: str) -> User | None:
+    """The signed-in user for a session token (tokens.py): None when the token is malformed,
+    expired, revoked (logout), of an older session generation (password change, "sign out
+    everywhere") or the user is disabled. Revocations are decided by the database
+    (coherence.py); a warm request reads them from this worker's confirmed copy, no SQL."""
+    parsed = parse_token(token)
+    if parsed is None or parsed.expired(current_app.config["SESSION_LIFETIME_SECONDS"]):
         return None
-    uid = int(user_id)
-    snap = cache.user_snapshot(uid, lambda: _user_row(uid))
+    if coherence().revoked(parsed.nonce):
+        return None
+    user = user_by_id(parsed.user_id, blueprint=request.blueprint)
+    if user is None or user.session_gen != parsed.generation:
+        return None
+    user.session_token = str(parsed)
+    return user
+
+
+def user_by_id(user_id: int, *, blueprint: str | None = None) -> User | SnapshotUser | None:
+    """The active user with this id, from the user cache (portal/cache.py, judged against the
+    database's change log), so a request costs no SQL for it; columns the snapshot leaves
+    out (the password hash) and the groups relationship still load from the database when
+    something touches them."""
+    snap = cache.user_snapshot(user_id, lambda: _user_row(user_id))
     if snap is None or not snap["active"]:
         return None
-    return _attach(snap)
+    return _attach(snap, blueprint)
 
 
 #: The User columns a snapshot carries: everything except the password hash.
-_SNAPSHOT_COLUMNS = ("id", "username", "display_name", "role", "active")
+_SNAPSHOT_COLUMNS = ("id", "username", "display_name", "role", "active", "session_gen")
 
 
 def _user_row(user_id: int) -> dict | None:
@@ -54,7 +79,7 @@ def _user_row(user_id: int) -> dict | None:
             "created_at": user.created_at.isoformat(), "groups": sorted(user.group_names)}
 
 
-def _attach(snap: dict) -> User | SnapshotUser:
+def _attach(snap: dict, blueprint: str | None) -> User | SnapshotUser:
     """A persistent User in this request's session built from a snapshot, without SQL.
 
     make_transient_to_detached marks what the snapshot lacks as expired, so those
@@ -65,7 +90,7 @@ def _attach(snap: dict) -> User | SnapshotUser:
     database session: the session and the ORM object were about a seventh of a warm
     signed-in download's time (py-spy, bench/run_download_bench.py).
     """
-    if request.blueprint == "download":
+    if blueprint == "download":
         return SnapshotUser(snap)
     existing = db.session.identity_map.get(identity_key(User, snap["id"]))
     if existing is not None:
@@ -90,6 +115,28 @@ class SnapshotUser(Roles):
     @property
     def group_names(self) -> set[str]:
         return set(self._groups)
+
+
+def sign_in(user: User, *, remember: bool = False) -> None:
+    """Start a new session for the user: a fresh token (a new nonce, the user's current
+    session generation) and a new CSRF token, so nothing of the session before sign-in
+    carries over."""
+    session.pop("csrf_token", None)
+    g.pop("csrf_token", None)
+    user.session_token = str(new_token(user.id, user.session_gen))
+    login_user(user, remember=remember)
+
+
+def end_session(token: str | None) -> None:
+    """Revoke this session's token in the database (every worker refuses it within
+    COHERENCE_SECONDS, whatever Redis does); the caller commits."""
+    parsed = parse_token(token)
+    if parsed is None or db.session.get(RevokedToken, parsed.nonce) is not None:
+        return
+    lifetime = current_app.config["SESSION_LIFETIME_SECONDS"]
+    db.session.add(RevokedToken(
+        nonce=parsed.nonce, kind="session", user_id=parsed.user_id,
+        expires_at=datetime.fromtimestamp(parsed.issued + lifetime, UTC)))
 
 
 @login_manager.unauthorized_handler
@@ -128,41 +175,36 @@ def authenticate(username: str, password: str) -> User | None:
     return user
 
 
-def _ip_key() -> str:
-    return f"login-ip:{request.remote_addr or '-'}"
-
-
-def _account_key() -> str:
-    # Keyed by the name typed, existing or not, so a locked account looks like any other.
-    name = (request.form.get("username") or "").strip().lower()[:64]
-    return f"login-account:{name}"
-
-
-def _failed(response) -> bool:
-    return response.status_code != 302
+def _attempt() -> throttle.Attempt:
+    """This sign-in attempt for the throttle: the name typed (existing or not) and the client."""
+    return throttle.Attempt(throttle.normalise_account(request.form.get("username")),
+                            request.remote_addr or "-")
 
 
 @bp.route("/login", methods=["GET", "POST"])
-@limiter.limit(lambda: current_app.config["LOGIN_LIMIT_IP"], key_func=_ip_key,
-               methods=["POST"], deduct_when=_failed, scope="login-ip")
-@limiter.limit(lambda: current_app.config["LOGIN_LIMIT_ACCOUNT"], key_func=_account_key,
-               methods=["POST"], deduct_when=_failed, scope="login-account")
 def login():
     """Show the sign-in form; on success redirect to ?next= (local paths only).
 
-    Failed attempts are limited per account name and per IP (Flask-Limiter on Redis, in
-    memory when Redis is down); past the limit the answer is 429 with Retry-After.
+    Sign-ins are throttled (portal/auth/throttle.py): failures per account and client
+    address and per address refuse that address (429 with Retry-After); past the account's
+    ceiling over all addresses the password is checked after a delay, never refused.
     """
     form = LoginForm()
-    if current_user.is_authenticated and request.method == "GET":
+    if request.method == "GET" and current_user.is_authenticated:
         return redirect(safe_next(request.args.get("next")))
     status = 200
     if request.method == "POST":
+        verdict = throttle.check(_attempt())
+        if verdict.retry_after is not None:
+            raise TooManyRequests(retry_after=verdict.retry_after)
+        # Before anything opens a database connection: a delayed attempt holds none.
+        throttle.pause(verdict)
         if form.validate_on_submit():
             user = authenticate(form.username.data, form.password.data)
             ip = request.remote_addr or ""
             if user is not None:
-                login_user(user, remember=bool(form.remember.data))
+                throttle.succeeded(verdict)
+                sign_in(user, remember=bool(form.remember.data))
                 audit(db.session, "login.success", actor=user, target=user.username,
                       client_ip=ip)
                 db.session.commit()
@@ -178,7 +220,18 @@ def login():
 
 @bp.route("/logout", methods=["POST"])
 def logout():
-    """End the session."""
+    """End this session on the server too: its token is revoked, so the old cookie (and its
+    remember-me cookie) is refused everywhere from then on. ``everywhere=1`` ends every
+    session of the user (and their signed links)."""
+    if current_user.is_authenticated:
+        if request.form.get("everywhere") == "1":
+            user = db.session.get(User, current_user.id)
+            user.end_sessions()
+            audit(db.session, "user.signed_out_everywhere", actor=user, target=user.username,
+                  client_ip=request.remote_addr or "")
+        else:
+            end_session(session.get("_user_id"))
+        db.session.commit()
     logout_user()
     return redirect(url_for("catalog.index"))
 
@@ -192,10 +245,12 @@ def change_password():
         if not current_user.check_password(form.current.data):
             form.current.errors.append(_("The current password is wrong."))
         else:
-            current_user.set_password(form.new.data)
-            audit(db.session, "user.password_changed", actor=current_user,
-                  target=current_user.username, client_ip=request.remote_addr or "")
+            user = current_user._get_current_object()
+            user.set_password(form.new.data)  # a new session generation: the others end
+            audit(db.session, "user.password_changed", actor=user,
+                  target=user.username, client_ip=request.remote_addr or "")
             db.session.commit()
+            sign_in(user)  # this session goes on, under the new generation
             flash(_("Your password has been changed."), "info")
             return redirect(url_for("catalog.index"))
     status = 400 if request.method == "POST" else 200

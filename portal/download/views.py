@@ -23,12 +23,14 @@ from flask_login import current_user, login_required
 
 from .. import cache
 from ..analytics import recorder as analytics
-from ..auth.views import load_user
+from ..auth.tokens import parse_token
+from ..auth.views import user_by_id
 from ..cache import FileSnapshot, VersionSnapshot
 from ..catalog.service import readable_file, readable_version
 from ..catalog.views import refuse
 from ..extensions import db
 from ..models import File, FileVersion
+from ..security import bad_request, json_object
 from ..storage import StorageError, get_storage
 from . import bp, http, links
 from .body import CountedBody, TrackedFile, can_sendfile
@@ -53,6 +55,16 @@ def version_number(raw: str | None) -> int | None:
     if not (raw.isascii() and raw.isdigit() and len(raw) < 9):
         abort(404)
     return int(raw)
+
+
+def json_version(value: object) -> str:
+    """A JSON body's "version" (a whole number >= 1, or a string of its digits) in the form
+    of ?version=N; 400 JSON for anything else (true, 1.5, "abc", 0, null)."""
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 1:
+        return str(value)
+    if isinstance(value, str) and value.isascii() and value.isdigit() and value.strip("0"):
+        return value
+    bad_request("version must be a whole number from 1")
 
 
 def pick_version(file: File, raw: str | None) -> FileVersion:
@@ -309,7 +321,7 @@ def _single_byte_range(value: str) -> bool:
     return (digits(first) and (last == "" or digits(last))) or (first == "" and digits(last))
 
 
-@bp.route("/files/<int:file_id>/download", methods=["GET", "HEAD"])
+@bp.route("/files/<id:file_id>/download", methods=["GET", "HEAD"])
 def download(file_id: int):
     """The bytes of the newest (or ?version=N) version, for a user allowed to read them.
 
@@ -317,8 +329,9 @@ def download(file_id: int):
     from the metadata cache in one round trip to Redis, or none when warm; no SQL.
     """
     number = version_number(request.args.get("version"))
+    token = parse_token(session.get("_user_id"))
     cache.prefetch_download(  # before the user loader runs: it reads the prefetched snapshot
-        session.get("_user_id"), file_id,
+        None if token is None else token.user_id, file_id,
         version_key=None if number is None else cache.version_key_by_number(file_id, number))
     found = readable_version(db.session, current_user, file_id, number=number)
     if found is None:
@@ -330,19 +343,20 @@ def download(file_id: int):
     return serve_version(file, version, user_id=user_id)
 
 
-@bp.route("/api/files/<int:file_id>/links", methods=["POST"])
+@bp.route("/api/files/<id:file_id>/links", methods=["POST"])
 @login_required
 def mint_link(file_id: int):
     """A signed, expiring URL for wget, curl, aria2c and download managers."""
+    payload = json_object()
     file = readable_file(db.session, current_user, file_id)
     if file is None:
         abort(404)
-    payload = request.get_json(silent=True) or {}
-    version = pick_version(file, str(payload["version"]) if "version" in payload else
+    version = pick_version(file, json_version(payload["version"]) if "version" in payload else
                            request.args.get("version"))
     token, expires = links.mint(current_app.config["SECRET_KEY"],
                                 current_app.config["LINK_TTL_SECONDS"],
-                                user_id=current_user.id, file_id=file.id, version_id=version.id)
+                                user_id=current_user.id, file_id=file.id, version_id=version.id,
+                                generation=current_user.session_gen)
     url = url_for("download.by_link", token=token, name=version.original_filename,
                   _external=True)
     return jsonify(url=url, expires_at=expires.isoformat().replace("+00:00", "Z"),
@@ -354,7 +368,7 @@ def mint_link(file_id: int):
 @login_required
 def revoke_link():
     """Withdraw a signed link (JSON {"url": ...}) before it expires: its owner or an admin."""
-    url = str((request.get_json(silent=True) or {}).get("url", ""))
+    url = str(json_object().get("url", ""))
     token = url.split("/d/", 1)[1].split("/", 1)[0] if "/d/" in url else ""
     config = current_app.config
     try:
@@ -363,8 +377,8 @@ def revoke_link():
         return jsonify(error=f"link {exc}"), 400 if str(exc) == "invalid" else 200
     if claims.user_id != current_user.id and not current_user.is_admin:
         abort(404)
-    if not links.revoke(claims.nonce, config["LINK_TTL_SECONDS"]):
-        return jsonify(error="the deny-list (Redis) is unavailable; try again later"), 503
+    links.revoke(db.session, claims, config["LINK_TTL_SECONDS"])
+    db.session.commit()
     return jsonify(revoked=True)
 
 
@@ -374,22 +388,23 @@ def by_link(token: str, name: str | None = None):
     """The bytes behind a signed link: same semantics as /files/<id>/download, no cookie.
 
     Checked on every request (a download manager's 16 connections each make one): the
-    deny-list, the user (still active), the access rule and the version, all from the
-    metadata cache in one round trip to Redis, or none when warm.
+    link's revocation, the user (still active, same session generation), the access rule
+    and the version, all from the worker's confirmed view of the database and the metadata
+    cache in one round trip to Redis, or none when warm.
     """
     config = current_app.config
     try:
-        claims = links.verify_signature(config["SECRET_KEY"], config["LINK_TTL_SECONDS"], token)
+        claims = links.verify(config["SECRET_KEY"], config["LINK_TTL_SECONDS"], token)
     except links.LinkError as exc:
         return bad_link(str(exc))
-    cache.prefetch_download(str(claims.user_id), claims.file_id,
-                            version_key=cache.version_key_by_id(claims.version_id),
-                            link_nonce=claims.nonce)
-    if cache.link_revoked(claims.nonce):
+    cache.prefetch_download(claims.user_id, claims.file_id,
+                            version_key=cache.version_key_by_id(claims.version_id))
+    # None once disabled, and a password change or "sign out everywhere" ends their links
+    user = user_by_id(claims.user_id, blueprint="download")
+    if user is None or user.session_gen != claims.generation:
         return bad_link("revoked")
-    user = load_user(str(claims.user_id))  # None once disabled: all their links stop
     found = readable_version(db.session, user, claims.file_id, version_id=claims.version_id)
-    if user is None or found is None or found[1] is None:
+    if found is None or found[1] is None:
         return bad_link("revoked")
     return serve_version(found[0], found[1], user_id=user.id, link_nonce=claims.nonce)
 
