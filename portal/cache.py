@@ -242,7 +242,7 @@ def file_meta(file_id: int, load: Callable[[], tuple | None]
     if not current_app.config.get("CACHE_METADATA", True):
         return load()
     if not co.current():
-        return _untrusted_meta(file_id, load)
+        return _load_or_public(file_id, load)
     key = meta_key(file_id)
     # One round trip for the common case: read the entry and count it as a hit (a miss
     # takes the hit back below, in the round trip that stores the entry anyway). A download
@@ -259,9 +259,10 @@ def file_meta(file_id: int, load: Callable[[], tuple | None]
         if found is MISSING:
             return None
         if found is not None:
+            remember_public(current_app, file_id, found)
             return found
     stamp = co.stamp()
-    found = load()
+    found = _load_or_public(file_id, load)
     if raw is _DOWN:
         return found
     try:
@@ -276,25 +277,53 @@ def file_meta(file_id: int, load: Callable[[], tuple | None]
     return found
 
 
-def _untrusted_meta(file_id: int, load: Callable[[], tuple | None]):
-    """file_meta while the database cannot confirm the cache: the database, else (it is
-    down) a cached entry of a public file, else the database's error."""
+def _load_or_public(file_id: int, load: Callable[[], tuple | None]):
+    """The file's metadata from the database, else (it is down) what this worker or Redis
+    last knew of it as a public file, else the database's error (fail closed: the error
+    handler answers 503)."""
     try:
-        return load()
+        found = load()
     except SQLAlchemyError:
-        prefix = namespace()
-        raw = None
-        if prefix is not None:
-            with contextlib.suppress(redis.RedisError):
-                raw = client().get(meta_key(file_id, prefix))
-        try:
-            data = json.loads(raw) if raw is not None else None
-            if data and data["file"] and data["file"]["access"] == "public" \
-                    and not data["file"]["deleted_at"]:
-                return FileSnapshot(**data["file"]), _version_from(data["latest"])
-        except (ValueError, KeyError, TypeError):
-            pass
-        raise
+        found = _last_public(file_id)
+        if found is None:
+            raise
+        return found
+    remember_public(current_app, file_id, found)
+    return found
+
+
+#: Public files this worker served, for when neither the database nor Redis can answer: a
+#: public file is meant for everyone, so serving its last known state is never a leak.
+_PUBLIC_LIMIT = 4096
+
+
+def remember_public(app, file_id: int, found) -> None:
+    """Note what a download found of a file: kept while the file is public (the fast path
+    and the view both call this)."""
+    seen = app.extensions.setdefault("portal_public_meta", {})
+    if found is not None and found[0].access == "public" and found[0].deleted_at is None:
+        if len(seen) >= _PUBLIC_LIMIT:
+            seen.clear()
+        seen[int(file_id)] = found
+    else:
+        seen.pop(int(file_id), None)
+
+
+def _last_public(file_id: int):
+    found = current_app.extensions.get("portal_public_meta", {}).get(int(file_id))
+    if found is not None:
+        return found
+    prefix = namespace()
+    if prefix is None:
+        return None
+    try:
+        data = json.loads(client().get(meta_key(file_id, prefix)) or "null")
+        file = data["file"]
+        if file["access"] == "public" and not file["deleted_at"]:
+            return FileSnapshot(**file), _version_from(data["latest"])
+    except (redis.RedisError, ValueError, KeyError, TypeError):
+        pass
+    return None
 
 
 # A version never changes once stored (a new upload is a new version), so its snapshot needs

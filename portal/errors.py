@@ -1,14 +1,42 @@
-"""Error pages in the user's language, JSON for API callers."""
+"""Error pages in the user's language, JSON for API callers.
+
+A database that cannot be reached (PostgreSQL restarting, a failover, SQLite locked past
+its busy timeout) is not a bug: such a request is answered 503 with Retry-After, and the
+session's half-done transaction is rolled back so that the next request of this worker
+starts clean (tests/functional/test_postgres_restart.py).
+"""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 
-from flask import Flask, jsonify, render_template, request
+from flask import Flask, current_app, jsonify, render_template, request
 from flask_babel import lazy_gettext as _l
+from sqlalchemy.exc import (
+    DBAPIError,
+    InterfaceError,
+    OperationalError,
+    PendingRollbackError,
+    SQLAlchemyError,
+)
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from werkzeug.exceptions import HTTPException, InternalServerError
 
+from .extensions import db
+
 log = logging.getLogger(__name__)
+
+#: Seconds a client is asked to wait when the database is unreachable: a PostgreSQL restart
+#: (pg_ctl restart -m fast, the service's restart) takes one to a few, with its checkpoint.
+DATABASE_RETRY_AFTER = 5
+
+#: PostgreSQL error classes that say "not now" rather than "wrong query": connection
+#: exception, insufficient resources (too many connections), operator intervention (admin
+#: shutdown, the database system is starting up, statement timeout).
+_UNAVAILABLE_SQLSTATES = ("08", "53", "57")
+#: SQLite result codes of the same kind (extended codes such as SQLITE_BUSY_SNAPSHOT too).
+_UNAVAILABLE_SQLITE = ("SQLITE_BUSY", "SQLITE_LOCKED", "SQLITE_CANTOPEN", "SQLITE_IOERR")
 
 MESSAGES = {
     400: (_l("Bad request"),
@@ -46,6 +74,53 @@ def render_error(code: int, detail: str | None = None):
                            message=detail or message), code
 
 
+def database_unavailable(exc: BaseException) -> bool:
+    """True when ``exc`` means the database cannot answer now, so that the same request may
+    succeed in a moment; False for errors a retry would repeat (a constraint, a bad query)."""
+    if isinstance(exc, PoolTimeoutError):  # every pooled connection is busy
+        return True
+    if isinstance(exc, PendingRollbackError):
+        # "Can't reconnect until invalid transaction is rolled back": this request lost its
+        # connection earlier and some code went on after catching that error.
+        return exc.code == "8s2b"
+    if not isinstance(exc, DBAPIError):
+        return False
+    if exc.connection_invalidated or isinstance(exc, InterfaceError):
+        return True  # the dialect recognised a lost connection
+    if not isinstance(exc, OperationalError):
+        return False
+    sqlstate = getattr(exc.orig, "sqlstate", None)
+    if sqlstate:
+        return sqlstate.startswith(_UNAVAILABLE_SQLSTATES)
+    sqlite_code = getattr(exc.orig, "sqlite_errorname", None)
+    if sqlite_code:
+        return sqlite_code.startswith(_UNAVAILABLE_SQLITE)
+    return True  # no server answer at all: the connection could not be opened (refused)
+
+
+def database_unavailable_response(exc: SQLAlchemyError):
+    """503 with Retry-After, after rolling the request's session back.
+
+    The page is the usual error page; should rendering it need the database too (the
+    signed-in user not loaded yet), a plain-text answer says the same.
+    """
+    with contextlib.suppress(SQLAlchemyError):
+        db.session.rollback()
+    reason = f"{exc.__class__.__name__}: {getattr(exc, 'orig', None) or exc}"
+    log.warning("database unavailable on %s %s: %s", request.method, request.path,
+                reason.splitlines()[0][:300])
+    try:
+        response = current_app.make_response(render_error(503))
+    except SQLAlchemyError:
+        with contextlib.suppress(SQLAlchemyError):
+            db.session.rollback()
+        response = current_app.make_response(
+            ("503 Service Unavailable: the database is unavailable; try again in a moment.\n",
+             503, {"Content-Type": "text/plain; charset=utf-8"}))
+    response.headers["Retry-After"] = str(DATABASE_RETRY_AFTER)
+    return response
+
+
 def register(app: Flask) -> None:
     """Attach the handlers."""
 
@@ -65,3 +140,31 @@ def register(app: Flask) -> None:
     def unexpected(exc: Exception):
         log.exception("unhandled error on %s %s", request.method, request.path)
         return render_error(InternalServerError.code)
+
+    @app.errorhandler(SQLAlchemyError)
+    def database_error(exc: SQLAlchemyError):
+        if database_unavailable(exc):
+            return database_unavailable_response(exc)
+        return unexpected(exc)
+
+    # Runs before Flask-SQLAlchemy's own teardown (teardowns run in reverse order), which
+    # then has nothing left to close.
+    app.teardown_appcontext(close_session)
+
+
+def close_session(_exc: BaseException | None = None) -> None:
+    """End the request's database session without turning its answer into a 500.
+
+    Closing rolls the transaction back on its connection; when the server has just ended
+    that connection (a restart right after the request's last query), SQLAlchemy
+    invalidates the connection and raises, from a teardown, where no error handler runs
+    and gunicorn replaces the finished response with an empty 500. The connection is gone
+    either way, so the close is repeated (it succeeds then) and the request's answer stands.
+    """
+    try:
+        db.session.remove()
+    except SQLAlchemyError as exc:
+        log.warning("database connection lost while closing a session: %s",
+                    str(exc).splitlines()[0][:300])
+        with contextlib.suppress(SQLAlchemyError):
+            db.session.remove()

@@ -18,12 +18,14 @@ import http.client
 import http.cookiejar
 import json
 import os
+import pwd
 import shutil
 import signal
 import socket
 import sqlite3
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.parse
 import urllib.request
@@ -382,6 +384,152 @@ class Nginx:
 
 
 # ---------------------------------------------------------------------------
+# A private PostgreSQL cluster
+# ---------------------------------------------------------------------------
+
+
+def postgres_bindir() -> Path:
+    """The folder holding ``initdb`` and ``pg_ctl`` (Debian keeps them out of PATH, under
+    /usr/lib/postgresql/<version>/bin); skipped when PostgreSQL is not installed, failed
+    under CI, which installs it (.ci/run)."""
+    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/pg_ctl"),
+                   key=lambda path: int(path.parent.parent.name)
+                   if path.parent.parent.name.isdigit() else 0)
+    on_path = shutil.which("pg_ctl")
+    if found:
+        return found[-1].parent
+    if on_path:
+        return Path(on_path).parent
+    message = ("initdb and pg_ctl are not installed (apt-get install postgresql); "
+               "the PostgreSQL fault tests need a private cluster")
+    if os.environ.get("CI"):
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+@dataclass
+class Postgres:
+    """A PostgreSQL cluster of this test alone, in a temporary folder, on a free port.
+
+    It can be stopped and restarted at will without touching the machine's own service,
+    which other test runs share. PostgreSQL refuses to run as root, so under root (CI) every
+    server command runs as the ``postgres`` OS user, in a folder that user owns (pytest's
+    tmp folders are private to root). Authentication is ``trust``, on 127.0.0.1 only.
+    """
+
+    port: int = field(default_factory=free_port)
+    bindir: Path = field(default_factory=postgres_bindir)
+    workdir: Path | None = None
+
+    @property
+    def data(self) -> Path:
+        """The cluster's data folder."""
+        return self.workdir / "data"
+
+    @property
+    def log(self) -> Path:
+        """The server's log (pg_ctl -l)."""
+        return self.workdir / "postgres.log"
+
+    @property
+    def url(self) -> str:
+        """The SQLAlchemy URL of its ``postgres`` database as the ``postgres`` role."""
+        return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/postgres"
+
+    def _run(self, tool: str, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+        cmd = [str(self.bindir / tool), *args]
+        if os.geteuid() == 0:
+            cmd = ["runuser", "-u", "postgres", "--", *cmd]
+        result = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
+                                check=False, cwd=self.workdir)
+        if result.returncode != 0:
+            pytest.fail(f"{tool} {' '.join(args)} exited {result.returncode}:\n"
+                        f"{result.stdout}\n{result.stderr}\n{tail(self.log)}")
+        return result
+
+    def init(self) -> Postgres:
+        """``initdb`` a fresh cluster (trust authentication, UTF-8)."""
+        self.workdir = Path(tempfile.mkdtemp(prefix="portal-pg-"))
+        if os.geteuid() == 0:
+            try:
+                owner = pwd.getpwnam("postgres")
+            except KeyError:
+                shutil.rmtree(self.workdir)
+                pytest.skip("running as root without a postgres OS user to run PostgreSQL as")
+            os.chown(self.workdir, owner.pw_uid, owner.pw_gid)
+        self._run("initdb", "-D", str(self.data), "-U", "postgres", "--auth=trust",
+                  "-E", "UTF8", "--locale=C", "--no-sync")
+        return self
+
+    def _options(self) -> str:
+        # fsync off: the cluster lives for one test and the machine does not crash under it;
+        # restarts are clean shutdowns, which write everything anyway.
+        return (f"-p {self.port} -k {self.workdir} -c listen_addresses=127.0.0.1 "
+                f"-c fsync=off -c max_connections=100")
+
+    def start(self) -> Postgres:
+        """``pg_ctl start`` and wait until it accepts connections."""
+        self._run("pg_ctl", "-D", str(self.data), "-l", str(self.log), "-o", self._options(),
+                  "-w", "-t", "30", "start")
+        return self
+
+    def stop(self, mode: str = "fast") -> None:
+        """``pg_ctl stop -m MODE`` (fast: open sessions are terminated, as a service stop
+        does); nothing when it is not running."""
+        if self.workdir is not None and (self.data / "postmaster.pid").exists():
+            self._run("pg_ctl", "-D", str(self.data), "-m", mode, "-w", "-t", "30", "stop")
+
+    def start_if_stopped(self) -> None:
+        """Start the server again when a test stopped it and failed before starting it."""
+        if not (self.data / "postmaster.pid").exists():
+            self.start()
+
+    def restart(self, mode: str = "fast") -> None:
+        """``pg_ctl restart -m MODE``: what ``systemctl restart postgresql`` does."""
+        self._run("pg_ctl", "-D", str(self.data), "-l", str(self.log), "-o", self._options(),
+                  "-m", mode, "-w", "-t", "30", "restart")
+
+    def accepting(self) -> bool:
+        """True when a connection can be opened now."""
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
+                pass
+        except OSError:
+            return False
+        return subprocess.run([str(self.bindir / "pg_isready"), "-q", "-h", "127.0.0.1",
+                               "-p", str(self.port), "-t", "1"], check=False).returncode == 0
+
+    def query(self, sql: str, params: tuple = ()) -> list[tuple]:
+        """Rows of one statement (none for a command), on a connection of its own
+        (psycopg, autocommit: CREATE DATABASE cannot run in a transaction)."""
+        import psycopg
+
+        with psycopg.connect(host="127.0.0.1", port=self.port, user="postgres",
+                             dbname="postgres", autocommit=True, connect_timeout=5) as conn:
+            cursor = conn.execute(sql, params)
+            return cursor.fetchall() if cursor.description is not None else []
+
+    def destroy(self) -> None:
+        """Stop the server (immediately) and delete the cluster."""
+        if self.workdir is None:
+            return
+        with contextlib.suppress(BaseException):
+            self.stop("immediate")
+        shutil.rmtree(self.workdir, ignore_errors=True)
+        self.workdir = None
+
+    def __enter__(self) -> Postgres:
+        try:
+            return self.init().start()
+        except BaseException:
+            self.destroy()
+            raise
+
+    def __exit__(self, *exc) -> None:
+        self.destroy()
+
+
+# ---------------------------------------------------------------------------
 # HTTP without a client library
 # ---------------------------------------------------------------------------
 
@@ -503,3 +651,75 @@ def portal_server(portal_instance) -> Iterator[Gunicorn]:
     """gunicorn serving ``portal_instance`` directly (PORTAL_SENDFILE=direct), 2 workers."""
     with Gunicorn(portal_instance) as server:
         yield server
+
+
+# ---------------------------------------------------------------------------
+# A private redis-server that tests stop, freeze, flush and restart
+# ---------------------------------------------------------------------------
+
+
+class PrivateRedis:
+    """A ``redis-server`` of the test's own (no persistence), for fault tests: stop and
+    restart it (empty), freeze it (SIGSTOP), flush it, drop its pub/sub connections."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.port = free_port()
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def client(self) -> redis.Redis:
+        """A client that gives up quickly (the server may be frozen)."""
+        return redis.Redis.from_url(self.url, socket_timeout=2, socket_connect_timeout=2)
+
+    def start(self) -> PrivateRedis:
+        """Start (again, on the same port: a restart comes back empty)."""
+        from tests.conftest import redis_binary
+
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.proc = subprocess.Popen(
+            [redis_binary(), "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no", "--dir", str(self.workdir)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+        def answers() -> bool:
+            try:
+                return self.client().ping()
+            except redis.RedisError:
+                return False
+
+        wait_for(answers, 10, f"redis-server on port {self.port}", interval=0.05)
+        return self
+
+    def stop(self) -> None:
+        """Kill it (what a crash or an OOM kill does: nothing is saved)."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.thaw()
+            self.proc.kill()
+            self.proc.wait(10)
+
+    def freeze(self) -> None:
+        """SIGSTOP: connections stay open and nothing answers."""
+        self.proc.send_signal(signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        """SIGCONT after freeze."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGCONT)
+
+    def flush(self) -> None:
+        """FLUSHALL."""
+        self.client().flushall()
+
+    def drop_subscribers(self) -> None:
+        """Close every pub/sub connection (its messages in between are lost)."""
+        self.client().client_kill_filter(_type="pubsub")
+
+    def __enter__(self) -> PrivateRedis:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()

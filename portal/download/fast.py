@@ -267,6 +267,8 @@ class FastDownloads:
         if found is None or not co.valid(f"file:{file_id}", found[3]):
             return None
         file, version, rep, _ = found
+        if file.access == "public":
+            cache.remember_public(app, file_id, (file, version))
         user = None
         if token is not None:
             held = self._decode(keys[1], replies[1:], _user)

@@ -175,3 +175,53 @@ def test_a_taken_right_stops_within_two_seconds(world, fault, decision):
         assert set(refused) <= expected[decision], refused  # the database is up: no 503
     finally:
         heal(redis_server, fault)
+
+
+def test_without_database_and_redis_private_fails_closed_public_serves(tmp_path):
+    """Neither the database nor Redis can confirm anything: a personal document answers
+    503 (with Retry-After), never its bytes; a public file keeps serving; both come back."""
+    from servers import Postgres
+
+    with Postgres() as pg, PrivateRedis(tmp_path / "redis") as redis_server:
+        url = f"postgresql+psycopg://postgres@127.0.0.1:{pg.port}/postgres"
+        instance = make_instance(tmp_path, redis_server.url, PORTAL_DATABASE_URL=url,
+                                 PORTAL_CACHE_LOCAL_SECONDS="5")
+        instance.create_user("amy")
+        (tmp_path / "files").mkdir()
+        (tmp_path / "files" / "t.pdf").write_bytes(DATA)
+        (tmp_path / "files" / "timetable.pdf").write_bytes(DATA)
+        private = instance.add_file(tmp_path / "files" / "t.pdf", title="T", access="user:amy")
+        public = instance.add_file(tmp_path / "files" / "timetable.pdf", title="Timetable")
+        with Gunicorn(instance) as server:
+            browser = Browser(server.base_url).login("amy")
+            link = urllib.parse.urlsplit(browser.mint_link(private)["url"]).path
+            mine = {"Cookie": cookie_of(browser), "User-Agent": AGENT}
+            targets = {"public": (f"/files/{public}/download", {}),
+                       "session": (f"/files/{private}/download", mine),
+                       "link": (link, {})}
+            for _ in range(10):  # both workers have served each one
+                for path, headers in targets.values():
+                    assert request(server.base_url, "GET", path, headers)[0] == 200
+            redis_server.stop()
+            pg.stop()
+            try:
+                for _ in range(10):
+                    for kind, (path, headers) in targets.items():
+                        status, head, body = request(server.base_url, "GET", path, headers)
+                        if kind == "public":
+                            assert (status, body) == (200, DATA)
+                        else:
+                            assert status == 503 and head["Retry-After"], (kind, status)
+                            assert DATA[:100] not in body
+            finally:
+                pg.start()
+                redis_server.start()
+            for path, headers in targets.values():
+                wait_for_status(server, path, headers, 200)
+
+
+def wait_for_status(server, path: str, headers: dict, expected: int, timeout: float = 15) -> None:
+    deadline = time.monotonic() + timeout
+    while (status := request(server.base_url, "GET", path, headers)[0]) != expected:
+        assert time.monotonic() < deadline, f"{path}: {status}, not {expected}"
+        time.sleep(0.2)
