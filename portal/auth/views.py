@@ -197,7 +197,8 @@ def login():
         verdict = throttle.check(_attempt())
         if verdict.retry_after is not None:
             raise TooManyRequests(retry_after=verdict.retry_after)
-        # Before anything opens a database connection: a delayed attempt holds none.
+        # The wait comes before the password check opens a database connection, so a
+        # delayed attempt holds none.
         throttle.pause(verdict)
         if form.validate_on_submit():
             user = authenticate(form.username.data, form.password.data)

@@ -69,6 +69,13 @@ def test_factory_writes_nothing(config, tmp_path):
     ("S3_PRESIGN_SECONDS", 8 * 24 * 3600, "PORTAL_S3_PRESIGN_SECONDS"),
     ("S3_PRESIGN_SECONDS", "300", "PORTAL_S3_PRESIGN_SECONDS"),
     ("S3_PRESIGN_SECONDS", True, "PORTAL_S3_PRESIGN_SECONDS"),
+    ("TRUSTED_PROXIES", -1, "PORTAL_TRUSTED_PROXIES"),
+    ("TRUSTED_PROXIES", 1.5, "PORTAL_TRUSTED_PROXIES"),
+    ("TRUSTED_PROXIES", "nginx", "PORTAL_TRUSTED_PROXIES"),
+    ("TRUSTED_PROXIES", True, "PORTAL_TRUSTED_PROXIES"),
+    ("LOGIN_LIMIT_ACCOUNT", "lots", "PORTAL_LOGIN_LIMIT_ACCOUNT"),
+    ("LOGIN_LIMIT_IP", 100, "PORTAL_LOGIN_LIMIT_IP"),
+    ("LOGIN_LIMIT_ACCOUNT_CEILING", "0 per hour", "PORTAL_LOGIN_LIMIT_ACCOUNT_CEILING"),
 ])
 def test_config_errors(config, key, value, message):
     config[key] = value
