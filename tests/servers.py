@@ -1,4 +1,5 @@
-"""Real servers for the functional tests: a portal instance on disk, gunicorn, nginx.
+"""Real servers for the functional tests: a portal instance on disk, gunicorn, nginx, and a
+private PostgreSQL cluster that a fault test may stop and restart.
 
 Everything here runs the portal the way production does -- ``flask --app wsgi`` commands in a
 subprocess, ``gunicorn -c gunicorn.conf.py wsgi:app`` with its gevent workers and the zero-copy
