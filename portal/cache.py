@@ -21,6 +21,7 @@ from datetime import datetime
 from itertools import chain
 
 import redis
+import redis.client
 from flask import current_app, g, has_app_context
 from sqlalchemy import event
 from sqlalchemy.exc import SQLAlchemyError
@@ -35,12 +36,68 @@ CONNECT_TIMEOUT = 0.25
 SOCKET_TIMEOUT = 0.5
 
 
+#: After Redis failed (refused, timed out), it is not asked again for this long: a frozen
+#: Redis would otherwise cost every request its socket timeout, once per call.
+BREAKER_SECONDS = 1.0
+
+
+class _Breaker:
+    """Whether this process gave up on Redis a moment ago (shared by a client and its
+    pipelines)."""
+
+    def __init__(self) -> None:
+        self.open_until = 0.0
+
+    def check(self) -> None:
+        if time.monotonic() < self.open_until:
+            raise redis.ConnectionError("redis failed a moment ago; not asked again yet")
+
+    def failed(self) -> None:
+        self.open_until = time.monotonic() + BREAKER_SECONDS
+
+
+class GuardedRedis(redis.Redis):
+    """redis-py's client with a circuit breaker: after a connection error or a timeout,
+    every call fails at once for BREAKER_SECONDS (callers treat it as Redis down), then
+    Redis is tried again. Why by hand: redis-py retries, it does not stop asking."""
+
+    breaker: _Breaker
+
+    def execute_command(self, *args, **options):
+        self.breaker.check()
+        try:
+            return super().execute_command(*args, **options)
+        except (redis.ConnectionError, redis.TimeoutError):
+            self.breaker.failed()
+            raise
+
+    def pipeline(self, transaction=True, shard_hint=None) -> redis.client.Pipeline:
+        pipe = _GuardedPipeline(self.connection_pool, self.response_callbacks, transaction,
+                                shard_hint)
+        pipe.breaker = self.breaker
+        return pipe
+
+
+class _GuardedPipeline(redis.client.Pipeline):
+    breaker: _Breaker
+
+    def execute(self, raise_on_error: bool = True):
+        self.breaker.check()
+        try:
+            return super().execute(raise_on_error)
+        except (redis.ConnectionError, redis.TimeoutError):
+            self.breaker.failed()
+            raise
+
+
 def make_client(url: str) -> redis.Redis:
     """A client that connects lazily; nothing is sent until first use."""
-    return redis.Redis.from_url(
+    client = GuardedRedis.from_url(
         url, socket_connect_timeout=CONNECT_TIMEOUT, socket_timeout=SOCKET_TIMEOUT,
         health_check_interval=30,
     )
+    client.breaker = _Breaker()
+    return client
 
 
 def client() -> redis.Redis:

@@ -488,3 +488,26 @@ def test_worker_memory_keeps_to_its_budget(memory_app):
     for _ in range(3):
         assert get(client, url) == (200, big)
     assert memory.get(hashlib.sha256(big).hexdigest()) is None
+
+
+def test_a_missing_id_costs_what_a_forbidden_one_costs(app, client, make_user, login, statements,
+                                                       r):
+    """A file that does not exist is cached like one that may not be read (an entry saying
+    so), so that neither its answer nor its cost tells which ids exist; creating the file
+    makes that entry stale at once."""
+    make_user("erin")
+    forbidden = add_file(app, b"someone's transcript", title="T", access="user:someone")
+    login("erin")
+    missing = forbidden + 1
+    for file_id in (forbidden, missing):
+        assert get(client, f"/files/{file_id}/download")[0] == 404
+    statements.clear()
+    for _ in range(3):
+        for file_id in (forbidden, missing):
+            assert get(client, f"/files/{file_id}/download")[0] == 404
+    assert lookups(statements) == []  # both answered from the cache, the same way
+    with app.app_context():
+        assert r.exists(cache.meta_key(missing)) and r.exists(cache.meta_key(forbidden))
+    created = add_file(app, b"new timetable", title="New")  # takes the missing id
+    assert created == missing
+    assert get(client, f"/files/{missing}/download") == (200, b"new timetable")
