@@ -93,32 +93,32 @@ def test_a_success_clears_its_counter_and_gives_its_counts_back(make_app):
         assert status(visitor(app, "203.0.113.22"), "alice", PASSWORD) == 302
 
 
-def test_the_ceiling_delays_and_never_refuses(make_app):
+def test_the_ceiling_delays_and_never_refuses(make_app, monkeypatch):
     app = make_app(LOGIN_LIMIT_ACCOUNT="2 per minute", LOGIN_LIMIT_ACCOUNT_CEILING="4 per minute")
     add_user(app, "alice")
-    timings = []
+    add_user(app, "bob")
+    waits = []  # the delay of every attempt that got past the limits (wall time varies by load)
+    real_pause = throttle.pause
+    monkeypatch.setattr(throttle, "pause",
+                        lambda verdict: waits.append(verdict.delay) or real_pause(verdict))
     for address in ("198.51.100.1", "198.51.100.2"):  # a guesser spread over two addresses
         client = visitor(app, address)
         for i in range(2):
-            resp, seconds = sign_in(client, "alice", f"guess-{i}")
-            assert resp.status_code == 200
-            timings.append(seconds)
-    assert max(timings) < 0.5  # below the ceiling nobody waits
-    # Past the ceiling: an address at its own limit is still refused at once ...
-    resp, seconds = sign_in(visitor(app, "198.51.100.1"), "alice", "guess-3")
-    assert resp.status_code == 429 and seconds < 0.5
+            assert status(client, "alice", f"guess-{i}") == 200
+    assert waits == [0.0] * 4  # below the ceiling nobody waits
+    # Past the ceiling: an address at its own limit is still refused, and at once ...
+    assert status(visitor(app, "198.51.100.1"), "alice", "guess-3") == 429
+    assert len(waits) == 4
     # ... a fresh address is delayed, not refused: a wrong password is checked after the wait,
     resp, seconds = sign_in(visitor(app, "198.51.100.3"), "alice", "guess-4")
     assert resp.status_code == 200 and seconds >= throttle.CEILING_DELAY_SECONDS
     # and the owner with the right password gets in, after a longer wait (one more failure).
     resp, owner_seconds = sign_in(visitor(app, "203.0.113.30"), "alice", PASSWORD)
-    assert resp.status_code == 302
-    assert throttle.CEILING_DELAY_SECONDS < owner_seconds <= throttle.CEILING_MAX_DELAY_SECONDS + 1
-    assert owner_seconds > seconds - 0.2
+    assert resp.status_code == 302 and owner_seconds >= 2 * throttle.CEILING_DELAY_SECONDS
+    assert waits[4:] == [throttle.CEILING_DELAY_SECONDS, 2 * throttle.CEILING_DELAY_SECONDS]
     # Other accounts are not slowed down.
-    add_user(app, "bob")
-    resp, seconds = sign_in(visitor(app, "198.51.100.3"), "bob", PASSWORD)
-    assert resp.status_code == 302 and seconds < 0.5
+    assert status(visitor(app, "198.51.100.3"), "bob", PASSWORD) == 302
+    assert waits[6:] == [0.0]
 
 
 @pytest.mark.parametrize("excess,delay", [(0, 1.0), (0.25, 2.0), (0.5, 3.0), (1, 5.0), (7, 5.0)])
@@ -207,7 +207,8 @@ def test_frozen_redis_costs_little_and_is_never_a_500(make_app, tmp_path):
         finally:
             proc.send_signal(signal.SIGCONT)
         assert first < 5 and second < 5 and seconds < 5
-        assert costs[0] < 1.5 and costs[1] < 0.1 and costs[2] < 0.1, costs
+        # (a socket timeout is 0.5 s: the later checks stay well below one)
+        assert costs[0] < 1.5 and costs[1] < 0.25 and costs[2] < 0.25, costs
     finally:
         proc.terminate()
         proc.wait(5)
