@@ -77,6 +77,8 @@ def _load(raw: bytes | str) -> dict:
 #: How long the shipper waits after the first queued end, so that the ends of a busy moment
 #: cost one round trip; also the window a killed worker loses byte counts in.
 SHIP_DELAY = 0.05
+#: The most finished events a process keeps queued while neither Redis nor SQL takes them.
+RETRY_LIMIT = 100_000
 #: The journals' folder inside the instance folder, unless ANALYTICS_JOURNAL_DIR says otherwise.
 JOURNAL_DIR = "analytics-journal"
 #: A journal this large is replaced by one holding only the open starts.
@@ -199,6 +201,7 @@ class Recorder:
             log.warning("redis down: %d download event(s) written straight to the database",
                         len(rows))
             if not self.write_direct(rows):
+                self._keep_for_later(rows)
                 return
         else:
             if length >= int(self.config["ANALYTICS_FLUSH_BATCH"]):
@@ -214,6 +217,15 @@ class Recorder:
                         self._rotate()
                 except OSError:
                     log.exception("analytics journal unwritable")
+
+    def _keep_for_later(self, rows: list[dict]) -> None:
+        """Neither Redis nor the database took these events: queue them again, so that the
+        next flush (every ANALYTICS_FLUSH_SECONDS) tries once more with their real bytes.
+        Past RETRY_LIMIT queued events they are left to the journal, whose open starts are
+        recorded (bytes unknown) once this process is gone."""
+        with self._lock:
+            room = RETRY_LIMIT - len(self._ends)
+            self._ends.extend(rows[:max(0, room)])
 
     def _rotate(self) -> None:
         """Start a new journal holding only the starts still open, then delete the old one

@@ -226,6 +226,11 @@ def test_without_database_and_redis_private_fails_closed_public_serves(tmp_path)
             for _ in range(10):  # the worker has served each one
                 for path, headers in targets.values():
                     assert request(server.base_url, "GET", path, headers)[0] == 200
+            def recorded() -> int:
+                return pg.query("SELECT count(*) FROM download_events WHERE file_id = %s "
+                                "AND bytes_sent = %s", (public, len(DATA)))[0][0]
+
+            wait_for_value(recorded, 10)
             redis_server.stop()
             pg.stop()
             try:
@@ -242,6 +247,15 @@ def test_without_database_and_redis_private_fails_closed_public_serves(tmp_path)
                 redis_server.start()
             for path, headers in targets.values():
                 wait_for_status(server, path, headers, 200)
+            # the public downloads served during the outage are recorded, with their bytes
+            wait_for_value(recorded, 10 + 10 + 1)
+
+
+def wait_for_value(read, expected: int, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while (value := read()) < expected:
+        assert time.monotonic() < deadline, f"{value}, not {expected}"
+        time.sleep(0.2)
 
 
 def wait_for_status(server, path: str, headers: dict, expected: int, timeout: float = 15) -> None:
