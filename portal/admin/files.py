@@ -66,7 +66,7 @@ def upload():
     return render_template("admin/upload.html", **upload_context())
 
 
-@bp.route("/files/<int:file_id>", methods=["GET", "POST"])
+@bp.route("/files/<id:file_id>", methods=["GET", "POST"])
 def edit_file(file_id: int):
     """Edit title, category, description and access rule; changes of access are audited."""
     file = managed_file(file_id)
@@ -101,7 +101,7 @@ def edit_file(file_id: int):
                            **upload_context()), status
 
 
-@bp.route("/files/<int:file_id>/delete", methods=["POST"])
+@bp.route("/files/<id:file_id>/delete", methods=["POST"])
 def delete_file(file_id: int):
     """Soft delete: the file disappears for everyone; admins can restore it."""
     file = managed_file(file_id)
@@ -114,7 +114,7 @@ def delete_file(file_id: int):
     return redirect(url_for("admin.files"))
 
 
-@bp.route("/files/<int:file_id>/restore", methods=["POST"])
+@bp.route("/files/<id:file_id>/restore", methods=["POST"])
 def restore_file(file_id: int):
     """Undo a soft delete (admins)."""
     if not current_user.is_admin:

@@ -50,7 +50,7 @@ def users():
     return render_template("admin/users.html", users=listed, form=form, q=q), status
 
 
-@bp.route("/users/<int:user_id>", methods=["GET", "POST"])
+@bp.route("/users/<id:user_id>", methods=["GET", "POST"])
 def edit_user(user_id: int):
     """Change a user's role, groups, state, or reset the password."""
     require_admin()
@@ -98,7 +98,7 @@ def groups():
     return render_template("admin/groups.html", rows=rows, form=form), status
 
 
-@bp.route("/groups/<int:group_id>/delete", methods=["POST"])
+@bp.route("/groups/<id:group_id>/delete", methods=["POST"])
 def delete_group(group_id: int):
     """Delete a group (its members stay; rules naming it then match nobody)."""
     require_admin()

@@ -137,14 +137,14 @@ def _file_or_404(file_id: int) -> File:
     return file
 
 
-@api_bp.route("/files/<int:file_id>")
+@api_bp.route("/files/<id:file_id>")
 def api_file(file_id: int):
     """CONTRACT: downloads (logical), unique_users, bytes_served, completion_rate over ?days."""
     _file_or_404(file_id)
     return answer(queries.file_stats(_conn(), file_id, _period()), f"file-{file_id}")
 
 
-@api_bp.route("/files/<int:file_id>/detail")
+@api_bp.route("/files/<id:file_id>/detail")
 def api_file_detail(file_id: int):
     """Completion distribution, client classes and versions of one file."""
     _file_or_404(file_id)
@@ -177,7 +177,7 @@ def time_page():
                            weeks=current_app.config["ANALYTICS_FORECAST_WEEKS"])
 
 
-@pages_bp.route("/files/<int:file_id>")
+@pages_bp.route("/files/<id:file_id>")
 def file_page(file_id: int):
     """One file: time series, completion distribution, clients, versions."""
     return render_template("admin/analytics/file.html", file=_file_or_404(file_id))

@@ -75,7 +75,7 @@ def my_downloads():
                            rows=my_download_history(db.session, current_user))
 
 
-@bp.route("/files/<int:file_id>")
+@bp.route("/files/<id:file_id>")
 def file_page(file_id: int):
     """A file's page: size, SHA-256, versions and download links."""
     file = readable_file(db.session, current_user, file_id)
@@ -95,7 +95,7 @@ def api_files():
                    pages=page.pages)
 
 
-@bp.route("/api/files/<int:file_id>")
+@bp.route("/api/files/<id:file_id>")
 def api_file(file_id: int):
     """One file as JSON; 401 without a session for a non-public file, 404 when not readable."""
     file = readable_file(db.session, current_user, file_id)

@@ -21,6 +21,7 @@ from ..access import can_read
 from ..catalog.views import refuse
 from ..extensions import db
 from ..models import File, User
+from ..security import parse_id
 from ..storage import Storage, StorageError, get_storage
 from . import bp, http, zipplan
 from .body import CountedBody
@@ -35,14 +36,19 @@ MAX_ZIP_FILES = 200
 
 def parse_ids(values: Sequence[str]) -> list[int] | None:
     """The distinct file ids in request order, or None when the list is empty, too long or
-    holds anything but a positive decimal number."""
+    holds anything but decimal numbers.
+
+    A number no file can have (0, past the id range, in non-ASCII digits such as ``١٢``) is
+    kept as 0, which names no file: the zip is refused as for a missing file (404), and the
+    number never reaches SQL (SQLite cannot even bind one past 64 bits).
+    """
     if not values or len(values) > MAX_ZIP_FILES:
         return None
     ids: dict[int, None] = {}
     for raw in values:
-        if not (raw.isascii() and raw.isdigit() and len(raw) < 10):
+        if not raw.isdigit():  # no sign, point, space or letter
             return None
-        ids.setdefault(int(raw), None)
+        ids.setdefault(parse_id(raw) or 0, None)
     return list(ids)
 
 

@@ -227,7 +227,7 @@ def test_mixed_categories_get_a_generic_name(client, docs, login):
                         resp.headers["Content-Disposition"])
 
 
-BAD_QUERIES = ["", "id=", "id=abc", "id=-1", "id=1.0", "id=%201", "id=1&id=x", "id=12345678901",
+BAD_QUERIES = ["", "id=", "id=abc", "id=-1", "id=1.0", "id=%201", "id=1&id=x",
                "ids=1", "&".join(f"id={i}" for i in range(1, zipview.MAX_ZIP_FILES + 2))]
 
 
