@@ -219,7 +219,9 @@ class Coherence:
         """Record the highest generation seen of this identity in Redis; True when Redis
         saw a higher one: the database is a restored backup, whose ids and generations
         repeat what the entries in Redis describe."""
-        key = f"portal:{identity}:generation"
+        from .cache import generation_key
+
+        key = generation_key(f"portal:{identity}:")
         try:
             pipe = self.app.extensions["portal_redis"].pipeline(transaction=False)
             pipe.zadd(key, {"max": generation}, gt=True)
