@@ -4,7 +4,10 @@
 (function () {
   "use strict";
   const form = document.getElementById("upload-form");
-  if (!form || !window.tus) return;
+  if (!form) return;
+  // Files go up with tus, never as a form post (Enter in a text field would submit it).
+  form.addEventListener("submit", (event) => event.preventDefault());
+  if (!window.tus) return;
   const csrf = document.querySelector('meta[name="csrf-token"]').content;
   const drop = document.getElementById("drop-zone");
   const picker = document.getElementById("file-picker");

@@ -55,14 +55,23 @@ def demo_server(tmp_path_factory, redis_url):
 
 @pytest.fixture
 def page(browser, demo_server):
-    """A fresh browser context (cookies, downloads) in Chinese, on the demo server."""
+    """A fresh browser context (cookies, downloads) in Chinese, on the demo server.
+
+    Every test using it also checks that the pages broke no rule of their Content Security
+    Policy (portal/security.py): chromium reports each refused inline script, handler or
+    style, or a source outside 'self', on the console.
+    """
     context = browser.new_context(locale="zh-CN", accept_downloads=True,
                                   base_url=demo_server.base_url,
                                   viewport={"width": 1200, "height": 800})
     page = context.new_page()
     page.set_default_timeout(15000)
+    violations: list[str] = []
+    page.on("console", lambda message: violations.append(message.text)
+            if "Content Security Policy" in message.text else None)
     yield page
     context.close()
+    assert violations == [], violations
 
 
 def screenshot(page, name: str) -> Path:

@@ -16,6 +16,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.parse
 import urllib.request
 import uuid
 from pathlib import Path
@@ -347,3 +348,53 @@ def test_importer_follows_the_log_until_stopped(site, tmp_path):
         proc.terminate()
         out, _ = proc.communicate(timeout=15)
     assert proc.returncode == 0, out
+
+
+# ---------------------------------------------------------------------------
+# Security headers (portal/security.py): nginx adds only what an answer lacks
+# ---------------------------------------------------------------------------
+
+PAGE_HEADERS = ("Content-Security-Policy", "X-Content-Type-Options", "X-Frame-Options",
+                "Referrer-Policy")
+
+
+def test_security_headers_once_through_nginx(site):
+    from portal.security import PAGE_CSP
+
+    # A page: the portal's headers, each exactly once (no second copy from nginx).
+    _, d_headers, _ = request(site.direct, "GET", "/login")
+    status, headers, _ = request(site.nginx, "GET", "/login")
+    assert status == 200
+    for name in PAGE_HEADERS:
+        assert headers.get_all(name) == d_headers.get_all(name) and len(
+            d_headers.get_all(name)) == 1, name
+    # nginx's own answer (a 404 under /_portal/) gets the page headers from nginx.
+    status, headers, _ = request(site.nginx, "GET", "/_portal/")
+    assert status == 404
+    assert headers.get_all("Content-Security-Policy") == [PAGE_CSP]
+    assert headers.get_all("X-Frame-Options") == ["DENY"]
+    assert headers.get_all("Referrer-Policy") == ["strict-origin-when-cross-origin"]
+    assert "Strict-Transport-Security" not in headers  # plain HTTP: no HSTS
+    # A PDF, handed off with X-Accel-Redirect or sent on a grant: its nosniff once, no page
+    # CSP (the PDF viewer), and nginx's framing and referrer defaults.
+    agent = tag("headers")
+    granted(site, site.path, {"User-Agent": agent}, 200)
+    for extra in ({"User-Agent": agent}, {"User-Agent": agent, "If-Match": site.etag}):
+        status, headers, _ = request(site.nginx, "GET", site.path, extra)
+        assert status == 200
+        assert headers.get_all("X-Content-Type-Options") == ["nosniff"]
+        assert "Content-Security-Policy" not in headers
+        assert headers.get_all("X-Frame-Options") == ["DENY"]
+        assert headers.get_all("Referrer-Policy") == ["strict-origin-when-cross-origin"]
+    # A signed link (through X-Accel-Redirect, which drops the portal's headers but those
+    # the internal location re-adds): no-referrer, once; and its bad-link page too.
+    link = Browser(site.nginx).login("alice").mint_link(site.secret_id)
+    path = urllib.parse.urlsplit(link["url"]).path
+    status, headers, body = request(site.nginx, "GET", path)
+    assert (status, body) == (200, site.secret)
+    assert headers.get_all("Referrer-Policy") == ["no-referrer"]
+    assert headers.get_all("X-Content-Type-Options") == ["nosniff"]
+    status, headers, _ = request(site.nginx, "GET", path.replace("/d/", "/d/x"))
+    assert status == 403
+    assert headers.get_all("Referrer-Policy") == ["no-referrer"]
+    assert headers.get_all("Content-Security-Policy") == [PAGE_CSP]

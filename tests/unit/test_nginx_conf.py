@@ -30,3 +30,78 @@ def test_grant_headers_reach_the_client():
                      "disposition", "csp", "digest", "grant"}
     for variable in re.findall(r"auth_request_set (\$\w+)", CONF):
         assert CONF.count(variable) >= 2, variable
+
+
+
+def parse(text: str) -> list:
+    """nginx's configuration syntax as a tree: ``[(name, [args], children or None)]``.
+    Quoted arguments keep their braces (``"^/x{2}$"``); ``#`` starts a comment outside quotes."""
+    tokens = re.findall(r'"(?:[^"\\]|\\.)*"|\'(?:[^\'\\]|\\.)*\'|#[^\n]*|[{};]|[^\s{};"\'#]+',
+                        text)
+    tokens = [t for t in tokens if not t.startswith("#")]
+
+    def block(at: int) -> tuple[list, int]:
+        items, words = [], []
+        while at < len(tokens):
+            token = tokens[at]
+            at += 1
+            if token == ";":
+                items.append((words[0], words[1:], None))
+                words = []
+            elif token == "{":
+                children, at = block(at)
+                items.append((words[0], words[1:], children))
+                words = []
+            elif token == "}":
+                return items, at
+            else:
+                words.append(token)
+        return items, at
+
+    return block(0)[0]
+
+
+def add_headers(children: list) -> dict[str, list[str]]:
+    """{header name: [its other arguments joined]} of a block's own add_header directives."""
+    found: dict[str, list[str]] = {}
+    for name, args, _ in children:
+        if name == "add_header":
+            found.setdefault(args[0], []).append(" ".join(args[1:]))
+    return found
+
+
+SECURITY = ("Content-Security-Policy", "X-Content-Type-Options", "X-Frame-Options",
+            "Referrer-Policy", "Strict-Transport-Security")
+
+
+def test_security_headers_in_every_location():
+    # nginx's inheritance rule: a location with an add_header of its own loses all the
+    # server's. So the server sends every security header, and each such location repeats
+    # them all; the ones that send files leave out only the page CSP (theirs is the
+    # portal's: a sandbox for active content, none for a PDF the browser's viewer shows).
+    from portal.security import HSTS, PAGE_CSP
+
+    [(_, _, http)] = [item for item in parse(CONF) if item[0] == "http"]
+    [(_, _, server)] = [item for item in http if item[0] == "server"]
+    page = add_headers(server)
+    assert set(page) == set(SECURITY)
+    assert all(value.endswith(" always") for values in page.values() for value in values)
+    locations = [(" ".join(args), children) for name, args, children in server
+                 if name == "location"]
+    assert len(locations) >= 9
+    for where, children in locations:
+        own = add_headers(children)
+        if not own:
+            continue  # inherits the server's
+        missing = set(SECURITY) - set(own)
+        assert missing <= {"Content-Security-Policy"}, (where, missing)
+        for name in set(SECURITY) & set(own):  # on errors too (nginx's own 404 or 416)
+            assert all(v.endswith(" always") for v in own[name]), (where, name)
+        if "Content-Security-Policy" in own:  # a file's own CSP, from the portal or its grant
+            assert own["Content-Security-Policy"] in (
+                ["$grant_csp always"], ["$upstream_http_content_security_policy always"]), where
+    # the fill-in values are the portal's own (portal/security.py)
+    maps = {args[1]: children for name, args, children in http if name == "map"}
+    assert ("\"\"", [f'"{PAGE_CSP}"'], None) in maps["$security_csp"]
+    assert ("on", [f'"{HSTS}"'], None) in maps["$security_hsts_default"]
+    assert ("~^/d/", ["no-referrer"], None) in maps["$security_referrer_default"]
