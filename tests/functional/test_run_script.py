@@ -1,0 +1,62 @@
+"""``bash scripts/run.sh`` (the README's first command) with the embedded default kept in
+another folder (PORTAL_INSTANCE_PATH): it seeds the demo there once and serves."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+from pathlib import Path
+
+import pytest
+from servers import ROOT, free_port, request, stop_process, tail, wait_for
+
+pytestmark = pytest.mark.slow
+
+
+def run_portal(instance: Path, redis_url: str, log: Path) -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PORTAL_", "GUNICORN_"))}
+    env.update({"PORTAL_INSTANCE_PATH": str(instance), "PORTAL_BIND": f"127.0.0.1:{port}",
+                "PORTAL_REDIS_URL": redis_url, "PORTAL_DEMO_BIG_FILE_MB": "1",
+                "PORTAL_GUNICORN_WORKERS": "1", "PORTAL_PASSWORD_HASH_METHOD": "scrypt:1024:8:1"})
+    with open(log, "ab") as out:
+        proc = subprocess.Popen(["bash", "scripts/run.sh"], cwd=ROOT, env=env,
+                                stdin=subprocess.DEVNULL, stdout=out, stderr=out,
+                                start_new_session=True)
+    base = f"http://127.0.0.1:{port}"
+
+    def up() -> bool:
+        if proc.poll() is not None:
+            pytest.fail(f"scripts/run.sh exited {proc.returncode}:\n{tail(log)}")
+        try:
+            return request(base, "GET", "/healthz", timeout=2)[0] == 200
+        except OSError:
+            return False
+
+    wait_for(up, 120, f"scripts/run.sh on {base}", interval=0.5)
+    return proc, base
+
+
+def stop(proc: subprocess.Popen) -> None:
+    os.killpg(proc.pid, signal.SIGINT)
+    stop_process(proc, signal.SIGINT, timeout=20)
+
+
+def test_run_script_keeps_everything_in_the_instance_path(tmp_path, redis_url):
+    instance = tmp_path / "elsewhere" / "instance"
+    log = tmp_path / "run.log"
+    proc, base = run_portal(instance, redis_url, log)
+    try:
+        assert (instance / ".demo-seeded").exists() and (instance / "portal.db").exists()
+        status, _, body = request(base, "GET", "/")
+        assert status == 200 and "csrf-token" in body.decode()
+    finally:
+        stop(proc)
+    marker = (instance / ".demo-seeded").stat().st_mtime_ns
+    proc, base = run_portal(instance, redis_url, log)  # a second start does not seed again
+    try:
+        assert request(base, "GET", "/healthz")[0] == 200
+        assert (instance / ".demo-seeded").stat().st_mtime_ns == marker
+    finally:
+        stop(proc)
