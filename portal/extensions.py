@@ -30,7 +30,28 @@ class Base(DeclarativeBase):
 
 db = SQLAlchemy(model_class=Base)
 migrate = Migrate()
-login_manager = LoginManager()
+class PortalLoginManager(LoginManager):
+    """Flask-Login, with its "basic" session protection left out of downloads.
+
+    "basic" marks a session non-fresh when another client (address or User-Agent) presents
+    it, which writes the cookie again. A download manager reusing a browser's session (the
+    copyable link, aria2c with the cookie) is another client on every request: each answer
+    carried Set-Cookie and went past the fast path, for a flag that downloads never read
+    (no view asks for a fresh login to download). So downloads take the session as it is;
+    pages keep "basic", and "strong" (PORTAL_SESSION_PROTECTION) still ends a session that
+    another client presents, on downloads too. What really ends a session is the server's
+    revocation (portal/auth/tokens.py)."""
+
+    def _session_protection_failed(self):
+        from flask import current_app, request
+
+        mode = current_app.config.get("SESSION_PROTECTION", self.session_protection)
+        if mode == "basic" and request.blueprint == "download":
+            return False
+        return super()._session_protection_failed()
+
+
+login_manager = PortalLoginManager()
 csrf = CSRFProtect()
 babel = Babel()
 limiter = Limiter(key_func=get_remote_address)

@@ -12,8 +12,10 @@ only when every input is already at hand and the answer is the plain one:
   file's metadata and the user (what only the database has is left to the view);
 - the session cookie verifies with Flask's own serializer (a verified cookie is remembered
   with its timestamp, so the age limit still applies) and the request would not change it:
-  Flask-Login's session-protection identifier matches, there is no remember-me cookie to
-  honour, the session is not permanent;
+  no remember-me cookie to honour, the session is not permanent, and (only under "strong"
+  session protection) the client is the one that signed in;
+- the session's token is not revoked or expired and the user's session generation matches
+  (portal/auth/tokens.py), all confirmed against the database's change log (coherence.py);
 - the user is active and can_read() allows the file (a public file needs no session);
 - the answer is a 200 or a single-range 206 sent with sendfile from local storage.
 
@@ -296,15 +298,12 @@ class FastDownloads:
         data = self._verified(raw) if raw else {}
         if data is None:
             return None
-        # Flask-Login checks any non-empty session first. Another client (or a session that
-        # has no identifier: a visitor's, or one restored from the remember-me cookie): it
-        # marks the session non-fresh, a cookie write, unless it is already; in strong mode
-        # it ends the session.
+        # Flask-Login's session protection (extensions.PortalLoginManager): "basic" is not
+        # applied to downloads; "strong" ends a session that another client presents.
         mode = app.config.get("SESSION_PROTECTION", app.login_manager.session_protection)
-        changed_client = data and mode and data.get("_id") != _identifier(
-            environ.get("HTTP_X_FORWARDED_FOR"), environ.get("REMOTE_ADDR"),
-            environ.get("HTTP_USER_AGENT"))
-        if changed_client and (mode != "basic" or data.get("_fresh") is not False):
+        if mode == "strong" and data and data.get("_id") != _identifier(
+                environ.get("HTTP_X_FORWARDED_FOR"), environ.get("REMOTE_ADDR"),
+                environ.get("HTTP_USER_AGENT")):
             return None
         if not data.get("_user_id"):
             # Flask-Login would try the remember-me cookie (and write the session)

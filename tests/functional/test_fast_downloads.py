@@ -139,7 +139,8 @@ ETAG_CASES = [
     ("unsatisfiable", {"Range": "bytes=999999-"}, "GET", "", False),
     ("head", {}, "HEAD", "", False),
     ("older version", {}, "GET", "?version=1", False),
-    ("other client", {"User-Agent": "curl/8.0"}, "GET", "", False),
+    # a download manager reusing the browser's session: no cookie write, the fast path
+    ("other client", {"User-Agent": "curl/8.0"}, "GET", "", True),
 ]
 
 
@@ -250,19 +251,19 @@ def test_remember_me_cookie_is_left_to_flask_login(app, view, world):
     assert client.get(url).status_code == 200 and fast_count(app) == before + 1
 
 
-def test_a_visitors_session_is_left_to_flask_login_until_settled(app, world):
+def test_a_visitors_session_is_taken_as_it_is(app, world):
+    """A visitor's session without Flask-Login's identifier: downloads leave it alone (no
+    "basic" non-fresh mark), so the fast path answers from the first request, no cookie."""
     url = f"/files/{world['public_html']}/download"
     warm(app, signed_in(app, None), url)
     visitor = signed_in(app, None)
     with visitor.session_transaction() as session:  # chose a language, saw no other page
         session["lang"] = "en"
     before = fast_count(app)
-    resp = visitor.get(url)  # Flask-Login marks it non-fresh: a new cookie, from the view
-    assert resp.status_code == 200 and "Set-Cookie" in resp.headers
-    assert fast_count(app) == before
-    resp = visitor.get(url)
-    assert resp.status_code == 200 and "Set-Cookie" not in resp.headers
-    assert fast_count(app) == before + 1
+    for _ in range(2):
+        resp = visitor.get(url)
+        assert resp.status_code == 200 and "Set-Cookie" not in resp.headers
+    assert fast_count(app) == before + 2
 
 
 def test_forged_session_cookie_is_refused(app, world):
@@ -292,3 +293,28 @@ def test_session_identifier_is_flask_logins(app, forwarded, addr, agent):
         environ["HTTP_USER_AGENT"] = agent
     with app.test_request_context("/", environ_base={"REMOTE_ADDR": addr, **environ}):
         assert _identifier(forwarded, addr, agent) == _create_identifier()
+
+
+def test_a_download_manager_reusing_the_session_gets_no_cookie(app, world):
+    """aria2c with the browser's cookie: another User-Agent on every request. Downloads take
+    the session as it is (no "basic" non-fresh mark, no Set-Cookie); pages still do."""
+    url = f"/files/{world['login']}/download"
+    client = signed_in(app, "amy")
+    warm(app, client, url)
+    before = fast_count(app)
+    for agent in ("aria2/1.37.0", "Wget/1.21", "IDM/6.42"):
+        resp = client.get(url, headers={"User-Agent": agent})
+        assert resp.status_code == 200 and "Set-Cookie" not in resp.headers
+    assert fast_count(app) == before + 3
+    page = client.get("/", headers={"User-Agent": "aria2/1.37.0"})
+    assert "Set-Cookie" in page.headers  # a page: the session is marked non-fresh
+
+
+def test_strong_protection_still_ends_a_session_another_client_presents(make_app, make_user):
+    app = make_app(SESSION_PROTECTION="strong", CACHE_LOCAL_SECONDS=30)
+    make_user("amy")
+    url = f"/files/{add_file(app, DATA, 'login', filename='a.bin')}/download"
+    client = signed_in(app, "amy")
+    warm(app, client, url)
+    assert client.get(url).status_code == 200
+    assert client.get(url, headers={"User-Agent": "aria2/1.37.0"}).status_code == 302
