@@ -1,10 +1,11 @@
 """Sign-in throttling: slow password guessing down without letting a stranger lock the owner out.
 
-Three kinds of counters of failed sign-ins, each a fixed window per limit of its setting
-(Flask-Limiter syntax, e.g. ``5 per minute;20 per hour``):
+Three kinds of counters of failed sign-ins, each a moving window per limit of its setting
+(Flask-Limiter syntax, e.g. ``5 per minute;20 per hour``: at most 5 in any 60 s, 20 in any
+hour):
 
 - per account name and client address (``LOGIN_LIMIT_ACCOUNT``): past it, that address is
-  refused (429 with Retry-After) for that account until the window ends;
+  refused (429 with Retry-After) for that account until its oldest failure leaves the window;
 - per client address over all accounts (``LOGIN_LIMIT_IP``): past it, that address is refused
   for every account;
 - per account over all addresses (``LOGIN_LIMIT_ACCOUNT_CEILING``): past it, an attempt from
@@ -15,13 +16,14 @@ Three kinds of counters of failed sign-ins, each a fixed window per limit of its
 
 An attempt counts as a failure from the moment it is let through (one atomic step that
 refuses or counts), so parallel guesses cannot all slip past the check before the first one
-fails; a successful sign-in gives its count back and clears its (account, address) counter.
-A refused attempt counts nowhere: it checked no password.
+fails; a successful sign-in takes its own entry back and clears its (account, address)
+counter. A refused attempt counts nowhere: it checked no password.
 
 The counters live in Redis (the app's client, with its short timeouts), so every worker and
-node shares them. While Redis cannot be reached each process counts in its own memory
-instead (an attacker then gets that many times the limits, one per worker), and a sign-in
-never fails because of Redis. The keys are made by ``counter_key`` only.
+node shares them: a sorted set of attempt times per counter, kept no longer than its window.
+While Redis cannot be reached each process counts in its own memory instead (an attacker
+then gets that many times the limits, one per worker), and a sign-in never fails because of
+Redis. The keys are made by ``counter_key`` only.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ import logging
 import math
 import threading
 import time
+import uuid
 from collections import OrderedDict
 from dataclasses import dataclass
 from functools import lru_cache
@@ -67,27 +70,36 @@ class Attempt:
 
 @dataclass(frozen=True)
 class Counter:
-    """One counter of one attempt: its key, the limit it counts towards, when its window ends."""
+    """One counter of one attempt: its key and the limit (``amount`` in ``seconds``) it counts
+    towards."""
 
     kind: str
     key: str
     amount: int
-    ends_at: float
+    seconds: int
 
     @property
     def refuses(self) -> bool:
         """Past this limit the attempt is refused; past the account ceiling it is delayed."""
         return self.kind != ACCOUNT
 
+    @property
+    def keeps(self) -> int:
+        """Entries worth keeping: a refusing counter never passes its amount, and the ceiling's
+        delay stops growing at twice its amount, so a flood cannot grow a counter further."""
+        return self.amount if self.refuses else 2 * self.amount
+
 
 @dataclass(frozen=True)
 class Verdict:
     """What to do with an attempt: refuse it for ``retry_after`` seconds, or check the
-    password after waiting ``delay`` seconds (0: at once)."""
+    password after waiting ``delay`` seconds (0: at once). ``entry`` names the attempt in its
+    counters, so that a success can take it back."""
 
     retry_after: int | None
     delay: float
     counters: tuple[Counter, ...]
+    entry: str
     in_redis: bool
 
 
@@ -97,12 +109,11 @@ def normalise_account(name: str | None) -> str:
     return (name or "").strip().lower()[:64]
 
 
-def counter_key(kind: str, subject: tuple[str, ...], amount: int, seconds: int,
-                window: int) -> str:
-    """The Redis key of one counter in one window. Every part is percent-quoted, so no
-    name or address (IPv6 has colons) can make two subjects share a key."""
+def counter_key(kind: str, subject: tuple[str, ...], amount: int, seconds: int) -> str:
+    """The Redis key of one counter. Every part is percent-quoted, so no name or address
+    (IPv6 has colons) can make two subjects share a key."""
     parts = ":".join(quote(part, safe="") for part in subject)
-    return f"portal:login:{kind}:{parts}:{amount}/{seconds}:{window}"
+    return f"portal:login:{kind}:{parts}:{amount}/{seconds}"
 
 
 @lru_cache(maxsize=32)
@@ -125,31 +136,29 @@ def check_setting(spec: object) -> str | None:
     return None
 
 
-def _counters(attempt: Attempt, config, now: float) -> tuple[Counter, ...]:
+def _counters(attempt: Attempt, config) -> tuple[Counter, ...]:
     subjects = ((PAIR, (attempt.account, attempt.address), config["LOGIN_LIMIT_ACCOUNT"]),
                 (ADDRESS, (attempt.address,), config["LOGIN_LIMIT_IP"]),
                 (ACCOUNT, (attempt.account,), config["LOGIN_LIMIT_ACCOUNT_CEILING"]))
-    counters = []
-    for kind, subject, spec in subjects:
-        for amount, seconds in windows(spec):
-            window = int(now // seconds)
-            counters.append(Counter(kind, counter_key(kind, subject, amount, seconds, window),
-                                    amount, (window + 1) * seconds))
-    return tuple(counters)
+    return tuple(Counter(kind, counter_key(kind, subject, amount, seconds), amount, seconds)
+                 for kind, subject, spec in subjects for amount, seconds in windows(spec))
 
 
 def check(attempt: Attempt, *, now: float | None = None) -> Verdict:
     """Refuse the attempt, or let it through counted as a failure (see the module's doc)."""
     now = time.time() if now is None else now
-    counters = _counters(attempt, current_app.config, now)
-    counts, in_redis = _store().count(counters, now)
-    over = [c for c, n in zip(counters, counts, strict=True) if c.refuses and n >= c.amount]
-    if over:
-        return Verdict(max(1, math.ceil(max(c.ends_at for c in over) - now)), 0.0, counters,
-                       in_redis)
-    ratios = [(n - c.amount) / c.amount
-              for c, n in zip(counters, counts, strict=True) if not c.refuses and n >= c.amount]
-    return Verdict(None, ceiling_delay(max(ratios)) if ratios else 0.0, counters, in_redis)
+    counters = _counters(attempt, current_app.config)
+    entry = f"{now:.6f}:{uuid.uuid4().hex[:12]}"
+    seen, in_redis = _store().count(counters, now, entry)
+    over = [(c, oldest) for c, (n, oldest) in zip(counters, seen, strict=True)
+            if c.refuses and n >= c.amount]
+    if over:  # until the oldest failure of each full window has left it
+        wait = max(oldest + c.seconds - now for c, oldest in over)
+        return Verdict(max(1, math.ceil(wait)), 0.0, counters, entry, in_redis)
+    ratios = [(n - c.amount) / c.amount for c, (n, _) in zip(counters, seen, strict=True)
+              if not c.refuses and n >= c.amount]
+    return Verdict(None, ceiling_delay(max(ratios)) if ratios else 0.0, counters, entry,
+                   in_redis)
 
 
 def ceiling_delay(excess: float) -> float:
@@ -165,37 +174,42 @@ def pause(verdict: Verdict) -> None:
 
 
 def succeeded(verdict: Verdict) -> None:
-    """The attempt signed in: give its counts back and clear its (account, address) counter."""
-    _store().release(verdict.counters, in_redis=verdict.in_redis)
+    """The attempt signed in: take its entry back and clear its (account, address) counter."""
+    _store().release(verdict.counters, verdict.entry, in_redis=verdict.in_redis)
 
 
 # --- Where the counts live ------------------------------------------------------------------
 
-# Atomic: refuse (count nothing) if a refusing counter is at its limit, else count in all.
-# KEYS: the counters; ARGV: per key, its amount (0: never refuses) and its TTL in seconds.
+# Atomic: drop what has left each window; refuse (count nothing) if a refusing counter is at
+# its amount, else add the attempt to every counter not yet holding all it keeps.
+# KEYS: the counters. ARGV: now, the attempt's entry, then per key: amount, seconds, refuses
+# (1/0), keeps. Returns per key its count before this attempt and its oldest entry's time
+# (a string: Lua numbers become integers in a reply).
 _COUNT = """
-local counts, refused = {}, false
+local now, entry = tonumber(ARGV[1]), ARGV[2]
+local counts, oldest, refused = {}, {}, false
 for i, key in ipairs(KEYS) do
-  counts[i] = tonumber(redis.call('GET', key) or '0')
-  local amount = tonumber(ARGV[2 * i - 1])
-  if amount > 0 and counts[i] >= amount then refused = true end
+  local amount, seconds = tonumber(ARGV[4 * i - 1]), tonumber(ARGV[4 * i])
+  redis.call('ZREMRANGEBYSCORE', key, '-inf', now - seconds)
+  counts[i] = redis.call('ZCARD', key)
+  local first = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')
+  oldest[i] = first[2] or ARGV[1]
+  if ARGV[4 * i + 1] == '1' and counts[i] >= amount then refused = true end
 end
 if not refused then
   for i, key in ipairs(KEYS) do
-    if redis.call('INCR', key) == 1 then redis.call('EXPIRE', key, ARGV[2 * i]) end
+    if counts[i] < tonumber(ARGV[4 * i + 2]) then redis.call('ZADD', key, now, entry) end
+    redis.call('EXPIRE', key, math.ceil(tonumber(ARGV[4 * i])))
   end
 end
-return counts
+return {counts, oldest}
 """
 
-# KEYS: the counters an attempt counted in; ARGV: per key '1' to delete it, '0' to give one back.
+# KEYS: the counters an attempt counted in. ARGV: its entry, then per key '1' to delete the
+# counter, '0' to take the entry out of it.
 _RELEASE = """
 for i, key in ipairs(KEYS) do
-  if ARGV[i] == '1' then
-    redis.call('DEL', key)
-  elseif tonumber(redis.call('GET', key) or '0') > 0 then
-    redis.call('DECR', key)
-  end
+  if ARGV[i + 1] == '1' then redis.call('DEL', key) else redis.call('ZREM', key, ARGV[1]) end
 end
 return 0
 """
@@ -206,70 +220,66 @@ class CounterStore:
 
     def __init__(self, client: redis.Redis) -> None:
         self.client = client
-        self._count = client.register_script(_COUNT)
-        self._release = client.register_script(_RELEASE)
+        self._count_script = client.register_script(_COUNT)
+        self._release_script = client.register_script(_RELEASE)
         self._retry_redis_at = 0.0
         self._lock = threading.Lock()
-        self._memory: OrderedDict[str, list[float]] = OrderedDict()  # key -> [count, expires]
+        # key -> [(time, entry)], oldest first; the least recently counted keys first
+        self._memory: OrderedDict[str, list[tuple[float, str]]] = OrderedDict()
 
-    def count(self, counters: tuple[Counter, ...], now: float) -> tuple[list[int], bool]:
-        """Each counter's count before this attempt, and whether Redis holds them; counts
-        the attempt in all of them unless a refusing one is at its limit."""
+    def count(self, counters: tuple[Counter, ...], now: float,
+              entry: str) -> tuple[list[tuple[int, float]], bool]:
+        """Per counter (its count before this attempt, its oldest entry's time), and whether
+        Redis holds them; counts the attempt unless a refusing counter is at its amount."""
         if time.monotonic() >= self._retry_redis_at:
-            args = []
+            args: list = [repr(now), entry]
             for c in counters:
-                args += [c.amount if c.refuses else 0, max(1, math.ceil(c.ends_at - now))]
+                args += [c.amount, c.seconds, int(c.refuses), c.keeps]
             try:
-                counts = self._count(keys=[c.key for c in counters], args=args)
-                return [int(n) for n in counts], True
+                counts, oldest = self._count_script(keys=[c.key for c in counters], args=args)
+                return [(int(n), float(t)) for n, t in zip(counts, oldest, strict=True)], True
             except redis.RedisError as exc:
                 self._redis_failed(exc)
-        return self._count_in_memory(counters, now), False
+        return self._count_in_memory(counters, now, entry), False
 
-    def release(self, counters: tuple[Counter, ...], *, in_redis: bool) -> None:
-        """Give a successful attempt's counts back where they were taken."""
+    def release(self, counters: tuple[Counter, ...], entry: str, *, in_redis: bool) -> None:
+        """Take a successful attempt back from where it was counted."""
         if in_redis:
             try:
-                self._release(keys=[c.key for c in counters],
-                              args=["1" if c.kind == PAIR else "0" for c in counters])
+                self._release_script(keys=[c.key for c in counters],
+                                     args=[entry] + ["1" if c.kind == PAIR else "0"
+                                                     for c in counters])
                 return
             except redis.RedisError as exc:
                 self._redis_failed(exc)
         with self._lock:
             for c in counters:
-                entry = self._memory.get(c.key)
                 if c.kind == PAIR:
                     self._memory.pop(c.key, None)
-                elif entry is not None and entry[0] > 0:
-                    entry[0] -= 1
+                elif c.key in self._memory:
+                    self._memory[c.key] = [e for e in self._memory[c.key] if e[1] != entry]
 
     def _redis_failed(self, exc: redis.RedisError) -> None:
         log.warning("redis unavailable (%s): sign-in limits counted in this process only", exc)
         self._retry_redis_at = time.monotonic() + REDIS_RETRY_SECONDS
 
-    def _count_in_memory(self, counters: tuple[Counter, ...], now: float) -> list[int]:
+    def _count_in_memory(self, counters: tuple[Counter, ...], now: float,
+                         entry: str) -> list[tuple[int, float]]:
         with self._lock:
-            counts = []
+            found = []
             for c in counters:
-                entry = self._memory.get(c.key)
-                counts.append(int(entry[0]) if entry is not None and entry[1] > now else 0)
-            refused = any(c.refuses and n >= c.amount
-                          for c, n in zip(counters, counts, strict=True))
-            if not refused:
-                for c, n in zip(counters, counts, strict=True):
-                    self._memory[c.key] = [n + 1, c.ends_at]
+                kept = [e for e in self._memory.get(c.key, ()) if e[0] > now - c.seconds]
+                self._memory[c.key] = kept
+                found.append((len(kept), kept[0][0] if kept else now))
+            if not any(c.refuses and n >= c.amount
+                       for c, (n, _) in zip(counters, found, strict=True)):
+                for c, (n, _) in zip(counters, found, strict=True):
+                    if n < c.keeps:
+                        self._memory[c.key].append((now, entry))
                     self._memory.move_to_end(c.key)
-                self._forget(now)
-            return counts
-
-    def _forget(self, now: float) -> None:
-        """Drop expired counters, then the oldest beyond MEMORY_MAX_COUNTERS."""
-        if len(self._memory) <= MEMORY_MAX_COUNTERS:
-            return
-        for key in [k for k, (_, expires) in self._memory.items() if expires <= now]:
-            del self._memory[key]
-        while len(self._memory) > MEMORY_MAX_COUNTERS:
-            self._memory.popitem(last=False)
+            while len(self._memory) > MEMORY_MAX_COUNTERS:
+                self._memory.popitem(last=False)
+            return found
 
 
 def _store() -> CounterStore:

@@ -139,22 +139,60 @@ def test_ip_limit_covers_all_accounts_of_one_address(make_app):
 def test_counters_expire_and_are_made_by_counter_key(make_app, redis_url):
     app = make_app()
     ipv6 = visitor(app, "2001:db8::1")  # colons in the address
-    before = time.time()
     assert status(ipv6, "a:b", "guess") == 200
-    after = time.time()
     r = redis.Redis.from_url(redis_url)
     keys = sorted(k.decode() for k in r.keys("portal:login:*"))
-    ttls = [r.ttl(k) for k in keys]
+    ttls = {k: r.ttl(k) for k in keys}
+    sizes = {k: r.zcard(k) for k in keys}
     r.close()
-    attempt = throttle.Attempt("a:b", "2001:db8::1")
-    made = [sorted(c.key for c in throttle._counters(attempt, app.config, now))
-            for now in (before, after)]  # the same unless a window began in between
-    assert keys in made and len(keys) == 4  # 2 windows per pair, 1 per address, 1 ceiling
-    assert any(k.startswith("portal:login:pair:a%3Ab:2001%3Adb8%3A%3A1:5/60:") for k in keys)
-    assert all(0 < ttl <= 3601 for ttl in ttls)  # every counter goes away by itself
+    made = throttle._counters(throttle.Attempt("a:b", "2001:db8::1"), app.config)
+    assert keys == sorted(c.key for c in made) and len(keys) == 4  # 2 pair, 1 address, 1 ceiling
+    assert "portal:login:pair:a%3Ab:2001%3Adb8%3A%3A1:5/60" in keys
+    assert all(sizes[k] == 1 for k in keys)  # the one failure, in each
+    assert all(0 < ttls[c.key] <= c.seconds for c in made)  # every counter goes away by itself
     # Quoting keeps subjects apart that a plain join would mix up.
-    assert (throttle.counter_key("pair", ("a:b", "c"), 5, 60, 1)
-            != throttle.counter_key("pair", ("a", "b:c"), 5, 60, 1))
+    assert (throttle.counter_key("pair", ("a:b", "c"), 5, 60)
+            != throttle.counter_key("pair", ("a", "b:c"), 5, 60))
+
+
+@pytest.mark.parametrize("store", ["redis", "memory"])
+def test_windows_move_and_retry_after_is_when_the_oldest_failure_leaves(make_app, store):
+    """Moving windows, driven through throttle.check with an explicit clock, in Redis and in
+    the memory fallback alike: no reset at a minute boundary, and Retry-After says when the
+    next attempt will be let through."""
+    dead = {"REDIS_URL": f"redis://127.0.0.1:{free_port()}/0",
+            "RATELIMIT_STORAGE_URI": "memory://"} if store == "memory" else {}
+    app = make_app(LOGIN_LIMIT_ACCOUNT="2 per minute", LOGIN_LIMIT_IP="100 per minute",
+                   LOGIN_LIMIT_ACCOUNT_CEILING="50 per hour", **dead)
+    attempt = throttle.Attempt("alice", "198.51.100.80")
+    start = 1_800_000_050.0  # 10 s before a minute boundary
+    with app.test_request_context():
+        assert throttle.check(attempt, now=start).retry_after is None
+        assert throttle.check(attempt, now=start + 5).retry_after is None
+        assert throttle.check(attempt, now=start + 15).retry_after == 45  # past the boundary
+        assert throttle.check(attempt, now=start + 59).retry_after == 1
+        assert throttle.check(attempt, now=start + 60.5).retry_after is None  # first one left
+        assert throttle.check(attempt, now=start + 61).retry_after == 4  # until start+5 leaves
+        verdict = throttle.check(throttle.Attempt("alice", "203.0.113.80"), now=start + 62)
+        assert verdict.retry_after is None  # another address
+        assert verdict.in_redis == (store == "redis")
+        throttle.succeeded(verdict)
+        again = throttle.check(throttle.Attempt("alice", "203.0.113.80"), now=start + 63)
+        assert again.retry_after is None
+
+
+def test_a_flood_cannot_grow_the_ceiling_counter(make_app, redis_url):
+    app = make_app(LOGIN_LIMIT_ACCOUNT_CEILING="3 per minute")
+    with app.test_request_context():
+        delays = [throttle.check(throttle.Attempt("alice", f"198.51.100.{i}"), now=1e9 + i).delay
+                  for i in range(20)]
+        [ceiling] = [c for c in throttle._counters(throttle.Attempt("alice", "-"), app.config)
+                     if c.kind == throttle.ACCOUNT]
+    assert delays[:3] == [0.0] * 3 and delays[3] == throttle.CEILING_DELAY_SECONDS
+    assert delays[-1] == throttle.CEILING_MAX_DELAY_SECONDS
+    r = redis.Redis.from_url(redis_url)
+    assert r.zcard(ceiling.key) == 6  # twice the ceiling: where the delay stops growing
+    r.close()
 
 
 def test_redis_down_counts_in_memory_and_is_never_a_500(make_app):
