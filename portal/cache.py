@@ -265,25 +265,33 @@ def _dump(file_id: int, snap: tuple[FileSnapshot, VersionSnapshot | None] | None
     return json.dumps({"file": _plain(snap[0]), "latest": _plain(snap[1]), "gen": stamp})
 
 
-def meta_from_reply(raw: bytes | None, co: Coherence):
-    """The snapshots in a metadata entry, or MISSING for a cached absence; None when the
-    entry is absent, of an older layout, or stale by the database's change log (co.valid).
-    The caller has checked co.current()."""
+def decode_meta(raw: bytes | None):
+    """(file id, stamp, the snapshots or MISSING) of a metadata entry; None when it is
+    absent or of an older layout. Whether the stamp is still valid is the caller's to ask
+    (meta_from_reply; the fast path asks on every use of a decoded entry)."""
     if raw is None:
         return None
     try:
         data = json.loads(raw)
-        file_id = data["file"]["id"] if data["file"] is not None else data["id"]
-        if not co.valid(f"file:{int(file_id)}", data["gen"]):
-            return None
+        stamp = data["gen"]
         if data["file"] is None:
-            return MISSING
+            return int(data["id"]), stamp, MISSING
         file = data["file"]
         if file["deleted_at"]:
             file["deleted_at"] = datetime.fromisoformat(file["deleted_at"])
-        return FileSnapshot(**file), _version_from(data["latest"])
+        return int(file["id"]), stamp, (FileSnapshot(**file), _version_from(data["latest"]))
     except (ValueError, KeyError, TypeError):
         return None
+
+
+def meta_from_reply(raw: bytes | None, co: Coherence):
+    """The snapshots in a metadata entry, or MISSING for a cached absence; None when the
+    entry is absent, of an older layout, or stale by the database's change log (co.valid).
+    The caller has checked co.current()."""
+    entry = decode_meta(raw)
+    if entry is None or not co.valid(f"file:{entry[0]}", entry[1]):
+        return None
+    return entry[2]
 
 
 def file_meta(file_id: int, load: Callable[[], tuple | None]
@@ -663,17 +671,28 @@ def user_keys(user_id: int, prefix: str | None = None) -> list[str]:
     return [_user_key(user_id, prefix)]
 
 
-def user_from_reply(raw: bytes | None, co: Coherence) -> dict | None:
-    """The user snapshot in Redis' reply: None when it is absent, of an older layout, or
-    stale by the database's change log (co.valid). The caller has checked co.current()."""
+def decode_user(raw: bytes | None) -> tuple[dict, object] | None:
+    """(snapshot, stamp) of a user entry; None when it is absent or of an older layout."""
     if raw is None:
         return None
     try:
         data = json.loads(raw)
-        stamp = data.pop("gen")
-        return data if co.valid(f"user:{int(data['id'])}", stamp) else None
+        return data, data.pop("gen")
     except (ValueError, KeyError, TypeError, AttributeError):
         return None
+
+
+def user_from_reply(raw: bytes | None, co: Coherence) -> dict | None:
+    """The user snapshot in Redis' reply: None when it is absent, of an older layout, or
+    stale by the database's change log (co.valid). The caller has checked co.current()."""
+    entry = decode_user(raw)
+    if entry is None:
+        return None
+    try:
+        valid = co.valid(f"user:{int(entry[0]['id'])}", entry[1])
+    except (KeyError, TypeError, ValueError):
+        return None
+    return entry[0] if valid else None
 
 
 # ---------------------------------------------------------------------------

@@ -27,7 +27,6 @@ status, headers and bytes. ``PORTAL_FAST_DOWNLOADS=0`` switches this path off.
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 import time
@@ -369,38 +368,22 @@ class _Fields:
 def _meta(raws: list):
     """(file, newest version, its representation, stamp) of a metadata entry, None when it
     is absent, unreadable or a cached absence (the view answers those)."""
-    try:
-        data = json.loads(raws[0]) if raws[0] is not None else None
-        stamp = data["gen"]
-    except (ValueError, KeyError, TypeError):
+    entry = cache.decode_meta(raws[0])
+    if entry is None or entry[2] is cache.MISSING:
         return None
-    found = cache.meta_from_reply(raws[0], _ANY_STAMP)
-    if found is None or found is cache.MISSING:
-        return None
-    file, version = found
+    _, stamp, (file, version) = entry
     return file, version, representation(version) if version is not None else None, stamp
 
 
 def _user(raws: list) -> tuple[SnapshotUser, object] | None:
     """(user, stamp) of a user entry, None when it is absent or unreadable."""
-    try:
-        data = json.loads(raws[0]) if raws[0] is not None else None
-        stamp = data["gen"]
-    except (ValueError, KeyError, TypeError):
+    entry = cache.decode_user(raws[0])
+    if entry is None:
         return None
-    snap = cache.user_from_reply(raws[0], _ANY_STAMP)
-    return None if snap is None else (SnapshotUser(snap), stamp)
-
-
-class _AnyStamp:
-    """Decoding only: the stamp is judged on every use (Coherence.valid), not when decoded."""
-
-    @staticmethod
-    def valid(_subject: str, _stamp: object) -> bool:
-        return True
-
-
-_ANY_STAMP = _AnyStamp()
+    try:
+        return SnapshotUser(entry[0]), entry[1]
+    except KeyError:
+        return None
 
 
 @lru_cache(maxsize=1024)
