@@ -2,23 +2,129 @@
 
 Periods are whole local days (ANALYTICS_TIMEZONE): ``days=7`` is today and the six days
 before it; the previous period is the seven days before that.
+
+Who sees what: every query over several files takes ``readable``, a filter on File (the
+catalog's ``readable_clause``, see ``scope_of``), or None for every file (admins: no join,
+no filter). Per-file queries expect the caller to have checked ``visible_file`` first.
+Sums over every file for a restricted reader are the all-files rollup minus the rows of the
+files outside ``readable``, or the readable files' rows when the others had most of the
+downloads (``_visible_sums``); distinct people are the all-files ones while no hidden file
+was downloaded, else counted afresh (docs/analytics.md, "Who sees what").
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import Connection, distinct, func, select
+from sqlalchemy import ColumnElement, Connection, distinct, func, select
 
-from ..models import File, FileVersion, Group, user_groups
+from ..access import readable_clause
+from ..models import File, FileVersion, Group, User, user_groups
 from .clients import CLASSES
 from .models import ALL_FILES, ALL_USERS, FileDetailDay, FileUser, Rollup, UserDay, UserGap
 
 DAY = timedelta(days=1)
 MEASURES = ("requests", "bytes_served", "cache_hits", "downloads", "completed")
+CHUNK = 500  # ids per IN list: far below SQLite's parameter limit; exact ids plan as index probes
+
+Readable = ColumnElement[bool] | None
+
+
+def scope_of(user: User) -> Readable:
+    """The files ``user`` may see in analytics, as a filter on File: None for admins (every
+    file, deleted ones too, with no filter at all), else the catalog's readable_clause."""
+    if getattr(user, "is_admin", False):
+        return None
+    return readable_clause(user)
+
+
+def visible_file(conn: Connection, file_id: int, readable: Readable) -> dict | None:
+    """The file's id, title and category when it exists and ``readable`` lets its reader see
+    it; None otherwise: a missing file and a hidden one look the same."""
+    stmt = select(File.id, File.title, File.category).where(File.id == file_id)
+    if readable is not None:
+        stmt = stmt.where(readable)
+    row = conn.execute(stmt).one_or_none()
+    return None if row is None else {"id": row.id, "title": row.title, "category": row.category}
+
+
+def hidden_file_ids(conn: Connection, readable: Readable) -> list[int]:
+    """The ids of the files outside ``readable`` (none for None), whose rollup rows are
+    taken off the all-files totals."""
+    if readable is None:
+        return []
+    # NOT IN over the readable ids, not NOT(readable): the clause may be NULL for a row
+    # (owner_id = :id with no owner), and NOT NULL would hide nothing.
+    stmt = (select(File.id).where(File.id.not_in(select(File.id).where(readable)))
+            .order_by(File.id))
+    return list(conn.execute(stmt).scalars())
+
+
+def _chunks(ids: Sequence[int]) -> list[Sequence[int]]:
+    return [ids[i:i + CHUNK] for i in range(0, len(ids), CHUNK)]
+
+
+@dataclass(frozen=True)
+class Hidden:
+    """The files a reader may not see, and everyone's counted downloads of them and of all
+    files over a time range (from the daily rollups): which side is cheaper to read."""
+
+    ids: Sequence[int] = ()
+    downloads: int = 0
+    every: int = 0
+
+    @classmethod
+    def over(cls, conn: Connection, ids: Sequence[int], start: datetime,
+             end: datetime) -> Hidden:
+        """The downloads of these hidden files and of all files in [start, end)."""
+        if not ids:
+            return cls()
+        r = Rollup.__table__
+        where = (r.c.grain == "d", r.c.grp == ALL_USERS, r.c.bucket >= start, r.c.bucket < end)
+        total = func.coalesce(func.sum(r.c.downloads), 0)
+        every = int(conn.execute(select(total).where(*where, r.c.file_id == ALL_FILES))
+                    .scalar_one())
+        downloads = sum(int(conn.execute(select(total).where(*where, r.c.file_id.in_(chunk)))
+                            .scalar_one()) for chunk in _chunks(ids))
+        return cls(tuple(ids), downloads, every)
+
+    @property
+    def mostly(self) -> bool:
+        """Whether the hidden files had most of the downloads."""
+        return 2 * self.downloads > self.every
+
+
+def _visible_sums(conn: Connection, columns: list, where: list, keys: list,
+                  readable: ColumnElement[bool], hidden: Hidden) -> dict[tuple, list[int]]:
+    """Sums of rollup ``columns`` per ``keys`` over the files ``readable`` lets the reader
+    see: every file's rows (file 0) less the hidden files' rows, or, when the hidden files
+    had most of the downloads, the readable files' rows.
+
+    Both exact, as every counter of the all-files row is the sum of the files' rows.
+    Subtracting reads file 0 and the hidden files' rows by the (grain, grp, file_id,
+    bucket) index, where summing the readable files' rows would read nearly every file's
+    rows of the period (hundreds of thousands of hourly rows for a long heatmap)."""
+    r = Rollup.__table__
+
+    def run(file_filter) -> dict[tuple, list[int]]:
+        stmt = select(*keys, *columns).where(*where, file_filter)
+        if keys:
+            stmt = stmt.group_by(*keys)
+        return {tuple(row[:len(keys)]): [int(v or 0) for v in row[len(keys):]]
+                for row in conn.execute(stmt)}
+
+    if hidden.mostly:
+        return run(r.c.file_id.in_(select(File.id).where(readable)))
+    found = run(r.c.file_id == ALL_FILES)
+    for chunk in _chunks(hidden.ids):
+        for key, values in run(r.c.file_id.in_(chunk)).items():
+            have = found.get(key, [0] * len(values))
+            found[key] = [a - b for a, b in zip(have, values, strict=True)]
+    return found
 
 
 @dataclass(frozen=True)
@@ -55,45 +161,89 @@ def _change(now: float | None, before: float | None) -> float | None:
 
 
 def totals(conn: Connection, period: Period, *, file_id: int = ALL_FILES,
-           grp: str = ALL_USERS, category: str | None = None) -> dict:
-    """Sums of the daily rollups and distinct users over a period."""
+           grp: str = ALL_USERS, category: str | None = None,
+           readable: Readable = None) -> dict:
+    """Sums of the daily rollups and distinct users over a period: of one file, of a
+    category, or of every file ``readable`` lets the reader see (None: every file)."""
+    hidden = Hidden()
+    if file_id == ALL_FILES and category is None:
+        hidden = Hidden.over(conn, hidden_file_ids(conn, readable), period.start, period.end)
+    return _totals(conn, period, file_id=file_id, grp=grp, category=category,
+                   readable=readable, hidden=hidden)
+
+
+def _totals(conn: Connection, period: Period, *, file_id: int, grp: str,
+            category: str | None, readable: Readable, hidden: Hidden) -> dict:
     r = Rollup.__table__
     where = [r.c.grain == "d", r.c.grp == grp, r.c.bucket >= period.start,
              r.c.bucket < period.end]
-    stmt = select(*[func.coalesce(func.sum(r.c[m]), 0) for m in MEASURES])
+    columns = [func.coalesce(func.sum(r.c[m]), 0) for m in MEASURES]
     if category is not None:
-        stmt = stmt.join(File, File.id == r.c.file_id).where(File.category == category)
+        stmt = (select(*columns).join(File, File.id == r.c.file_id)
+                .where(*where, File.category == category))
+        if readable is not None:
+            stmt = stmt.where(readable)
+        sums = [int(v) for v in conn.execute(stmt).one()]
+    elif file_id == ALL_FILES and readable is not None:
+        sums = (_visible_sums(conn, columns, where, [], readable, hidden)
+                .get((), [0] * len(MEASURES)))
     else:
-        where.append(r.c.file_id == file_id)
-    values = dict(zip(MEASURES, (int(v) for v in conn.execute(stmt.where(*where)).one()),
-                      strict=True))
-    values["unique_users"] = unique_users(conn, period, file_id=file_id, grp=grp,
-                                          category=category)
+        sums = [int(v) for v in conn.execute(select(*columns).where(
+            *where, r.c.file_id == file_id)).one()]
+    values = dict(zip(MEASURES, sums, strict=True))
+    values["unique_users"] = _unique_users(conn, period, file_id=file_id, grp=grp,
+                                           category=category, readable=readable,
+                                           hidden=hidden)
     values["completion_rate"] = _ratio(values["completed"], values["downloads"])
     values["cache_hit_rate"] = _ratio(values["cache_hits"], values["requests"])
     return values
 
 
 def unique_users(conn: Connection, period: Period, *, file_id: int = ALL_FILES,
-                 grp: str = ALL_USERS, category: str | None = None) -> int:
-    """Distinct people (or links, or anonymous clients) with a counted download (exact)."""
-    if category is None:
+                 grp: str = ALL_USERS, category: str | None = None,
+                 readable: Readable = None) -> int:
+    """Distinct people (or links, or anonymous clients) with a counted download (exact), of
+    one file, of a category, or of any file ``readable`` lets the reader see."""
+    hidden = Hidden()
+    if file_id == ALL_FILES and category is None:
+        hidden = Hidden.over(conn, hidden_file_ids(conn, readable), period.start, period.end)
+    return _unique_users(conn, period, file_id=file_id, grp=grp, category=category,
+                         readable=readable, hidden=hidden)
+
+
+def _unique_users(conn: Connection, period: Period, *, file_id: int, grp: str,
+                  category: str | None, readable: Readable, hidden: Hidden) -> int:
+    if category is None and (file_id != ALL_FILES or not hidden.downloads):
+        # One file, or every file with none of the hidden ones downloaded in the period
+        # (then the readable files' people are all the people): the exact fast path.
         return _users_per_file(conn, period, [file_id], grp).get(file_id, 0)
+    # Distinct people do not add up per file: counted afresh over the user-days of the
+    # files (of the category) the reader may see, in proportion to their activity in the
+    # period (docs/performance.md, "Analytics as staff").
     u = UserDay.__table__
-    stmt = (select(func.count(distinct(u.c.user_key)))
-            .join(File, File.id == u.c.file_id)
-            .where(u.c.day >= period.start, u.c.day < period.end, File.category == category))
+    files = select(File.id)
+    if category is not None:
+        files = files.where(File.category == category)
+    if readable is not None:
+        files = files.where(readable)
+    keys = select(u.c.user_key).where(u.c.day >= period.start, u.c.day < period.end,
+                                      u.c.file_id.in_(files))
     if grp != ALL_USERS:
-        stmt = (stmt.join(user_groups, user_groups.c.user_id == u.c.user_id)
+        keys = (keys.join(user_groups, user_groups.c.user_id == u.c.user_id)
                 .join(Group, Group.id == user_groups.c.group_id).where(Group.name == grp))
-    return int(conn.execute(stmt).scalar_one())
+    # count(*) over DISTINCT, not count(DISTINCT): PostgreSQL hashes (in parallel) the one
+    # and sorts for the other (145 against 530 ms over 90 days of 2.2 M events).
+    return int(conn.execute(select(func.count()).select_from(
+        keys.distinct().subquery())).scalar_one())
 
 
-def overview(conn: Connection, period: Period) -> dict:
-    """Downloads, unique users, bytes, completion and cache hit rate, with the change
-    against the previous period."""
-    now = totals(conn, period)
-    before = totals(conn, period.previous())
+def overview(conn: Connection, period: Period, *, readable: Readable = None) -> dict:
+    """Downloads, unique users, bytes, completion and cache hit rate of the files
+    ``readable`` lets the reader see, with the change against the previous period."""
+    ids = hidden_file_ids(conn, readable)
+    now, before = (_totals(conn, p, file_id=ALL_FILES, grp=ALL_USERS, category=None,
+                           readable=readable, hidden=Hidden.over(conn, ids, p.start, p.end))
+                   for p in (period, period.previous()))
     keys = ("downloads", "unique_users", "bytes_served", "completion_rate", "cache_hit_rate",
             "requests")
     return {"period": _period_json(period),
@@ -108,12 +258,14 @@ def _period_json(period: Period) -> dict:
 
 
 def top_files(conn: Connection, period: Period, *, category: str | None = None,
-              grp: str = ALL_USERS, limit: int = 20) -> list[dict]:
-    """The most downloaded files: downloads, unique users, bytes, completion.
+              grp: str = ALL_USERS, limit: int = 20, readable: Readable = None) -> list[dict]:
+    """The most downloaded of the files ``readable`` lets the reader see: downloads, unique
+    users, bytes, completion.
 
     Sums per file id first (an index-only scan of the covering rollup index and a hash
     aggregate into a few hundred groups), then joins the titles of the top ``limit``:
-    grouping by title and category as well sorted every daily row (on disk at 10 M events)."""
+    grouping by title and category as well sorted every daily row (on disk at 10 M events).
+    ``readable`` filters that join, before the limit, so the list is the reader's top."""
     r = Rollup.__table__
     where = [r.c.grain == "d", r.c.grp == grp, r.c.file_id != ALL_FILES,
              r.c.bucket >= period.start, r.c.bucket < period.end]
@@ -127,6 +279,8 @@ def top_files(conn: Connection, period: Period, *, category: str | None = None,
                    sums.c.completed, sums.c.bytes_served)
             .join(File, File.id == sums.c.file_id)
             .order_by(sums.c.downloads.desc(), sums.c.file_id).limit(limit))
+    if readable is not None:
+        stmt = stmt.where(readable)
     rows = conn.execute(stmt).all()
     users = _users_per_file(conn, period, [row.file_id for row in rows], grp)
     return [{"file_id": row.file_id, "title": row.title, "category": row.category,
@@ -169,20 +323,30 @@ def _users_per_file(conn: Connection, period: Period, file_ids: list[int],
 
 def series(conn: Connection, period: Period, tz: ZoneInfo, *, step: str = "day",
            file_id: int = ALL_FILES, grp: str = ALL_USERS,
-           category: str | None = None) -> dict:
+           category: str | None = None, readable: Readable = None) -> dict:
     """Downloads, completed, requests and bytes per hour, day or (local, Monday) week,
-    with the empty buckets filled in."""
+    with the empty buckets filled in: of one file, of a category, or of every file
+    ``readable`` lets the reader see."""
     r = Rollup.__table__
     grain = "h" if step == "hour" else "d"
-    stmt = (select(r.c.bucket, *[func.sum(r.c[m]) for m in MEASURES])
-            .where(r.c.grain == grain, r.c.grp == grp, r.c.bucket >= period.start,
-                   r.c.bucket < period.end)
-            .group_by(r.c.bucket))
+    where = [r.c.grain == grain, r.c.grp == grp, r.c.bucket >= period.start,
+             r.c.bucket < period.end]
+    columns = [func.sum(r.c[m]) for m in MEASURES]
     if category:
-        stmt = stmt.join(File, File.id == r.c.file_id).where(File.category == category)
+        stmt = (select(r.c.bucket, *columns).join(File, File.id == r.c.file_id)
+                .where(*where, File.category == category).group_by(r.c.bucket))
+        if readable is not None:
+            stmt = stmt.where(readable)
+        found = {row[0]: [int(v or 0) for v in row[1:]] for row in conn.execute(stmt)}
+    elif file_id == ALL_FILES and readable is not None:
+        hidden = Hidden.over(conn, hidden_file_ids(conn, readable), period.start,
+                             period.end)
+        found = {key[0]: values for key, values in _visible_sums(
+            conn, columns, where, [r.c.bucket], readable, hidden).items()}
     else:
-        stmt = stmt.where(r.c.file_id == file_id)
-    found = {row[0]: [int(v or 0) for v in row[1:]] for row in conn.execute(stmt)}
+        stmt = (select(r.c.bucket, *columns).where(*where, r.c.file_id == file_id)
+                .group_by(r.c.bucket))
+        found = {row[0]: [int(v or 0) for v in row[1:]] for row in conn.execute(stmt)}
     buckets = _buckets(period, tz, step)
     values: dict[datetime, list[int]] = {b: [0] * len(MEASURES) for b in buckets}
     for bucket, counts in found.items():
@@ -225,19 +389,28 @@ def _label(bucket: datetime, tz: ZoneInfo, step: str) -> str:
 
 
 def hourly_totals(conn: Connection, start: datetime, end: datetime,
-                  measure: str = "downloads") -> dict[datetime, int]:
-    """All-files, all-users hourly counts of one measure."""
+                  measure: str = "downloads", *, readable: Readable = None
+                  ) -> dict[datetime, int]:
+    """All-users hourly counts of one measure over every file ``readable`` lets the reader
+    see (None: every file)."""
     r = Rollup.__table__
-    stmt = select(r.c.bucket, r.c[measure]).where(
-        r.c.grain == "h", r.c.grp == ALL_USERS, r.c.file_id == ALL_FILES,
-        r.c.bucket >= start, r.c.bucket < end)
-    return {bucket: int(value) for bucket, value in conn.execute(stmt)}
+    where = [r.c.grain == "h", r.c.grp == ALL_USERS, r.c.bucket >= start, r.c.bucket < end]
+    if readable is None:
+        stmt = select(r.c.bucket, r.c[measure]).where(*where, r.c.file_id == ALL_FILES)
+        return {bucket: int(value) for bucket, value in conn.execute(stmt)}
+    hidden = Hidden.over(conn, hidden_file_ids(conn, readable), start, end)
+    found = _visible_sums(conn, [func.sum(r.c[measure])], where, [r.c.bucket], readable,
+                          hidden)
+    return {key[0]: values[0] for key, values in found.items()}
 
 
-def heatmap(conn: Connection, period: Period, tz: ZoneInfo) -> dict:
-    """Downloads by local weekday (0 = Monday) and hour: where the peaks are."""
+def heatmap(conn: Connection, period: Period, tz: ZoneInfo, *,
+            readable: Readable = None) -> dict:
+    """Downloads by local weekday (0 = Monday) and hour: where the peaks are (of the files
+    ``readable`` lets the reader see)."""
     grid = [[0] * 24 for _ in range(7)]
-    for bucket, value in hourly_totals(conn, period.start, period.end).items():
+    for bucket, value in hourly_totals(conn, period.start, period.end,
+                                       readable=readable).items():
         local = bucket.astimezone(tz)
         grid[local.weekday()][local.hour] += value
     return {"weekdays": ["Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"],
@@ -245,12 +418,13 @@ def heatmap(conn: Connection, period: Period, tz: ZoneInfo) -> dict:
 
 
 def forecast(conn: Connection, tz: ZoneInfo, *, weeks: int = 4,
-             now: datetime | None = None) -> dict:
+             now: datetime | None = None, readable: Readable = None) -> dict:
     """Next week's hourly downloads: for each hour of the week, the average of the same
-    hour in the last ``weeks`` weeks (a seasonal average; seasonal naive when weeks=1)."""
+    hour in the last ``weeks`` weeks (a seasonal average; seasonal naive when weeks=1), of
+    the files ``readable`` lets the reader see."""
     now = (now or datetime.now(UTC)).astimezone(UTC)
     start = now.replace(minute=0, second=0, microsecond=0) + timedelta(hours=1)
-    history = hourly_totals(conn, start - timedelta(weeks=weeks), start)
+    history = hourly_totals(conn, start - timedelta(weeks=weeks), start, readable=readable)
     labels, values = [], []
     for hour in range(7 * 24):
         moment = start + timedelta(hours=hour)
@@ -262,8 +436,9 @@ def forecast(conn: Connection, tz: ZoneInfo, *, weeks: int = 4,
 
 
 def file_detail(conn: Connection, file_id: int, period: Period, tz: ZoneInfo) -> dict:
-    """One file: totals, completion histogram, client classes, versions, from the file's
-    daily detail cells (never every logical download of the period)."""
+    """One file (that the caller found with ``visible_file``): totals, completion histogram,
+    client classes, versions, from the file's daily detail cells (never every logical
+    download of the period)."""
     t = FileDetailDay.__table__
     rows = conn.execute(
         select(t.c.version_id, t.c.ua_class, t.c.decile, t.c.completed, func.sum(t.c.downloads))
@@ -296,7 +471,8 @@ def file_detail(conn: Connection, file_id: int, period: Period, tz: ZoneInfo) ->
 
 
 def file_stats(conn: Connection, file_id: int, period: Period) -> dict:
-    """The CONTRACT's /api/analytics/files/<id> numbers."""
+    """The CONTRACT's /api/analytics/files/<id> numbers (the caller checked
+    ``visible_file``)."""
     values = totals(conn, period, file_id=file_id)
     return {"file_id": file_id, "days": period.days, "downloads": values["downloads"],
             "unique_users": values["unique_users"], "bytes_served": values["bytes_served"],
@@ -306,9 +482,12 @@ def file_stats(conn: Connection, file_id: int, period: Period) -> dict:
 
 
 def co_downloaded(conn: Connection, file_id: int, *, since: datetime,
-                  limit: int = 20, max_people: int = 2000) -> list[tuple[int, int]]:
-    """Files downloaded by the people who downloaded this one: [(file id, people)], most
-    shared first (item-to-item co-occurrence over counted logical downloads)."""
+                  readable: Readable = None, limit: int = 20,
+                  max_people: int = 2000) -> list[tuple[int, int]]:
+    """Files downloaded by the people who downloaded this one, among those ``readable``
+    lets the viewer see: [(file id, people)], most shared first (item-to-item
+    co-occurrence over counted logical downloads). The filter comes before the limit, so
+    popular files the viewer may not read take no places."""
     u = UserDay.__table__
     people = (select(u.c.user_key.label("k"))
               .where(u.c.file_id == file_id, u.c.day >= since)
@@ -318,12 +497,18 @@ def co_downloaded(conn: Connection, file_id: int, *, since: datetime,
             .where(u.c.user_key.in_(select(people.c.k)), u.c.day >= since,
                    u.c.file_id != file_id, u.c.file_id != ALL_FILES)
             .group_by(u.c.file_id).order_by(shared.desc(), u.c.file_id).limit(limit))
+    if readable is not None:
+        stmt = stmt.where(u.c.file_id.in_(select(File.id).where(readable)))
     return [(int(f), int(n)) for f, n in conn.execute(stmt)]
 
 
-def groups_and_categories(conn: Connection) -> dict:
-    """The filter choices of the pages."""
-    cats = [c for (c,) in conn.execute(select(File.category).distinct().order_by(File.category))]
+def groups_and_categories(conn: Connection, *, readable: Readable = None) -> dict:
+    """The filter choices of the pages: the categories of the files ``readable`` lets the
+    reader see (a category holding only hidden files is not named), and every group."""
+    stmt = select(File.category).distinct().order_by(File.category)
+    if readable is not None:
+        stmt = stmt.where(readable)
+    cats = [c for (c,) in conn.execute(stmt)]
     groups = [g for (g,) in conn.execute(select(Group.name).order_by(Group.name))]
     return {"categories": cats, "groups": groups}
 
