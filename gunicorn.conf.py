@@ -11,6 +11,11 @@ Every value can be overridden with the usual GUNICORN_CMD_ARGS or PORTAL_GUNICOR
 
 import multiprocessing
 import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
 
 bind = os.environ.get("PORTAL_BIND", "127.0.0.1:5000")
 worker_class = os.environ.get("PORTAL_GUNICORN_WORKER_CLASS", "gevent")
@@ -29,6 +34,52 @@ accesslog = os.environ.get("PORTAL_GUNICORN_ACCESSLOG", "-") or None
 control_socket_disable = "PORTAL_GUNICORN_CONTROL_SOCKET" not in os.environ
 control_socket = os.environ.get("PORTAL_GUNICORN_CONTROL_SOCKET", "/run/portal/gunicorn.ctl")
 access_log_format = '%(h)s "%(r)s" %(s)s %(B)s %(D)sus "%(a)s"'
+
+
+# The flush of download events to SQL runs beside the workers, in a process of its own at a
+# lower CPU priority, not in them: in a worker it held the event loop for the length of each
+# SQL batch (py-spy under wrk: a third of a worker's samples, max latency ~1 s; docs/
+# performance.md). The workers only append finished events to Redis. PORTAL_ANALYTICS_FLUSHER=
+# workers puts the flush back into the workers (one process fewer).
+os.environ.setdefault("PORTAL_ANALYTICS_FLUSHER", "process")
+_flusher = {"proc": None, "stopping": False}
+
+
+def _flush_command() -> list[str]:
+    nginx = os.environ.get("PORTAL_ANALYTICS_NGINX_IMPORT", "workers") != "external"
+    return [sys.executable, "-m", "flask", "--app", "wsgi", "analytics", "flush", "--follow",
+            "--quiet", "--nginx" if nginx else "--no-nginx"]
+
+
+def _keep_flushing(server) -> None:
+    """Run the flusher, and start it again should it exit (a crash, an OOM kill)."""
+    while not _flusher["stopping"]:
+        proc = subprocess.Popen(_flush_command(), cwd=Path(__file__).resolve().parent,
+                                stdin=subprocess.DEVNULL, preexec_fn=lambda: os.nice(10))
+        _flusher["proc"] = proc
+        code = proc.wait()
+        if not _flusher["stopping"]:
+            server.log.warning("analytics flusher exited with %s; starting it again", code)
+            time.sleep(1)
+
+
+def when_ready(server):
+    """Start the analytics flusher process (PORTAL_ANALYTICS_FLUSHER=process)."""
+    if os.environ.get("PORTAL_ANALYTICS_FLUSHER") == "process":
+        threading.Thread(target=_keep_flushing, args=(server,), name="analytics-flusher",
+                         daemon=True).start()
+
+
+def on_exit(server):
+    """Stop the flusher: SIGTERM makes it finish its flush and exit."""
+    _flusher["stopping"] = True
+    proc = _flusher["proc"]
+    if proc is not None and proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
 
 
 def post_worker_init(worker):

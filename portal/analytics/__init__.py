@@ -19,6 +19,10 @@ DEFAULTS = {
     "ANALYTICS_FLUSH_SECONDS": 2.0,  # the background flusher's period
     "ANALYTICS_FLUSH_BATCH": 1000,  # stream length that wakes it early; rows per SQL batch
     "ANALYTICS_BACKGROUND_FLUSH": None,  # None: on, except under TESTING
+    # Where the background flush to SQL runs: "workers" (a greenlet in each web worker) or
+    # "process" (one `flask analytics flush --follow` beside them, started by gunicorn.conf.py,
+    # which sets it: the SQL writes then never hold a worker's event loop).
+    "ANALYTICS_FLUSHER": "workers",
     "ANALYTICS_JOURNAL_DIR": None,  # start records (local disk); None: instance/analytics-journal
     # x-accel: nginx's event log (deploy/nginx.conf, portal_events.log) for the bytes it sent;
     # events wait this long for their line, then count their planned bytes. None: no waiting.
@@ -48,6 +52,9 @@ def init_app(app: Flask) -> None:
 
     for key, value in DEFAULTS.items():
         app.config.setdefault(key, value)
+    if app.config["ANALYTICS_FLUSHER"] not in ("workers", "process"):
+        raise ConfigError("PORTAL_ANALYTICS_FLUSHER must be 'workers' or 'process', "
+                          f"not {app.config['ANALYTICS_FLUSHER']!r}")
     if app.config["ANALYTICS_NGINX_IMPORT"] not in ("workers", "external"):
         raise ConfigError("PORTAL_ANALYTICS_NGINX_IMPORT must be 'workers' or 'external', "
                           f"not {app.config['ANALYTICS_NGINX_IMPORT']!r}")

@@ -25,21 +25,27 @@ def _settings() -> materialise.Settings:
 @analytics_cli.command("flush")
 @click.option("--follow", is_flag=True,
               help="Keep flushing every --interval seconds until stopped (SIGTERM, Ctrl-C).")
-@click.option("--interval", type=click.FloatRange(min=0.1), default=1.0, show_default=True)
-def flush_command(follow, interval):
+@click.option("--interval", type=click.FloatRange(min=0.1), default=None,
+              help="Seconds between flushes when caught up [default: ANALYTICS_FLUSH_SECONDS].")
+@click.option("--nginx/--no-nginx", default=True, show_default=True,
+              help="Read nginx's event log (ANALYTICS_NGINX_LOG) too.")
+@click.option("--quiet", is_flag=True, help="Print nothing while following.")
+def flush_command(follow, interval, nginx, quiet):
     """Write the events buffered in Redis, nginx's new log lines (ANALYTICS_NGINX_LOG) and
     orphaned responses to the database."""
     rec = recorder(current_app)
     if not follow:
-        click.echo(f"flushed {rec.flush(nginx=True)} event(s)")
+        click.echo(f"flushed {rec.flush(nginx=nginx)} event(s)")
         return
+    if interval is None:
+        interval = float(current_app.config["ANALYTICS_FLUSH_SECONDS"])
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     try:
         while True:
-            written = rec.flush(nginx=True)
-            if written:
+            written = rec.flush(nginx=nginx)
+            if written and not quiet:
                 click.echo(f"{datetime.now(UTC):%H:%M:%S} flushed {written} event(s)")
-            else:
+            elif not written:
                 time.sleep(interval)  # caught up: wait for more
     except KeyboardInterrupt:
         pass

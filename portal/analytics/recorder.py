@@ -428,13 +428,16 @@ class Recorder:
     def ensure_flusher(self) -> None:
         """Start this process's flusher thread once (lazily, on the first download)."""
         _ = self.token  # resets the thread after a fork
-        if self._thread is not None or not self.background_enabled():
+        if self._shipper is not None or not self.background_enabled():
             return
         with self._lock:
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._run, name="analytics-flusher",
-                                                daemon=True)
-                self._thread.start()
+            if self._shipper is None:
+                # ANALYTICS_FLUSHER=process: the flush to SQL runs in a process of its own
+                # (gunicorn.conf.py); this worker only ships its ends to Redis.
+                if self.config["ANALYTICS_FLUSHER"] == "workers":
+                    self._thread = threading.Thread(target=self._run, name="analytics-flusher",
+                                                    daemon=True)
+                    self._thread.start()
                 self._shipper = threading.Thread(target=self._ship_loop,
                                                  name="analytics-shipper", daemon=True)
                 self._shipper.start()
