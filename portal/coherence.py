@@ -11,12 +11,12 @@ How, without SQL on a warm download:
 - Every transaction that changes a file, a version, a user, a group or revokes a token adds
   one to ``portal_state.generation`` and writes the subjects it changed (``file:7``,
   ``user:3``, ``users``, ``token:<nonce>``) to ``change_log`` under that generation, in the
-  same transaction (``record_changes``, called from cache.py's flush hook).
+  same transaction (``record_changes``, called from cache/changes.py's flush hook).
 - Each worker confirms at most once per ``COHERENCE_SECONDS``: one small query for the
   identity and generation, and when the generation moved, the change-log rows past the one
   it saw. Each subject's newest generation becomes its *floor*.
 - Every cached fact is stamped with the generation the loading worker had confirmed when it
-  read the database (cache.py). A stamp below its subject's floor was read before the last
+  read the database (cache/metadata.py, cache/users.py). A stamp below its subject's floor was read before the last
   change of that subject: it is stale and reloaded. A stamp above the confirmed generation
   is from another timeline (a restored backup): refused as well.
 - Revoked links and sessions are a set in each worker, loaded from ``revoked_tokens`` and

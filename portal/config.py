@@ -59,7 +59,7 @@ DEFAULTS = {
     # How many proxies in front of the portal set X-Forwarded-For / -Proto (deploy/nginx.conf
     # is one). 0: the peer's address is the client's and those headers are not believed.
     "TRUSTED_PROXIES": 0,
-    # Hot-file cache in Redis (portal/cache.py): pays for remote origins such as S3; a local
+    # Hot-file cache in Redis (portal/cache/hot.py): pays for remote origins such as S3; a local
     # origin keeps zero-copy sendfile unless CACHE_HOT_LOCAL is true.
     "CACHE_HOT_ENABLED": True,
     "CACHE_HOT_LOCAL": False,

@@ -287,7 +287,7 @@ class Upload(db.Model):
 class PortalState(db.Model):
     """One row: who this database is, and how many revoking changes it has committed.
 
-    ``identity`` is made with the schema and names this database's Redis keys (cache.py), so
+    ``identity`` is made with the schema and names this database's Redis keys (cache/keys.py), so
     a fresh, reset or second database on the same Redis never reads another's entries;
     ``generation`` grows by one in every transaction that changes a file, a user, a group or
     revokes a token, in that same transaction (portal/coherence.py).

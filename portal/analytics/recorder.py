@@ -7,7 +7,7 @@ The path of one response (see docs/analytics.md, "Recording"):
    round trip), which outlives the worker however it dies;
 2. when the server closes the body, the callback queues the finished event in the worker;
    a shipper thread (a greenlet under gevent) wakes within ``SHIP_DELAY`` and appends all
-   the events queued meanwhile to this database's Redis stream (``cache.analytics_keys``) in one
+   the events queued meanwhile to this database's Redis stream (``keys.analytics_keys``) in one
    round trip, then notes their ends in the journal. Without background threads (tests,
    the CLI) an end is shipped at once;
 3. a flusher writes the stream to SQL in batches (``materialise.store``) and then deletes
@@ -49,12 +49,12 @@ import redis
 from flask import Flask
 from sqlalchemy.exc import SQLAlchemyError
 
-from .. import cache
 from ..coherence import coherence
 from ..download.http import RangeOutcome, select_ranges
 from ..extensions import db
 from . import clients, logical, materialise, nginxlog, pacing
 from .journal import Journal, dead_journals
+from .keys import FLUSH_LOCK_MS, AnalyticsKeys, analytics_keys
 
 log = logging.getLogger(__name__)
 
@@ -135,13 +135,13 @@ class Recorder:
     def redis(self) -> redis.Redis:
         return self.app.extensions["portal_redis"]
 
-    def keys(self) -> cache.AnalyticsKeys:
+    def keys(self) -> AnalyticsKeys:
         """The buffer's keys in this database's namespace; raises RedisError while the
         database's identity is unknown (it is unreachable), like a Redis that is down."""
         co = coherence(self.app)
         if co.prefix is None and not co.current():
             raise redis.ConnectionError("the database's identity is not known yet")
-        return cache.analytics_keys(co.prefix)
+        return analytics_keys(co.prefix)
 
     def journal_dir(self) -> Path:
         configured = self.config.get("ANALYTICS_JOURNAL_DIR")
@@ -281,7 +281,7 @@ class Recorder:
         token = f"{self.token}:{threading.get_ident()}"
         try:
             keys = self.keys()
-            locked = r.set(keys.flush_lock, token, nx=True, px=cache.ANALYTICS_FLUSH_LOCK_MS)
+            locked = r.set(keys.flush_lock, token, nx=True, px=FLUSH_LOCK_MS)
         except redis.RedisError:
             locked = False
         try:
@@ -301,7 +301,7 @@ class Recorder:
                     pass
         return written
 
-    def _flush_stream(self, r: redis.Redis, keys: cache.AnalyticsKeys,
+    def _flush_stream(self, r: redis.Redis, keys: AnalyticsKeys,
                       max_batches: int | None) -> int:
         written = 0
         try:
@@ -314,7 +314,7 @@ class Recorder:
                 rows = [_load(fields[b"e"]) for _, fields in entries]
                 written += self._store(rows)
                 r.xdel(keys.stream, *[entry_id for entry_id, _ in entries])
-                r.pexpire(keys.flush_lock, cache.ANALYTICS_FLUSH_LOCK_MS)
+                r.pexpire(keys.flush_lock, FLUSH_LOCK_MS)
                 batches += 1
                 if len(entries) < batch:
                     break
@@ -322,7 +322,7 @@ class Recorder:
             log.exception("analytics flush failed; the events stay buffered")
         return written
 
-    def _flush_nginx(self, r: redis.Redis, keys: cache.AnalyticsKeys, paced: bool) -> int:
+    def _flush_nginx(self, r: redis.Redis, keys: AnalyticsKeys, paced: bool) -> int:
         """Join the x-accel events held back for nginx to the lines its log added since the
         last flush (nginxlog.py), and store them with the bytes nginx sent; an event whose
         line has not come in ANALYTICS_NGINX_WAIT_SECONDS is stored with its planned bytes
@@ -356,7 +356,7 @@ class Recorder:
                 self.nginx_behind = more
                 if not more:
                     break
-                r.pexpire(keys.flush_lock, cache.ANALYTICS_FLUSH_LOCK_MS)
+                r.pexpire(keys.flush_lock, FLUSH_LOCK_MS)
                 # a gevent worker serves its other greenlets meanwhile (at least a yield)
                 time.sleep(pacer.pause(time.monotonic() - began))
             waiting = r.hgetall(keys.nginx_waiting)

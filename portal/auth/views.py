@@ -56,7 +56,7 @@ def load_user(token: str) -> User | None:
 
 
 def user_by_id(user_id: int, *, blueprint: str | None = None) -> User | SnapshotUser | None:
-    """The active user with this id, from the user cache (portal/cache.py, judged against the
+    """The active user with this id, from the user cache (portal/cache/users.py, judged against the
     database's change log), so a request costs no SQL for it; columns the snapshot leaves
     out (the password hash) and the groups relationship still load from the database when
     something touches them."""
