@@ -16,9 +16,9 @@ How, without SQL on a warm download:
   identity and generation, and when the generation moved, the change-log rows past the one
   it saw. Each subject's newest generation becomes its *floor*.
 - Every cached fact is stamped with the generation the loading worker had confirmed when it
-  read the database (cache/metadata.py, cache/users.py). A stamp below its subject's floor was read before the last
-  change of that subject: it is stale and reloaded. A stamp above the confirmed generation
-  is from another timeline (a restored backup): refused as well.
+  read the database (cache/metadata.py, cache/users.py). A stamp below its subject's floor
+  was read before the last change of that subject: it is stale and reloaded. A stamp above
+  the confirmed generation is from another timeline (a restored backup): refused as well.
 - Revoked links and sessions are a set in each worker, loaded from ``revoked_tokens`` and
   kept up to date from the change log.
 - While the database cannot confirm, nothing cached is trusted: decisions go to SQL, and
@@ -76,6 +76,17 @@ def record_changes(connection, subjects: Iterable[str]) -> int | None:
     return new
 
 
+def namespace_of(identity: str) -> str:
+    """The start of every Redis key of the database with this identity (portal/cache/keys.py)."""
+    return f"portal:{identity}:"
+
+
+def generation_key(prefix: str) -> str:
+    """The highest generation a database's workers have committed or seen, under its prefix
+    (a sorted set of one member, so that ZADD GT keeps the maximum)."""
+    return f"{prefix}generation"
+
+
 class Coherence:
     """This process's confirmed view of the database's generation, floors and revocations."""
 
@@ -100,7 +111,7 @@ class Coherence:
     @property
     def prefix(self) -> str | None:
         """The start of every Redis key of this database, None until it is known."""
-        return None if self.identity is None else f"portal:{self.identity}:"
+        return None if self.identity is None else namespace_of(self.identity)
 
     def current(self) -> bool:
         """True when this worker's view was confirmed against SQL less than ``interval``
@@ -219,9 +230,7 @@ class Coherence:
         """Record the highest generation seen of this identity in Redis; True when Redis
         saw a higher one: the database is a restored backup, whose ids and generations
         repeat what the entries in Redis describe."""
-        from .cache import generation_key
-
-        key = generation_key(f"portal:{identity}:")
+        key = generation_key(namespace_of(identity))
         try:
             pipe = self.app.extensions["portal_redis"].pipeline(transaction=False)
             pipe.zadd(key, {"max": generation}, gt=True)

@@ -14,6 +14,7 @@ used (portal/coherence.py, docs/trust.md).
 - ``hot``: the hot-file cache of remote origins, in Redis and in each worker's memory.
 """
 
+from ..coherence import generation_key
 from .changes import forget_locally, watch_file_changes
 from .connection import STATS_FIELDS, STATS_KEY, client, make_client, stats, status
 from .hot import (
@@ -30,7 +31,6 @@ from .hot import (
     range_reader,
 )
 from .keys import (
-    generation_key,
     meta_key,
     namespace,
     subject_keys,

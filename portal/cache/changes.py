@@ -14,9 +14,9 @@ from flask import current_app, has_app_context
 from sqlalchemy import event
 from sqlalchemy.orm import Session
 
-from ..coherence import coherence, record_changes
+from ..coherence import coherence, generation_key, record_changes
 from .connection import client
-from .keys import generation_key, invalidation_channel, subject_keys
+from .keys import invalidation_channel, subject_keys
 
 log = logging.getLogger(__name__)
 

@@ -43,12 +43,6 @@ def user_keys(user_id: int, prefix: str | None = None) -> list[str]:
     return [user_key(user_id, prefix)]
 
 
-def generation_key(prefix: str) -> str:
-    """The highest generation this database's workers have committed or seen (a sorted set
-    of one member, so that ZADD GT keeps the maximum)."""
-    return f"{prefix}generation"
-
-
 def subject_keys(subjects: Iterable[str], prefix: str) -> list[str]:
     """The Redis keys that hold facts about these subjects (a group change: every user's,
     which Redis cannot list cheaply; those entries go stale by their stamp instead)."""
