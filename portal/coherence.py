@@ -145,19 +145,23 @@ class Coherence:
                 RevokedToken.nonce == nonce)).first() is not None
 
     def note_commit(self, generation: int, subjects: Iterable[str]) -> None:
-        """Apply a change this process just committed, without waiting for the next
-        confirmation (a worker must never serve its own revocation)."""
+        """Apply a change this process just committed at once (a worker must never serve its
+        own revocation), then confirm: the generation only moves past what was read from the
+        change log, or another node's earlier change would be skipped."""
         with self._lock:
-            self._apply(generation, [(s, generation) for s in subjects])
+            self._apply(None, [(s, generation) for s in subjects])
+        self.confirm(force=True)
 
     # -- confirming ----------------------------------------------------------------------
 
-    def confirm(self) -> bool:
+    def confirm(self, *, force: bool = False) -> bool:
         """Read the identity and generation (and the changes since the last read) from
-        SQL now; False when the database cannot be read."""
+        SQL now; False when the database cannot be read. Unless ``force``, a confirmation
+        made meanwhile by another greenlet or thread is taken instead."""
         with self._lock:
             began = time.monotonic()
-            if self._pid == os.getpid() and began - self.confirmed < self.interval:
+            if (not force and self._pid == os.getpid()
+                    and began - self.confirmed < self.interval):
                 return True  # another greenlet or thread confirmed while this one waited
             if began - self._failed_at < RETRY_SECONDS:
                 return False
@@ -203,7 +207,10 @@ class Coherence:
         self._floors, self._revoked = floors, revoked
         self.on_change(None)  # None: everything this process holds
 
-    def _apply(self, generation: int, rows: Iterable[tuple[str, int]]) -> None:
+    def _apply(self, generation: int | None, rows: Iterable[tuple[str, int]]) -> None:
+        """Raise the floors of these (subject, generation) rows, note revoked tokens, drop
+        this process's copies of the subjects; ``generation``: all the change log up to it
+        has now been read (None: these rows only)."""
         subjects = []
         for subject, gen in rows:
             if gen > self._floors.get(subject, -1):
@@ -211,7 +218,8 @@ class Coherence:
             if subject.startswith("token:"):
                 self._revoked.add(subject[6:])
             subjects.append(subject)
-        self.generation = max(self.generation, generation)
+        if generation is not None:
+            self.generation = max(self.generation, generation)
         self._changes_seen += 1
         if subjects:
             self.on_change(subjects)
