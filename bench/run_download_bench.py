@@ -20,603 +20,88 @@ Measured (targets in brackets):
   d. GET /login latency while 1000 slow (20 KB/s) downloads run          [p99 < 100 ms]
      (also against a gthread 2x8 or sync portal, to show the worker choice)
   e. RSS growth of the workers while one client fetches a 5 GiB sparse file [< 50 MB]
+  Side by side at -c 32 (issue 19), with nginx direct and copyparty -j1 / -j2 (pip-installed
+  into a venv of its own, bench/.venv-copyparty) serving the same objects:
+  f. signed-in 64 KiB downloads, tail          [p99 <= 25 ms, max <= 100 ms, no timeouts]
+  g. signed-in 1 KiB ranges of a 1 GiB file, tail                          [the same]
+  h. signed-in 64 KiB downloads, req/s, portal vs copyparty -j2            [>= 1.2x]
+Every wrk run is reported with req/s, p50, p99, max latency and wrk's timeouts.
+
+The code: download_harness.py (processes, wrk, instance, servers), this file (the phases
+and the command line), download_report.py (tables and docs/performance.md).
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import hashlib
-import http.client
-import importlib.metadata
 import json
 import os
-import platform
-import re
 import resource
 import shlex
 import shutil
 import signal
-import socket
-import sqlite3
 import subprocess
 import sys
-import tempfile
 import threading
 import time
-import zlib
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from urllib.parse import urlencode
 
-ROOT = Path(__file__).resolve().parent.parent
-VENV_BIN = ROOT / ".venv" / "bin"
+from download_harness import (
+    COPYPARTY_SPEC,
+    NGINX_DIRECT,
+    NGINX_XACCEL_FALLBACK,
+    RANGE_FILE_GIB,
+    ROOT,
+    TAIL_RANGE,
+    VENV_BIN,
+    BenchError,
+    Instance,
+    Run,
+    Server,
+    WrkResult,
+    check_body,
+    children,
+    copyparty,
+    copyparty_python,
+    copyparty_share,
+    cpu_seconds,
+    free_port,
+    frozen,
+    generated_conf,
+    gunicorn,
+    login,
+    nginx,
+    object_path,
+    percentile,
+    prepare,
+    probe_latency,
+    quiet_cpus,
+    render_deploy_conf,
+    rss_kib,
+    settle,
+    wrk,
+)
+from download_report import (
+    busy_note,
+    compare_label,
+    details,
+    fmt_ms,
+    history_after,
+    load,
+    old_analysis,
+    other_sections,
+    render,
+    rows,
+    side_by_side,
+    table,
+)
+
 DOC = ROOT / "docs" / "performance.md"
-ANALYSIS_START = "<!-- analysis:start (kept when the benchmark rewrites this file) -->"
-ANALYSIS_END = "<!-- analysis:end -->"
-USER, PASSWORD = "benchuser", "bench-password-1"
-MIB = 1024 * 1024
-
-
-class BenchError(Exception):
-    """A step that cannot go on; the message says which and why."""
-
-
-# ----------------------------------------------------------------------------- processes
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@dataclass
-class Server:
-    """A process this script started (in its own session) and how to stop it."""
-
-    name: str
-    proc: subprocess.Popen
-    log: Path
-    port: int | None = None
-    stop_signal: int = signal.SIGTERM
-
-    def alive(self) -> bool:
-        """True while the process runs."""
-        return self.proc.poll() is None
-
-    def tail(self, lines: int = 30) -> str:
-        """The end of its log, for error messages."""
-        try:
-            return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return "(no log)"
-
-
-class Run:
-    """The temporary folder and every process started; ``close`` undoes all of it."""
-
-    def __init__(self, keep: bool = False) -> None:
-        self.tmp = Path(tempfile.mkdtemp(prefix="portal-bench-"))
-        os.chmod(self.tmp, 0o755)  # nginx workers (user nobody) read the storage below it
-        self.logs = self.tmp / "logs"
-        self.logs.mkdir()
-        self.servers: list[Server] = []
-        self.cleanups: list = []
-        self.keep = keep
-
-    def spawn(self, name: str, argv: list[str], env: dict | None = None,
-              stop_signal: int = signal.SIGTERM, port: int | None = None) -> Server:
-        """Start a process in a new session, its output going to a log file."""
-        log = self.logs / f"{name}.log"
-        with open(log, "ab") as out:
-            proc = subprocess.Popen([str(a) for a in argv], stdout=out, stderr=subprocess.STDOUT,
-                                    stdin=subprocess.DEVNULL, env=env, cwd=ROOT,
-                                    start_new_session=True)
-        server = Server(name, proc, log, port, stop_signal)
-        self.servers.append(server)
-        return server
-
-    def stop(self, server: Server, grace: float = 10.0) -> None:
-        """Stop the process group of one server we started: its signal, then SIGKILL."""
-        if server.alive():
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(server.proc.pid, server.stop_signal)
-            try:
-                server.proc.wait(grace)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(server.proc.pid, signal.SIGKILL)
-                server.proc.wait(5)
-        # Workers left behind by a master that died first are in the same group.
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(server.proc.pid, signal.SIGKILL)
-        if server in self.servers:
-            self.servers.remove(server)
-
-    def close(self) -> None:
-        """Stop every server (newest first), run the clean-ups, remove the folder."""
-        for server in reversed(list(self.servers)):
-            try:
-                self.stop(server)
-            except Exception as exc:  # keep cleaning up
-                print(f"bench: could not stop {server.name}: {exc}", file=sys.stderr)
-        for cleanup in reversed(self.cleanups):
-            try:
-                cleanup()
-            except Exception as exc:
-                print(f"bench: clean-up failed: {exc}", file=sys.stderr)
-        if self.keep:
-            print(f"bench: kept {self.tmp}", file=sys.stderr)
-        else:
-            shutil.rmtree(self.tmp, ignore_errors=True)
-
-
-def wait_http(server: Server, path: str = "/", timeout: float = 30.0) -> None:
-    """Wait until the server answers HTTP on its port, or raise with its log."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if not server.alive():
-            raise BenchError(f"{server.name} exited ({server.proc.returncode}):\n{server.tail()}")
-        try:
-            status, _, _ = fetch(server.port, path, timeout=2)
-            if status < 500:
-                return
-        except (OSError, http.client.HTTPException):
-            pass
-        time.sleep(0.1)
-    raise BenchError(f"{server.name} did not answer on port {server.port}:\n{server.tail()}")
-
-
-def fetch(port: int, path: str, headers: dict | None = None, method: str = "GET",
-          body: bytes | None = None, timeout: float = 10.0):
-    """One request on a new connection: (status, headers, body)."""
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
-    try:
-        conn.request(method, path, body=body, headers=headers or {})
-        resp = conn.getresponse()
-        return resp.status, resp.headers, resp.read()
-    finally:
-        conn.close()
-
-
-def run_checked(argv: list, env: dict, what: str, timeout: float = 120) -> str:
-    """Run a command to completion; its stdout, or BenchError with its output."""
-    done = subprocess.run([str(a) for a in argv], env=env, cwd=ROOT, capture_output=True,
-                          text=True, timeout=timeout, check=False)
-    if done.returncode != 0:
-        raise BenchError(f"{what} failed ({done.returncode}):\n{done.stdout}\n{done.stderr}")
-    return done.stdout
-
-
-# ----------------------------------------------------------------------------- measurements
-
-UNITS = {"us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
-SIZES = {"B": 1, "KB": 1024, "MB": 1024**2, "GB": 1024**3, "TB": 1024**4}
-
-
-@dataclass
-class WrkResult:
-    """What one wrk run reported."""
-
-    target: str
-    rps: float
-    requests: int
-    bytes_read: float
-    p50_ms: float
-    p99_ms: float
-    errors: str = ""
-    non_2xx: int = 0
-
-    @property
-    def bytes_per_request(self) -> float:
-        """Mean response size on the wire, headers included."""
-        return self.bytes_read / self.requests if self.requests else 0.0
-
-
-def _duration(text: str) -> float:
-    m = re.fullmatch(r"([\d.]+)(us|ms|s|m|h)", text)
-    return float(m.group(1)) * UNITS[m.group(2)] if m else float("nan")
-
-
-def parse_wrk(target: str, out: str) -> WrkResult:
-    """Requests/sec, latency percentiles, bytes, errors from wrk --latency output."""
-    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
-    m = re.search(r"(\d+) requests in [\d.]+\w+, ([\d.]+)(B|KB|MB|GB|TB) read", out)
-    requests, read = int(m.group(1)), float(m.group(2)) * SIZES[m.group(3)]
-    pct = dict(re.findall(r"^\s+(50|99)%\s+(\S+)", out, re.M))
-    errors = re.search(r"Socket errors: (.*)", out)
-    non = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-    return WrkResult(target, rps, requests, read,
-                     _duration(pct.get("50", "nan")) * 1e3, _duration(pct.get("99", "nan")) * 1e3,
-                     errors.group(1) if errors else "", int(non.group(1)) if non else 0)
-
-
-def wrk(args: argparse.Namespace, target: str, url: str, headers: dict) -> WrkResult:
-    """A short warm-up, then the measured wrk run with the shared parameters."""
-    hdr = [x for k, v in headers.items() for x in ("-H", f"{k}: {v}")]
-    base = ["wrk", "-t", str(args.threads), "-c", str(args.connections), "--latency", *hdr]
-    subprocess.run([*base, "-d", f"{args.warmup}s", url], capture_output=True, check=False,
-                   timeout=args.warmup + 30)
-    done = subprocess.run([*base, "-d", f"{args.duration}s", url], capture_output=True,
-                          text=True, check=False, timeout=args.duration + 60)
-    if done.returncode != 0:
-        raise BenchError(f"wrk failed for {target}: {done.stderr}")
-    result = parse_wrk(target, done.stdout)
-    print(f"  {target:<38} {result.rps:>10.0f} req/s  p50 {result.p50_ms:.2f} ms  "
-          f"p99 {result.p99_ms:.2f} ms  {result.bytes_per_request:.0f} B/resp  "
-          f"non-2xx {result.non_2xx}  {result.errors}", flush=True)
-    return result
-
-
-def percentile(values: list[float], q: float) -> float:
-    """Nearest-rank percentile (q in 0..100); inf stands for a request that failed."""
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    rank = max(1, -(-len(ordered) * q // 100))
-    return ordered[int(rank) - 1]
-
-
-def probe_latency(port: int, path: str, count: int, gap: float, until: float,
-                  timeout: float) -> list[float]:
-    """Sequential requests, each on a new connection; seconds each, inf when it failed."""
-    out: list[float] = []
-    while len(out) < count and time.monotonic() < until:
-        started = time.perf_counter()
-        try:
-            status, _, _ = fetch(port, path, timeout=timeout)
-            ok = status == 200
-        except (OSError, http.client.HTTPException):
-            ok = False
-        out.append(time.perf_counter() - started if ok else float("inf"))
-        time.sleep(gap)
-    return out
-
-
-def children(pid: int) -> list[int]:
-    """The pids whose parent is pid (gunicorn workers of a master)."""
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            stat = Path(f"/proc/{entry}/stat").read_text()
-        except OSError:
-            continue
-        if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
-            found.append(int(entry))
-    return sorted(found)
-
-
-def rss_kib(pid: int) -> int:
-    """VmRSS of a process in KiB (0 when it is gone)."""
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
-
-
-def cpu_seconds(pid: int) -> tuple[float, float]:
-    """(user, system) CPU seconds of a process."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0, 0.0
-    tick = os.sysconf("SC_CLK_TCK")
-    return int(fields[11]) / tick, int(fields[12]) / tick
-
-
-# ----------------------------------------------------------------------------- set-up
-
-
-@dataclass
-class Instance:
-    """The temporary portal instance and what was put into it."""
-
-    env: dict
-    storage: Path
-    small_key: str = ""
-    small: bytes = b""
-    big_key: str = ""
-    big: bytes = b""
-    ids: dict = field(default_factory=dict)
-    sparse_key: str = ""
-    sparse_size: int = 0
-    database: str = "sqlite"
-
-
-def base_env() -> dict:
-    """This process's environment without any PORTAL_ or gunicorn settings of the caller."""
-    return {k: v for k, v in os.environ.items()
-            if not k.startswith(("PORTAL_", "GUNICORN_"))}
-
-
-def object_path(storage: Path, key: str) -> Path:
-    """Where LocalStorage keeps the content with this key."""
-    return storage / "objects" / key[:2] / key[2:4] / key
-
-
-def start_redis(run: Run) -> str:
-    """A private redis-server without persistence, so no real Redis data is touched."""
-    exe = shutil.which("redis-server")
-    if exe is None:
-        raise BenchError("redis-server not found (or pass --redis-url)")
-    port = free_port()
-    server = run.spawn("redis", [exe, "--port", port, "--bind", "127.0.0.1", "--save", "",
-                                 "--appendonly", "no", "--dir", run.tmp], port=port)
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 1) as s:
-            s.sendall(b"PING\r\n")
-            if s.recv(16).startswith(b"+PONG"):
-                return f"redis://127.0.0.1:{port}/0"
-        time.sleep(0.1)
-    raise BenchError(f"redis-server did not start:\n{server.tail()}")
-
-
-def postgres_database(run: Run, admin_url: str) -> str:
-    """A new, empty PostgreSQL database for this run, dropped again by Run.close."""
-    import psycopg
-
-    name = f"portal_bench_{os.getpid()}_{int(time.time())}_{os.urandom(3).hex()}"
-    with psycopg.connect(admin_url, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-
-    def drop() -> None:
-        with psycopg.connect(admin_url, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-    run.cleanups.append(drop)
-    host = re.sub(r"^postgres(ql)?(\+\w+)?://", "", admin_url).rsplit("/", 1)[0]
-    return f"postgresql+psycopg://{host}/{name}"
-
-
-def zero_digests(size: int) -> tuple[str, int]:
-    """SHA-256 and CRC-32 of size zero bytes, computed without touching the disk."""
-    block = bytes(8 * MIB)
-    sha, crc, left = hashlib.sha256(), 0, size
-    while left:
-        piece = block if left >= len(block) else block[:left]
-        sha.update(piece)
-        crc = zlib.crc32(piece, crc)
-        left -= len(piece)
-    return sha.hexdigest(), crc
-
-
-def prepare(run: Run, args: argparse.Namespace) -> Instance:
-    """Temp instance: schema, a user, a 64 KiB and a 4 MiB file (login and public), and a
-    sparse multi-GiB file recorded directly in the database."""
-    inst_dir = run.tmp / "instance"
-    storage = run.tmp / "storage"
-    env = base_env()
-    env.update({
-        "PORTAL_ENV": "production",
-        "PORTAL_INSTANCE_PATH": str(inst_dir),
-        "PORTAL_SECRET_KEY": os.urandom(32).hex(),
-        "PORTAL_STORAGE_URL": storage.as_uri(),
-        "PORTAL_REDIS_URL": args.redis_url or start_redis(run),
-        "PYTHONUNBUFFERED": "1",
-    })
-    if args.postgres:
-        env["PORTAL_DATABASE_URL"] = postgres_database(run, args.postgres)
-        database = "PostgreSQL " + env["PORTAL_DATABASE_URL"].rsplit("/", 1)[1]
-    else:
-        env["PORTAL_DATABASE_URL"] = f"sqlite:///{inst_dir / 'portal.db'}"
-        database = f"SQLite {sqlite3.sqlite_version}"
-    inst = Instance(env=env, storage=storage, database=database)
-    flask = [VENV_BIN / "flask", "--app", "wsgi"]
-    run_checked([*flask, "db", "upgrade"], env, "flask db upgrade")
-    run_checked([*flask, "user", "create", USER, "--password", PASSWORD, "--role", "student"],
-                env, "flask user create")
-
-    files = run.tmp / "files"
-    files.mkdir()
-    inst.small, inst.big = os.urandom(64 * 1024), os.urandom(4 * MIB)
-    inst.small_key = hashlib.sha256(inst.small).hexdigest()
-    inst.big_key = hashlib.sha256(inst.big).hexdigest()
-    (files / "small-64k.bin").write_bytes(inst.small)
-    (files / "range-4m.bin").write_bytes(inst.big)
-    for name, title, access in [("small-64k.bin", "bench 64k", "login"),
-                                ("small-64k.bin", "bench 64k public", "public"),
-                                ("range-4m.bin", "bench 4m", "login")]:
-        out = run_checked([*flask, "file", "add", files / name, "--title", title,
-                           "--category", "bench", "--access", access], env, "flask file add")
-        inst.ids[title] = int(out.split("\t", 1)[0])
-
-    size = int(args.big_gib * 1024**3)
-    started = time.monotonic()
-    key, crc = zero_digests(size)
-    path = object_path(storage, key)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "wb") as fh:
-        fh.truncate(size)
-    out = run_checked([VENV_BIN / "python", "-m", "bench.add_sparse_version", "--key", key,
-                       "--size", size, "--crc32", crc, "--title", "bench sparse",
-                       "--access", "login"], env, "add sparse version")
-    inst.ids["bench sparse"] = int(out.strip().splitlines()[-1])
-    inst.sparse_key, inst.sparse_size = key, size
-    print(f"  sparse {args.big_gib:g} GiB object hashed and recorded in "
-          f"{time.monotonic() - started:.1f} s", flush=True)
-    return inst
-
-
-def cookie_pairs(headers) -> dict:
-    """name -> value from every Set-Cookie header."""
-    out = {}
-    for raw in headers.get_all("Set-Cookie") or []:
-        name, _, rest = raw.partition("=")
-        out[name.strip()] = rest.split(";", 1)[0]
-    return out
-
-
-def login(port: int) -> str:
-    """GET /login for the CSRF token, POST the form; the Cookie header of the session."""
-    status, headers, body = fetch(port, "/login")
-    if status != 200:
-        raise BenchError(f"GET /login answered {status}")
-    cookies = cookie_pairs(headers)
-    meta = re.search(rb'<meta[^>]+name="csrf-token"[^>]*>', body)
-    token = re.search(rb'content="([^"]*)"', meta.group(0)).group(1).decode() if meta else ""
-    form = urlencode({"username": USER, "password": PASSWORD, "csrf_token": token}).encode()
-    jar = "; ".join(f"{k}={v}" for k, v in cookies.items())
-    status, headers, _ = fetch(port, "/login", method="POST", body=form, headers={
-        "Content-Type": "application/x-www-form-urlencoded", "Cookie": jar})
-    if status != 302:
-        raise BenchError(f"POST /login answered {status}, not 302")
-    cookies.update(cookie_pairs(headers))
-    return "; ".join(f"{k}={v}" for k, v in cookies.items())
-
-
-def gunicorn(run: Run, name: str, app_spec: str, env: dict, extra: list | None = None,
-             ready_path: str = "/healthz") -> Server:
-    """The app under the production gunicorn.conf.py on a free port."""
-    port = free_port()
-    env = dict(env, PORTAL_BIND=f"127.0.0.1:{port}")
-    # Each instance gets its own control socket: gunicorn 27 defaults to one fixed path
-    # (~/.gunicorn/gunicorn.ctl) that every master on the host would fight over.
-    argv = [VENV_BIN / "gunicorn", "-c", ROOT / "gunicorn.conf.py",
-            "--bind", f"127.0.0.1:{port}", "--control-socket", run.tmp / f"{name}.ctl",
-            *(extra or []), app_spec]
-    # SIGINT: gunicorn's quick shutdown (SIGTERM would wait for slow clients).
-    server = run.spawn(name, argv, env, stop_signal=signal.SIGINT, port=port)
-    wait_http(server, ready_path)
-    return server
-
-
-NGINX_MAIN = """\
-worker_processes {workers};
-pid {tmp}/nginx-{name}.pid;
-error_log {logs}/nginx-{name}-error.log warn;
-events {{ worker_connections 4096; }}
-http {{
-    access_log off;
-    sendfile on;
-    tcp_nopush on;
-    default_type application/octet-stream;
-    client_body_temp_path {tmp}/nginx-{name}/body;
-    proxy_temp_path {tmp}/nginx-{name}/proxy;
-    fastcgi_temp_path {tmp}/nginx-{name}/fastcgi;
-    uwsgi_temp_path {tmp}/nginx-{name}/uwsgi;
-    scgi_temp_path {tmp}/nginx-{name}/scgi;
-{servers}
-}}
-"""
-
-NGINX_DIRECT = """\
-    server {{
-        listen 127.0.0.1:{port};
-        location /objects/ {{ root {storage}; }}
-    }}
-"""
-
-# Used only when deploy/nginx.conf is missing or cannot be adapted (the run says so).
-NGINX_XACCEL_FALLBACK = """\
-    upstream portal_xaccel {{ server 127.0.0.1:{upstream}; keepalive 64; }}
-    server {{
-        listen 127.0.0.1:{port};
-        location /_protected/ {{ internal; alias {storage}/objects/; }}
-        location / {{
-            proxy_pass http://portal_xaccel;
-            proxy_http_version 1.1;
-            proxy_set_header Connection "";
-            proxy_set_header Host $http_host;
-            proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
-        }}
-    }}
-"""
-
-
-def nginx(run: Run, name: str, conf_text: str, port: int, ready_path: str) -> Server:
-    """nginx in the foreground with this configuration file, checked with nginx -t first."""
-    exe = shutil.which("nginx") or "/usr/sbin/nginx"
-    conf = run.tmp / f"nginx-{name}.conf"
-    conf.write_text(conf_text)
-    check = subprocess.run([exe, "-t", "-p", run.tmp, "-c", conf], capture_output=True,
-                           text=True, check=False)
-    if check.returncode != 0:
-        raise BenchError(f"nginx -t for {name}: {check.stderr.strip()}")
-    server = run.spawn(f"nginx-{name}", [exe, "-p", run.tmp, "-c", conf, "-g", "daemon off;"],
-                       stop_signal=signal.SIGTERM, port=port)
-    try:
-        wait_http(server, ready_path)
-    except BenchError:
-        run.stop(server)
-        raise
-    return server
-
-
-def generated_conf(run: Run, name: str, servers: str) -> str:
-    """A minimal nginx.conf (2 workers, sendfile on) around the given server blocks."""
-    (run.tmp / f"nginx-{name}").mkdir(exist_ok=True)
-    return NGINX_MAIN.format(workers=2, tmp=run.tmp, logs=run.logs, name=name, servers=servers)
-
-
-def render_deploy_conf(text: str, run: Run, port: int, upstream: int, storage: Path) -> str:
-    """deploy/nginx.conf with this run's ports and paths, by replacing the literals that the
-    file itself names for that purpose (the same way its functional test renders it)."""
-    replacements = {
-        "user www-data;": "",
-        "pid /run/nginx.pid;": f"pid {run.tmp}/nginx-deploy.pid;",
-        "/var/log/nginx/": f"{run.logs}/nginx-deploy-",
-        "/var/cache/nginx/": f"{run.tmp}/nginx-deploy-cache-",
-        "server 127.0.0.1:8000": f"server 127.0.0.1:{upstream}",
-        "listen 80;": f"listen 127.0.0.1:{port};",
-        "/srv/portal/storage/objects/": f"{storage}/objects/",
-    }
-    missing = [k for k in replacements if k not in text]
-    if missing:
-        raise BenchError(f"deploy/nginx.conf no longer contains {missing}")
-    for old, new in replacements.items():
-        text = text.replace(old, new)
-    return text
 
 
 # ----------------------------------------------------------------------------- the run
-
-
-@dataclass
-class Row:
-    """One line of the results table."""
-
-    metric: str
-    portal: str
-    baseline: str
-    ratio: str
-    target: str
-    result: str
-
-
-def ratio_row(metric: str, portal: WrkResult | None, base: WrkResult | None, target: float,
-              note: str = "") -> Row:
-    """A throughput row: portal/baseline req/s against a ratio target."""
-    if portal is None or base is None:
-        return Row(metric, "n/a" if portal is None else f"{portal.rps:,.0f} req/s",
-                   "n/a" if base is None else f"{base.rps:,.0f} req/s", "n/a",
-                   f"≥ {target}×", f"not measured{note}")
-    ratio = portal.rps / base.rps if base.rps else float("nan")
-    verdict = "pass" if ratio >= target else "**FAIL**"
-    return Row(metric, f"{portal.rps:,.0f} req/s", f"{base.rps:,.0f} req/s", f"{ratio:.2f}×",
-               f"≥ {target}×", verdict + note)
-
-
-def check_body(what: str, port: int, path: str, headers: dict, status: int,
-               expected: bytes) -> str:
-    """'' when the target answers correctly, else why not (measuring it would be bogus)."""
-    try:
-        got_status, _, body = fetch(port, path, headers)
-    except (OSError, http.client.HTTPException) as exc:
-        return f"{what}: {exc}"
-    if got_status != status:
-        return f"{what}: status {got_status}, expected {status}"
-    if body != expected:
-        return f"{what}: body of {len(body)} bytes differs from the file ({len(expected)} bytes)"
-    return ""
 
 
 def slow_phase(run: Run, args: argparse.Namespace, server: Server, label: str,
@@ -651,13 +136,6 @@ def slow_phase(run: Run, args: argparse.Namespace, server: Server, label: str,
           f"p95 {fmt_ms(result['p95'])}  p99 {fmt_ms(result['p99'])}  clients {clients}",
           flush=True)
     return result
-
-
-def fmt_ms(seconds: float, timeout: float | None = None) -> str:
-    """Milliseconds, or the failure marker for a request that did not complete."""
-    if seconds == float("inf"):
-        return "timeout" if timeout is None else f"> {timeout * 1e3:.0f} ms (timeout)"
-    return f"{seconds * 1e3:.1f} ms"
 
 
 def warm_page_cache(path: Path) -> None:
@@ -780,6 +258,11 @@ def bench(run: Run, args: argparse.Namespace) -> dict:
     w["b_base"] = wrk(args, "bare send_file range",
                       url.format(baseline.port, f"/f/{inst.big_key}"), rng)
 
+    print(f"f, g, h. tail latency at c{args.tail_connections}: portal, copyparty, nginx",
+          flush=True)
+    settle(inst)  # the flusher records a and b first, as before c
+    res["tail"] = tail_phase(run, args, inst, portal, auth, direct_port)
+
     print("c. x-accel behind nginx vs nginx direct", flush=True)
     settle(inst)  # the portal's flusher records a and b first: not c's work, nor its CPU
     res["xaccel"] = xaccel_phase(run, args, inst, auth, small_obj, direct_port)
@@ -809,24 +292,90 @@ def bench(run: Run, args: argparse.Namespace) -> dict:
     return res
 
 
-def compare_label(args: argparse.Namespace) -> str:
-    """How the comparison worker configuration is named in the report."""
-    return "gthread 2×8" if args.compare_worker == "gthread" else "sync ×2"
+def tail_phase(run: Run, args: argparse.Namespace, inst: Instance, portal: Server,
+               auth: dict, direct_port: int) -> dict:
+    """Issue 19's side-by-side rows: nginx direct, copyparty -j1 and -j2 and the portal (signed
+    in, and public for information) at ``--tail-connections``, for the 64 KiB file and 1 KiB
+    ranges of the 1 GiB sparse file; rates, p50 / p99 / max and timeouts of every run.
 
+    Only the server being measured runs: the others' process groups are frozen (SIGSTOP),
+    so that neither the portal's background work nor an idle copyparty takes CPU from a
+    baseline. The pair behind the ratio target (copyparty -j2, then the portal) is measured
+    ``--rounds`` times in a row, as c is: this machine's speed drifts within minutes.
+    """
+    c = args.tail_connections
+    out: dict = {"connections": c, "copyparty": "", "error": "", "rounds": [],
+                 "64k": {}, "range": {}}
+    key = inst.small_key
+    small_obj = f"/objects/{key[:2]}/{key[2:4]}/{key}"
+    key = inst.range_key
+    range_obj = f"/objects/{key[:2]}/{key[2:4]}/{key}"
+    rng = {"Range": TAIL_RANGE}
+    first = int(TAIL_RANGE.split("=")[1].split("-")[0])
+    expected_range = bytes(1024)  # the sparse file is zeros
+    if first + 1024 > inst.range_size:
+        raise BenchError(f"{TAIL_RANGE} lies outside the {RANGE_FILE_GIB} GiB file")
+    targets = {  # server -> (port, 64 KiB path, range path, headers)
+        "nginx direct": (direct_port, small_obj, range_obj, {}),
+        "portal signed-in": (portal.port, f"/files/{inst.ids['bench 64k']}/download",
+                             f"/files/{inst.ids['bench range 1g']}/download", auth),
+    }
+    procs: dict[str, Server] = {"portal signed-in": portal}
+    if not args.no_copyparty:
+        try:
+            python, out["copyparty"] = copyparty_python(args.copyparty_spec)
+            share = copyparty_share(run, inst)
+            for cores in (1, 2):
+                name = f"copyparty -j{cores}"
+                procs[name] = copyparty(run, f"copyparty-j{cores}", python, share, cores)
+                targets[name] = (procs[name].port, "/share/small-64k.bin",
+                                 "/share/range-1g.bin", {})
+        except (BenchError, OSError) as exc:
+            out["error"] = "copyparty: " + " ".join(str(exc).split())[:300]
+            print(f"  copyparty not measured: {exc}", flush=True)
+            for name in ("copyparty -j1", "copyparty -j2"):
+                if name in procs:
+                    run.stop(procs.pop(name))
+                    targets.pop(name, None)
+    problems = [p for name, (port, small, ranged, hdr) in targets.items() for p in (
+        check_body(f"{name} 64k", port, small, hdr, 200, inst.small),
+        check_body(f"{name} range", port, ranged, {**hdr, **rng}, 206, expected_range)) if p]
+    if problems:
+        raise BenchError("a tail target answers wrongly:\n" + "\n".join(problems))
 
-@contextlib.contextmanager
-def frozen(*servers: Server):
-    """Stop these servers' process groups (SIGSTOP) for the duration, so that a baseline
-    runs on a machine where the portal (and the import it may still be doing) is idle."""
-    groups = [s.proc.pid for s in servers if s.alive()]
-    for group in groups:
-        os.killpg(group, signal.SIGSTOP)
-    try:
-        yield
-    finally:
-        for group in groups:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(group, signal.SIGCONT)
+    def measure(workload: str, name: str, label: str = "", path: str = "",
+                cookie: bool = True, run_name: str = "") -> WrkResult:
+        """One wrk run of a server (``label`` and ``path``: another target of the same
+        server), the others frozen meanwhile."""
+        port, small, ranged, hdr = targets[name]
+        headers = {**(hdr if cookie else {}), **(rng if workload == "range" else {})}
+        path = path or (small if workload == "64k" else ranged)
+        what = "64 KiB" if workload == "64k" else "1 KiB range of 1 GiB"
+        with frozen(*[srv for other, srv in procs.items() if other != name]):
+            result = wrk(args, f"{label or name} {what}{run_name}",
+                         f"http://127.0.0.1:{port}{path}", headers, connections=c)
+        out[workload].setdefault(label or name, []).append(result)
+        return result
+
+    quiet_cpus()
+    for workload in ("64k", "range"):
+        for name in ("nginx direct", "copyparty -j1"):
+            if name in targets:
+                measure(workload, name)
+        rounds = args.rounds if workload == "64k" else 1
+        for i in range(1, rounds + 1):
+            run_name = f" (round {i})" if rounds > 1 else ""
+            base = (measure(workload, "copyparty -j2", run_name=run_name)
+                    if "copyparty -j2" in targets else None)
+            mine = measure(workload, "portal signed-in", run_name=run_name)
+            if workload == "64k" and base is not None:
+                out["rounds"].append((base, mine))
+    measure("64k", "portal signed-in", label="portal public (no session)",
+            path=f"/files/{inst.ids['bench 64k public']}/download", cookie=False)
+    for name in ("copyparty -j1", "copyparty -j2"):
+        if name in procs:
+            run.stop(procs[name])
+    return out
 
 
 def xaccel_phase(run: Run, args: argparse.Namespace, inst: Instance, auth: dict,
@@ -922,51 +471,6 @@ def xaccel_servers(run: Run, inst: Instance, env: dict, name: str, out: dict):
         run.stop(xportal)
 
 
-def settle(inst: Instance, quiet: float = 3.0, timeout: float = 300) -> None:
-    """Wait until the recorded download events stop growing for ``quiet`` seconds (the
-    flushers have written what earlier phases caused)."""
-    from sqlalchemy import create_engine, text
-
-    engine = create_engine(inst.env["PORTAL_DATABASE_URL"])
-    started = time.monotonic()
-    last, since = -1, time.monotonic()
-    try:
-        while time.monotonic() - started < timeout:
-            with engine.connect() as conn:
-                count = conn.execute(text("SELECT count(*) FROM download_events")).scalar()
-            if count != last:
-                last, since = count, time.monotonic()
-            elif time.monotonic() - since >= quiet:
-                break
-            time.sleep(0.5)
-    finally:
-        engine.dispose()
-    idle = quiet_cpus(timeout)
-    print(f"  {last:,} download events recorded; settled after "
-          f"{time.monotonic() - started:.0f} s (CPUs {idle:.0%} idle)", flush=True)
-
-
-def quiet_cpus(timeout: float = 60) -> float:
-    """Wait (at most ``timeout`` s) for a second in which the CPUs are 90 % idle; the share."""
-    deadline = time.monotonic() + timeout
-    idle = cpu_idle(1.0)
-    while idle < 0.9 and time.monotonic() < deadline:
-        idle = cpu_idle(1.0)
-    return idle
-
-
-def cpu_idle(seconds: float) -> float:
-    """The share of all CPUs' time that was idle over the next ``seconds`` (/proc/stat)."""
-    def sample() -> tuple[int, int]:
-        fields = [int(v) for v in Path("/proc/stat").read_text().split("\n")[0].split()[1:]]
-        return fields[3] + fields[4], sum(fields)  # idle + iowait, total
-
-    idle0, total0 = sample()
-    time.sleep(seconds)
-    idle1, total1 = sample()
-    return (idle1 - idle0) / max(1, total1 - total0)
-
-
 def drain(inst: Instance, events_log: Path, before: dict | None = None,
           timeout: float = 300) -> dict:
     """Wait until every download nginx logged is an event in the database; how long that
@@ -1002,216 +506,6 @@ def drain(inst: Instance, events_log: Path, before: dict | None = None,
     return result
 
 
-# ----------------------------------------------------------------------------- report
-
-
-def machine() -> dict:
-    """nproc, CPU model, RAM, kernel and the versions that matter."""
-    cpu = "unknown"
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    mem = 0
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal:"):
-                mem = int(line.split()[1]) * 1024
-    versions = {"Python": platform.python_version()}
-    for dist in ("flask", "werkzeug", "gunicorn", "gevent", "sqlalchemy"):
-        with contextlib.suppress(importlib.metadata.PackageNotFoundError):
-            versions[dist] = importlib.metadata.version(dist)
-    for exe, flag in (("nginx", "-v"), ("wrk", "-v"), ("curl", "--version"),
-                      ("redis-server", "--version")):
-        with contextlib.suppress(OSError, subprocess.SubprocessError):
-            done = subprocess.run([exe, flag], capture_output=True, text=True, timeout=5,
-                                  check=False)
-            text = (done.stdout + done.stderr).strip().splitlines()
-            versions[exe] = text[0] if text else "?"
-    return {"nproc": os.cpu_count(), "cpu": cpu, "ram_gib": mem / 1024**3,
-            "kernel": platform.release(), "versions": versions}
-
-
-def rows(res: dict, args: argparse.Namespace) -> list[Row]:
-    """The results table."""
-    w = res["wrk"]
-    x = res["xaccel"]
-    out = [] if args.only_xaccel else [
-        ratio_row("a. signed-in 64 KiB download", w["a_portal"], w["a_base"], 0.8),
-        ratio_row("a′. public 64 KiB download (no session; info)", w["a_public"], w["a_base"],
-                  0.8, " (info)"),
-        ratio_row("b. 1 KiB Range of a 4 MiB file", w["b_portal"], w["b_base"], 0.8)]
-    out += [
-        ratio_row(f"c. x-accel via nginx vs nginx direct, 64 KiB (median of "
-                  f"{len(x['rounds'])} paired rounds)", x["portal"], x["base"], 0.5,
-                  f" ({x['error']})" if x["error"] else ""),
-        ratio_row("c′. the same with a 4 MiB file (info)", x["portal4"], x["base4"], 0.5,
-                  " (info)"),
-        ratio_row("c″. c with nginx's log read by a niced importer process (info)",
-                  x["external"], x["base_external"], 0.5, " (info)"),
-    ]
-    if args.only_xaccel:
-        return out
-    sp, so = res["slow_portal"], res["slow_other"]
-    timeout = args.probe_timeout
-
-    def lat(r: dict) -> str:
-        return (f"p50 {fmt_ms(r['p50'], timeout)} / p95 {fmt_ms(r['p95'], timeout)} / "
-                f"p99 {fmt_ms(r['p99'], timeout)} ({r['failed']}/{r['probes']} failed)")
-
-    out.append(Row(f"d. GET /login latency under {args.slow_clients} downloads at "
-                   f"{args.slow_rate // 1000} KB/s (baseline: {compare_label(args)} portal)",
-                   lat(sp), lat(so), "n/a", "p99 < 100 ms",
-                   "pass" if sp["p99"] < 0.1 else "**FAIL**"))
-    rp, rb = res["rss_portal"], res["rss_base"]
-    ok = rp["complete"] and rp["growth_mib"] < 50
-    out.append(Row(f"e. worker RSS growth, one {args.big_gib:g} GiB download",
-                   f"{rp['growth_mib']:.1f} MiB", f"{rb['growth_mib']:.1f} MiB", "n/a",
-                   "< 50 MB", ("pass" if ok else "**FAIL**")
-                   + ("" if rp["complete"] else " (download incomplete)")))
-    return out
-
-
-def table(rs: list[Row]) -> str:
-    """Markdown table of the rows."""
-    lines = ["| metric | portal | baseline | ratio | target | result |",
-             "| --- | --- | --- | --- | --- | --- |"]
-    lines += [f"| {r.metric} | {r.portal} | {r.baseline} | {r.ratio} | {r.target} | {r.result} |"
-              for r in rs]
-    return "\n".join(lines)
-
-
-def details(res: dict, args: argparse.Namespace) -> str:
-    """Per-run numbers behind the table."""
-    lines = ["| wrk run | req/s | p50 | p99 | bytes/response | non-2xx | socket errors |",
-             "| --- | --- | --- | --- | --- | --- | --- |"]
-    x = res["xaccel"]
-    runs = list(res["wrk"].values()) + [r for pair in x["rounds"] for r in pair] + [
-        r for r in (x["base4"], x["portal4"], x["base_external"], x["external"]) if r]
-    for r in runs:
-        lines.append(f"| {r.target} | {r.rps:,.0f} | {r.p50_ms:.2f} ms | {r.p99_ms:.2f} ms | "
-                     f"{r.bytes_per_request:,.0f} | {r.non_2xx} | {r.errors or '-'} |")
-    if args.only_xaccel:
-        lines.append("")
-        return "\n".join(lines + xaccel_details(res["xaccel"]))
-    idle = res["idle"]
-    lines += ["", f"- GET /login with no other load (50 sequential requests): p50 "
-              f"{fmt_ms(percentile(idle, 50))}, p99 {fmt_ms(percentile(idle, 99))}."]
-    for key in ("slow_portal", "slow_other"):
-        s = res[key]
-        c = s["clients"]
-        lines.append(f"- Slow clients against {s['label']}: {json.dumps(c)}; /login probes: "
-                     f"{s['probes']} sent, {s['failed']} failed or over the "
-                     f"{args.probe_timeout:g} s timeout.")
-    for key, name in (("rss_portal", "portal"), ("rss_base", "bare send_file")):
-        r = res[key]
-        lines.append(
-            f"- {args.big_gib:g} GiB sparse download from the {name}: HTTP {r['status']}, "
-            f"{r['bytes']:,} bytes ({'complete' if r['complete'] else 'INCOMPLETE'}) in "
-            f"{r['seconds']:.1f} s ({r['gbit']:.1f} Gbit/s); RSS of {r['workers']} workers "
-            f"{r['rss_before_mib']:.0f} MiB before, peak growth {r['growth_mib']:.1f} MiB in "
-            f"one worker, {r['total_growth_mib']:.1f} MiB summed; CPU of the serving worker: "
-            f"user {r['user_cpu']:.2f} s, system {r['sys_cpu']:.2f} s"
-            + (f"; curl: {r['curl_error']}" if r["curl_error"] else "") + ".")
-    return "\n".join(lines + xaccel_details(res["xaccel"]))
-
-
-def xaccel_details(x: dict) -> list[str]:
-    """What the x-accel phase saw besides its wrk runs."""
-    lines = []
-    if x["rounds"]:
-        lines.append("- c, each round's portal / nginx-direct ratio: " + ", ".join(
-            f"{p.rps / b.rps:.2f}×" for b, p in x["rounds"]) + " (nginx direct measured just "
-            "before each portal run, with the portal frozen by SIGSTOP meanwhile).")
-    lines.append(f"- x-accel: nginx configuration: {x['config']}; signed-in Range through "
-                 f"nginx: {x.get('range_check', 'not checked')}"
-                 + (f"; problem: {x['error']}" if x["error"] else "") + ".")
-    for key, who in (("drain", "the web workers (c, c′)"),
-                     ("drain_external", "a niced importer (c″)")):
-        if x.get(key):
-            d = x[key]
-            lines.append(f"- x-accel, nginx's log read by {who}: {d['stored']:,} of the "
-                         f"{d['logged']:,} downloads nginx had logged were recorded in the "
-                         f"database {d['seconds']:.1f} s after the load stopped.")
-    return lines
-
-
-def render(res: dict, args: argparse.Namespace, command: str, started: datetime,
-           seconds: float, old_analysis: str) -> str:
-    """docs/performance.md."""
-    m = machine()
-    versions = ", ".join(f"{k} {v}" for k, v in m["versions"].items())
-    return f"""# Download performance
-
-Produced by `bench/run_download_bench.py`; every number below comes from one run of it on
-the machine described here, each target measured against a baseline started in the same run.
-Re-run it to refresh this file (the analysis section between the markers is kept).
-
-- Date: {started:%Y-%m-%d %H:%M} UTC (run took {seconds:.0f} s)
-- Machine: {m['nproc']} CPUs, {m['cpu']}, {m['ram_gib']:.1f} GiB RAM, Linux {m['kernel']}
-- Versions: {versions}
-- Database: {res['database']}; Redis: {'given' if args.redis_url else 'private redis-server'}
-- Load average (1/5/15 min) before the run: {load(res['load_before'])}, after:
-  {load(res['load_after'])}{busy_note(res)}
-- Command: `{command}`
-- Load: wrk -t {args.threads} -c {args.connections} -d {args.duration}s --latency (after a
-  {args.warmup} s warm-up) for every throughput target; load generator, servers and nginx
-  share the same {m['nproc']} CPUs. Portal and baseline: `gunicorn -c gunicorn.conf.py`
-  (gevent, {m['nproc']} workers, portal.sendfile installed in both).
-
-## Results
-
-{table(rows(res, args))}
-
-## Details
-
-{details(res, args)}
-
-## Analysis
-
-{ANALYSIS_START}
-{old_analysis.strip() or "(not written yet)"}
-{ANALYSIS_END}
-"""
-
-
-def load(avg: tuple) -> str:
-    """A load-average triple."""
-    return " / ".join(f"{x:.2f}" for x in avg)
-
-
-def busy_note(res: dict) -> str:
-    """A warning when something else was using the CPUs during the run."""
-    if max(res["load_before"][0], res["load_after"][0]) < 1.0:
-        return ""
-    return (" — other processes were using the CPUs during this run, so absolute numbers "
-            "are low and noisy; the ratios compare targets measured minutes apart under "
-            "that varying load")
-
-
-def old_analysis(path: Path) -> str:
-    """The hand-written analysis of the current file, if any."""
-    try:
-        text = path.read_text()
-    except OSError:
-        return ""
-    start, end = text.find(ANALYSIS_START), text.find(ANALYSIS_END)
-    if start < 0 or end < start:
-        return ""
-    return text[start + len(ANALYSIS_START):end]
-
-
-def other_sections(path: Path) -> str:
-    """Whatever follows the analysis (other benchmarks' sections), kept as it is."""
-    try:
-        text = path.read_text()
-    except OSError:
-        return ""
-    end = text.find(ANALYSIS_END)
-    return text[end + len(ANALYSIS_END):].strip() if end >= 0 else ""
-
-
 # ----------------------------------------------------------------------------- main
 
 
@@ -1238,6 +532,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--wait-idle", type=int, default=0, metavar="SECONDS",
                    help="first wait up to this long for the 1-minute load average to drop "
                         "below 1.5 (other processes skew every number)")
+    p.add_argument("--tail-connections", type=int, default=32,
+                   help="wrk connections of the side-by-side tail rows f, g, h (issue 19)")
+    p.add_argument("--no-copyparty", action="store_true",
+                   help="leave copyparty out of the side-by-side rows (h is not measured)")
+    p.add_argument("--copyparty-spec", default=COPYPARTY_SPEC,
+                   help="what pip installs into bench/.venv-copyparty")
     p.add_argument("--rounds", type=int, default=3,
                    help="paired (nginx direct, portal) rounds of c; the median is reported")
     p.add_argument("--only-xaccel", action="store_true",
@@ -1299,12 +599,19 @@ def main(argv: list[str] | None = None) -> int:
           f"{busy_note(res)}")
     print(table(rows(res, args)))
     print()
+    print(side_by_side(res.get("tail")))
+    print()
     print(details(res, args))
     if not args.no_doc:
         args.doc.parent.mkdir(parents=True, exist_ok=True)
         rest = other_sections(args.doc)
+        try:
+            history = history_after(args.doc.read_text())
+        except OSError:
+            history = ""
         args.doc.write_text(render(res, args, command, started, seconds,
-                                   old_analysis(args.doc)) + (f"\n{rest}\n" if rest else ""))
+                                   old_analysis(args.doc), history)
+                            + (f"\n{rest}\n" if rest else ""))
         print(f"\nwrote {args.doc}")
     return 0
 
