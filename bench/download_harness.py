@@ -276,16 +276,18 @@ def probe_latency(port: int, path: str, count: int, gap: float, until: float,
 
 
 def children(pid: int) -> list[int]:
-    """The pids whose parent is pid (gunicorn workers of a master)."""
+    """The pids whose parent is pid: a master's gunicorn workers (not the analytics flusher
+    process the master also keeps, gunicorn.conf.py)."""
     found = []
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
         try:
             stat = Path(f"/proc/{entry}/stat").read_text()
+            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes()
         except OSError:
             continue
-        if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+        if int(stat.rsplit(")", 1)[1].split()[1]) == pid and b"analytics" not in cmdline:
             found.append(int(entry))
     return sorted(found)
 

@@ -211,8 +211,10 @@ def bench(run: Run, args: argparse.Namespace) -> dict:
 
     print("starting servers ...", flush=True)
     portal = gunicorn(run, "portal-gevent", "wsgi:app", env)
+    # The bare app records nothing: no analytics flusher process beside its workers.
     baseline = gunicorn(run, "baseline-send_file", "bench.baseline_app:app",
-                        dict(env, BENCH_STORAGE_DIR=str(inst.storage)), ready_path="/")
+                        dict(env, BENCH_STORAGE_DIR=str(inst.storage),
+                             PORTAL_ANALYTICS_FLUSHER="workers"), ready_path="/")
     direct_port = free_port()
     ngx_direct = nginx(run, "direct", generated_conf(run, "direct", NGINX_DIRECT.format(
         port=direct_port, storage=inst.storage)), direct_port, "/objects/")
