@@ -47,8 +47,10 @@ _flusher = {"proc": None, "stopping": False}
 
 def _flush_command() -> list[str]:
     nginx = os.environ.get("PORTAL_ANALYTICS_NGINX_IMPORT", "workers") != "external"
+    # Paced as well as niced: with the kernel's autogroups (a session each, the default on
+    # desktops and many servers) nice only ranks processes of one session, not nginx's.
     return [sys.executable, "-m", "flask", "--app", "wsgi", "analytics", "flush", "--follow",
-            "--quiet", "--nginx" if nginx else "--no-nginx"]
+            "--quiet", "--paced", "--nginx" if nginx else "--no-nginx"]
 
 
 def _keep_flushing(server) -> None:

@@ -30,7 +30,10 @@ def _settings() -> materialise.Settings:
 @click.option("--nginx/--no-nginx", default=True, show_default=True,
               help="Read nginx's event log (ANALYTICS_NGINX_LOG) too.")
 @click.option("--quiet", is_flag=True, help="Print nothing while following.")
-def flush_command(follow, interval, nginx, quiet):
+@click.option("--paced", is_flag=True,
+              help="While the CPUs are busy, read nginx's log at most "
+                   "ANALYTICS_NGINX_IMPORT_SHARE of the time (as the web workers' flusher).")
+def flush_command(follow, interval, nginx, quiet, paced):
     """Write the events buffered in Redis, nginx's new log lines (ANALYTICS_NGINX_LOG) and
     orphaned responses to the database."""
     rec = recorder(current_app)
@@ -42,7 +45,7 @@ def flush_command(follow, interval, nginx, quiet):
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     try:
         while True:
-            written = rec.flush(nginx=nginx)
+            written = rec.flush(nginx=nginx, paced=paced)
             if written and not quiet:
                 click.echo(f"{datetime.now(UTC):%H:%M:%S} flushed {written} event(s)")
             elif not written:
