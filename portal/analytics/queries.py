@@ -165,11 +165,18 @@ def totals(conn: Connection, period: Period, *, file_id: int = ALL_FILES,
            readable: Readable = None) -> dict:
     """Sums of the daily rollups and distinct users over a period: of one file, of a
     category, or of every file ``readable`` lets the reader see (None: every file)."""
-    hidden = Hidden()
-    if file_id == ALL_FILES and category is None:
-        hidden = Hidden.over(conn, hidden_file_ids(conn, readable), period.start, period.end)
     return _totals(conn, period, file_id=file_id, grp=grp, category=category,
-                   readable=readable, hidden=hidden)
+                   readable=readable,
+                   hidden=_hidden_in(conn, period, file_id, category, readable))
+
+
+def _hidden_in(conn: Connection, period: Period, file_id: int, category: str | None,
+               readable: Readable) -> Hidden:
+    """What the reader may not see of a period's downloads over every file (nothing for one
+    file or a category, whose rows are filtered directly)."""
+    if file_id == ALL_FILES and category is None:
+        return Hidden.over(conn, hidden_file_ids(conn, readable), period.start, period.end)
+    return Hidden()
 
 
 def _totals(conn: Connection, period: Period, *, file_id: int, grp: str,
@@ -204,11 +211,9 @@ def unique_users(conn: Connection, period: Period, *, file_id: int = ALL_FILES,
                  readable: Readable = None) -> int:
     """Distinct people (or links, or anonymous clients) with a counted download (exact), of
     one file, of a category, or of any file ``readable`` lets the reader see."""
-    hidden = Hidden()
-    if file_id == ALL_FILES and category is None:
-        hidden = Hidden.over(conn, hidden_file_ids(conn, readable), period.start, period.end)
     return _unique_users(conn, period, file_id=file_id, grp=grp, category=category,
-                         readable=readable, hidden=hidden)
+                         readable=readable,
+                         hidden=_hidden_in(conn, period, file_id, category, readable))
 
 
 def _unique_users(conn: Connection, period: Period, *, file_id: int, grp: str,

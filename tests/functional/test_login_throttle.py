@@ -5,14 +5,13 @@ The same through the real nginx and gunicorn: test_proxy_throttle.py."""
 
 from __future__ import annotations
 
-import signal
-import subprocess
 import time
 
 import pytest
 import redis
 from flask import request
 from flask_login.utils import _create_identifier
+from servers import PrivateRedis, free_port
 from sqlalchemy import select
 from werkzeug.middleware.proxy_fix import ProxyFix
 
@@ -20,7 +19,7 @@ from portal.auth import throttle
 from portal.download.fast import FastDownloads
 from portal.extensions import db
 from portal.models import AuditEntry, User
-from tests.conftest import csrf_from, free_port, redis_binary
+from tests.conftest import csrf_from
 
 PASSWORD = "password123"
 
@@ -206,26 +205,13 @@ def test_redis_down_counts_in_memory_and_is_never_a_500(make_app):
 
 
 def test_frozen_redis_costs_little_and_is_never_a_500(make_app, tmp_path):
-    port = free_port()
-    proc = subprocess.Popen([redis_binary(), "--port", str(port), "--bind", "127.0.0.1",
-                             "--save", "", "--appendonly", "no", "--dir", str(tmp_path)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        url = f"redis://127.0.0.1:{port}/0"
-        client = redis.Redis.from_url(url)
-        for _ in range(100):
-            try:
-                client.ping()
-                break
-            except redis.ConnectionError:
-                time.sleep(0.05)
-        client.close()
-        app = make_app(REDIS_URL=url, RATELIMIT_STORAGE_URI="memory://",
+    with PrivateRedis(tmp_path / "redis") as private:
+        app = make_app(REDIS_URL=private.url, RATELIMIT_STORAGE_URI="memory://",
                        LOGIN_LIMIT_ACCOUNT="2 per minute")
         add_user(app, "alice")
         attacker = visitor(app, "198.51.100.70")
         assert status(attacker, "alice", "g0") == 200  # counted in Redis
-        proc.send_signal(signal.SIGSTOP)  # Redis accepts connections and never answers
+        private.freeze()  # Redis accepts connections and never answers
         try:
             resp, first = sign_in(attacker, "alice", "g1")
             assert resp.status_code == 200
@@ -243,13 +229,10 @@ def test_frozen_redis_costs_little_and_is_never_a_500(make_app, tmp_path):
                     throttle.check(throttle.Attempt("carol", "198.51.100.71"))
                     costs.append(time.monotonic() - started)
         finally:
-            proc.send_signal(signal.SIGCONT)
+            private.thaw()
         assert first < 5 and second < 5 and seconds < 5
         # (a socket timeout is 0.5 s: the later checks stay well below one)
         assert costs[0] < 1.5 and costs[1] < 0.25 and costs[2] < 0.25, costs
-    finally:
-        proc.terminate()
-        proc.wait(5)
 
 
 def test_trusted_proxies_take_the_client_from_x_forwarded(make_app, tmp_path):
