@@ -71,7 +71,10 @@ def test_interrupted_wget_resumed_with_c_is_one_download(server, tmp_path):
     wget = require_tool("wget")
     file_id, url = add_file(server, "wget.bin")
     out = tmp_path / "wget.bin"
-    proc = subprocess.Popen([wget, "-q", "--limit-rate=2m", "-O", str(out), url])
+    # Ctrl-C must stop wget even when the suite runs in the background (`... &` starts
+    # children with SIGINT ignored), so wget gets the default disposition back.
+    proc = subprocess.Popen([wget, "-q", "--limit-rate=2m", "-O", str(out), url],
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     wait_for(lambda: out.exists() and out.stat().st_size > 2 * 1024 * 1024, 30, "2 MB")
     proc.send_signal(signal.SIGINT)
     proc.wait(10)
