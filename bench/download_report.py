@@ -228,15 +228,20 @@ def side_by_side(t: dict | None) -> str:
     return "\n".join(lines)
 
 
+def round_ratios(rounds) -> str:
+    """``0.60×, 0.59×, ...``: each paired round's portal / baseline rate."""
+    return ", ".join(f"{p.rps / b.rps:.2f}×" for b, p in rounds)
+
+
 def tail_details(t: dict | None) -> list[str]:
     """What the tail phase saw besides its wrk runs."""
     if not t:
         return []
     lines = []
     if t["rounds"]:
-        lines.append("- h, each round's portal / copyparty -j2 ratio: " + ", ".join(
-            f"{p.rps / b.rps:.2f}×" for b, p in t["rounds"]) + " (copyparty measured just "
-            "before each portal run; whatever server is not measured is frozen by SIGSTOP).")
+        lines.append("- h, each round's portal / copyparty -j2 ratio: " + round_ratios(
+            t["rounds"]) + " (copyparty measured just before each portal run; whatever "
+            "server is not measured is frozen by SIGSTOP).")
     lines.append(f"- copyparty: {t['copyparty'] or 'not run'}"
                  + (f"; problem: {t['error']}" if t["error"] else "") + ".")
     return lines
@@ -295,9 +300,9 @@ def xaccel_details(x: dict) -> list[str]:
     """What the x-accel phase saw besides its wrk runs."""
     lines = []
     if x["rounds"]:
-        lines.append("- c, each round's portal / nginx-direct ratio: " + ", ".join(
-            f"{p.rps / b.rps:.2f}×" for b, p in x["rounds"]) + " (nginx direct measured just "
-            "before each portal run, with the portal frozen by SIGSTOP meanwhile).")
+        lines.append("- c, each round's portal / nginx-direct ratio: " + round_ratios(
+            x["rounds"]) + " (nginx direct measured just before each portal run, with the "
+            "portal frozen by SIGSTOP meanwhile).")
     lines.append(f"- x-accel: nginx configuration: {x['config']}; signed-in Range through "
                  f"nginx: {x.get('range_check', 'not checked')}"
                  + (f"; problem: {x['error']}" if x["error"] else "") + ".")

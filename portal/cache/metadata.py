@@ -207,6 +207,7 @@ def remember_public(app, file_id: int, found) -> None:
 
 
 def _last_public(file_id: int):
+    """What this worker, else Redis, last knew of the file, if it was public then."""
     found = current_app.extensions.get("portal_public_meta", {}).get(int(file_id))
     if found is not None:
         return found
@@ -214,13 +215,13 @@ def _last_public(file_id: int):
     if prefix is None:
         return None
     try:
-        data = json.loads(client().get(meta_key(file_id, prefix)) or "null")
-        file = data["file"]
-        if file["access"] == "public" and not file["deleted_at"]:
-            return FileSnapshot(**file), _version_from(data["latest"])
-    except (redis.RedisError, ValueError, KeyError, TypeError):
-        pass
-    return None
+        entry = decode_meta(client().get(meta_key(file_id, prefix)))
+    except redis.RedisError:
+        return None
+    if entry is None or entry[2] is MISSING:
+        return None
+    file, version = entry[2]
+    return (file, version) if file.access == "public" and file.deleted_at is None else None
 
 
 # A version never changes once stored (a new upload is a new version), so its snapshot needs
