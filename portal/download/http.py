@@ -34,6 +34,8 @@ from urllib.parse import quote
 
 from werkzeug.http import http_date
 
+from ..filenames import FALLBACK_NAME, cap_length, clean_filename, split_extension
+
 __all__ = [
     "MAX_RANGE_HEADER_LENGTH",
     "Decision",
@@ -42,7 +44,6 @@ __all__ = [
     "RangeReadError",
     "RangeSelection",
     "Representation",
-    "clean_filename",
     "content_disposition",
     "evaluate",
     "is_active_content",
@@ -783,68 +784,8 @@ def iter_multipart(
 # Content-Disposition (RFC 6266, RFC 8187)
 # ---------------------------------------------------------------------------
 
-_FALLBACK_NAME = "download"
-_MAX_FILENAME_CHARS = 200
-_MAX_EXTENSION_CHARS = 16
-# Invisible characters that reorder or hide text: the bidi embeddings,
-# overrides, isolates and marks ("\u202egnp.exe" displays as "exe.png"), plus
-# zero-width characters that can disguise a name.  ZWJ/ZWNJ are kept because
-# emoji sequences and several scripts need them.
-_INVISIBLE = frozenset(
-    "\u061c\u200b\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2060\u2066\u2067\u2068\u2069\ufeff"
-)
-_WHITESPACE_RE = re.compile(r"\s+")
 # RFC 8187 attr-char minus what urllib.parse.quote already leaves alone.
 _ATTR_CHAR_EXTRA = "!#$&+^`|"
-
-
-def _is_removed(ch: str) -> bool:
-    code = ord(ch)
-    return (
-        code < 0x20  # C0 controls
-        or 0x7F <= code <= 0x9F  # DEL and C1 controls
-        or 0xD800 <= code <= 0xDFFF  # lone surrogates (surrogateescape'd bytes)
-        or ch in _INVISIBLE
-    )
-
-
-def _split_extension(name: str) -> tuple[str, str]:
-    dot = name.rfind(".")
-    ext_len = len(name) - dot - 1
-    if dot > 0 and 1 <= ext_len <= _MAX_EXTENSION_CHARS and " " not in name[dot:]:
-        return name[:dot], name[dot:]
-    return name, ""
-
-
-def _cap_length(name: str) -> str:
-    if len(name) <= _MAX_FILENAME_CHARS:
-        return name
-    stem, ext = _split_extension(name)
-    stem = stem[: _MAX_FILENAME_CHARS - len(ext)].rstrip(" .")
-    return stem + ext if stem else name[:_MAX_FILENAME_CHARS].rstrip(" .")
-
-
-def clean_filename(name: str) -> str:
-    """Turn an untrusted file name into a safe, display-honest base name.
-
-    Steps: keep only the last path component (both ``/`` and ``\\``
-    separate); map every run of whitespace to one space; drop C0/C1 controls,
-    DEL, lone surrogates, bidi controls (U+202A-U+202E, U+2066-U+2069, U+200E,
-    U+200F, U+061C) and zero-width spaces/BOM; NFC-normalise;
-    strip leading/trailing spaces and dots (a leading dot would make a hidden
-    file, a trailing one is dropped by Windows anyway); cap at 200 characters
-    keeping the extension; fall back to ``"download"`` if nothing is left.
-    """
-    name = re.split(r"[/\\]", name)[-1]
-    name = _WHITESPACE_RE.sub(" ", name)
-    name = "".join(ch for ch in name if not _is_removed(ch))
-    # NFC only after removal: a removed control between a letter and its
-    # combining mark would otherwise leave a non-normalised pair behind.
-    name = unicodedata.normalize("NFC", name)
-    # Removing characters can bring two spaces together again.
-    name = re.sub(" {2,}", " ", name).strip(" .")
-    name = _cap_length(name)
-    return name or _FALLBACK_NAME
 
 
 def _ascii_fallback(name: str) -> str:
@@ -865,12 +806,12 @@ def _ascii_fallback(name: str) -> str:
         elif not out or out[-1] != "_":
             out.append("_")  # one "_" per run of non-ASCII characters
     fallback = re.sub(" {2,}", " ", "".join(out)).strip(" .")
-    fallback = _cap_length(fallback)
-    stem, ext = _split_extension(fallback)
+    fallback = cap_length(fallback)
+    stem, ext = split_extension(fallback)
     if not stem.strip("_ ."):
         # Nothing recognisable survived (e.g. an all-CJK stem): a generic stem
         # with the real extension is more useful than "_.pdf".
-        fallback = _FALLBACK_NAME + ext
+        fallback = FALLBACK_NAME + ext
     return fallback
 
 

@@ -20,7 +20,7 @@ Layout decisions (all deterministic, so every node produces the same bytes and E
 * No data descriptors: CRC-32 and sizes are in the local headers, which also suits readers
   that cannot handle a STORED entry with a descriptor (Java's ZipInputStream).
 * Every name is UTF-8 with general purpose bit 11 set, cleaned by
-  :func:`http.clean_filename` and made unique (case-insensitively, because Windows and macOS
+  :func:`clean_filename` and made unique (case-insensitively, because Windows and macOS
   extract to case-insensitive file systems) by adding `` (2)``, `` (3)`` ... before the
   extension.
 * The MS-DOS time is written in UTC (the server's local time zone must not change the bytes),
@@ -42,6 +42,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import NamedTuple
 
+from ..filenames import clean_filename, split_extension
 from . import http
 
 __all__ = [
@@ -148,17 +149,8 @@ class ZipPlan:
 # ---------------------------------------------------------------------------
 
 
-def _split_extension(name: str) -> tuple[str, str]:
-    # The same idea of an extension as http.clean_filename: a short dotted suffix after a
-    # non-empty stem, without spaces.
-    dot = name.rfind(".")
-    if dot > 0 and 1 <= len(name) - dot - 1 <= 16 and " " not in name[dot:]:
-        return name[:dot], name[dot:]
-    return name, ""
-
-
 def archive_names(names: Iterable[str]) -> list[str]:
-    """Clean every name (:func:`http.clean_filename`) and make it unique in the archive.
+    """Clean every name (:func:`clean_filename`) and make it unique in the archive.
 
     A name already taken (compared case-insensitively) gets `` (2)``, `` (3)``, ... before
     its extension: ``a.pdf``, ``A.pdf``, ``a.pdf`` become ``a.pdf``, ``A (2).pdf``,
@@ -167,9 +159,9 @@ def archive_names(names: Iterable[str]) -> list[str]:
     taken: set[str] = set()
     result = []
     for raw in names:
-        name = http.clean_filename(raw)
+        name = clean_filename(raw)
         if name.casefold() in taken:
-            stem, ext = _split_extension(name)
+            stem, ext = split_extension(name)
             number = 2
             while f"{stem} ({number}){ext}".casefold() in taken:
                 number += 1

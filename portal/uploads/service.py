@@ -34,7 +34,6 @@ import fcntl
 import logging
 import os
 import re
-import unicodedata
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -49,7 +48,7 @@ from werkzeug.exceptions import ClientDisconnected
 from ..access import normalize_access
 from ..admin.files import manageable
 from ..audit import audit
-from ..download.http import clean_filename
+from ..filenames import clean_filename, has_hidden_characters
 from ..files import add_version, discard
 from ..models import File, Upload, User, utcnow
 from ..storage import Storage, StorageError
@@ -62,7 +61,6 @@ DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
 LOCKED = 423
 INSUFFICIENT_STORAGE = 507
 _UPLOAD_ID = re.compile(r"^[0-9a-f]{32}$")
-_BIDI = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
 LIMITS = {"file_id": 20, "filename": 1024, "title": 255, "category": 64, "access": 300,
           "description": 10_000}
 
@@ -129,12 +127,6 @@ def data_path(area: Path, upload_id: str) -> Path:
 # --- metadata --------------------------------------------------------------------------------
 
 
-def _unsafe_characters(text: str, *, allow: str = "") -> bool:
-    """Controls and bidi overrides, which would let a name display as something else."""
-    return any(
-        (unicodedata.category(ch) == "Cc" and ch not in allow) or ch in _BIDI for ch in text)
-
-
 def _text(pairs: dict[str, bytes | None], key: str, *, alias: str = "") -> str:
     """A metadata value as stripped UTF-8 text within its length limit ("" when absent)."""
     raw = pairs.get(key)
@@ -156,7 +148,7 @@ def validate_metadata(session: Session, user: User, pairs: dict[str, bytes | Non
     optional title, category, access rule and description, or ``file_id`` for a new version.
 
     Unknown keys (``filetype`` and the like) are ignored. The file name is cleaned with
-    ``clean_filename`` (path parts, controls, bidi overrides, length); the title defaults to
+    ``clean_filename`` (path parts, controls, invisible characters, length); the title defaults to
     the cleaned name without its extension. With ``file_id`` the file's own title, category
     and rule are kept, as for any new version. Versions may only be added to files the user
     manages (``portal.admin.files.manageable``: admins all, staff their own), whether named by
@@ -167,7 +159,7 @@ def validate_metadata(session: Session, user: User, pairs: dict[str, bytes | Non
         raise UploadError(400, "Upload-Metadata must carry a 'filename'")
     filename = clean_filename(raw_name)
     description = _text(pairs, "description")
-    if _unsafe_characters(description, allow="\t\n\r"):
+    if has_hidden_characters(description, allow="\t\n\r"):
         raise UploadError(400, "the description contains control characters")
 
     raw_id = _text(pairs, "file_id")
@@ -183,7 +175,7 @@ def validate_metadata(session: Session, user: User, pairs: dict[str, bytes | Non
     title = _text(pairs, "title") or os.path.splitext(filename)[0] or filename
     category = _text(pairs, "category")
     for name, value in (("title", title), ("category", category)):
-        if _unsafe_characters(value):
+        if has_hidden_characters(value):
             raise UploadError(400, f"the {name} contains control or direction characters")
     try:
         access = normalize_access(_text(pairs, "access") or "login")

@@ -460,6 +460,28 @@ def test_filenames_are_cleaned(app, staff):
     assert len(info["filename"]) <= 200 and info["filename"].endswith(".pdf")
 
 
+@pytest.mark.parametrize("hidden", ["\u202e", "\u200b", "\u2060", "\ufeff"])
+def test_hidden_characters_are_refused_in_text_and_cleaned_from_names(app, staff, hidden):
+    # One set for every field: RLO was always refused; the zero-width space, word joiner and
+    # BOM hide just as well and are refused the same way.
+    for field in ("title", "category"):
+        resp = staff.create(3, filename="a.txt", **{field: f"bad{hidden}text"})
+        assert resp.status_code == 400
+        assert resp.get_json() == {
+            "error": "bad request",
+            "message": f"the {field} contains control or direction characters"}
+    resp = staff.create(3, filename="a.txt", description=f"line one\nline{hidden} two")
+    assert resp.status_code == 400
+    assert resp.get_json()["message"] == "the description contains control characters"
+    with app.app_context():
+        assert db.session.scalar(select(func.count()).select_from(Upload)) == 0
+
+    _, resp = staff.send(b"abc", filename=f"lec{hidden}ture.pdf")
+    info = staff.client.get(f"/api/files/{resp.headers['Upload-File-Id']}").get_json()
+    assert info["filename"] == "lecture.pdf"
+    assert info["title"] == "lecture"
+
+
 @pytest.mark.parametrize(("meta", "words"), [
     ({"filename": None}, "filename"),
     ({"access": "everyone"}, "access"),

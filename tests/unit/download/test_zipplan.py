@@ -37,6 +37,7 @@ from portal.download.zipplan import (
     iter_range,
     plan_zip,
 )
+from portal.filenames import clean_filename
 
 WHEN = datetime(2024, 9, 1, 8, 30, 15, tzinfo=UTC)
 U32 = 0xFFFFFFFF
@@ -226,7 +227,7 @@ def test_duplicate_names_get_numbered_before_the_extension():
     ("a\r\n b.txt", "a b.txt"),
 ])
 def test_names_are_cleaned(raw, clean):
-    assert archive_names([raw]) == [clean] == [http.clean_filename(raw)]
+    assert archive_names([raw]) == [clean] == [clean_filename(raw)]
 
 
 def test_many_files_use_the_zip64_end_records():
