@@ -1,4 +1,5 @@
-"""Who may read what: the one place that decides (``can_read``) and its SQL twin.
+"""Who may read what: the one place that decides (``can_read``) and its SQL twin; and who
+may manage a file (``manageable``).
 
 An access rule is one of ``public`` (anyone, no login), ``login`` (any signed-in user),
 ``group:A[,B...]`` (members of any of those groups) or ``user:NAME`` (a personal document:
@@ -47,13 +48,18 @@ def can_read(user: User | None, file: File) -> bool:
         return True
     if user is None or not getattr(user, "is_authenticated", False) or not user.is_active:
         return False
-    if user.is_admin or (file.owner_id is not None and file.owner_id == user.id):
+    if manageable(user, file):  # admins and the owner read what they manage
         return True
     if kind == "login":
         return True
     if kind == "group":
         return bool(user.group_names.intersection(names))
     return user.username == names[0]
+
+
+def manageable(user: User, file: File) -> bool:
+    """Admins manage every file (edit, delete, new versions); staff the files they own."""
+    return user.is_admin or (file.owner_id is not None and file.owner_id == user.id)
 
 
 def _escape_like(text: str) -> str:

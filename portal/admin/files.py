@@ -11,10 +11,10 @@ from sqlalchemy import select
 from wtforms import StringField, TextAreaField
 from wtforms.validators import DataRequired, Length, Optional
 
-from ..access import normalize_access
+from ..access import manageable, normalize_access
 from ..audit import audit
 from ..extensions import db
-from ..models import File, User, utcnow
+from ..models import File, utcnow
 from . import bp
 
 
@@ -25,11 +25,6 @@ class FileForm(FlaskForm):
     category = StringField(_l("Category"), validators=[Optional(), Length(max=64)])
     description = TextAreaField(_l("Description"), validators=[Optional(), Length(max=5000)])
     access = StringField(_l("Access"), validators=[DataRequired(), Length(max=300)])
-
-
-def manageable(user: User, file: File) -> bool:
-    """Admins manage every file; staff the files they own."""
-    return user.is_admin or (file.owner_id is not None and file.owner_id == user.id)
 
 
 def managed_file(file_id: int) -> File:

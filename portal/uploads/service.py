@@ -45,8 +45,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 from werkzeug.exceptions import ClientDisconnected
 
-from ..access import normalize_access
-from ..admin.files import manageable
+from ..access import manageable, normalize_access
 from ..audit import audit
 from ..filenames import clean_filename, has_hidden_characters
 from ..files import add_version, discard
@@ -151,7 +150,7 @@ def validate_metadata(session: Session, user: User, pairs: dict[str, bytes | Non
     ``clean_filename`` (path parts, controls, invisible characters, length); the title defaults to
     the cleaned name without its extension. With ``file_id`` the file's own title, category
     and rule are kept, as for any new version. Versions may only be added to files the user
-    manages (``portal.admin.files.manageable``: admins all, staff their own), whether named by
+    manages (``portal.access.manageable``: admins all, staff their own), whether named by
     ``file_id`` or by an existing title and category.
     """
     raw_name = _text(pairs, "filename", alias="name")

@@ -4,6 +4,7 @@ import io
 
 from sqlalchemy import select
 
+from portal.access import manageable
 from portal.extensions import db
 from portal.files import add_version
 from portal.models import AuditEntry, File, User
@@ -83,3 +84,18 @@ def test_title_clash_is_a_form_error(app, client, make_user, login):
     resp = client.post(f"/admin/files/{second}", data={
         "title": "A", "category": "课程资料", "access": "login", "csrf_token": csrf})
     assert resp.status_code == 400
+
+
+def test_manageable_is_the_one_rule_for_admin_pages_and_uploads(app, make_user):
+    # portal.access.manageable decides for the admin views and the upload service alike.
+    make_user("teacher", role="staff")
+    make_user("other", role="staff")
+    make_user("boss", role="admin")
+    owned, ownerless = add(app, owner="teacher"), add(app, title="无主文件")
+    with app.app_context():
+        users = {u.username: u for u in db.session.scalars(select(User))}
+        cases = {(name, file_id): manageable(users[name], db.session.get(File, file_id))
+                 for name in users for file_id in (owned, ownerless)}
+    assert cases == {("teacher", owned): True, ("teacher", ownerless): False,
+                     ("other", owned): False, ("other", ownerless): False,
+                     ("boss", owned): True, ("boss", ownerless): True}
