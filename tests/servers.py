@@ -678,7 +678,7 @@ class PrivateRedis:
 
     def start(self) -> PrivateRedis:
         """Start (again, on the same port: a restart comes back empty)."""
-        from tests.conftest import redis_binary
+        from tests.helpers import redis_binary
 
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.proc = subprocess.Popen(

@@ -8,7 +8,7 @@ from portal.extensions import db
 from portal.files import add_version
 from portal.models import User
 from portal.storage import get_storage
-from tests.conftest import csrf_from
+from tests.helpers import csrf_from
 
 RULES = ["public", "login", "group:CS", "user:alice"]
 # who -> the rules they may read

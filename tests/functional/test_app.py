@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from portal import ConfigError, create_app
-from tests.conftest import free_port
+from tests.helpers import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -6,7 +6,7 @@ from sqlalchemy import select
 from portal import create_app
 from portal.extensions import db
 from portal.models import AuditEntry, User
-from tests.conftest import csrf_from, free_port
+from tests.helpers import csrf_from, free_port
 
 
 def post_login(client, username, password, **extra):

@@ -23,8 +23,7 @@ from portal.analytics.recorder import recorder
 from portal.download.fast import _identifier
 from portal.extensions import db
 from portal.models import DownloadEvent, File, User
-from tests.conftest import csrf_from
-from tests.functional.test_local_copies import add_file, wait_until
+from tests.helpers import add_file, csrf_from, wait_until
 
 DATA = bytes(range(256)) * 256  # 64 KiB
 

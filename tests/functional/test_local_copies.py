@@ -5,7 +5,6 @@ pub/sub. Real Redis, real listener threads; two apps in one process stand for tw
 
 from __future__ import annotations
 
-import io
 import time
 
 import pytest
@@ -13,10 +12,8 @@ import redis
 
 from portal import cache
 from portal.extensions import db
-from portal.files import add_version
 from portal.models import File, User
-from portal.storage import get_storage
-from tests.conftest import csrf_from
+from tests.helpers import add_file, csrf_from, wait_until
 
 
 @pytest.fixture
@@ -36,22 +33,6 @@ def r(redis_url):
     client = redis.Redis.from_url(redis_url)
     yield client
     client.close()
-
-
-def add_file(app, data: bytes, access: str = "login", *, filename: str = "n.bin") -> int:
-    with app.app_context():
-        version = add_version(db.session, get_storage(), io.BytesIO(data), filename=filename,
-                              title=filename, access=access)
-        db.session.commit()
-        return version.file_id
-
-
-def wait_until(predicate, timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        time.sleep(0.01)
 
 
 def mgets(r) -> int:

@@ -19,7 +19,7 @@ from portal.auth import throttle
 from portal.download.fast import FastDownloads
 from portal.extensions import db
 from portal.models import AuditEntry, User
-from tests.conftest import csrf_from
+from tests.helpers import csrf_from
 
 PASSWORD = "password123"
 

@@ -12,7 +12,7 @@ from portal.extensions import db
 from portal.files import add_version
 from portal.models import File, PortalState
 from portal.storage import get_storage
-from tests.conftest import close_app
+from tests.helpers import close_app
 
 
 def portal_on(config: dict, path, **settings):

@@ -5,7 +5,7 @@ import io
 from portal.extensions import db
 from portal.files import add_version
 from portal.storage import get_storage
-from tests.conftest import csrf_from
+from tests.helpers import csrf_from
 
 
 def add(app, title, access, body=b"data", category="课程资料", filename=None):

@@ -13,12 +13,11 @@ import pytest
 import s3server
 from servers import Browser, Gunicorn, make_instance, request, write_random
 
-from tests.conftest import temporary_schema
+from tests.helpers import PG_URL, temporary_schema
 
 pytestmark = pytest.mark.slow
 
 s3_server = s3server.s3_server  # the session fixture, used by name
-PG_URL = os.environ.get("PORTAL_TEST_DATABASE_URL", "")
 
 
 @pytest.fixture(scope="module")

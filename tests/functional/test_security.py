@@ -18,7 +18,7 @@ from portal.extensions import db
 from portal.files import add_version
 from portal.security import HSTS, PAGE_CSP
 from portal.storage import get_storage
-from tests.conftest import csrf_from
+from tests.helpers import csrf_from
 
 ROOT = Path(__file__).resolve().parents[2]
 

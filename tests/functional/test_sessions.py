@@ -12,8 +12,7 @@ import pytest
 from portal.auth.tokens import parse_token
 from portal.extensions import db
 from portal.models import ChangeLog, RevokedToken, User
-from tests.conftest import csrf_from
-from tests.functional.test_local_copies import add_file
+from tests.helpers import add_file, csrf_from
 
 DATA = b"personal document " * 100
 

