@@ -21,6 +21,8 @@ from portal.files import add_version
 from portal.storage import get_storage
 
 PG_URL = os.environ.get("PORTAL_TEST_DATABASE_URL", "")
+SHOTS = Path(__file__).resolve().parent.parent / "docs" / "screenshots"
+DEMO_PASSWORD = "demo12345"  # of the users `flask demo` creates
 
 
 def free_port() -> int:
@@ -92,3 +94,20 @@ def wait_until(predicate, timeout: float = 5.0) -> None:
         if time.monotonic() > deadline:
             raise AssertionError("condition not reached in time")
         time.sleep(0.01)
+
+
+def screenshot(page, name: str) -> Path:
+    """Save a full-page screenshot under docs/screenshots/NAME.png."""
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    path = SHOTS / f"{name}.png"
+    page.screenshot(path=str(path), full_page=True)
+    return path
+
+
+def sign_in(page, username: str, password: str = DEMO_PASSWORD) -> None:
+    """Through the real form."""
+    page.goto("/login")
+    page.fill("input[name=username]", username)
+    page.fill("input[name=password]", password)
+    page.click("main form button[type=submit]")
+    page.wait_for_url("**/")

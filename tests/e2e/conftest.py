@@ -9,15 +9,11 @@ from __future__ import annotations
 
 import os
 import shutil
-from pathlib import Path
 
 import pytest
 from servers import Gunicorn, make_instance
 
-ROOT = Path(__file__).resolve().parents[2]
-SHOTS = ROOT / "docs" / "screenshots"
 CHROMIUM = "/usr/bin/chromium"
-DEMO_PASSWORD = "demo12345"
 
 
 def _chromium() -> str:
@@ -72,20 +68,3 @@ def page(browser, demo_server):
     yield page
     context.close()
     assert violations == [], violations
-
-
-def screenshot(page, name: str) -> Path:
-    """Save a full-page screenshot under docs/screenshots/NAME.png."""
-    SHOTS.mkdir(parents=True, exist_ok=True)
-    path = SHOTS / f"{name}.png"
-    page.screenshot(path=str(path), full_page=True)
-    return path
-
-
-def sign_in(page, username: str, password: str = DEMO_PASSWORD) -> None:
-    """Through the real form."""
-    page.goto("/login")
-    page.fill("input[name=username]", username)
-    page.fill("input[name=password]", password)
-    page.click("main form button[type=submit]")
-    page.wait_for_url("**/")

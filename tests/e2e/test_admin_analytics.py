@@ -1,7 +1,8 @@
 """What an admin sees: the analytics pages render their charts from the JSON endpoints."""
 
 import pytest
-from conftest import screenshot, sign_in
+
+from tests.helpers import screenshot, sign_in
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,7 @@
 import hashlib
 import os
 
-from conftest import screenshot, sign_in
+from tests.helpers import screenshot, sign_in
 
 
 def test_upload_two_files_with_progress(page, demo_server, tmp_path):

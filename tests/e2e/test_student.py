@@ -4,7 +4,7 @@ language, get a download-manager link."""
 import hashlib
 import urllib.request
 
-from conftest import screenshot, sign_in
+from tests.helpers import screenshot, sign_in
 
 
 def test_sign_in_search_open_and_download(page, demo_server):
