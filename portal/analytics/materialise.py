@@ -10,8 +10,8 @@ logical downloads and the counters, and the same batch can be flushed twice safe
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, fields
 from datetime import UTC, datetime, timedelta
 from functools import lru_cache
 from itertools import pairwise
@@ -33,11 +33,27 @@ from .models import (
     UserGap,
 )
 
-COUNTERS = ("requests", "bytes_served", "cache_hits", "downloads", "completed")
 EVENT_COLUMNS = ("event_key", "file_id", "version_id", "user_id", "via_link", "method",
                  "status", "range_header", "served_ranges", "size", "bytes_sent", "client_ip",
                  "user_agent", "ua_class", "referrer", "served_from", "link_id", "started_at",
                  "ended_at")
+
+#: Keys per IN list: far below SQLite's parameter limit; exact keys plan as index probes.
+IN_LIST = 500
+#: Rows per executemany of an INSERT (rollups, user-days, spans, gaps, file-detail cells).
+INSERT_BATCH = 2000
+
+
+def chunks(items: list, size: int) -> Iterator[list]:
+    """``items`` in consecutive slices of at most ``size``."""
+    for start in range(0, len(items), size):
+        yield items[start:start + size]
+
+
+def insert_in_batches(conn: Connection, stmt, rows: list[dict]) -> None:
+    """Execute ``stmt`` for ``rows``, INSERT_BATCH rows per executemany."""
+    for batch in chunks(rows, INSERT_BATCH):
+        conn.execute(stmt, batch)
 
 
 @dataclass(frozen=True)
@@ -86,13 +102,53 @@ def to_event(row: dict) -> logical.Event:
         ua_class=row["ua_class"] or "other", served_from=row["served_from"] or "origin")
 
 
+def in_time_order(rows: Iterable[dict]) -> list[logical.Event]:
+    """Event rows as the grouping sees them, in the order it takes them."""
+    return sorted((to_event(row) for row in rows), key=lambda e: (e.started_at, e.last_at))
+
+
+@dataclass(slots=True)
+class Counters:
+    """The counters of one rollup row (or the increments to it): per response, and per
+    logical download (in the bucket of the response that made it count)."""
+
+    requests: int = 0
+    bytes_served: int = 0
+    cache_hits: int = 0
+    downloads: int = 0
+    completed: int = 0
+
+    def as_tuple(self) -> tuple[int, ...]:
+        """The values in the order of COUNTERS."""
+        return tuple(getattr(self, name) for name in COUNTERS)
+
+    def as_dict(self) -> dict[str, int]:
+        """{counter name: value}."""
+        return {name: getattr(self, name) for name in COUNTERS}
+
+
+COUNTERS = tuple(f.name for f in fields(Counters))
+
+
+def widen_span(spans: dict[tuple, list], pair: tuple, user_id: int | None,
+               day: datetime) -> None:
+    """Add an active day to ``spans``: {(file, person): [user id, first day, last day]}."""
+    span = spans.get(pair)
+    if span is None:
+        spans[pair] = [user_id, day, day]
+    else:
+        span[0] = user_id if user_id is not None else span[0]
+        span[1] = min(span[1], day)
+        span[2] = max(span[2], day)
+
+
 class Deltas:
     """Counter increments per rollup row, user-days to add, and the first and last day per
     file and person they imply."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.rollups: dict[tuple, list[int]] = defaultdict(lambda: [0] * len(COUNTERS))
+        self.rollups: dict[tuple, Counters] = defaultdict(Counters)
         self.user_days: dict[tuple, int | None] = {}
         self.file_users: dict[tuple, list] = {}
         self.details: dict[tuple, int] = defaultdict(int)
@@ -110,13 +166,7 @@ class Deltas:
         """A person with a counted download of a file (and so of ALL_FILES) on a day."""
         for fid in (file_id, ALL_FILES):
             self.user_days[(day, fid, key)] = user_id
-            span = self.file_users.get((fid, key))
-            if span is None:
-                self.file_users[(fid, key)] = [user_id, day, day]
-            else:
-                span[0] = user_id if user_id is not None else span[0]
-                span[1] = min(span[1], day)
-                span[2] = max(span[2], day)
+            widen_span(self.file_users, (fid, key), user_id, day)
 
     def _keys(self, moment: datetime, file_id: int, groups: tuple[str, ...]) -> list[tuple]:
         """The rollup rows a moment, file and groups add to (remembered per whole second:
@@ -133,30 +183,36 @@ class Deltas:
             self._memo[memo_key] = keys
         return keys
 
-    def _add(self, moment: datetime, file_id: int, groups: Iterable[str], index: int,
-             amount: int) -> None:
-        for key in self._keys(moment, file_id, tuple(groups)):
-            self.rollups[key][index] += amount
+    def record(self, event: logical.Event, change: logical.Change,
+               groups: dict[int, list[str]]) -> None:
+        """One response and what it changed of its logical download (``groups``: each
+        user's group names)."""
+        self.event(event, groups.get(event.user_id, ()))
+        self.change(change, groups.get(change.session.user_id, ()))
 
     def event(self, event: logical.Event, groups: Iterable[str]) -> None:
         """A response: requests, bytes served, cache hits in its start's buckets."""
         sent, hit = event.sent, int(event.served_from == "cache")
         for key in self._keys(event.started_at, event.file_id, tuple(groups)):
             counters = self.rollups[key]
-            counters[0] += 1
-            counters[1] += sent
-            counters[2] += hit
+            counters.requests += 1
+            counters.bytes_served += sent
+            counters.cache_hits += hit
 
     def change(self, change: logical.Change, groups: Iterable[str]) -> None:
         """A logical download that now counts or now completed."""
         session = change.session
-        groups = tuple(groups)
+        if not (change.counted_now or change.completed_now):
+            return
+        keys = self._keys(session.counted_at, session.file_id, tuple(groups))
         if change.counted_now:
-            self._add(session.counted_at, session.file_id, groups, 3, 1)
+            for key in keys:
+                self.rollups[key].downloads += 1
             self.user_day(day_bucket(session.counted_at, self.settings.tz), session.file_id,
                           session.key, session.user_id)
         if change.completed_now:
-            self._add(session.counted_at, session.file_id, groups, 4, 1)
+            for key in keys:
+                self.rollups[key].completed += 1
 
 
 def detail_key(session: logical.Session, tz: ZoneInfo) -> tuple | None:
@@ -173,11 +229,11 @@ def groups_of(conn: Connection, user_ids: Iterable[int | None]) -> dict[int, lis
     """The group names of each user (for the per-group rollups)."""
     wanted = sorted({u for u in user_ids if u is not None})
     found: dict[int, list[str]] = defaultdict(list)
-    for start in range(0, len(wanted), 500):
+    for chunk in chunks(wanted, IN_LIST):
         rows = conn.execute(
             select(user_groups.c.user_id, Group.name)
             .join(Group, Group.id == user_groups.c.group_id)
-            .where(user_groups.c.user_id.in_(wanted[start:start + 500])))
+            .where(user_groups.c.user_id.in_(chunk)))
         for user_id, name in rows:
             found[user_id].append(name)
     return found
@@ -228,16 +284,14 @@ def write_deltas(conn: Connection, deltas: Deltas) -> None:
     gaps rely on that."""
     insert = upsert(conn)
     if deltas.rollups:
-        rows = [{"grain": g, "bucket": b, "file_id": f, "grp": grp,
-                 **dict(zip(COUNTERS, values, strict=True))}
-                for (g, b, f, grp), values in deltas.rollups.items()]
+        rows = [{"grain": g, "bucket": b, "file_id": f, "grp": grp, **counters.as_dict()}
+                for (g, b, f, grp), counters in deltas.rollups.items()]
         stmt = insert(Rollup.__table__)
         table = Rollup.__table__
         stmt = stmt.on_conflict_do_update(
             index_elements=["grain", "bucket", "file_id", "grp"],
             set_={name: table.c[name] + stmt.excluded[name] for name in COUNTERS})
-        for start in range(0, len(rows), 2000):
-            conn.execute(stmt, rows[start:start + 2000])
+        insert_in_batches(conn, stmt, rows)
     if deltas.user_days:
         spans = spans_of(deltas.user_days)
         before = stored_spans(conn, list(spans))
@@ -245,8 +299,7 @@ def write_deltas(conn: Connection, deltas: Deltas) -> None:
                 for (d, f, k), u in deltas.user_days.items()]
         stmt = insert(UserDay.__table__).on_conflict_do_nothing(
             index_elements=["day", "file_id", "user_key"])
-        for start in range(0, len(rows), 2000):
-            conn.execute(stmt, rows[start:start + 2000])
+        insert_in_batches(conn, stmt, rows)
         write_gaps(conn, deltas.user_days, before)
         write_file_users(conn, spans)
     write_details(conn, deltas.details)
@@ -266,8 +319,7 @@ def write_details(conn: Connection, details: dict[tuple, int]) -> None:
     stmt = stmt.on_conflict_do_update(
         index_elements=list(DETAIL_KEYS),
         set_={"downloads": table.c.downloads + stmt.excluded.downloads})
-    for start in range(0, len(rows), 2000):
-        conn.execute(stmt, rows[start:start + 2000])
+    insert_in_batches(conn, stmt, rows)
 
 
 def details_of(sessions: Iterable[logical.Session], tz: ZoneInfo) -> dict[tuple, int]:
@@ -298,13 +350,6 @@ def details_from_logical(conn: Connection, settings: Settings, *, after_id: int 
         {"tz": settings.tz.key, "after": after_id})
 
 
-def stored_details(conn: Connection) -> dict[tuple, int]:
-    """The non-zero file-detail cells as stored (the shape of ``details_of``)."""
-    t = FileDetailDay.__table__
-    return {tuple(r[:6]): int(r[6]) for r in conn.execute(
-        select(*[t.c[k] for k in DETAIL_KEYS], t.c.downloads)) if r[6]}
-
-
 def write_file_users(conn: Connection, spans: dict[tuple, list]) -> None:
     """Widen the stored first/last days per file and person (inserting new people)."""
     if not spans:
@@ -320,8 +365,7 @@ def write_file_users(conn: Connection, spans: dict[tuple, list]) -> None:
               "last_day": greatest(table.c.last_day, stmt.excluded.last_day)})
     rows = [{"file_id": f, "user_key": k, "user_id": u, "first_day": first, "last_day": last}
             for (f, k), (u, first, last) in spans.items()]
-    for start in range(0, len(rows), 2000):
-        conn.execute(stmt, rows[start:start + 2000])
+    insert_in_batches(conn, stmt, rows)
 
 
 def file_users_from_user_days(conn: Connection) -> None:
@@ -337,13 +381,7 @@ def spans_of(user_days: dict[tuple, int | None]) -> dict[tuple, list]:
     """{(file, person): [user id, first day, last day]} of some user-days."""
     spans: dict[tuple, list] = {}
     for (day, fid, key), user_id in user_days.items():
-        span = spans.get((fid, key))
-        if span is None:
-            spans[(fid, key)] = [user_id, day, day]
-        else:
-            span[0] = user_id if user_id is not None else span[0]
-            span[1] = min(span[1], day)
-            span[2] = max(span[2], day)
+        widen_span(spans, (fid, key), user_id, day)
     return spans
 
 
@@ -351,10 +389,10 @@ def stored_spans(conn: Connection, pairs: list[tuple]) -> dict[tuple, tuple]:
     """{(file, person): (first day, last day)} as stored, for these pairs."""
     t = FileUser.__table__
     found = {}
-    for start in range(0, len(pairs), 500):
+    for chunk in chunks(pairs, IN_LIST):
         for fid, key, first, last in conn.execute(
                 select(t.c.file_id, t.c.user_key, t.c.first_day, t.c.last_day)
-                .where(tuple_(t.c.file_id, t.c.user_key).in_(pairs[start:start + 500]))):
+                .where(tuple_(t.c.file_id, t.c.user_key).in_(chunk))):
             found[(fid, key)] = (first, last)
     return found
 
@@ -400,8 +438,7 @@ def write_gaps(conn: Connection, user_days: dict[tuple, int | None],
         rows += [_gap_row(pair, a, b, users[pair]) for a, b in gaps_between(chain)]
     if redo:
         u, g = UserDay.__table__, UserGap.__table__
-        for start in range(0, len(redo), 500):
-            chunk = redo[start:start + 500]
+        for chunk in chunks(redo, IN_LIST):
             conn.execute(delete(g).where(tuple_(g.c.file_id, g.c.user_key).in_(chunk)))
             stored: dict[tuple, list] = defaultdict(list)
             for fid, key, day in conn.execute(
@@ -428,8 +465,7 @@ def _insert_gaps(conn: Connection, rows: list[dict]) -> None:
         index_elements=["file_id", "user_key", "gap_from"],
         set_={"gap_to": stmt.excluded.gap_to, "span_days": stmt.excluded.span_days,
               "user_id": stmt.excluded.user_id})
-    for start in range(0, len(rows), 2000):
-        conn.execute(stmt, rows[start:start + 2000])
+    insert_in_batches(conn, stmt, rows)
 
 
 # Every gap of every person and file from the user-days, in one statement (bulk loads, the
@@ -468,25 +504,6 @@ def derived_gap_rows(conn: Connection) -> list[dict]:
             users[(fid, key)] = user_id
     return [_gap_row(pair, a, b, users[pair])
             for pair, pair_days in days.items() for a, b in gaps_between(pair_days)]
-
-
-def stored_gaps(conn: Connection) -> tuple[set, set]:
-    """(gaps as stored, gaps as derived from the user-days): equal when right."""
-    columns = ("file_id", "user_key", "gap_from", "gap_to", "span_days")
-    stored = {tuple(r) for r in conn.execute(
-        select(*[UserGap.__table__.c[c] for c in columns]))}
-    derived = {tuple(row[c] for c in columns) for row in derived_gap_rows(conn)}
-    return stored, derived
-
-
-def stored_file_users(conn: Connection) -> tuple[set, set]:
-    """(first and last days as stored, as derived from the user-days): equal when right."""
-    t, u = FileUser.__table__, UserDay.__table__
-    stored = {(r.file_id, r.user_key, r.first_day, r.last_day) for r in conn.execute(select(t))}
-    derived = {tuple(r) for r in conn.execute(
-        select(u.c.file_id, u.c.user_key, func.min(u.c.day), func.max(u.c.day))
-        .group_by(u.c.file_id, u.c.user_key))}
-    return stored, derived
 
 
 def insert_new_events(conn: Connection, rows: list[dict]) -> list[dict]:
@@ -562,23 +579,17 @@ def store(conn: Connection, rows: list[dict], settings: Settings) -> int:
     fresh = insert_new_events(conn, rows)
     if not fresh:
         return 0
-    events = sorted((to_event(row) for row in fresh), key=lambda e: (e.started_at, e.last_at))
+    events = in_time_order(fresh)
     keys = sorted({e.key for e in events})
     since = min(e.started_at for e in events) - settings.rules.idle
     table = LogicalDownload.__table__
     loaded = []
-    for start in range(0, len(keys), 500):
+    for chunk in chunks(keys, IN_LIST):
         loaded += [session_from_row(r) for r in conn.execute(
-            select(table).where(table.c.user_key.in_(keys[start:start + 500]),
-                                table.c.last_at >= since))]
+            select(table).where(table.c.user_key.in_(chunk), table.c.last_at >= since))]
     before = {s.id: detail_key(s, settings.tz) for s in loaded}
     sessionizer = logical.Sessionizer(settings.rules, loaded)
-    groups = groups_of(conn, [e.user_id for e in events])
-    deltas = Deltas(settings)
-    for event in events:
-        change = sessionizer.add(event)
-        deltas.event(event, groups.get(event.user_id, ()))
-        deltas.change(change, groups.get(change.session.user_id, ()))
+    deltas = replay(conn, events, sessionizer, settings)
     for session in sessionizer.sessions():
         if session.dirty:
             deltas.detail(before.get(session.id), detail_key(session, settings.tz))
@@ -587,33 +598,27 @@ def store(conn: Connection, rows: list[dict], settings: Settings) -> int:
     return len(fresh)
 
 
-def recompute(conn: Connection, settings: Settings) -> tuple[dict, set, list]:
-    """Rollups and user-days computed afresh from every raw event (for checks and
-    ``flask analytics rebuild``): ({(grain, bucket, file, grp): counters}, {user-day keys})."""
-    rows = [dict(r._mapping) for r in conn.execute(select(DownloadEvent.__table__))]
-    events = [to_event(row) for row in rows]
+def replay(conn: Connection, events: list[logical.Event], sessionizer: logical.Sessionizer,
+           settings: Settings) -> Deltas:
+    """Feed events (in time order) to the grouping; the counter increments and user-days
+    they make."""
     groups = groups_of(conn, [e.user_id for e in events])
     deltas = Deltas(settings)
+    for event in events:
+        deltas.record(event, sessionizer.add(event), groups)
+    return deltas
+
+
+def recompute(conn: Connection, settings: Settings) -> tuple[dict, set, list]:
+    """Rollups and user-days computed afresh from every raw event (for checks and
+    ``flask analytics rebuild``): ({(grain, bucket, file, grp): counters}, {user-day keys},
+    [logical downloads])."""
+    events = in_time_order(dict(r._mapping)
+                           for r in conn.execute(select(DownloadEvent.__table__)))
     sessionizer = logical.Sessionizer(settings.rules)
-    for event in sorted(events, key=lambda e: (e.started_at, e.last_at)):
-        change = sessionizer.add(event)
-        deltas.event(event, groups.get(event.user_id, ()))
-        deltas.change(change, groups.get(change.session.user_id, ()))
-    rollups = {k: dict(zip(COUNTERS, v, strict=True)) for k, v in deltas.rollups.items()
-               if any(v)}
+    deltas = replay(conn, events, sessionizer, settings)
+    rollups = {k: v.as_dict() for k, v in deltas.rollups.items() if any(v.as_tuple())}
     return rollups, set(deltas.user_days), list(sessionizer.sessions())
-
-
-def stored_rollups(conn: Connection) -> tuple[dict, set]:
-    """The rollups and user-days as stored (the same shapes as ``recompute``)."""
-    table = Rollup.__table__
-    rollups = {}
-    for row in conn.execute(select(table)):
-        values = {name: row._mapping[name] for name in COUNTERS}
-        if any(values.values()):
-            rollups[(row.grain, row.bucket, row.file_id, row.grp)] = values
-    days = {(r.day, r.file_id, r.user_key) for r in conn.execute(select(UserDay.__table__))}
-    return rollups, days
 
 
 def rebuild(conn: Connection, settings: Settings) -> int:
@@ -624,7 +629,7 @@ def rebuild(conn: Connection, settings: Settings) -> int:
     rollups, _days, sessions = recompute(conn, settings)
     deltas = Deltas(settings)
     for key, values in rollups.items():
-        deltas.rollups[key] = [values[name] for name in COUNTERS]
+        deltas.rollups[key] = Counters(**values)
     for session in sessions:
         if session.counted:
             deltas.user_day(day_bucket(session.counted_at, settings.tz), session.file_id,
@@ -648,8 +653,3 @@ def purge(conn: Connection, *, events_before: datetime, logical_before: datetime
     ):
         counts[name] = conn.execute(stmt).rowcount
     return counts
-
-
-def count_events(conn: Connection) -> int:
-    """How many raw events are stored."""
-    return conn.execute(select(func.count()).select_from(DownloadEvent)).scalar_one()

@@ -287,8 +287,8 @@ def _write_finished(conn: Connection, deltas: materialise.Deltas, before: dateti
         return
     names = ["grain", "bucket", "file_id", "grp", *materialise.COUNTERS]
     copy(PARTS if mode == "bulk" else Rollup.__table__, names,
-              [dict(zip(names, (*key, *values), strict=True))
-               for key, values in done.rollups.items()])
+              [dict(zip(names, (*key, *counters.as_tuple()), strict=True))
+               for key, counters in done.rollups.items()])
     copy(UserDay.__table__, ["day", "file_id", "user_key", "user_id"],
               [{"day": d, "file_id": f, "user_key": k, "user_id": u}
                for (d, f, k), u in done.user_days.items()])
@@ -450,8 +450,7 @@ def simulate(conn: Connection, settings: materialise.Settings, *, events: int, d
             for _row, event in batch:
                 change = sessionizer.add(event)
                 if not bulk:  # (in bulk, _sum_parts counts in SQL at the end)
-                    deltas.event(event, groups.get(event.user_id, ()))
-                    deltas.change(change, groups.get(change.session.user_id, ()))
+                    deltas.record(event, change, groups)
             copy(DownloadEvent.__table__, event_cols, [row for row, _event in batch])
             done = sessionizer.forget_before(day + timedelta(days=1))
             copy(ld_table, ld_cols, [materialise.session_values(s) for s in done])

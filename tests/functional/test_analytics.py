@@ -16,7 +16,14 @@ from sqlalchemy import func, inspect, select
 
 from portal.analytics import materialise, nginxlog, pacing
 from portal.analytics import recorder as recorder_module
-from portal.analytics.models import LogicalDownload, Rollup
+from portal.analytics.models import (
+    FileDetailDay,
+    FileUser,
+    LogicalDownload,
+    Rollup,
+    UserDay,
+    UserGap,
+)
 from portal.analytics.recorder import recorder
 from portal.analytics.simulate import simulate
 from portal.extensions import db
@@ -51,20 +58,57 @@ def settings(app):
     return materialise.Settings.from_config(app.config)
 
 
+def stored_rollups(conn) -> tuple[dict, set]:
+    """The rollups and user-days as stored (the same shapes as ``materialise.recompute``)."""
+    rollups = {}
+    for row in conn.execute(select(Rollup.__table__)):
+        values = {name: row._mapping[name] for name in materialise.COUNTERS}
+        if any(values.values()):
+            rollups[(row.grain, row.bucket, row.file_id, row.grp)] = values
+    days = {(r.day, r.file_id, r.user_key) for r in conn.execute(select(UserDay.__table__))}
+    return rollups, days
+
+
+def stored_file_users(conn) -> tuple[set, set]:
+    """(first and last days as stored, as derived from the user-days): equal when right."""
+    t, u = FileUser.__table__, UserDay.__table__
+    stored = {(r.file_id, r.user_key, r.first_day, r.last_day) for r in conn.execute(select(t))}
+    derived = {tuple(r) for r in conn.execute(
+        select(u.c.file_id, u.c.user_key, func.min(u.c.day), func.max(u.c.day))
+        .group_by(u.c.file_id, u.c.user_key))}
+    return stored, derived
+
+
+def stored_details(conn) -> dict[tuple, int]:
+    """The non-zero file-detail cells as stored (the shape of ``materialise.details_of``)."""
+    t = FileDetailDay.__table__
+    return {tuple(r[:6]): int(r[6]) for r in conn.execute(
+        select(*[t.c[k] for k in materialise.DETAIL_KEYS], t.c.downloads)) if r[6]}
+
+
+def stored_gaps(conn) -> tuple[set, set]:
+    """(gaps as stored, gaps as derived from the user-days): equal when right."""
+    columns = ("file_id", "user_key", "gap_from", "gap_to", "span_days")
+    stored = {tuple(r) for r in conn.execute(
+        select(*[UserGap.__table__.c[c] for c in columns]))}
+    derived = {tuple(row[c] for c in columns) for row in materialise.derived_gap_rows(conn)}
+    return stored, derived
+
+
 def assert_rollups_match_raw(app):
     with app.app_context(), db.engine.connect() as conn:
         want_rollups, want_days, _ = materialise.recompute(conn, settings(app))
-        have_rollups, have_days = materialise.stored_rollups(conn)
-        file_users, derived = materialise.stored_file_users(conn)
+        have_rollups, have_days = stored_rollups(conn)
+        file_users, derived = stored_file_users(conn)
         _, _, sessions = materialise.recompute(conn, settings(app))
         want_details = materialise.details_of(sessions, settings(app).tz)
-        have_details = materialise.stored_details(conn)
+        have_details = stored_details(conn)
     assert have_details == want_details
     assert have_rollups == want_rollups
     assert have_days == want_days
     assert file_users == derived
     with app.app_context(), db.engine.connect() as conn:
-        gaps, derived_gaps = materialise.stored_gaps(conn)
+        gaps, derived_gaps = stored_gaps(conn)
     assert gaps == derived_gaps
 
 
@@ -85,13 +129,13 @@ def test_events_are_buffered_then_flushed_once(app, client):
         assert row.client_ip == "127.0.0.0/24" and row.event_key and row.served_from == "origin"
     # the same entries again (a flusher died after its commit, before XDEL): nothing changes
     with app.app_context(), db.engine.connect() as conn:
-        before = materialise.stored_rollups(conn)
+        before = stored_rollups(conn)
     with app.app_context():
         rows = [dict(r._mapping) for r in db.session.execute(select(DownloadEvent.__table__))]
     with app.app_context(), db.engine.begin() as conn:
         assert materialise.store(conn, rows, settings(app)) == 0
     with app.app_context(), db.engine.connect() as conn:
-        assert materialise.stored_rollups(conn) == before
+        assert stored_rollups(conn) == before
     assert count(app, DownloadEvent) == 4
     assert recorder(app).flush() == 0
     with app.app_context():
@@ -305,14 +349,14 @@ def test_purge_keeps_rollups(app, runner):
     with app.app_context(), db.engine.begin() as conn:
         simulate(conn, settings(app), events=1000, days=20, users=20, files=5)
     with app.app_context(), db.engine.connect() as conn:
-        before, _ = materialise.stored_rollups(conn)
+        before, _ = stored_rollups(conn)
     result = runner.invoke(args=["analytics", "purge", "--days", "7"])
     assert result.exit_code == 0, result.output
     with app.app_context():
         oldest = db.session.scalar(select(func.min(DownloadEvent.started_at)))
         assert oldest >= datetime.now(UTC) - timedelta(days=7, minutes=1)
     with app.app_context(), db.engine.connect() as conn:
-        assert materialise.stored_rollups(conn)[0] == before
+        assert stored_rollups(conn)[0] == before
 
 
 def test_cli_flush_and_simulate(app, runner, client):
@@ -466,7 +510,7 @@ def test_distinct_users_fast_path_equals_raw_recomputation(app):
                     fid: (sum(s.file_id == fid for s in mine),
                           len({s.key for s in mine if s.file_id == fid}))
                     for fid in {t["file_id"] for t in top} | {s.file_id for s in mine}}
-            gaps, derived = materialise.stored_gaps(conn)
+            gaps, derived = stored_gaps(conn)
             assert gaps == derived and len(gaps) > 20
 
     check()
