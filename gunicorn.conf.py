@@ -34,6 +34,8 @@ accesslog = os.environ.get("PORTAL_GUNICORN_ACCESSLOG", "-") or None
 control_socket_disable = "PORTAL_GUNICORN_CONTROL_SOCKET" not in os.environ
 control_socket = os.environ.get("PORTAL_GUNICORN_CONTROL_SOCKET", "/run/portal/gunicorn.ctl")
 access_log_format = '%(h)s "%(r)s" %(s)s %(B)s %(D)sus "%(a)s"'
+# The same lines as gunicorn's own logger, built from the atoms the format names only.
+logger_class = "portal.accesslog.AccessLogger"
 
 
 # The flush of download events to SQL runs beside the workers, in a process of its own at a
@@ -91,6 +93,22 @@ def post_worker_init(worker):
 
     sendfile.install()
     recorder.start_flusher(worker.wsgi)  # buffered download events go to SQL off-request
+
+
+def post_request(worker, req, environ, resp):
+    """Let the worker's other connections run before this one's next request.
+
+    A gevent socket only yields when it would block. A download manager on a fast link has
+    its next keep-alive request waiting by the time a 64 KiB response is sent, so the
+    connection's greenlet read it without yielding, served it, and so on: one connection
+    held its worker for up to 2 s while the others' requests waited (docs/performance.md,
+    "The stalls"). A timer, not sleep(0): sleep(0) only runs callbacks, a timer makes the
+    loop poll I/O first, so every ready connection gets its turn, in order.
+    """
+    if worker.cfg.worker_class_str == "gevent":
+        from gevent import sleep
+
+        sleep(1e-6)
 
 
 def worker_exit(server, worker):

@@ -1,0 +1,120 @@
+"""gunicorn's access log, with each atom worked out only when the format asks for it.
+
+Why by hand: gunicorn's ``Logger.access`` builds every atom of every possible format for
+each line -- a dict of all request headers, all response headers and the whole WSGI environ,
+then a second, escaped copy of it -- and the portal's format uses six of them. Under wrk that
+was 15 % of a gevent worker's samples (py-spy, docs/performance.md, "The stalls"). This logger
+gives the format the same values gunicorn would, including ``-`` for what is missing and the
+escaping of double quotes, computed on lookup. ``gunicorn.conf.py`` selects it.
+"""
+
+from __future__ import annotations
+
+import os
+import traceback
+from collections.abc import Iterator, Mapping
+
+from gunicorn.glogging import Logger
+
+
+class AccessLogger(Logger):
+    """gunicorn's Logger, whose access line computes only the atoms its format names."""
+
+    def access(self, resp, req, environ, request_time):
+        """One access line (the same text gunicorn's own Logger writes)."""
+        if not self.access_log_enabled:
+            return
+        try:
+            self.access_log.info(self.cfg.access_log_format,
+                                 LazyAtoms(self, resp, req, environ, request_time))
+        except Exception:
+            self.error(traceback.format_exc())
+
+
+class LazyAtoms(Mapping):
+    """The atoms of one access line, each computed when the format looks it up."""
+
+    __slots__ = ("environ", "logger", "req", "request_time", "resp")
+
+    def __init__(self, logger: Logger, resp, req, environ: dict, request_time) -> None:
+        self.logger = logger
+        self.resp = resp
+        self.req = req
+        self.environ = environ
+        self.request_time = request_time
+
+    def __getitem__(self, key: str):
+        value = self._value(key)
+        return value.replace('"', '\\"') if isinstance(value, str) else value
+
+    # logging formats ``msg % args`` with a non-empty Mapping: these two only make it one.
+    def __len__(self) -> int:
+        return 1
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(())
+
+    def _value(self, key: str):
+        environ, elapsed = self.environ, self.request_time
+        if key.startswith("{"):
+            return self._field(key.lower())
+        if key in _ENVIRON:
+            return environ.get(_ENVIRON[key])  # None (printed so) when absent, as gunicorn
+        if key in _ENVIRON_OR_DASH:
+            return environ.get(_ENVIRON_OR_DASH[key], "-")
+        match key:
+            case "h":
+                return environ.get("REMOTE_ADDR", "-")
+            case "l":
+                return "-"
+            case "u":
+                return self.logger._get_user(environ) or "-"
+            case "t":
+                return self.logger.now()
+            case "r":
+                return (f"{environ['REQUEST_METHOD']} {environ['RAW_URI']} "
+                        f"{environ['SERVER_PROTOCOL']}")
+            case "s":
+                status = self.resp.status
+                return status.split(None, 1)[0] if isinstance(status, str) else status
+            case "b":
+                sent = getattr(self.resp, "sent", None)
+                return str(sent) if sent is not None else "-"
+            case "B":
+                return getattr(self.resp, "sent", None)
+            case "T":
+                return elapsed.seconds
+            case "D":
+                return elapsed.seconds * 1_000_000 + elapsed.microseconds
+            case "M":
+                return elapsed.seconds * 1000 + int(elapsed.microseconds / 1000)
+            case "L":
+                return f"{elapsed.seconds}.{elapsed.microseconds:06d}"
+            case "p":
+                return f"<{os.getpid()}>"
+        return "-"
+
+    def _field(self, key: str):
+        """``{name}i`` (request header), ``{name}o`` (response header), ``{name}e`` (environ),
+        matched case-insensitively as gunicorn does; the last of repeated headers wins."""
+        name, kind = key[1:-2], key[-2:]
+        if kind == "}i":
+            pairs = getattr(self.req, "headers", self.req)
+        elif kind == "}o":
+            pairs = self.resp.headers
+        elif kind == "}e":
+            pairs = self.environ
+        else:
+            return "-"
+        if hasattr(pairs, "items"):
+            pairs = pairs.items()
+        found = "-"
+        for field, value in pairs:
+            if field.lower() == name:
+                found = value
+        return found
+
+
+#: Atoms that are one environ value each.
+_ENVIRON = {"m": "REQUEST_METHOD", "U": "PATH_INFO", "q": "QUERY_STRING", "H": "SERVER_PROTOCOL"}
+_ENVIRON_OR_DASH = {"f": "HTTP_REFERER", "a": "HTTP_USER_AGENT"}
