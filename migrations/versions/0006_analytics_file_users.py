@@ -9,6 +9,10 @@ Revision ID: 0006_analytics_file_users
 Revises: 0005_search_trgm
 """
 
+from collections import defaultdict
+from datetime import UTC
+from zoneinfo import ZoneInfo
+
 import sqlalchemy as sa
 from alembic import op
 
@@ -61,17 +65,68 @@ def upgrade():
     _fill_details()
 
 
+# The cells in one statement on PostgreSQL, as portal.analytics.materialise computed them
+# when this migration was written (frozen here: later code must not change what it does).
+_DETAILS_FROM_LOGICAL = (
+    "INSERT INTO analytics_file_details AS t (file_id, day, version_id, ua_class, decile,"
+    " completed, downloads) SELECT file_id, date_trunc('day', counted_at, :tz), version_id,"
+    " ua_class, CASE WHEN completion >= 1.0 THEN 9 ELSE floor(completion * 10)::int END,"
+    " completed, count(*) FROM logical_downloads WHERE id > :after AND counted"
+    " GROUP BY 1, 2, 3, 4, 5, 6 ON CONFLICT (file_id, day, version_id, ua_class, decile,"
+    " completed) DO UPDATE SET downloads = t.downloads + excluded.downloads")
+
+_LOGICAL = sa.table(
+    "logical_downloads", sa.column("id", sa.Integer()), sa.column("file_id", sa.Integer()),
+    sa.column("version_id", sa.Integer()), sa.column("size", sa.BigInteger()),
+    sa.column("counted_at", sa.DateTime(timezone=True)), sa.column("ranges", sa.Text()),
+    sa.column("counted", sa.Boolean()), sa.column("completed", sa.Boolean()),
+    sa.column("ua_class", sa.String()))
+_DETAILS = sa.table(
+    "analytics_file_details", sa.column("file_id", sa.Integer()),
+    sa.column("day", sa.DateTime(timezone=True)), sa.column("version_id", sa.Integer()),
+    sa.column("ua_class", sa.String()), sa.column("decile", sa.Integer()),
+    sa.column("completed", sa.Boolean()), sa.column("downloads", sa.BigInteger()))
+
+
 def _fill_details():
     """The file-detail cells of the logical downloads already stored (local days of the
     configured ANALYTICS_TIMEZONE)."""
     from flask import current_app, has_app_context
 
-    from portal.analytics import materialise
-
     if not has_app_context():
         return
-    settings = materialise.Settings.from_config(current_app.config)
-    materialise.details_from_logical(op.get_bind(), settings)
+    tz = ZoneInfo(current_app.config["ANALYTICS_TIMEZONE"])
+    conn = op.get_bind()
+    if conn.dialect.name == "postgresql":
+        conn.execute(sa.text(_DETAILS_FROM_LOGICAL), {"tz": tz.key, "after": 0})
+        return
+    cells = defaultdict(int)
+    for row in conn.execute(sa.select(_LOGICAL).where(_LOGICAL.c.id > 0,
+                                                      _LOGICAL.c.counted.is_(True))):
+        counted_at = row.counted_at
+        if counted_at.tzinfo is None:  # SQLite keeps UTC without an offset
+            counted_at = counted_at.replace(tzinfo=UTC)
+        local = counted_at.astimezone(tz).replace(hour=0, minute=0, second=0, microsecond=0)
+        completion = _completion(row.size, row.ranges)
+        cells[(row.file_id, local.astimezone(UTC), row.version_id, row.ua_class,
+               9 if completion >= 1.0 else int(completion * 10), bool(row.completed))] += 1
+    keys = ("file_id", "day", "version_id", "ua_class", "decile", "completed")
+    rows = [{**dict(zip(keys, key, strict=True)), "downloads": n} for key, n in cells.items()]
+    if rows:
+        conn.execute(sa.insert(_DETAILS), rows)
+
+
+def _completion(size, ranges):
+    """Covered bytes / size of a counted download (1.0 for an empty file); ``ranges`` is
+    the delivered bytes as inclusive text, "a-b,c-d" (malformed parts skipped)."""
+    if size <= 0:
+        return 1.0
+    covered = 0
+    for part in (ranges or "").split(","):
+        first, sep, last = part.strip().partition("-")
+        if sep and first.isdigit() and last.isdigit() and int(last) >= int(first):
+            covered += int(last) + 1 - int(first)
+    return min(1.0, covered / size)
 
 
 def downgrade():
