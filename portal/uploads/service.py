@@ -22,8 +22,8 @@ SQL for another node to resume); on completion the data file is read once, throu
 once because the storage is addressed by that hash.
 
 Concurrency. A PATCH or DELETE holds an exclusive ``flock`` on the data file for its duration;
-a second one meanwhile gets 423 Locked (tus clients retry it). The lock is per open file, so it
-also separates greenlets of one gevent worker. HEAD takes no lock: it reads the committed row.
+a second one meanwhile is refused as BUSY (tus clients retry it). The lock is per open file,
+so it also separates greenlets of one gevent worker. HEAD takes no lock: it reads the committed row.
 """
 
 from __future__ import annotations
@@ -52,26 +52,15 @@ from ..files import add_version, discard
 from ..models import File, Upload, User, utcnow
 from ..storage import Storage, StorageError
 from . import tus
+from .errors import ErrorKind, UploadError
 
 log = logging.getLogger(__name__)
 
 CHUNK = 256 * 1024  # bytes read from the request and written per step
 DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
-LOCKED = 423
-INSUFFICIENT_STORAGE = 507
 _UPLOAD_ID = re.compile(r"^[0-9a-f]{32}$")
 LIMITS = {"file_id": 20, "filename": 1024, "title": 255, "category": 64, "access": 300,
           "description": 10_000}
-
-
-class UploadError(Exception):
-    """A refusal with its HTTP status, a message for the client and extra response headers."""
-
-    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.headers = headers or {}
 
 
 @dataclass(frozen=True)
@@ -136,9 +125,10 @@ def _text(pairs: dict[str, bytes | None], key: str, *, alias: str = "") -> str:
     try:
         text = raw.decode("utf-8").strip()
     except UnicodeDecodeError as exc:
-        raise UploadError(400, f"metadata {key!r} is not UTF-8 text") from exc
+        raise UploadError(ErrorKind.BAD_REQUEST, f"metadata {key!r} is not UTF-8 text") from exc
     if len(text) > LIMITS[key]:
-        raise UploadError(400, f"metadata {key!r} is longer than {LIMITS[key]} characters")
+        raise UploadError(ErrorKind.BAD_REQUEST,
+                          f"metadata {key!r} is longer than {LIMITS[key]} characters")
     return text
 
 
@@ -147,27 +137,28 @@ def validate_metadata(session: Session, user: User, pairs: dict[str, bytes | Non
     optional title, category, access rule and description, or ``file_id`` for a new version.
 
     Unknown keys (``filetype`` and the like) are ignored. The file name is cleaned with
-    ``clean_filename`` (path parts, controls, invisible characters, length); the title defaults to
-    the cleaned name without its extension. With ``file_id`` the file's own title, category
+    ``clean_filename`` (path parts, controls, invisible characters, length); the title defaults
+    to the cleaned name without its extension. With ``file_id`` the file's own title, category
     and rule are kept, as for any new version. Versions may only be added to files the user
     manages (``portal.access.manageable``: admins all, staff their own), whether named by
     ``file_id`` or by an existing title and category.
     """
     raw_name = _text(pairs, "filename", alias="name")
     if not raw_name:
-        raise UploadError(400, "Upload-Metadata must carry a 'filename'")
+        raise UploadError(ErrorKind.BAD_REQUEST, "Upload-Metadata must carry a 'filename'")
     filename = clean_filename(raw_name)
     description = _text(pairs, "description")
     if has_hidden_characters(description, allow="\t\n\r"):
-        raise UploadError(400, "the description contains control characters")
+        raise UploadError(ErrorKind.BAD_REQUEST, "the description contains control characters")
 
     raw_id = _text(pairs, "file_id")
     if raw_id:
         if not (raw_id.isascii() and raw_id.isdigit() and len(raw_id) <= 12):
-            raise UploadError(400, "metadata 'file_id' must be a file number")
+            raise UploadError(ErrorKind.BAD_REQUEST, "metadata 'file_id' must be a file number")
         target = session.get(File, int(raw_id))
         if target is None or target.deleted_at is not None or not manageable(user, target):
-            raise UploadError(400, "there is no such file that you may add a version to")
+            raise UploadError(ErrorKind.BAD_REQUEST,
+                              "there is no such file that you may add a version to")
         return Metadata(filename=filename, title=target.title, category=target.category,
                         access=target.access, description=description, file_id=target.id)
 
@@ -175,18 +166,19 @@ def validate_metadata(session: Session, user: User, pairs: dict[str, bytes | Non
     category = _text(pairs, "category")
     for name, value in (("title", title), ("category", category)):
         if has_hidden_characters(value):
-            raise UploadError(400, f"the {name} contains control or direction characters")
+            raise UploadError(ErrorKind.BAD_REQUEST,
+                              f"the {name} contains control or direction characters")
     try:
         access = normalize_access(_text(pairs, "access") or "login")
     except ValueError as exc:
-        raise UploadError(400, str(exc)) from exc
+        raise UploadError(ErrorKind.BAD_REQUEST, str(exc)) from exc
     existing = session.scalar(select(File).where(File.title == title, File.category == category))
     if existing is not None and (existing.deleted_at is not None
                                  or not manageable(user, existing)):
         # add_version would file the upload as a new version of a document this user may not
         # manage (or a deleted one); refuse rather than change it behind the owner's back.
-        raise UploadError(400, "this title and category are taken by a file you may not "
-                               "change; choose another title")
+        raise UploadError(ErrorKind.BAD_REQUEST, "this title and category are taken by a file "
+                                                 "you may not change; choose another title")
     return Metadata(filename=filename, title=title, category=category, access=access,
                     description=description)
 
@@ -196,10 +188,8 @@ def validate_metadata(session: Session, user: User, pairs: dict[str, bytes | Non
 
 def create_upload(session: Session, area: Path, user: User, *, size: int, max_size: int,
                   metadata: Metadata, raw_metadata: str, now: datetime | None = None) -> Upload:
-    """Record a new upload and create its empty data file; 413 past the size limit."""
-    if size > max_size:
-        raise UploadError(413, f"the upload is larger than the limit of {max_size} bytes",
-                          {"Tus-Max-Size": str(max_size)})
+    """Record a new upload and create its empty data file; TOO_LARGE past the size limit."""
+    check_size(size, max_size)
     now = now or utcnow()
     upload = Upload(
         id=uuid.uuid4().hex, user_id=user.id, size=size, received=0, filename=metadata.filename,
@@ -222,6 +212,14 @@ def create_upload(session: Session, area: Path, user: User, *, size: int, max_si
         path.unlink(missing_ok=True)
         raise
     return upload
+
+
+def check_size(size: int, max_size: int) -> None:
+    """Refuse an upload longer than the size limit (TOO_LARGE, with the limit)."""
+    if size > max_size:
+        raise UploadError(ErrorKind.TOO_LARGE,
+                          f"the upload is larger than the limit of {max_size} bytes",
+                          max_size=max_size)
 
 
 def find_upload(session: Session, user: User, upload_id: str) -> Upload | None:
@@ -251,10 +249,10 @@ def append(session: Session, storage: Storage, area: Path, upload: Upload, user:
            now: datetime | None = None) -> AppendResult:
     """Write a PATCH body at ``offset``; complete the upload when it reaches its length.
 
-    Raises UploadError: 409 wrong offset, 413 more bytes than the upload has left, 423 another
-    request is writing, 460 checksum mismatch, 507 disk full, 410 the data or the target file
-    is gone. On every refusal after writing began the file is cut back to the acknowledged
-    offset; nothing is acknowledged that was not fsynced.
+    Raises UploadError: OFFSET_MISMATCH, TOO_LARGE (more bytes than the upload has left),
+    BUSY (another request is writing), CHECKSUM_MISMATCH, STORAGE_FULL, GONE (the data or the
+    target file is gone). On every refusal after writing began the file is cut back to the
+    acknowledged offset; nothing is acknowledged that was not fsynced.
     """
     upload_id = upload.id
     if upload.completed_at is not None:
@@ -265,17 +263,18 @@ def append(session: Session, storage: Storage, area: Path, upload: Upload, user:
             return _data_missing(session, area, upload_id, offset, content_length)
         upload = _reload(session, upload_id)
         if upload is None:
-            raise UploadError(404, "no such upload")
+            raise UploadError(ErrorKind.NOT_FOUND, "no such upload")
         if upload.completed_at is not None:
             return _already_complete(upload, offset, content_length)
         acknowledged = min(upload.received, os.fstat(out.fileno()).st_size)
         size = upload.size
         if offset != acknowledged:
-            raise UploadError(409, f"Upload-Offset must be {acknowledged}",
-                              {"Upload-Offset": str(acknowledged)})
+            raise UploadError(ErrorKind.OFFSET_MISMATCH, f"Upload-Offset must be {acknowledged}",
+                              offset=acknowledged)
         remaining = size - acknowledged
         if content_length is not None and content_length > remaining:
-            raise UploadError(413, f"the body is longer than the {remaining} bytes left")
+            raise UploadError(ErrorKind.TOO_LARGE,
+                              f"the body is longer than the {remaining} bytes left")
         # No database transaction stays open while the body streams in (it may take minutes).
         session.commit()
         digest = tus.new_checksum(checksum[0]) if checksum else None
@@ -286,18 +285,20 @@ def append(session: Session, storage: Storage, area: Path, upload: Upload, user:
             os.fsync(out.fileno())
         except _TooLong:
             _cut_back(out, acknowledged)
-            raise UploadError(413, "the body is longer than the bytes left in the upload",
-                              {"Upload-Offset": str(acknowledged)}) from None
+            raise UploadError(ErrorKind.TOO_LARGE,
+                              "the body is longer than the bytes left in the upload",
+                              offset=acknowledged) from None
         except OSError as exc:
             _cut_back(out, acknowledged)
             raise _write_failure(exc, acknowledged) from exc
         if digest is not None and (interrupted or digest.digest() != checksum[1]):
             _cut_back(out, acknowledged)
             if interrupted:
-                raise UploadError(400, "the body ended before its checksum could be verified",
-                                  {"Upload-Offset": str(acknowledged)})
-            raise UploadError(tus.CHECKSUM_MISMATCH, "the body does not match Upload-Checksum",
-                              {"Upload-Offset": str(acknowledged)})
+                raise UploadError(ErrorKind.BAD_REQUEST,
+                                  "the body ended before its checksum could be verified",
+                                  offset=acknowledged)
+            raise UploadError(ErrorKind.CHECKSUM_MISMATCH,
+                              "the body does not match Upload-Checksum", offset=acknowledged)
         new_offset = acknowledged + copied
         now = now or utcnow()
         if new_offset < size:
@@ -310,7 +311,7 @@ def append(session: Session, storage: Storage, area: Path, upload: Upload, user:
             upload = _complete(session, storage, upload_id, user, out, client_ip=client_ip,
                                now=now)
         except UploadError as exc:
-            if exc.status == 410:  # the upload was terminated: its bytes go too
+            if exc.kind is ErrorKind.GONE:  # the upload was terminated: its bytes go too
                 path.unlink(missing_ok=True)
             else:
                 _cut_back(out, acknowledged)
@@ -323,7 +324,7 @@ def append(session: Session, storage: Storage, area: Path, upload: Upload, user:
 
 
 def terminate(session: Session, area: Path, upload: Upload) -> None:
-    """Forget the upload and free its bytes (tus termination); 423 while a PATCH writes."""
+    """Forget the upload and free its bytes (tus termination); BUSY while a PATCH writes."""
     path = data_path(area, upload.id)
     with _held(path):
         session.delete(upload)
@@ -398,7 +399,7 @@ def _cut_back(out: BinaryIO, acknowledged: int) -> None:
 @contextlib.contextmanager
 def _held(path: Path) -> Iterator[BinaryIO | None]:
     """The data file open unbuffered (a full disk fails at write(), not at a later flush) and
-    exclusively locked, or None when it does not exist; 423 while another request holds it."""
+    exclusively locked, or None when it does not exist; BUSY while another request has it."""
     try:
         out = open(path, "r+b", buffering=0)  # noqa: SIM115  (closed by the with below)
     except FileNotFoundError:
@@ -408,8 +409,8 @@ def _held(path: Path) -> Iterator[BinaryIO | None]:
         try:
             fcntl.flock(out.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError as exc:
-            raise UploadError(LOCKED, "another request is writing to this upload; retry "
-                                      "shortly") from exc
+            raise UploadError(ErrorKind.BUSY, "another request is writing to this upload; "
+                                              "retry shortly") from exc
         yield out  # closing the file releases the lock
 
 
@@ -421,24 +422,26 @@ def _reload(session: Session, upload_id: str) -> Upload | None:
 
 
 def _write_failure(exc: BaseException, acknowledged: int) -> UploadError:
-    """507 for a full disk or quota (the client may retry later), else a logged 500."""
+    """STORAGE_FULL for a full disk or quota (the client may retry later), else a logged
+    WRITE_FAILED."""
     cause = exc if isinstance(exc, OSError) else exc.__cause__
     if isinstance(cause, OSError) and cause.errno in DISK_FULL:
         log.error("upload refused: the upload area or storage is full (%s)", cause)
-        return UploadError(INSUFFICIENT_STORAGE,
+        return UploadError(ErrorKind.STORAGE_FULL,
                            "the server's disk is full; the upload is kept up to byte "
-                           f"{acknowledged}, try again later",
-                           {"Upload-Offset": str(acknowledged)})
+                           f"{acknowledged}, try again later", offset=acknowledged)
     log.error("upload write failed: %s", exc)
-    return UploadError(500, "the upload could not be written")
+    return UploadError(ErrorKind.WRITE_FAILED, "the upload could not be written")
 
 
 def _already_complete(upload: Upload, offset: int, content_length: int | None) -> AppendResult:
     if offset != upload.size:
-        raise UploadError(409, f"the upload is complete; Upload-Offset is {upload.size}",
-                          {"Upload-Offset": str(upload.size)})
+        raise UploadError(ErrorKind.OFFSET_MISMATCH,
+                          f"the upload is complete; Upload-Offset is {upload.size}",
+                          offset=upload.size)
     if content_length:
-        raise UploadError(413, "the upload is complete; no more bytes are accepted")
+        raise UploadError(ErrorKind.TOO_LARGE,
+                          "the upload is complete; no more bytes are accepted")
     return AppendResult(upload)
 
 
@@ -447,12 +450,12 @@ def _data_missing(session: Session, area: Path, upload_id: str, offset: int,
     """The data file is gone: finished meanwhile, terminated meanwhile, or lost."""
     upload = _reload(session, upload_id)
     if upload is None:
-        raise UploadError(404, "no such upload")
+        raise UploadError(ErrorKind.NOT_FOUND, "no such upload")
     if upload.completed_at is not None:
         return _already_complete(upload, offset, content_length)
     log.error("upload %s lost its data file; terminating it", upload_id)
     terminate(session, area, upload)
-    raise UploadError(410, "the upload's data was lost; please start the upload again")
+    raise UploadError(ErrorKind.GONE, "the upload's data was lost; please start the upload again")
 
 
 def _complete(session: Session, storage: Storage, upload_id: str, user: User, data: BinaryIO,
@@ -465,7 +468,8 @@ def _complete(session: Session, storage: Storage, upload_id: str, user: User, da
         if target is None or target.deleted_at is not None:
             session.delete(upload)
             session.commit()
-            raise UploadError(410, "the file this upload was a new version of no longer exists")
+            raise UploadError(ErrorKind.GONE,
+                              "the file this upload was a new version of no longer exists")
         title, category = target.title, target.category
     data.seek(0)
     try:

@@ -18,7 +18,16 @@ from ..extensions import db, login_manager
 from ..models import Upload
 from ..storage import get_storage
 from . import bp, service, tus
+from .errors import ErrorKind, UploadError
 
+# The status of each kind of service error; refusal() adds its data as tus headers.
+STATUS = {
+    ErrorKind.BAD_REQUEST: 400, ErrorKind.NOT_FOUND: 404, ErrorKind.OFFSET_MISMATCH: 409,
+    ErrorKind.GONE: 410, ErrorKind.TOO_LARGE: 413, ErrorKind.BUSY: 423,
+    ErrorKind.CHECKSUM_MISMATCH: tus.CHECKSUM_MISMATCH, ErrorKind.WRITE_FAILED: 500,
+    ErrorKind.STORAGE_FULL: 507,
+}
+# The "error" member of a JSON refusal, by status.
 TITLES = {
     400: "bad request", 404: "not found", 409: "offset mismatch", 410: "gone",
     412: "unsupported tus version", 413: "too large", 415: "unsupported media type",
@@ -60,6 +69,17 @@ def tus_error(status: int, message: str, headers: dict[str, str] | None = None) 
     response.status = f"{status} {REASONS[status]}" if status in REASONS else status
     response.headers.update(headers or {})
     return response
+
+
+def refusal(exc: UploadError, *, with_offset: bool = True) -> Response:
+    """The tus answer to a service error: its STATUS, the offset to resume from and the size
+    limit as headers; ``with_offset=False`` when no upload is left to resume."""
+    headers = {}
+    if exc.offset is not None and with_offset:
+        headers["Upload-Offset"] = str(exc.offset)
+    if exc.max_size is not None:
+        headers["Tus-Max-Size"] = str(exc.max_size)
+    return tus_error(STATUS[exc.kind], exc.message, headers)
 
 
 def _area() -> Path:
@@ -120,9 +140,10 @@ def create():
         checksum = tus.parse_checksum(request.headers.get("Upload-Checksum")) if with_body else None
     except tus.TusHeaderError as exc:
         return tus_error(400, str(exc))
-    if size > max_size:
-        return tus_error(413, f"the upload is larger than the limit of {max_size} bytes",
-                         {"Tus-Max-Size": str(max_size)})
+    try:
+        service.check_size(size, max_size)
+    except UploadError as exc:
+        return refusal(exc)
     if with_body and not tus.is_offset_stream(request.content_type):
         return tus_error(415, f"a body must be sent as {tus.OFFSET_CONTENT_TYPE}")
     user, area = _user(), _area()
@@ -131,8 +152,8 @@ def create():
         upload = service.create_upload(
             db.session, area, user, size=size, max_size=max_size, metadata=metadata,
             raw_metadata=request.headers.get("Upload-Metadata", "").strip())
-    except service.UploadError as exc:
-        return tus_error(exc.status, exc.message, exc.headers)
+    except UploadError as exc:
+        return refusal(exc)
     upload_id = upload.id
     headers = {"Location": url_for("uploads.status", upload_id=upload_id), "Upload-Offset": "0"}
     if with_body or size == 0:
@@ -143,11 +164,11 @@ def create():
                 content_length=request.content_length if with_body else 0, checksum=checksum,
                 client_ip=request.remote_addr or "")
             if result.interrupted:
-                raise service.UploadError(400, "the body ended early; create the upload again")
-        except service.UploadError as exc:
+                raise UploadError(ErrorKind.BAD_REQUEST,
+                                  "the body ended early; create the upload again")
+        except UploadError as exc:
             _forget(upload_id, area)
-            exc.headers.pop("Upload-Offset", None)
-            return tus_error(exc.status, exc.message, exc.headers)
+            return refusal(exc, with_offset=False)  # the upload is removed again
         headers.update(_progress_headers(result.upload))
     return Response(status=201, headers=headers)
 
@@ -159,7 +180,7 @@ def _forget(upload_id: str, area: Path) -> None:
     if upload is None:
         service.data_path(area, upload_id).unlink(missing_ok=True)
         return
-    with contextlib.suppress(service.UploadError):
+    with contextlib.suppress(UploadError):
         service.terminate(db.session, area, upload)
 
 
@@ -198,8 +219,8 @@ def append(upload_id: str):
             db.session, get_storage(), _area(), upload, _user(), request.stream, offset=offset,
             content_length=request.content_length, checksum=checksum,
             client_ip=request.remote_addr or "")
-    except service.UploadError as exc:
-        return tus_error(exc.status, exc.message, exc.headers)
+    except UploadError as exc:
+        return refusal(exc)
     headers = _progress_headers(result.upload)
     if result.interrupted:
         return tus_error(400, "the body ended early; the bytes that arrived are kept, "
@@ -213,8 +234,8 @@ def terminate(upload_id: str):
     upload = _own(upload_id)
     try:
         service.terminate(db.session, _area(), upload)
-    except service.UploadError as exc:
-        return tus_error(exc.status, exc.message, exc.headers)
+    except UploadError as exc:
+        return refusal(exc)
     return Response(status=204)
 
 

@@ -15,7 +15,8 @@ from portal.extensions import db
 from portal.files import add_version
 from portal.models import AuditEntry, File, FileVersion, Upload, User, utcnow
 from portal.storage import StorageError, get_storage
-from portal.uploads import service, tus
+from portal.uploads import service, tus, views
+from portal.uploads.errors import ErrorKind, UploadError
 
 TUS = {"Tus-Resumable": "1.0.0"}
 OFFSET_TYPE = "application/offset+octet-stream"
@@ -458,6 +459,31 @@ def test_filenames_are_cleaned(app, staff):
     _, resp = staff.send(b"abc", filename=long_name, title="long")
     info = staff.client.get(f"/api/files/{resp.headers['Upload-File-Id']}").get_json()
     assert len(info["filename"]) <= 200 and info["filename"].endswith(".pdf")
+
+
+@pytest.mark.parametrize(("kind", "status", "title"), [
+    (ErrorKind.BAD_REQUEST, "400 BAD REQUEST", "bad request"),
+    (ErrorKind.NOT_FOUND, "404 NOT FOUND", "not found"),
+    (ErrorKind.OFFSET_MISMATCH, "409 CONFLICT", "offset mismatch"),
+    (ErrorKind.GONE, "410 GONE", "gone"),
+    (ErrorKind.TOO_LARGE, "413 REQUEST ENTITY TOO LARGE", "too large"),
+    (ErrorKind.BUSY, "423 LOCKED", "locked"),
+    (ErrorKind.CHECKSUM_MISMATCH, "460 Checksum Mismatch", "checksum mismatch"),
+    (ErrorKind.WRITE_FAILED, "500 INTERNAL SERVER ERROR", "server error"),
+    (ErrorKind.STORAGE_FULL, "507 INSUFFICIENT STORAGE", "insufficient storage"),
+])
+def test_each_kind_of_service_error_has_one_answer(app, kind, status, title):
+    assert set(views.STATUS) == set(ErrorKind)
+    with app.test_request_context():
+        plain = views.refusal(UploadError(kind, "why"))
+        full = views.refusal(UploadError(kind, "why", offset=7, max_size=9))
+        gone = views.refusal(UploadError(kind, "why", offset=7, max_size=9), with_offset=False)
+    for resp in (plain, full, gone):
+        assert resp.status == status
+        assert resp.get_json() == {"error": title, "message": "why"}
+    assert "Upload-Offset" not in plain.headers and "Tus-Max-Size" not in plain.headers
+    assert (full.headers["Upload-Offset"], full.headers["Tus-Max-Size"]) == ("7", "9")
+    assert "Upload-Offset" not in gone.headers and gone.headers["Tus-Max-Size"] == "9"
 
 
 @pytest.mark.parametrize("hidden", ["\u202e", "\u200b", "\u2060", "\ufeff"])

@@ -1,0 +1,36 @@
+"""Why an upload was refused, in the service's words: a kind and data, no HTTP.
+
+The views give each kind its status and turn the data into tus headers, in one table
+(``views.STATUS``); nothing here knows a status code or a header name.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+
+
+class ErrorKind(Enum):
+    """What went wrong with an upload request."""
+
+    BAD_REQUEST = "bad_request"  # metadata or a body this upload cannot take
+    NOT_FOUND = "not_found"  # no such upload (any more)
+    OFFSET_MISMATCH = "offset_mismatch"  # the client's offset is not the acknowledged one
+    GONE = "gone"  # the upload's data or the file it was a version of no longer exists
+    TOO_LARGE = "too_large"  # past the size limit, or more bytes than the upload has left
+    BUSY = "busy"  # another request is writing to this upload; retry shortly
+    CHECKSUM_MISMATCH = "checksum_mismatch"  # the body does not match its checksum
+    STORAGE_FULL = "storage_full"  # the disk or quota is full; try again later
+    WRITE_FAILED = "write_failed"  # any other failure to write (logged)
+
+
+class UploadError(Exception):
+    """A refusal: its kind, a message for the client, and what the client needs to go on:
+    ``offset``, the acknowledged offset to resume from, and ``max_size``, the size limit."""
+
+    def __init__(self, kind: ErrorKind, message: str, *, offset: int | None = None,
+                 max_size: int | None = None) -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.message = message
+        self.offset = offset
+        self.max_size = max_size
