@@ -37,6 +37,8 @@ from pathlib import Path
 import pytest
 import redis
 
+from tests.helpers import csrf_from, free_port, redis_binary
+
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent  # the venv running pytest: its flask and gunicorn
 PASSWORD = "functional-pass-1"
@@ -56,13 +58,6 @@ def require_tool(name: str) -> str:
     if os.environ.get("CI"):
         pytest.fail(message)
     pytest.skip(message)
-
-
-def free_port() -> int:
-    """An unused TCP port on loopback."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def sha256_file(path: Path) -> str:
@@ -609,10 +604,7 @@ class Browser:
     def page_csrf(self, path: str) -> str:
         """The token in the page's ``<meta name="csrf-token">``."""
         _, body = self._open(path)
-        html = body.decode()
-        marker = '<meta name="csrf-token" content="'
-        start = html.index(marker) + len(marker)
-        return html[start:html.index('"', start)]
+        return csrf_from(body.decode())
 
     def login(self, username: str, password: str = PASSWORD) -> Browser:
         """GET /login for the token, POST the form; the session cookie lands in the jar."""
@@ -678,8 +670,6 @@ class PrivateRedis:
 
     def start(self) -> PrivateRedis:
         """Start (again, on the same port: a restart comes back empty)."""
-        from tests.helpers import redis_binary
-
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.proc = subprocess.Popen(
             [redis_binary(), "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",

@@ -13,7 +13,7 @@ import redis
 from portal import cache
 from portal.extensions import db
 from portal.models import File, User
-from tests.helpers import add_file, csrf_from, wait_until
+from tests.helpers import add_file, csrf_from, free_port, wait_until
 
 
 @pytest.fixture
@@ -175,11 +175,7 @@ def test_revocation_elsewhere_reaches_the_copies(app, other, client, make_user, 
 def test_redis_down_downloads_still_work(make_app):
     """No Redis: the listener never subscribes, so no copy is used, and every lookup goes
     to the database (and the sign-in limits to memory)."""
-    import socket
-
-    with socket.socket() as sock:  # a port nothing listens on
-        sock.bind(("127.0.0.1", 0))
-        dead = f"redis://127.0.0.1:{sock.getsockname()[1]}/0"
+    dead = f"redis://127.0.0.1:{free_port()}/0"  # a port nothing listens on
     app = make_app(REDIS_URL=dead, RATELIMIT_STORAGE_URI="memory://")
     from portal.models import User
 

@@ -11,7 +11,7 @@ import pytest
 import redis
 from flask import request
 from flask_login.utils import _create_identifier
-from servers import PrivateRedis, free_port
+from servers import PrivateRedis
 from sqlalchemy import select
 from werkzeug.middleware.proxy_fix import ProxyFix
 
@@ -19,7 +19,7 @@ from portal.auth import throttle
 from portal.download.fast import FastDownloads
 from portal.extensions import db
 from portal.models import AuditEntry, User
-from tests.helpers import csrf_from
+from tests.helpers import csrf_from, free_port
 
 PASSWORD = "password123"
 

@@ -20,6 +20,8 @@ from types import SimpleNamespace
 import pytest
 from servers import PASSWORD, Gunicorn, Nginx, require_tool
 
+from tests.helpers import csrf_from
+
 pytestmark = pytest.mark.slow
 
 #: Small per-(account, address) limit so that a test reaches it quickly.
@@ -83,10 +85,7 @@ class Client:
         """GET /login for the CSRF token, POST the form: (status, headers)."""
         status, _, body = self.send("GET", "/login", headers=headers)
         assert status == 200, body[:300]
-        html = body.decode()
-        marker = '<meta name="csrf-token" content="'
-        start = html.index(marker) + len(marker)
-        token = html[start:html.index('"', start)]
+        token = csrf_from(body.decode())
         form = urllib.parse.urlencode({"username": username, "password": password,
                                        "csrf_token": token}).encode()
         status, response_headers, _ = self.send(

@@ -9,7 +9,9 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from servers import ROOT, free_port, request, stop_process, tail, wait_for
+from servers import ROOT, request, stop_process, tail, wait_for
+
+from tests.helpers import free_port
 
 pytestmark = pytest.mark.slow
 
