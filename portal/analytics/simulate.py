@@ -28,7 +28,7 @@ from sqlalchemy import Connection, Index, func, select, text
 from sqlalchemy.exc import DBAPIError
 
 from ..models import DownloadEvent, File, FileVersion, Group, User, user_groups
-from . import clients, logical, materialise
+from . import clients, logical, materialise, rawevents, spans
 from .models import FileUser, LogicalDownload, Rollup, UserDay, UserGap
 
 CATEGORIES = ("课程表", "课件", "录播", "考试", "表格", "通知")
@@ -428,7 +428,7 @@ def simulate(conn: Connection, settings: materialise.Settings, *, events: int, d
     deltas = materialise.Deltas(settings)
     made = logical_rows = 0
     finished: list[logical.Session] = []  # (not in bulk): for the file-detail cells
-    event_cols = list(materialise.EVENT_COLUMNS)
+    event_cols = list(rawevents.EVENT_COLUMNS)
     ld_table = LogicalDownload.__table__
     ld_cols = [c.name for c in ld_table.columns if c.name != "id"]
     try:
@@ -478,10 +478,10 @@ def simulate(conn: Connection, settings: materialise.Settings, *, events: int, d
         materialise.write_details(conn, materialise.details_of(finished, settings.tz))
     if empty:
         if conn.execute(select(func.count()).select_from(FileUser)).scalar_one() == 0:
-            materialise.file_users_from_user_days(conn)
+            spans.file_users_from_user_days(conn)
         else:
-            materialise.write_file_users(conn, deltas.file_users)
-        materialise.gaps_from_user_days(conn)  # (the user-days went in by COPY)
+            spans.write_file_users(conn, deltas.file_users)
+        spans.gaps_from_user_days(conn)  # (the user-days went in by COPY)
     _build_indexes(conn, deferred)
     return {"events": made, "logical_downloads": logical_rows + len(rest),
             "users": len(user_ids), "files": len({v.file_id for v in versions})}

@@ -26,6 +26,7 @@ from portal.analytics.models import (
 )
 from portal.analytics.recorder import recorder
 from portal.analytics.simulate import simulate
+from portal.analytics.spans import derived_gap_rows
 from portal.extensions import db
 from portal.files import add_version
 from portal.models import DownloadEvent, File
@@ -91,7 +92,7 @@ def stored_gaps(conn) -> tuple[set, set]:
     columns = ("file_id", "user_key", "gap_from", "gap_to", "span_days")
     stored = {tuple(r) for r in conn.execute(
         select(*[UserGap.__table__.c[c] for c in columns]))}
-    derived = {tuple(row[c] for c in columns) for row in materialise.derived_gap_rows(conn)}
+    derived = {tuple(row[c] for c in columns) for row in derived_gap_rows(conn)}
     return stored, derived
 
 
