@@ -34,15 +34,13 @@ instance folder), which must be on the node's local disk.
 from __future__ import annotations
 
 import atexit
-import json
 import logging
 import os
 import secrets
 import socket
 import threading
 import time
-import uuid
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 
 import redis
@@ -50,29 +48,18 @@ from flask import Flask
 from sqlalchemy.exc import SQLAlchemyError
 
 from ..coherence import coherence
-from ..download.http import RangeOutcome, select_ranges
 from ..extensions import db
-from . import clients, logical, materialise, nginxlog, pacing
+from . import materialise, nginximport
+from .eventrows import (
+    dump_row,
+    event_row,  # noqa: F401  (portal/download calls it as recorder.event_row)
+    load_row,
+    new_event_key,
+)
 from .journal import Journal, dead_journals
 from .keys import FLUSH_LOCK_MS, AnalyticsKeys, analytics_keys
 
 log = logging.getLogger(__name__)
-
-_DATES = ("started_at", "ended_at")
-
-
-def _dump(row: dict) -> str:
-    return json.dumps({k: (v.isoformat() if isinstance(v, datetime) else v)
-                       for k, v in row.items()}, separators=(",", ":"), ensure_ascii=False)
-
-
-def _load(raw: bytes | str) -> dict:
-    row = json.loads(raw)
-    for name in _DATES:
-        if row.get(name):
-            row[name] = datetime.fromisoformat(row[name])
-    return row
-
 
 #: How long the shipper waits after the first queued end, so that the ends of a busy moment
 #: cost one round trip; also the window a killed worker loses byte counts in.
@@ -83,11 +70,6 @@ RETRY_LIMIT = 100_000
 JOURNAL_DIR = "analytics-journal"
 #: A journal this large is replaced by one holding only the open starts.
 JOURNAL_ROTATE_BYTES = 4 * 1024 * 1024
-
-
-def new_event_key() -> str:
-    """A unique key for one response (32 hex digits)."""
-    return uuid.uuid4().hex
 
 
 #: Steps of nginxlog.READ_LIMIT bytes one flush reads at most (a reader that has fallen far
@@ -157,7 +139,7 @@ class Recorder:
         """Journal the start record; False when the disk refuses (the end then goes straight
         to SQL)."""
         self.ensure_flusher()
-        record = _dump(row)
+        record = dump_row(row)
         try:
             with self._lock:
                 if self._journal is None:
@@ -192,9 +174,9 @@ class Recorder:
             pipe = self.redis().pipeline(transaction=False)
             for row in rows:
                 if self._waits_for_nginx(row):
-                    pipe.hset(keys.nginx_waiting, row["event_key"], _dump(row))
+                    pipe.hset(keys.nginx_waiting, row["event_key"], dump_row(row))
                 else:
-                    pipe.xadd(keys.stream, {"e": _dump(row)})
+                    pipe.xadd(keys.stream, {"e": dump_row(row)})
             pipe.xlen(keys.stream)
             length = pipe.execute()[-1]
         except redis.RedisError:
@@ -311,7 +293,7 @@ class Recorder:
                 entries = r.xrange(keys.stream, "-", "+", count=batch)
                 if not entries:
                     break
-                rows = [_load(fields[b"e"]) for _, fields in entries]
+                rows = [load_row(fields[b"e"]) for _, fields in entries]
                 written += self._store(rows)
                 r.xdel(keys.stream, *[entry_id for entry_id, _ in entries])
                 r.pexpire(keys.flush_lock, FLUSH_LOCK_MS)
@@ -323,75 +305,10 @@ class Recorder:
         return written
 
     def _flush_nginx(self, r: redis.Redis, keys: AnalyticsKeys, paced: bool) -> int:
-        """Join the x-accel events held back for nginx to the lines its log added since the
-        last flush (nginxlog.py), and store them with the bytes nginx sent; an event whose
-        line has not come in ANALYTICS_NGINX_WAIT_SECONDS is stored with its planned bytes
-        (bytes_sent = -1), as without the log (but not while the reader is behind: the
-        line may be in what it has not read yet).
-
-        Paced, a step is followed by a pause while the CPUs are busy, so that the import
-        works at most ANALYTICS_NGINX_IMPORT_SHARE of the time at a peak (pacing.py)."""
-        pacer = pacing.Pacer(float(self.config["ANALYTICS_NGINX_IMPORT_SHARE"])
-                             if paced else 1.0)
-        try:
-            path = str(self.config["ANALYTICS_NGINX_LOG"])
-            state_key = keys.nginx_state(socket.gethostname(), path)
-            state = {k.decode(): int(v) for k, v in r.hgetall(state_key).items()}
-            written = 0
-            for _ in range(NGINX_STEPS):
-                began = time.monotonic()
-                lines, state, more = nginxlog.read_new(Path(path), state)
-                sent = [line for line in lines if isinstance(line, nginxlog.Sent)]
-                if sent:  # kept in Redis before the offset moves past them
-                    r.hset(keys.nginx_sent, mapping={
-                        s.event_key: json.dumps([s.status, s.bytes_sent,
-                                                 s.ended_at.isoformat()])
-                        for s in sent})
-                # Downloads nginx sent on a grant are whole events; stored (once: the key is
-                # nginx's request id) before the offset moves past them.
-                granted = [granted_row(line) for line in lines
-                           if isinstance(line, nginxlog.Granted) and line.status in (200, 206)]
-                written += self._store(granted) if granted else 0
-                r.hset(state_key, mapping=state)
-                self.nginx_behind = more
-                if not more:
-                    break
-                r.pexpire(keys.flush_lock, FLUSH_LOCK_MS)
-                # a gevent worker serves its other greenlets meanwhile (at least a yield)
-                time.sleep(pacer.pause(time.monotonic() - began))
-            waiting = r.hgetall(keys.nginx_waiting)
-            known = r.hgetall(keys.nginx_sent)
-            wait = float(self.config["ANALYTICS_NGINX_WAIT_SECONDS"])
-            now = datetime.now(UTC)
-            rows, done = [], []
-            for key, raw in waiting.items():
-                row = _load(raw)
-                line = known.get(key)
-                if line is not None:
-                    status, nbytes, ended = json.loads(line)
-                    row.update(status=status, bytes_sent=nbytes,
-                               ended_at=datetime.fromisoformat(ended))
-                elif more or (now - row["started_at"]).total_seconds() <= wait:
-                    continue
-                rows.append(row)
-                done.append(key)
-            # lines of events that are not waiting (stored already): forgotten after the wait
-            stale = [key for key, line in known.items() if not more and key not in waiting
-                     and (now - datetime.fromisoformat(json.loads(line)[2])).total_seconds()
-                     > wait]
-            written += self._store(rows) if rows else 0
-            if done or stale:
-                pipe = r.pipeline(transaction=False)
-                if done:
-                    pipe.hdel(keys.nginx_waiting, *done)
-                if done or stale:
-                    pipe.hdel(keys.nginx_sent, *done, *stale)
-                pipe.execute()
-            return written
-        except (redis.RedisError, SQLAlchemyError, OSError):
-            log.exception("nginx log import failed; the events keep waiting")
-            self.nginx_behind = False  # retried after the usual interval
-            return 0
+        """Import nginx's new log lines (nginximport.py), NGINX_STEPS reads at most."""
+        written, self.nginx_behind = nginximport.import_new_lines(
+            r, keys, self.config, self._store, steps=NGINX_STEPS, paced=paced)
+        return written
 
     def _store(self, rows: list[dict]) -> int:
         settings = materialise.Settings.from_config(self.config)
@@ -405,7 +322,7 @@ class Recorder:
         for dead in dead_journals(self.journal_dir()):
             rows = []
             for record in dead.records:
-                rec = _load(record)
+                rec = load_row(record)
                 rows.append({**rec, "bytes_sent": -1, "ended_at": None})
             try:
                 written += self._store(rows) if rows else 0
@@ -532,56 +449,10 @@ class EventCallback:
 
 
 def open_event(app: Flask, row: dict) -> EventCallback:
-    """Record the start of a response (row: materialise.EVENT_COLUMNS without bytes_sent
+    """Record the start of a response (row: rawevents.EVENT_COLUMNS without bytes_sent
     and ended_at) and return the callback that records its end."""
     row = {"event_key": new_event_key(), **row}
     return EventCallback(recorder(app), row)
-
-
-def referrer_without_query(referrer: str | None) -> str:
-    """Where the download was started from, without query or fragment (they can carry
-    personal data)."""
-    if not referrer:
-        return ""
-    from urllib.parse import urlsplit
-
-    parts = urlsplit(referrer)
-    return f"{parts.scheme}://{parts.netloc}{parts.path}"[:256] if parts.netloc else ""
-
-
-def event_row(*, file_id: int, version_id: int, size: int, user_id: int | None,
-              via_link: bool, method: str, status: int, range_header: str,
-              served: list[tuple[int, int]], client_ip: str, user_agent: str, referrer: str,
-              link_id: str | None) -> dict:
-    """The start record of one response, from values the view captured."""
-    user_agent = (user_agent or "")[:256]
-    return {
-        "file_id": file_id, "version_id": version_id, "user_id": user_id,
-        "via_link": via_link, "method": method, "status": status,
-        "range_header": (range_header or "")[:200],
-        "served_ranges": logical.format_ranges(served), "size": size,
-        "client_ip": clients.truncate_ip(client_ip), "user_agent": user_agent,
-        "ua_class": clients.classify(user_agent),
-        "referrer": referrer_without_query(referrer), "served_from": "origin",
-        "link_id": link_id, "started_at": datetime.now(UTC),
-    }
-
-
-def granted_row(line: nginxlog.Granted) -> dict:
-    """The event of a download nginx sent on the portal's grant, from its log line alone."""
-    served = [(0, line.size)]
-    if line.status == 206:  # the one range nginx sent (the grant was for a plain range)
-        selection = select_ranges(line.range_header, line.size)
-        if selection.outcome is RangeOutcome.SATISFIABLE:
-            served = list(selection.ranges)
-    row = event_row(file_id=line.file_id, version_id=line.version_id, size=line.size,
-                    user_id=line.user_id, via_link=False, method="GET", status=line.status,
-                    range_header=line.range_header, served=served, client_ip=line.client_ip,
-                    user_agent=line.user_agent, referrer=line.referrer, link_id=None)
-    row.update(event_key=line.request_id, served_from="nginx", bytes_sent=line.bytes_sent,
-               started_at=line.ended_at - timedelta(seconds=line.seconds),
-               ended_at=line.ended_at)
-    return row
 
 
 def start_flusher(app) -> None:

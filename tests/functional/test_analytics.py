@@ -14,7 +14,7 @@ import pytest
 import redis
 from sqlalchemy import func, inspect, select
 
-from portal.analytics import materialise, nginxlog, pacing
+from portal.analytics import eventrows, materialise, nginxlog, pacing
 from portal.analytics import recorder as recorder_module
 from portal.analytics.models import (
     FileDetailDay,
@@ -215,11 +215,11 @@ def test_orphans_of_a_killed_worker_are_recorded_once(app, client):
     rec = recorder(app)
     with app.app_context():
         version_id = db.session.get(File, file_id).latest.id
-    starts = [recorder_module._dump(recorder_module.event_row(
+    starts = [eventrows.dump_row(eventrows.event_row(
         file_id=file_id, version_id=version_id, size=len(BODY), user_id=None, via_link=False,
         method="GET", status=200, range_header="", served=[(0, len(BODY))],
         client_ip="10.1.2.3", user_agent="curl/8", referrer=None, link_id=None)
-        | {"event_key": recorder_module.new_event_key()}) for _ in range(3)]
+        | {"event_key": eventrows.new_event_key()}) for _ in range(3)]
     ended = starts[2]  # its end reached the stream before the kill
     # a real process journals three starts, notes one end and is killed (SIGKILL)
     done = subprocess.run([sys.executable, "-c", DEAD_WORKER, str(rec.journal_dir()), ended],

@@ -103,7 +103,7 @@ def test_malformed_grant_lines_are_skipped():
 
 
 def test_granted_row_counts_the_range_nginx_sent():
-    from portal.analytics.recorder import granted_row
+    from portal.analytics.nginximport import granted_row
 
     row = granted_row(nginxlog.parse(grant_line()))
     assert (row["event_key"], row["user_id"], row["file_id"], row["version_id"]) == (
