@@ -26,6 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlencode
 
+import nginx_conf
+
 ROOT = Path(__file__).resolve().parent.parent
 VENV_BIN = ROOT / ".venv" / "bin"
 USER, PASSWORD = "benchuser", "bench-password-1"
@@ -565,23 +567,15 @@ def generated_conf(run: Run, name: str, servers: str) -> str:
 
 
 def render_deploy_conf(text: str, run: Run, port: int, upstream: int, storage: Path) -> str:
-    """deploy/nginx.conf with this run's ports and paths, by replacing the literals that the
-    file itself names for that purpose (the same way its functional test renders it)."""
-    replacements = {
-        "user www-data;": "",
-        "pid /run/nginx.pid;": f"pid {run.tmp}/nginx-deploy.pid;",
-        "/var/log/nginx/": f"{run.logs}/nginx-deploy-",
-        "/var/cache/nginx/": f"{run.tmp}/nginx-deploy-cache-",
-        "server 127.0.0.1:8000": f"server 127.0.0.1:{upstream}",
-        "listen 80;": f"listen 127.0.0.1:{port};",
-        "/srv/portal/storage/objects/": f"{storage}/objects/",
-    }
-    missing = [k for k in replacements if k not in text]
-    if missing:
-        raise BenchError(f"deploy/nginx.conf no longer contains {missing}")
-    for old, new in replacements.items():
-        text = text.replace(old, new)
-    return text
+    """deploy/nginx.conf with this run's ports and paths, rendered by nginx_conf (the
+    renderer the functional tests use); BenchError when the file no longer fits it."""
+    try:
+        return nginx_conf.render_deploy_conf(
+            text, port=port, upstream_port=upstream, storage=storage,
+            pid=f"{run.tmp}/nginx-deploy.pid", log_prefix=f"{run.logs}/nginx-deploy-",
+            cache_prefix=f"{run.tmp}/nginx-deploy-cache-")
+    except nginx_conf.ConfDrift as exc:
+        raise BenchError(str(exc)) from exc
 
 
 

@@ -37,6 +37,7 @@ from pathlib import Path
 import pytest
 import redis
 
+from bench.nginx_conf import DEPLOY_CONF, render_deploy_conf
 from tests.helpers import csrf_from, free_port, redis_binary
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -284,42 +285,6 @@ class Gunicorn:
 # nginx
 # ---------------------------------------------------------------------------
 
-NGINX_CONF = ROOT / "deploy" / "nginx.conf"
-
-# The literal production values in deploy/nginx.conf and what a test puts in their place.
-# Each must occur in the file, so a config edit that breaks this rendering fails loudly.
-_NGINX_PLACEHOLDERS = (
-    "user www-data;",
-    "pid /run/nginx.pid;",
-    "/var/log/nginx/",
-    "/var/cache/nginx/",
-    "server 127.0.0.1:8000",
-    "listen 80;",
-    "/srv/portal/storage/objects/",
-    "http {",
-)
-
-
-def render_nginx_conf(workdir: Path, *, port: int, upstream_port: int, storage: Path) -> str:
-    """deploy/nginx.conf with ports and paths pointing into ``workdir`` (run as root in CI,
-    hence ``user root`` so the workers can read the test's private temp folders)."""
-    text = NGINX_CONF.read_text()
-    for literal in _NGINX_PLACEHOLDERS:
-        assert literal in text, f"deploy/nginx.conf no longer contains {literal!r}"
-    temp = workdir / "temp"
-    temps = "".join(f"    {kind}_temp_path {temp / kind};\n"
-                    for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
-    user = "user root;" if os.geteuid() == 0 else ""
-    return (text.replace("user www-data;", user)
-            .replace("pid /run/nginx.pid;", f"pid {workdir / 'nginx.pid'};")
-            .replace("/var/log/nginx/", f"{workdir / 'logs'}/")
-            .replace("/var/cache/nginx/", f"{workdir / 'cache'}/")
-            .replace("server 127.0.0.1:8000", f"server 127.0.0.1:{upstream_port}")
-            .replace("listen 80;", f"listen 127.0.0.1:{port};")
-            .replace("/srv/portal/storage/objects/", f"{storage / 'objects'}/")
-            .replace("http {", "http {\n" + temps, 1))
-
-
 @dataclass
 class Nginx:
     """A real nginx (foreground, its own prefix) in front of a gunicorn."""
@@ -340,9 +305,13 @@ class Nginx:
         for sub in ("logs", "temp", "cache"):
             (self.workdir / sub).mkdir(parents=True, exist_ok=True)
         conf = self.workdir / "nginx.conf"
-        conf.write_text(render_nginx_conf(self.workdir, port=self.port,
-                                          upstream_port=self.upstream.port,
-                                          storage=self.upstream.instance.storage))
+        conf.write_text(render_deploy_conf(
+            DEPLOY_CONF.read_text(), port=self.port, upstream_port=self.upstream.port,
+            storage=self.upstream.instance.storage, pid=self.workdir / "nginx.pid",
+            log_prefix=f"{self.workdir / 'logs'}/", cache_prefix=f"{self.workdir / 'cache'}/",
+            temp_dir=self.workdir / "temp",
+            # as root (CI) the workers run as root too, to read the test's private temp folders
+            user="root" if os.geteuid() == 0 else None))
         base = [exe, "-p", str(self.workdir), "-c", str(conf),
                 "-e", str(self.workdir / "logs" / "startup.log")]
         check = subprocess.run([*base, "-t"], capture_output=True, text=True, check=False)
