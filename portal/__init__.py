@@ -9,7 +9,7 @@ from flask import Flask, request, session
 
 from . import cache, security
 from .coherence import Coherence
-from .config import DEFAULTS, PROJECT_ROOT, ConfigError, finalize
+from .config import DEFAULTS, PROJECT_ROOT, ConfigError, SettingsConfig, finalize, settings
 from .extensions import SessionInterface, babel, csrf, db, limiter, login_manager, migrate
 from .storage import StorageError, storage_from_url
 
@@ -18,12 +18,18 @@ __all__ = ["ConfigError", "create_app"]
 log = logging.getLogger(__name__)
 
 
+class Portal(Flask):
+    """Flask, with an app.config that keeps the app's Settings in step (SettingsConfig)."""
+
+    config_class = SettingsConfig
+
+
 def create_app(config: dict | None = None) -> Flask:
     """Build the app: read configuration, bind extensions and blueprints. Writes nothing."""
     instance = os.environ.get("PORTAL_INSTANCE_PATH") or str(PROJECT_ROOT / "instance")
     if config and "INSTANCE_PATH" in config:
         instance = config["INSTANCE_PATH"]
-    app = Flask(
+    app = Portal(
         __name__,
         instance_path=instance,
         template_folder=str(PROJECT_ROOT / "templates"),
@@ -33,7 +39,7 @@ def create_app(config: dict | None = None) -> Flask:
     app.config.from_prefixed_env("PORTAL")
     if config:
         app.config.from_mapping(config)
-    finalize(app.config, app.instance_path)
+    finalize(app)
 
     register_extensions(app)
     register_blueprints(app)
@@ -60,7 +66,7 @@ def trust_proxies(app: Flask) -> None:
     as it came, so Flask-Login's session identifier (and its copy in download/fast.py),
     which reads that header, is computed from the same value as without it.
     """
-    proxies = app.config["TRUSTED_PROXIES"]
+    proxies = settings(app).trusted_proxies
     if proxies:
         from werkzeug.middleware.proxy_fix import ProxyFix
 
@@ -70,39 +76,36 @@ def trust_proxies(app: Flask) -> None:
 
 def register_extensions(app: Flask) -> None:
     """Bind the unbound extensions, the storage backend and the Redis client."""
+    s = settings(app)
     app.session_interface = SessionInterface()
     security.register(app)  # the id converter (before any blueprint) and the page headers
     db.init_app(app)
     migrate.init_app(app, db, directory=str(PROJECT_ROOT / "migrations"))
-    login_manager.init_app(app)
-    login_manager.session_protection = "basic"  # a changed client marks the session non-fresh
+    login_manager.init_app(app)  # SESSION_PROTECTION: settings.py
     csrf.init_app(app)
     app.config["WTF_CSRF_CHECK_DEFAULT"] = False
     app.before_request(protect_from_csrf)
     babel.init_app(app, locale_selector=select_locale,
                    default_translation_directories=str(PROJECT_ROOT / "portal" / "translations"))
-    app.config.setdefault("RATELIMIT_STORAGE_URI", app.config["REDIS_URL"])
+    app.config.setdefault("RATELIMIT_STORAGE_URI", s.redis_url)
     app.config.setdefault("RATELIMIT_IN_MEMORY_FALLBACK_ENABLED", True)
     app.config.setdefault("RATELIMIT_HEADERS_ENABLED", True)
     limiter.init_app(app)
     skip_limiter_hook(app, "download")
-    app.extensions["portal_redis"] = cache.make_client(app.config["REDIS_URL"])
+    app.extensions["portal_redis"] = cache.make_client(s.redis_url)
     app.extensions["portal_coherence"] = Coherence(
-        app, float(app.config["COHERENCE_SECONDS"]),
-        on_change=lambda subjects: cache.forget_locally(app, subjects))
-    if app.config["CACHE_HOT_MEMORY_BYTES"] and app.config["CACHE_HOT_ENABLED"]:
+        app, s.coherence_seconds, on_change=lambda subjects: cache.forget_locally(app, subjects))
+    if s.cache_hot_memory_bytes and s.cache_hot_enabled:
         app.extensions["portal_hot_memory"] = cache.HotMemory(
-            app, app.config["CACHE_HOT_MEMORY_BYTES"],
-            int(app.config["CACHE_HOT_MEMORY_MAX_FILE_BYTES"]))
-    if app.config["CACHE_LOCAL_SECONDS"] and app.config["CACHE_METADATA"]:
-        app.extensions["portal_local_copies"] = cache.LocalCopies(
-            app, float(app.config["CACHE_LOCAL_SECONDS"]))
+            app, s.cache_hot_memory_bytes, s.cache_hot_memory_max_file_bytes)
+    if s.cache_local_seconds and s.cache_metadata:
+        app.extensions["portal_local_copies"] = cache.LocalCopies(app, s.cache_local_seconds)
     cache.watch_file_changes()
     try:
-        storage = storage_from_url(app.config["STORAGE_URL"])
+        storage = storage_from_url(s.storage_url)
         storage.check()
     except StorageError as exc:
-        raise ConfigError(f"PORTAL_STORAGE_URL={app.config['STORAGE_URL']}: {exc}") from exc
+        raise ConfigError(f"PORTAL_STORAGE_URL={s.storage_url}: {exc}") from exc
     app.extensions["portal_storage"] = storage
 
     from .catalog.service import human_size
@@ -116,7 +119,7 @@ def register_extensions(app: Flask) -> None:
         # Babel spells zh_CN as zh_Hans_CN (hence the catalog folder's name); pages use zh_CN.
         locale = get_locale()
         code = "zh_CN" if locale is not None and locale.language == "zh" else "en"
-        return {"current_locale": code, "languages": app.config["LANGUAGES"]}
+        return {"current_locale": code, "languages": settings(app).languages}
 
 
 def skip_limiter_hook(app: Flask, blueprint: str) -> None:
@@ -158,15 +161,11 @@ def protect_from_csrf() -> None:
 
 def select_locale() -> str:
     """A language chosen with the switch (kept in the session), else Accept-Language, else zh_CN."""
-    from flask import current_app
-
-    languages = current_app.config["LANGUAGES"]
+    languages = settings().languages
     chosen = session.get("lang")
     if chosen in languages:
         return chosen
-    return request.accept_languages.best_match(languages) or current_app.config[
-        "BABEL_DEFAULT_LOCALE"
-    ]
+    return request.accept_languages.best_match(languages) or settings().babel_default_locale
 
 
 def register_blueprints(app: Flask) -> None:

@@ -2,98 +2,45 @@
 
 Every setting is read with ``app.config.from_prefixed_env("PORTAL")``, so ``PORTAL_X``
 becomes ``app.config["X"]``. ``finalize`` turns the raw values into what the extensions
-need and refuses a configuration that cannot work, with a message instead of a traceback.
+need and into the app's one :class:`~portal.settings.Settings` (``settings()``), and refuses a
+configuration that cannot work, with a message instead of a traceback. The settings, their
+defaults and their rules are declared in portal/settings.py.
 """
 
 from __future__ import annotations
 
 import os
 import secrets
+from collections.abc import Callable, Mapping
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
+from flask import Config, Flask, current_app
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 
+from .settings import DEFAULTS, KEYS, ConfigError, Settings, from_environ
+
+__all__ = ["DEFAULTS", "PROJECT_ROOT", "ConfigError", "Settings", "SettingsConfig", "finalize",
+           "from_environ", "settings"]
+
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
-DEFAULTS = {
-    "ENV": "development",  # "production" requires PORTAL_SECRET_KEY
-    "SECRET_KEY": None,
-    "DATABASE_URL": None,
-    "REDIS_URL": "redis://127.0.0.1:6379/0",
-    "STORAGE_URL": None,
-    "SENDFILE": "direct",  # or "x-accel"
-    "X_ACCEL_PREFIX": "/_protected",
-    # How long nginx may reuse the portal's grant for a download (deploy/nginx.conf,
-    # portal/download/fast.py): a revocation can take this long to reach nginx. 0: ask each time.
-    "NGINX_GRANT_SECONDS": 1,
-    # S3 downloads: "proxy" (the portal streams the bytes) or "redirect" (302 to a presigned
-    # URL valid this many seconds, after the portal has authorised and evaluated the request).
-    "S3_DELIVERY": "proxy",
-    "S3_PRESIGN_SECONDS": 300,
-    "LINK_TTL_SECONDS": 24 * 3600,
-    "MAX_UPLOAD_BYTES": 8 * 1024**3,
-    "DEMO_BIG_FILE_MB": 100,
-    # The session and remember-me cookies: never readable by scripts, not sent on cross-site
-    # subrequests or POSTs, and HTTPS-only in production. These keys override Flask's and
-    # Flask-Login's own defaults (which are not HttpOnly-and-Lax everywhere, never Secure);
-    # None for SECURE means "true when ENV is production", so an operator's explicit
-    # PORTAL_SESSION_COOKIE_SECURE=false (a TLS-less test bed) still wins.
-    "SESSION_COOKIE_SECURE": None,
-    "SESSION_COOKIE_HTTPONLY": True,
-    "SESSION_COOKIE_SAMESITE": "Lax",
-    "REMEMBER_COOKIE_SECURE": None,
-    "REMEMBER_COOKIE_HTTPONLY": True,
-    "REMEMBER_COOKIE_SAMESITE": "Lax",
-    "BABEL_DEFAULT_LOCALE": "zh_CN",
-    "LANGUAGES": ["zh_CN", "en"],
-    "PER_PAGE": 20,
-    # Failed sign-ins (Flask-Limiter syntax; portal/auth/throttle.py): per account name and
-    # client address, and per address (generous: a campus NATs many students) -- past those
-    # the address is refused (429); per account over all addresses, the ceiling -- past it
-    # attempts are delayed, never refused, so a stranger cannot lock the owner out.
-    "LOGIN_LIMIT_ACCOUNT": "5 per minute;20 per hour",
-    "LOGIN_LIMIT_IP": "100 per minute",
-    "LOGIN_LIMIT_ACCOUNT_CEILING": "50 per hour",
-    # How many proxies in front of the portal set X-Forwarded-For / -Proto (deploy/nginx.conf
-    # is one). 0: the peer's address is the client's and those headers are not believed.
-    "TRUSTED_PROXIES": 0,
-    # Hot-file cache in Redis (portal/cache/hot.py): pays for remote origins such as S3; a local
-    # origin keeps zero-copy sendfile unless CACHE_HOT_LOCAL is true.
-    "CACHE_HOT_ENABLED": True,
-    "CACHE_HOT_LOCAL": False,
-    "CACHE_HOT_MAX_FILE_BYTES": 32 * 1024**2,  # admission: only files this small
-    "CACHE_HOT_MIN_HITS": 2,  # admission: requests this hour and the last, this one included
-    "CACHE_HOT_BUDGET_BYTES": 512 * 1024**2,  # LRU eviction above this many cached bytes
-    # Each worker's own copies of the hottest contents (cache.HotMemory), in front of Redis:
-    # budget per worker (unset means 64 MiB, or 0 = off under TESTING) and largest file.
-    "CACHE_HOT_MEMORY_BYTES": None,
-    "CACHE_HOT_MEMORY_MAX_FILE_BYTES": 8 * 1024**2,
-    "CACHE_METADATA": True,  # download metadata (access, newest version) in Redis
-    "CACHE_META_TTL_SECONDS": 300,
-    "CACHE_USERS": True,  # the user loader's snapshot in Redis (invalidated on every change)
-    # Each worker's own copies of those two, kept coherent by Redis pub/sub (cache.LocalCopies):
-    # the longest a copy is used. 0 switches them off; unset means 5, or 0 under TESTING.
-    "CACHE_LOCAL_SECONDS": None,
-    # Warm downloads answered in front of Flask from those copies (portal/download/fast.py).
-    "FAST_DOWNLOADS": True,
-    # The longest a worker trusts its cached decisions without confirming them against the
-    # database's change log (portal/coherence.py): a revoked right, access rule, disabled
-    # user or ended session stops working within this long, whatever Redis does.
-    "COHERENCE_SECONDS": 0.5,
-    # A session and its remember-me cookie end this long after sign-in (tokens.py).
-    "SESSION_LIFETIME_SECONDS": 14 * 24 * 3600,
-}
+#: The app.config keys that are settings.
+SETTING_KEYS = frozenset(KEYS.values())
 
 
-class ConfigError(Exception):
-    """A setting that stops the portal from starting; the message says which and why."""
+def settings(app: Flask | None = None) -> Settings:
+    """The app's settings (current_app's when no app is given), as finalize built them."""
+    return (current_app if app is None else app).extensions["portal_settings"]
 
 
-def finalize(config: dict, instance_path: str) -> None:
-    """Derive the extension settings from the PORTAL_ values, or raise ConfigError."""
-    instance = Path(instance_path)
+def finalize(app: Flask) -> Settings:
+    """Derive the extension settings from the PORTAL_ values and build the app's Settings
+    (stored in app.extensions["portal_settings"]), or raise ConfigError."""
+    config = app.config
+    instance = Path(app.instance_path)
     try:
         instance.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -103,39 +50,11 @@ def finalize(config: dict, instance_path: str) -> None:
     config["SQLALCHEMY_DATABASE_URI"] = _database_url(config.get("DATABASE_URL"), instance)
     config["SQLALCHEMY_ENGINE_OPTIONS"] = {"pool_pre_ping": True}
     config["STORAGE_URL"] = config.get("STORAGE_URL") or (instance / "storage").as_uri()
-    if config["SENDFILE"] not in ("direct", "x-accel"):
-        raise ConfigError(
-            f"PORTAL_SENDFILE must be 'direct' or 'x-accel', not {config['SENDFILE']!r}")
-    _check_s3_delivery(config)
-    memory = config.get("CACHE_HOT_MEMORY_BYTES")
-    if memory is None:
-        config["CACHE_HOT_MEMORY_BYTES"] = 0 if config.get("TESTING") else 64 * 1024**2
-    elif isinstance(memory, bool) or not isinstance(memory, int) or memory < 0:
-        raise ConfigError(f"PORTAL_CACHE_HOT_MEMORY_BYTES must be a whole number >= 0, "
-                          f"not {memory!r}")
-    local = config.get("CACHE_LOCAL_SECONDS")
-    if local is None:
-        config["CACHE_LOCAL_SECONDS"] = 0 if config.get("TESTING") else 5
-    elif isinstance(local, bool) or not isinstance(local, int | float) or local < 0:
-        raise ConfigError(f"PORTAL_CACHE_LOCAL_SECONDS must be a number >= 0, not {local!r}")
-    grant = config["NGINX_GRANT_SECONDS"]
-    if isinstance(grant, bool) or not isinstance(grant, int) or not 0 <= grant <= 3600:
-        raise ConfigError(f"PORTAL_NGINX_GRANT_SECONDS must be a whole number from 0 to 3600, "
-                          f"not {grant!r}")
-    if config["FAST_DOWNLOADS"] not in (True, False):  # JSON true/false, or 1/0
-        raise ConfigError(f"PORTAL_FAST_DOWNLOADS must be true or false, "
-                          f"not {config['FAST_DOWNLOADS']!r}")
-    proxies = config["TRUSTED_PROXIES"]
-    if isinstance(proxies, bool) or not isinstance(proxies, int) or proxies < 0:
-        raise ConfigError(f"PORTAL_TRUSTED_PROXIES must be a whole number >= 0 (the proxies "
-                          f"in front of the portal), not {proxies!r}")
-    _check_login_limits(config)
-    for name, high in (("COHERENCE_SECONDS", 1.5), ("SESSION_LIFETIME_SECONDS", 366 * 86400)):
-        value = config[name]
-        if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value <= high:
-            raise ConfigError(f"PORTAL_{name} must be a number above 0 and at most {high}, "
-                              f"not {value!r}")
-    lifetime = timedelta(seconds=config["SESSION_LIFETIME_SECONDS"])
+    built = _checked(config)
+    for name, key in KEYS.items():  # what a None stood for (cookie flags: Flask reads them)
+        if config.get(key) is None and getattr(built, name) is not None:
+            config[key] = getattr(built, name)
+    lifetime = timedelta(seconds=built.session_lifetime_seconds)
     flask_limit = config.get("PERMANENT_SESSION_LIFETIME", lifetime)
     if not isinstance(flask_limit, timedelta):
         flask_limit = timedelta(seconds=flask_limit)
@@ -143,51 +62,75 @@ def finalize(config: dict, instance_path: str) -> None:
     config["PERMANENT_SESSION_LIFETIME"] = min(flask_limit, lifetime)
     config["REMEMBER_COOKIE_DURATION"] = lifetime
     config.setdefault("WTF_CSRF_TIME_LIMIT", None)  # tied to the session, not to a clock
-    _cookie_flags(config)
+    app.extensions["portal_settings"] = built
+    if isinstance(config, SettingsConfig):
+        config.follow(app.extensions)
+    return built
 
 
-def _cookie_flags(config: dict) -> None:
-    """The session and remember-me cookie flags (DEFAULTS): Secure follows ENV unless set, and
-    each flag must be a boolean, SameSite Lax, Strict, None or unset; else ConfigError."""
-    production = config["ENV"] == "production"
-    for prefix in ("SESSION_COOKIE_", "REMEMBER_COOKIE_"):
-        if config.get(prefix + "SECURE") is None:
-            config[prefix + "SECURE"] = production
-        for flag in ("SECURE", "HTTPONLY"):
-            if config[prefix + flag] not in (True, False):  # JSON true/false, or 1/0
-                raise ConfigError(f"PORTAL_{prefix}{flag} must be true or false, "
-                                  f"not {config[prefix + flag]!r}")
-        if config[prefix + "SAMESITE"] not in ("Lax", "Strict", "None", None):
-            raise ConfigError(f"PORTAL_{prefix}SAMESITE must be Lax, Strict or None, "
-                              f"not {config[prefix + 'SAMESITE']!r}")
+def _checked(config: Mapping[str, Any]) -> Settings:
+    """The Settings of ``config``, with the checks that need the portal's parsers."""
+    built = Settings.from_config(config)
+    _check_login_limits(built)
+    return built
 
 
-#: SigV4 presigned URLs live at most seven days.
-PRESIGN_MAX_SECONDS = 7 * 24 * 3600
+class SettingsConfig(Config):
+    """app.config, kept in step with the app's Settings once finalize has built them.
+
+    Flask and its extensions read their own keys here, the portal reads its settings from
+    Settings. A later write to a setting (a test turning the hot-file cache on in a running
+    app) is checked as start-up checks it and replaces the app's Settings with new ones, so
+    that the two never disagree; a refused value changes neither.
+    """
+
+    _home: dict | None = None  # app.extensions, once finalize has stored the Settings there
+
+    def follow(self, home: dict) -> None:
+        """From now on, keep home["portal_settings"] in step with this config."""
+        self._home = home
+
+    def _apply(self, write: Callable[[dict], Any], keys) -> Any:
+        if self._home is None or SETTING_KEYS.isdisjoint(keys):
+            return write(self)
+        trial = dict(self)
+        write(trial)
+        built = _checked(trial)
+        result = write(self)
+        self._home["portal_settings"] = built
+        return result
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        self._apply(lambda config: dict.__setitem__(config, key, value), (key,))
+
+    def __delitem__(self, key: str) -> None:
+        self._apply(lambda config: dict.__delitem__(config, key), (key,))
+
+    def update(self, *args: Any, **kwargs: Any) -> None:
+        changes = dict(*args, **kwargs)
+        self._apply(lambda config: dict.update(config, changes), changes)
+
+    def __ior__(self, other: Any) -> SettingsConfig:
+        self.update(other)
+        return self
+
+    def setdefault(self, key: str, default: Any = None) -> Any:
+        if key not in self:
+            self[key] = default
+        return self[key]
+
+    def pop(self, key: str, *default: Any) -> Any:
+        return self._apply(lambda config: dict.pop(config, key, *default), (key,))
 
 
-def _check_s3_delivery(config: dict) -> None:
-    """PORTAL_S3_DELIVERY and PORTAL_S3_PRESIGN_SECONDS, or ConfigError."""
-    if config["S3_DELIVERY"] not in ("proxy", "redirect"):
-        raise ConfigError("PORTAL_S3_DELIVERY must be 'proxy' or 'redirect', "
-                          f"not {config['S3_DELIVERY']!r}")
-    seconds = config["S3_PRESIGN_SECONDS"]
-    if (isinstance(seconds, bool) or not isinstance(seconds, int)
-            or not 1 <= seconds <= PRESIGN_MAX_SECONDS):
-        raise ConfigError("PORTAL_S3_PRESIGN_SECONDS must be a whole number of seconds from 1 "
-                          f"to {PRESIGN_MAX_SECONDS}, not {seconds!r}")
-    if config["S3_DELIVERY"] == "redirect" and not str(config["STORAGE_URL"]).startswith("s3://"):
-        raise ConfigError("PORTAL_S3_DELIVERY=redirect needs an s3:// PORTAL_STORAGE_URL")
-
-
-def _check_login_limits(config: dict) -> None:
+def _check_login_limits(built: Settings) -> None:
     """The sign-in limits parse (Flask-Limiter syntax, each allowing 1 or more), or ConfigError."""
     from .auth.throttle import check_setting  # the one parser of these settings
 
-    for name in ("LOGIN_LIMIT_ACCOUNT", "LOGIN_LIMIT_IP", "LOGIN_LIMIT_ACCOUNT_CEILING"):
-        problem = check_setting(config[name])
+    for name in ("login_limit_account", "login_limit_ip", "login_limit_account_ceiling"):
+        problem = check_setting(getattr(built, name))
         if problem:
-            raise ConfigError(f"PORTAL_{name}: {problem}")
+            raise ConfigError(f"PORTAL_{name.upper()}: {problem}")
 
 
 def _instance_secret(config: dict, instance: Path) -> str:

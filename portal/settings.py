@@ -1,0 +1,348 @@
+"""The portal's settings: one frozen, typed object, each default and rule declared once here.
+
+``PORTAL_X`` in the environment becomes ``app.config["X"]`` (``from_prefixed_env``: JSON values
+parsed) and, once ``config.finalize`` has checked it, the field ``x`` of :class:`Settings`,
+read with ``config.settings()``. A value its rule refuses stops start-up with one line
+(ConfigError). ``app.config`` keeps every key too, for Flask and its extensions.
+
+It imports only the standard library, so that anything can read the settings without
+building the app: ``from_environ`` gives gunicorn.conf.py the same values the app will see.
+"""
+
+import math
+import os
+import zoneinfo
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+
+class ConfigError(Exception):
+    """A setting that stops the portal from starting; the message says which and why."""
+
+
+#: A field's rule: (its variable's name, the raw value) -> the value to keep, or ConfigError.
+Check = Callable[[str, Any], Any]
+
+
+def setting(default: Any, check: Check, **options: Any) -> Any:
+    """A field with its default and its rule (``options`` go to dataclasses.field)."""
+    return field(default=default, metadata={"check": check}, **options)
+
+
+def _options(options: tuple) -> str:
+    shown = [repr(option) for option in options]
+    return ", ".join(shown[:-1]) + " or " + shown[-1]
+
+
+def flag(*, optional: bool = False) -> Check:
+    """True or false (JSON true/false, or 1/0); None too when ``optional``."""
+    def check(name: str, value: Any) -> bool | None:
+        if optional and value is None:
+            return None
+        if value not in (True, False):
+            raise ConfigError(f"{name} must be true or false, not {value!r}")
+        return bool(value)
+    return check
+
+
+def whole(low: int, high: int | None = None, *, unit: str = "", note: str = "",
+          optional: bool = False) -> Check:
+    """A whole number from ``low`` (to ``high``); None too when ``optional``."""
+    def check(name: str, value: Any) -> int | None:
+        if optional and value is None:
+            return None
+        if (isinstance(value, bool) or not isinstance(value, int) or value < low
+                or (high is not None and value > high)):
+            span = f">= {low}" if high is None else f"from {low} to {high}"
+            raise ConfigError(f"{name} must be a whole number{unit} {span}{note}, "
+                              f"not {value!r}")
+        return value
+    return check
+
+
+def number(low: float = 0, high: float | None = None, *, above: bool = False,
+           optional: bool = False) -> Check:
+    """A finite number from ``low`` (``above`` it) to ``high``; None too when ``optional``."""
+    def check(name: str, value: Any) -> float | None:
+        if optional and value is None:
+            return None
+        if (isinstance(value, bool) or not isinstance(value, int | float)
+                or not math.isfinite(value) or not (value > low if above else value >= low)
+                or (high is not None and value > high)):
+            span = (f"above {low}" if above else f">= {low}") + (
+                "" if high is None else f" and at most {high}")
+            raise ConfigError(f"{name} must be a number {span}, not {value!r}")
+        return float(value)
+    return check
+
+
+def choice(*options: Any, wording: str | None = None) -> Check:
+    """One of ``options``."""
+    def check(name: str, value: Any) -> Any:
+        if isinstance(value, bool) or value not in options:
+            raise ConfigError(f"{name} must be {wording or _options(options)}, not {value!r}")
+        return value
+    return check
+
+
+def text(*, optional: bool = False, blank_is_none: bool = False) -> Check:
+    """A string (a path may be given as a path); None too when ``optional``."""
+    def check(name: str, value: Any) -> str | None:
+        if isinstance(value, os.PathLike):
+            value = os.fspath(value)
+        if blank_is_none and value == "":
+            value = None
+        if optional and value is None:
+            return None
+        if not isinstance(value, str):
+            raise ConfigError(f"{name} must be text, not {value!r}")
+        return value
+    return check
+
+
+def texts() -> Check:
+    """A list of strings, kept as a tuple."""
+    def check(name: str, value: Any) -> tuple[str, ...]:
+        if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
+            raise ConfigError(f'{name} must be a list of text such as ["zh_CN", "en"], '
+                              f"not {value!r}")
+        return tuple(value)
+    return check
+
+
+def secret() -> Check:
+    """A signing key: text or bytes, never shown in a message; None (or empty) until finalize
+    sets it."""
+    def check(name: str, value: Any) -> str | bytes | None:
+        if value in ("", b""):
+            return None
+        if value is not None and not isinstance(value, str | bytes):
+            raise ConfigError(f"{name} must be a string, not a value of type "
+                              f"{type(value).__name__} (not shown here)")
+        return value
+    return check
+
+
+def time_zone() -> Check:
+    """An IANA time zone name."""
+    def check(name: str, value: Any) -> str:
+        try:
+            zoneinfo.ZoneInfo(value)
+        except (TypeError, ValueError, zoneinfo.ZoneInfoNotFoundError):
+            raise ConfigError(f"{name} must be a time zone such as 'Asia/Shanghai', "
+                              f"not {value!r}") from None
+        return value
+    return check
+
+
+def parsed_by_finalize(name: str, value: Any) -> Any:
+    """Checked by config.finalize with the one parser of its syntax (auth/throttle.py)."""
+    return value
+
+
+#: A cookie's SameSite attribute (None: not sent).
+SAMESITE = choice("Lax", "Strict", "None", None, wording="Lax, Strict or None")
+
+#: SigV4 presigned URLs live at most seven days.
+PRESIGN_MAX_SECONDS = 7 * 24 * 3600
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Every PORTAL_ setting, checked; the field ``x`` is ``PORTAL_X`` / ``app.config["X"]``.
+
+    A None that a comment explains ("None: ...") is resolved when the object is built, so
+    a built Settings holds what the portal uses.
+    """
+
+    # -- the site -------------------------------------------------------------------------
+    env: str = setting("development", text())  # "production" requires PORTAL_SECRET_KEY
+    testing: bool = setting(False, flag())  # Flask's TESTING
+    # None: a random key kept in instance/ (config.finalize), refused in production
+    secret_key: str | bytes | None = setting(None, secret(), repr=False)
+    database_url: str | None = setting(None, text(optional=True))  # None: instance/portal.db
+    redis_url: str = setting("redis://127.0.0.1:6379/0", text())
+    storage_url: str | None = setting(None, text(optional=True))  # None: instance/storage
+    sendfile: str = setting("direct", choice("direct", "x-accel"))
+    x_accel_prefix: str = setting("/_protected", text())
+    # How long nginx may reuse the portal's grant for a download (deploy/nginx.conf,
+    # portal/download/fast.py): a revocation can take this long to reach nginx. 0: ask each time.
+    nginx_grant_seconds: int = setting(1, whole(0, 3600))
+    # S3 downloads: "proxy" (the portal streams the bytes) or "redirect" (302 to a presigned
+    # URL valid this many seconds, after the portal has authorised and evaluated the request).
+    s3_delivery: str = setting("proxy", choice("proxy", "redirect"))
+    s3_presign_seconds: int = setting(300, whole(1, PRESIGN_MAX_SECONDS, unit=" of seconds"))
+    link_ttl_seconds: int = setting(24 * 3600, whole(1))
+    max_upload_bytes: int = setting(8 * 1024**3, whole(0))
+    max_ranges: int = setting(64, whole(1))  # ranges one Range header may ask for
+    upload_dir: str | None = setting(None, text(optional=True))  # None: see uploads/service.py
+    password_hash_method: str = setting("scrypt", text())  # Werkzeug's KDF spec
+    demo_big_file_mb: int = setting(100, whole(0))
+    per_page: int = setting(20, whole(1))
+    babel_default_locale: str = setting("zh_CN", text())
+    languages: tuple[str, ...] = setting(("zh_CN", "en"), texts())
+
+    # -- sessions and cookies ---------------------------------------------------------------
+    # The session and remember-me cookies: never readable by scripts, not sent on cross-site
+    # subrequests or POSTs, and HTTPS-only in production. These keys override Flask's and
+    # Flask-Login's own defaults (which are not HttpOnly-and-Lax everywhere, never Secure);
+    # None for SECURE means "true when ENV is production", so an operator's explicit
+    # PORTAL_SESSION_COOKIE_SECURE=false (a TLS-less test bed) still wins.
+    session_cookie_secure: bool | None = setting(None, flag(optional=True))
+    session_cookie_httponly: bool = setting(True, flag())
+    session_cookie_samesite: str | None = setting("Lax", SAMESITE)
+    remember_cookie_secure: bool | None = setting(None, flag(optional=True))
+    remember_cookie_httponly: bool = setting(True, flag())
+    remember_cookie_samesite: str | None = setting("Lax", SAMESITE)
+    # Flask-Login's own keys, which download/fast.py reads as Flask-Login does. "basic": a
+    # changed client marks the session non-fresh; "strong" ends it (downloads take "basic" as
+    # no protection, see extensions.PortalLoginManager).
+    session_protection: str | None = setting("basic", choice("basic", "strong", None))
+    remember_cookie_name: str = setting("remember_token", text())
+    remember_cookie_refresh_each_request: bool = setting(False, flag())
+    # A session and its remember-me cookie end this long after sign-in (tokens.py).
+    session_lifetime_seconds: float = setting(14 * 24 * 3600, number(0, 366 * 86400, above=True))
+
+    # -- sign-in limits ---------------------------------------------------------------------
+    # Failed sign-ins (Flask-Limiter syntax; portal/auth/throttle.py): per account name and
+    # client address, and per address (generous: a campus NATs many students) -- past those
+    # the address is refused (429); per account over all addresses, the ceiling -- past it
+    # attempts are delayed, never refused, so a stranger cannot lock the owner out.
+    login_limit_account: str = setting("5 per minute;20 per hour", parsed_by_finalize)
+    login_limit_ip: str = setting("100 per minute", parsed_by_finalize)
+    login_limit_account_ceiling: str = setting("50 per hour", parsed_by_finalize)
+    # How many proxies in front of the portal set X-Forwarded-For / -Proto (deploy/nginx.conf
+    # is one). 0: the peer's address is the client's and those headers are not believed.
+    trusted_proxies: int = setting(0, whole(0, note=" (the proxies in front of the portal)"))
+
+    # -- caches -----------------------------------------------------------------------------
+    # Hot-file cache in Redis (portal/cache/hot.py): pays for remote origins such as S3; a local
+    # origin keeps zero-copy sendfile unless CACHE_HOT_LOCAL is true.
+    cache_hot_enabled: bool = setting(True, flag())
+    cache_hot_local: bool = setting(False, flag())
+    cache_hot_max_file_bytes: int = setting(32 * 1024**2, whole(0))  # admission: files this small
+    # admission: requests this hour and the last, this one included
+    cache_hot_min_hits: int = setting(2, whole(0))
+    cache_hot_budget_bytes: int = setting(512 * 1024**2, whole(0))  # LRU eviction above this
+    # Each worker's own copies of the hottest contents (cache.HotMemory), in front of Redis:
+    # budget per worker (None: 64 MiB, or 0 = off under TESTING) and largest file.
+    cache_hot_memory_bytes: int | None = setting(None, whole(0, optional=True))
+    cache_hot_memory_max_file_bytes: int = setting(8 * 1024**2, whole(0))
+    cache_metadata: bool = setting(True, flag())  # download metadata (access, newest version)
+    # How long Redis keeps an entry; staleness is bounded by coherence.py, not by this.
+    cache_meta_ttl_seconds: int = setting(300, whole(0))
+    cache_users: bool = setting(True, flag())  # the user loader's snapshot (invalidated on change)
+    # Each worker's own copies of those two, kept coherent by Redis pub/sub (cache.LocalCopies):
+    # the longest a copy is used. 0 switches them off; None: 5, or 0 under TESTING.
+    cache_local_seconds: float | None = setting(None, number(optional=True))
+    # Warm downloads answered in front of Flask from those copies (portal/download/fast.py).
+    fast_downloads: bool = setting(True, flag())
+    # The longest a worker trusts its cached decisions without confirming them against the
+    # database's change log (portal/coherence.py): a revoked right, access rule, disabled
+    # user or ended session stops working within this long, whatever Redis does.
+    coherence_seconds: float = setting(0.5, number(0, 1.5, above=True))
+
+    # -- analytics (portal/analytics/, docs/analytics.md) -----------------------------------
+    # a pause longer than this starts a new logical download
+    analytics_idle_minutes: float = setting(30, number(0, above=True))
+    # ranged requests for at most this many bytes are probes
+    analytics_probe_max_bytes: int = setting(2, whole(0))
+    analytics_min_bytes: int = setting(1, whole(0))  # delivered bytes that make a download count
+    # coverage that makes a download "completed"
+    analytics_complete_ratio: float = setting(0.99, number(0, 1, above=True))
+    analytics_flush_seconds: float = setting(2.0, number(0, above=True))  # the flusher's period
+    # stream length that wakes it early; rows per SQL batch
+    analytics_flush_batch: int = setting(1000, whole(1))
+    # None: on, except under TESTING
+    analytics_background_flush: bool | None = setting(None, flag(optional=True))
+    # Where the background flush to SQL runs: "workers" (a greenlet in each web worker) or
+    # "process" (one `flask analytics flush --follow` beside them, started by gunicorn.conf.py,
+    # which sets it: the SQL writes then never hold a worker's event loop).
+    analytics_flusher: str = setting("workers", choice("workers", "process"))
+    # Start records (local disk); None: instance/analytics-journal.
+    analytics_journal_dir: str | None = setting(None, text(optional=True))
+    # x-accel: nginx's event log (deploy/nginx.conf, portal_events.log) for the bytes it sent;
+    # events wait this long for their line, then count their planned bytes. None: no waiting.
+    analytics_nginx_log: str | None = setting(None, text(optional=True))
+    analytics_nginx_wait_seconds: float = setting(600, number(0))
+    # Who reads that log: "workers" (each web node's background flusher) or "external" (a
+    # `flask analytics flush --follow` of its own on the node, e.g. at a lower CPU priority).
+    analytics_nginx_import: str = setting("workers", choice("workers", "external"))
+    # The share of the time the workers' import may take while it is behind (a peak): the
+    # rest goes to serving, and the import catches up after the peak.
+    analytics_nginx_import_share: float = setting(0.1, number(0, 1, above=True))
+    analytics_retention_days: int = setting(90, whole(1))  # raw download events
+    analytics_logical_retention_days: int = setting(730, whole(1))  # logical downloads
+    # hourly rollups (daily ones are kept)
+    analytics_hourly_retention_days: int = setting(400, whole(1))
+    # local days, weekdays and hours of the pages
+    analytics_timezone: str = setting("Asia/Shanghai", time_zone())
+    # seasonal average over this many past weeks
+    analytics_forecast_weeks: int = setting(4, whole(1, 26))
+
+    # -- gunicorn (gunicorn.conf.py reads them with from_environ) ---------------------------
+    bind: str = setting("127.0.0.1:5000", text())
+    gunicorn_worker_class: str = setting("gevent", text())
+    # One process per core (None): greenlets give the concurrency, processes give the CPU.
+    gunicorn_workers: int | None = setting(None, whole(1, optional=True))
+    gunicorn_connections: int = setting(2000, whole(1))
+    gunicorn_accesslog: str | None = setting("-", text(optional=True, blank_is_none=True))
+    # gunicorn's control socket; None (or empty): off.
+    gunicorn_control_socket: str | None = setting(None, text(optional=True, blank_is_none=True))
+
+    def __post_init__(self) -> None:
+        for spec in fields(self):
+            value = spec.metadata["check"](f"PORTAL_{spec.name.upper()}", getattr(self, spec.name))
+            object.__setattr__(self, spec.name, value)
+        resolved = {
+            "cache_hot_memory_bytes": 0 if self.testing else 64 * 1024**2,
+            "cache_local_seconds": 0.0 if self.testing else 5.0,
+            "session_cookie_secure": self.env == "production",
+            "remember_cookie_secure": self.env == "production",
+            "analytics_background_flush": not self.testing,
+            "gunicorn_workers": os.cpu_count() or 1,
+        }
+        for name, value in resolved.items():
+            if getattr(self, name) is None:
+                object.__setattr__(self, name, value)
+        if self.s3_delivery == "redirect" and not str(self.storage_url).startswith("s3://"):
+            raise ConfigError("PORTAL_S3_DELIVERY=redirect needs an s3:// PORTAL_STORAGE_URL")
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> "Settings":
+        """The settings in ``config`` (app.config, or the environment's), the rest defaults."""
+        return cls(**{name: config[key] for name, key in KEYS.items() if key in config})
+
+
+def environment(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """The PORTAL_ variables as ``app.config.from_prefixed_env("PORTAL")`` reads them: the
+    prefix dropped, the value JSON where it parses, else the text (nested ``__`` keys, which
+    no setting uses, are left out)."""
+    import json
+
+    found = {}
+    for key, value in (os.environ if environ is None else environ).items():
+        name = key.removeprefix("PORTAL_")
+        if name == key or "__" in name:
+            continue
+        try:
+            found[name] = json.loads(value)
+        except ValueError:
+            found[name] = value
+    return found
+
+
+def from_environ(environ: Mapping[str, str] | None = None) -> Settings:
+    """The settings the PORTAL_ environment gives, without building the app (gunicorn.conf.py).
+
+    What needs the app is checked only by create_app: the database URL, the sign-in limits,
+    the storage, the secret key in production."""
+    return Settings.from_config(environment(environ))
+
+
+#: Each field's app.config key.
+KEYS = {spec.name: spec.name.upper() for spec in fields(Settings)}
+
+#: The default of every setting, by app.config key (create_app loads it before the environment).
+DEFAULTS = {key: Settings.__dataclass_fields__[name].default for name, key in KEYS.items()}
