@@ -1,153 +1,43 @@
 """Read the rollups (never the raw events) and answer with plain dicts for pages and the API.
 
-Periods are whole local days (ANALYTICS_TIMEZONE): ``days=7`` is today and the six days
-before it; the previous period is the seven days before that.
-
-Who sees what: every query over several files takes ``readable``, a filter on File (the
-catalog's ``readable_clause``, see ``scope_of``), or None for every file (admins: no join,
-no filter). Per-file queries expect the caller to have checked ``visible_file`` first.
-Sums over every file for a restricted reader are the all-files rollup minus the rows of the
-files outside ``readable``, or the readable files' rows when the others had most of the
-downloads (``_visible_sums``); distinct people are the all-files ones while no hidden file
-was downloaded, else counted afresh (docs/analytics.md, "Who sees what").
+This module is the views' one door to the reads: totals, distinct people, the overview, top
+files and a file's detail are here; which files and days a query covers is scope.py (who
+sees what, periods); the series over time are timeseries.py. Both are re-exported here.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Sequence
-from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import ColumnElement, Connection, distinct, func, select
+from sqlalchemy import Connection, distinct, func, select
 
-from ..access import readable_clause
-from ..models import File, FileVersion, Group, User, user_groups
+from ..models import File, FileVersion, Group, user_groups
 from .clients import CLASSES
 from .models import ALL_FILES, ALL_USERS, FileDetailDay, FileUser, Rollup, UserDay, UserGap
+from .scope import (
+    MEASURES,
+    Hidden,
+    Period,
+    Readable,
+    hidden_file_ids,
+    scope_of,
+    visible_file,
+    visible_sums,
+)
+from .timeseries import forecast, heatmap, series
+
+#: The reads the views (and tests) call as queries.X; scope_of, visible_file, Period and
+#: the series come from scope.py and timeseries.py.
+__all__ = [
+    "MEASURES", "Hidden", "Period", "Readable", "co_downloaded", "file_detail", "file_stats",
+    "forecast", "groups_and_categories", "heatmap", "hidden_file_ids", "overview",
+    "rows_to_csv_table", "scope_of", "series", "top_files", "totals", "unique_users",
+    "visible_file",
+]
 
 DAY = timedelta(days=1)
-MEASURES = ("requests", "bytes_served", "cache_hits", "downloads", "completed")
-CHUNK = 500  # ids per IN list: far below SQLite's parameter limit; exact ids plan as index probes
-
-Readable = ColumnElement[bool] | None
-
-
-def scope_of(user: User) -> Readable:
-    """The files ``user`` may see in analytics, as a filter on File: None for admins (every
-    file, deleted ones too, with no filter at all), else the catalog's readable_clause."""
-    if getattr(user, "is_admin", False):
-        return None
-    return readable_clause(user)
-
-
-def visible_file(conn: Connection, file_id: int, readable: Readable) -> dict | None:
-    """The file's id, title and category when it exists and ``readable`` lets its reader see
-    it; None otherwise: a missing file and a hidden one look the same."""
-    stmt = select(File.id, File.title, File.category).where(File.id == file_id)
-    if readable is not None:
-        stmt = stmt.where(readable)
-    row = conn.execute(stmt).one_or_none()
-    return None if row is None else {"id": row.id, "title": row.title, "category": row.category}
-
-
-def hidden_file_ids(conn: Connection, readable: Readable) -> list[int]:
-    """The ids of the files outside ``readable`` (none for None), whose rollup rows are
-    taken off the all-files totals."""
-    if readable is None:
-        return []
-    # NOT IN over the readable ids, not NOT(readable): the clause may be NULL for a row
-    # (owner_id = :id with no owner), and NOT NULL would hide nothing.
-    stmt = (select(File.id).where(File.id.not_in(select(File.id).where(readable)))
-            .order_by(File.id))
-    return list(conn.execute(stmt).scalars())
-
-
-def _chunks(ids: Sequence[int]) -> list[Sequence[int]]:
-    return [ids[i:i + CHUNK] for i in range(0, len(ids), CHUNK)]
-
-
-@dataclass(frozen=True)
-class Hidden:
-    """The files a reader may not see, and everyone's counted downloads of them and of all
-    files over a time range (from the daily rollups): which side is cheaper to read."""
-
-    ids: Sequence[int] = ()
-    downloads: int = 0
-    every: int = 0
-
-    @classmethod
-    def over(cls, conn: Connection, ids: Sequence[int], start: datetime,
-             end: datetime) -> Hidden:
-        """The downloads of these hidden files and of all files in [start, end)."""
-        if not ids:
-            return cls()
-        r = Rollup.__table__
-        where = (r.c.grain == "d", r.c.grp == ALL_USERS, r.c.bucket >= start, r.c.bucket < end)
-        total = func.coalesce(func.sum(r.c.downloads), 0)
-        every = int(conn.execute(select(total).where(*where, r.c.file_id == ALL_FILES))
-                    .scalar_one())
-        downloads = sum(int(conn.execute(select(total).where(*where, r.c.file_id.in_(chunk)))
-                            .scalar_one()) for chunk in _chunks(ids))
-        return cls(tuple(ids), downloads, every)
-
-    @property
-    def mostly(self) -> bool:
-        """Whether the hidden files had most of the downloads."""
-        return 2 * self.downloads > self.every
-
-
-def _visible_sums(conn: Connection, columns: list, where: list, keys: list,
-                  readable: ColumnElement[bool], hidden: Hidden) -> dict[tuple, list[int]]:
-    """Sums of rollup ``columns`` per ``keys`` over the files ``readable`` lets the reader
-    see: every file's rows (file 0) less the hidden files' rows, or, when the hidden files
-    had most of the downloads, the readable files' rows.
-
-    Both exact, as every counter of the all-files row is the sum of the files' rows.
-    Subtracting reads file 0 and the hidden files' rows by the (grain, grp, file_id,
-    bucket) index, where summing the readable files' rows would read nearly every file's
-    rows of the period (hundreds of thousands of hourly rows for a long heatmap)."""
-    r = Rollup.__table__
-
-    def run(file_filter) -> dict[tuple, list[int]]:
-        stmt = select(*keys, *columns).where(*where, file_filter)
-        if keys:
-            stmt = stmt.group_by(*keys)
-        return {tuple(row[:len(keys)]): [int(v or 0) for v in row[len(keys):]]
-                for row in conn.execute(stmt)}
-
-    if hidden.mostly:
-        return run(r.c.file_id.in_(select(File.id).where(readable)))
-    found = run(r.c.file_id == ALL_FILES)
-    for chunk in _chunks(hidden.ids):
-        for key, values in run(r.c.file_id.in_(chunk)).items():
-            have = found.get(key, [0] * len(values))
-            found[key] = [a - b for a, b in zip(have, values, strict=True)]
-    return found
-
-
-@dataclass(frozen=True)
-class Period:
-    """[start, end) in UTC, aligned to local midnights."""
-
-    start: datetime
-    end: datetime
-    days: int
-
-    @classmethod
-    def last_days(cls, days: int, tz: ZoneInfo, now: datetime | None = None) -> Period:
-        """Today and the days - 1 before it."""
-        now = (now or datetime.now(UTC)).astimezone(tz)
-        midnight = now.replace(hour=0, minute=0, second=0, microsecond=0)
-        end = (midnight + timedelta(days=1)).astimezone(UTC)
-        start = (midnight - timedelta(days=days - 1)).astimezone(UTC)
-        return cls(start, end, days)
-
-    def previous(self) -> Period:
-        """The same number of days just before."""
-        span = self.end - self.start
-        return Period(self.start - span, self.start, self.days)
 
 
 def _ratio(part: float, whole: float) -> float | None:
@@ -192,7 +82,7 @@ def _totals(conn: Connection, period: Period, *, file_id: int, grp: str,
             stmt = stmt.where(readable)
         sums = [int(v) for v in conn.execute(stmt).one()]
     elif file_id == ALL_FILES and readable is not None:
-        sums = (_visible_sums(conn, columns, where, [], readable, hidden)
+        sums = (visible_sums(conn, columns, where, [], readable, hidden)
                 .get((), [0] * len(MEASURES)))
     else:
         sums = [int(v) for v in conn.execute(select(*columns).where(
@@ -251,15 +141,10 @@ def overview(conn: Connection, period: Period, *, readable: Readable = None) -> 
                    for p in (period, period.previous()))
     keys = ("downloads", "unique_users", "bytes_served", "completion_rate", "cache_hit_rate",
             "requests")
-    return {"period": _period_json(period),
+    return {"period": period.as_json(),
             "current": {k: now[k] for k in keys},
             "previous": {k: before[k] for k in keys},
             "change": {k: _change(now[k], before[k]) for k in keys}}
-
-
-def _period_json(period: Period) -> dict:
-    return {"start": period.start.isoformat(), "end": period.end.isoformat(),
-            "days": period.days}
 
 
 def top_files(conn: Connection, period: Period, *, category: str | None = None,
@@ -326,120 +211,6 @@ def _users_per_file(conn: Connection, period: Period, file_ids: list[int],
     return dict(found)
 
 
-def series(conn: Connection, period: Period, tz: ZoneInfo, *, step: str = "day",
-           file_id: int = ALL_FILES, grp: str = ALL_USERS,
-           category: str | None = None, readable: Readable = None) -> dict:
-    """Downloads, completed, requests and bytes per hour, day or (local, Monday) week,
-    with the empty buckets filled in: of one file, of a category, or of every file
-    ``readable`` lets the reader see."""
-    r = Rollup.__table__
-    grain = "h" if step == "hour" else "d"
-    where = [r.c.grain == grain, r.c.grp == grp, r.c.bucket >= period.start,
-             r.c.bucket < period.end]
-    columns = [func.sum(r.c[m]) for m in MEASURES]
-    if category:
-        stmt = (select(r.c.bucket, *columns).join(File, File.id == r.c.file_id)
-                .where(*where, File.category == category).group_by(r.c.bucket))
-        if readable is not None:
-            stmt = stmt.where(readable)
-        found = {row[0]: [int(v or 0) for v in row[1:]] for row in conn.execute(stmt)}
-    elif file_id == ALL_FILES and readable is not None:
-        hidden = Hidden.over(conn, hidden_file_ids(conn, readable), period.start,
-                             period.end)
-        found = {key[0]: values for key, values in _visible_sums(
-            conn, columns, where, [r.c.bucket], readable, hidden).items()}
-    else:
-        stmt = (select(r.c.bucket, *columns).where(*where, r.c.file_id == file_id)
-                .group_by(r.c.bucket))
-        found = {row[0]: [int(v or 0) for v in row[1:]] for row in conn.execute(stmt)}
-    buckets = _buckets(period, tz, step)
-    values: dict[datetime, list[int]] = {b: [0] * len(MEASURES) for b in buckets}
-    for bucket, counts in found.items():
-        key = _week_of(bucket, tz) if step == "week" else bucket
-        if key in values:
-            values[key] = [a + b for a, b in zip(values[key], counts, strict=True)]
-    return {"step": step, "labels": [_label(b, tz, step) for b in buckets],
-            **{m: [values[b][i] for b in buckets] for i, m in enumerate(MEASURES)}}
-
-
-def _week_of(moment: datetime, tz: ZoneInfo) -> datetime:
-    local = moment.astimezone(tz)
-    monday = (local - timedelta(days=local.weekday())).replace(hour=0, minute=0, second=0,
-                                                                microsecond=0)
-    return monday.astimezone(UTC)
-
-
-def _buckets(period: Period, tz: ZoneInfo, step: str) -> list[datetime]:
-    out = []
-    if step == "hour":
-        moment = period.start
-        while moment < period.end:
-            out.append(moment)
-            moment += timedelta(hours=1)
-        return out
-    local = period.start.astimezone(tz)
-    end = period.end.astimezone(tz)
-    if step == "week":
-        local = _week_of(period.start, tz).astimezone(tz)
-    while local < end:
-        out.append(local.astimezone(UTC))
-        local = (local + timedelta(days=7 if step == "week" else 1, hours=3)).replace(
-            hour=0)  # the +3h survives DST changes; then back to midnight
-    return out
-
-
-def _label(bucket: datetime, tz: ZoneInfo, step: str) -> str:
-    local = bucket.astimezone(tz)
-    return local.strftime("%Y-%m-%d %H:00" if step == "hour" else "%Y-%m-%d")
-
-
-def hourly_totals(conn: Connection, start: datetime, end: datetime,
-                  measure: str = "downloads", *, readable: Readable = None
-                  ) -> dict[datetime, int]:
-    """All-users hourly counts of one measure over every file ``readable`` lets the reader
-    see (None: every file)."""
-    r = Rollup.__table__
-    where = [r.c.grain == "h", r.c.grp == ALL_USERS, r.c.bucket >= start, r.c.bucket < end]
-    if readable is None:
-        stmt = select(r.c.bucket, r.c[measure]).where(*where, r.c.file_id == ALL_FILES)
-        return {bucket: int(value) for bucket, value in conn.execute(stmt)}
-    hidden = Hidden.over(conn, hidden_file_ids(conn, readable), start, end)
-    found = _visible_sums(conn, [func.sum(r.c[measure])], where, [r.c.bucket], readable,
-                          hidden)
-    return {key[0]: values[0] for key, values in found.items()}
-
-
-def heatmap(conn: Connection, period: Period, tz: ZoneInfo, *,
-            readable: Readable = None) -> dict:
-    """Downloads by local weekday (0 = Monday) and hour: where the peaks are (of the files
-    ``readable`` lets the reader see)."""
-    grid = [[0] * 24 for _ in range(7)]
-    for bucket, value in hourly_totals(conn, period.start, period.end,
-                                       readable=readable).items():
-        local = bucket.astimezone(tz)
-        grid[local.weekday()][local.hour] += value
-    return {"weekdays": ["Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"],
-            "hours": list(range(24)), "values": grid, "period": _period_json(period)}
-
-
-def forecast(conn: Connection, tz: ZoneInfo, *, weeks: int = 4,
-             now: datetime | None = None, readable: Readable = None) -> dict:
-    """Next week's hourly downloads: for each hour of the week, the average of the same
-    hour in the last ``weeks`` weeks (a seasonal average; seasonal naive when weeks=1), of
-    the files ``readable`` lets the reader see."""
-    now = (now or datetime.now(UTC)).astimezone(UTC)
-    start = now.replace(minute=0, second=0, microsecond=0) + timedelta(hours=1)
-    history = hourly_totals(conn, start - timedelta(weeks=weeks), start, readable=readable)
-    labels, values = [], []
-    for hour in range(7 * 24):
-        moment = start + timedelta(hours=hour)
-        past = [history.get(moment - timedelta(weeks=k), 0) for k in range(1, weeks + 1)]
-        labels.append(moment.astimezone(tz).strftime("%a %m-%d %H:00"))
-        values.append(round(sum(past) / weeks, 2))
-    return {"method": f"seasonal average of the same hour in the last {weeks} week(s)",
-            "weeks": weeks, "start": start.isoformat(), "labels": labels, "values": values}
-
-
 def file_detail(conn: Connection, file_id: int, period: Period, tz: ZoneInfo) -> dict:
     """One file (that the caller found with ``visible_file``): totals, completion histogram,
     client classes, versions, from the file's daily detail cells (never every logical
@@ -472,7 +243,7 @@ def file_detail(conn: Connection, file_id: int, period: Period, tz: ZoneInfo) ->
             "completion_histogram": {"labels": [f"{i * 10}-{i * 10 + 9}%" if i < 9
                                                 else "90-100%" for i in range(10)],
                                      "values": histogram},
-            "clients": clients, "versions": versions, "period": _period_json(period)}
+            "clients": clients, "versions": versions, "period": period.as_json()}
 
 
 def file_stats(conn: Connection, file_id: int, period: Period) -> dict:
@@ -483,7 +254,7 @@ def file_stats(conn: Connection, file_id: int, period: Period) -> dict:
             "unique_users": values["unique_users"], "bytes_served": values["bytes_served"],
             "completion_rate": values["completion_rate"], "requests": values["requests"],
             "completed": values["completed"], "cache_hit_rate": values["cache_hit_rate"],
-            "period": _period_json(period)}
+            "period": period.as_json()}
 
 
 def co_downloaded(conn: Connection, file_id: int, *, since: datetime,

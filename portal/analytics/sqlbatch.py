@@ -1,9 +1,9 @@
-"""How the analytics writers send rows to SQL: the dialect's upsert, IN lists and
-executemany batches of bounded size."""
+"""How analytics sends many keys or rows to SQL: IN lists and executemany batches of
+bounded size (the writers and the queries alike), and the dialect's upsert."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 from sqlalchemy import Connection
 from sqlalchemy.dialects import postgresql, sqlite
@@ -14,7 +14,7 @@ IN_LIST = 500
 INSERT_BATCH = 2000
 
 
-def chunks(items: list, size: int) -> Iterator[list]:
+def chunks(items: Sequence, size: int) -> Iterator[Sequence]:
     """``items`` in consecutive slices of at most ``size``."""
     for start in range(0, len(items), size):
         yield items[start:start + size]
