@@ -43,9 +43,11 @@ class PortalLoginManager(LoginManager):
     revocation (portal/auth/tokens.py)."""
 
     def _session_protection_failed(self):
-        from flask import current_app, request
+        from flask import request
 
-        mode = current_app.config.get("SESSION_PROTECTION", self.session_protection)
+        from .config import settings
+
+        mode = settings().session_protection
         if mode == "basic" and request.blueprint == "download":
             return False
         return super()._session_protection_failed()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from datetime import UTC, datetime
 
-from flask import current_app, has_app_context
+from flask import has_app_context
 from flask_login import UserMixin
 from sqlalchemy import (
     BigInteger,
@@ -23,6 +23,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 from werkzeug.security import check_password_hash, generate_password_hash
 
+from .config import Settings, settings
 from .extensions import db
 
 ROLES = ("student", "staff", "admin")
@@ -116,8 +117,8 @@ class User(Roles, db.Model):
         if not password:
             self.password_hash = None
             return
-        method = current_app.config.get("PASSWORD_HASH_METHOD") if has_app_context() else None
-        self.password_hash = generate_password_hash(password, method=method or "scrypt")
+        chosen = settings() if has_app_context() else Settings()
+        self.password_hash = generate_password_hash(password, method=chosen.password_hash_method)
 
     def end_sessions(self) -> None:
         """End every session, remember-me token and signed link of this user (password

@@ -18,6 +18,7 @@ import redis
 import redis.client
 from flask import current_app
 
+from ..config import settings
 from .connection import STATS_KEY, client
 
 log = logging.getLogger(__name__)
@@ -246,8 +247,8 @@ def range_reader(storage, version, *, local: bool, planned_bytes: int) -> RangeR
     def origin(start: int, stop: int) -> Iterable[bytes]:
         return storage.read_range(key, start, stop)
 
-    config = current_app.config
-    if not config.get("CACHE_HOT_ENABLED", True) or (local and not config.get("CACHE_HOT_LOCAL")):
+    s = settings()
+    if not s.cache_hot_enabled or (local and not s.cache_hot_local):
         return RangeReader(origin, cached=False)
     sha, size = version.sha256, version.size
     memory = hot_memory()
@@ -259,9 +260,9 @@ def range_reader(storage, version, *, local: bool, planned_bytes: int) -> RangeR
     state = hot_lookup(sha, planned_bytes)
     if state is None or size == 0:
         return RangeReader(origin, cached=False)
-    if (not state.cached and size <= config.get("CACHE_HOT_MAX_FILE_BYTES", 32 << 20)
-            and state.hits >= config.get("CACHE_HOT_MIN_HITS", 2)):
-        state.cached = hot_fill(sha, size, origin, config.get("CACHE_HOT_BUDGET_BYTES", 512 << 20))
+    if (not state.cached and size <= s.cache_hot_max_file_bytes
+            and state.hits >= s.cache_hot_min_hits):
+        state.cached = hot_fill(sha, size, origin, s.cache_hot_budget_bytes)
     if not state.cached:
         return RangeReader(origin, cached=False)
     r = client()

@@ -17,15 +17,12 @@ from flask import current_app
 from sqlalchemy.exc import SQLAlchemyError
 
 from ..coherence import Coherence, coherence
+from ..config import settings
 from .connection import STATS_KEY, client
 from .keys import meta_key, namespace
 from .prefetch import DOWN, prefetched_or
 
 log = logging.getLogger(__name__)
-
-
-#: How long Redis keeps an entry; staleness is bounded by coherence.py, not by this.
-META_TTL_DEFAULT = 300
 
 
 @dataclass(frozen=True)
@@ -136,7 +133,7 @@ def file_meta(file_id: int, load: Callable[[], tuple | None]
     cannot answer either, a cached public file is still served and anything else raises
     the database's error (the error handler answers 503: fail closed)."""
     co = coherence(current_app)
-    if not current_app.config.get("CACHE_METADATA", True):
+    if not settings().cache_metadata:
         return load()
     if not co.current():
         return _load_or_public(file_id, load)
@@ -164,8 +161,8 @@ def file_meta(file_id: int, load: Callable[[], tuple | None]
         return found
     try:
         pipe = client().pipeline(transaction=False)
-        ttl = int(current_app.config.get("CACHE_META_TTL_SECONDS", META_TTL_DEFAULT))
-        pipe.set(key, _dump(file_id, found, stamp), ex=max(1, ttl))
+        # how long Redis keeps it; staleness is bounded by coherence.py, not by this
+        pipe.set(key, _dump(file_id, found, stamp), ex=max(1, settings().cache_meta_ttl_seconds))
         pipe.hincrby(STATS_KEY, "meta_misses", 1)
         pipe.hincrby(STATS_KEY, "meta_hits", -1)  # the read above counted one
         pipe.execute()
@@ -235,7 +232,7 @@ def version_snapshot(key: str, load: Callable[[], VersionSnapshot | None]
     """One version's snapshot from Redis (normally prefetched with the file's metadata), else
     from ``load()`` (the database), stored for next time. None when there is no such version
     (not cached)."""
-    if not current_app.config.get("CACHE_METADATA", True) or namespace() is None:
+    if not settings().cache_metadata or namespace() is None:
         return load()
     raw = prefetched_or("version", key, lambda: client().get(key))
     if raw is DOWN:

@@ -12,6 +12,7 @@ import redis.client
 from flask import current_app, g, has_app_context
 
 from ..coherence import coherence
+from ..config import settings
 from .connection import STATS_KEY, client
 from .keys import meta_key, user_keys
 from .local import LocalCopies, local_copies
@@ -35,7 +36,7 @@ def prefetch_download(user_id: int | None, file_id: int, *,
     user's snapshot, and for an older version or a signed link the version's snapshot.
     file_meta, user_snapshot and version_snapshot then use the answers (a download otherwise
     costs a round trip for each). Nothing is read while the cache cannot be trusted."""
-    if not current_app.config.get("CACHE_METADATA", True):
+    if not settings().cache_metadata:
         return
     if not coherence(current_app).current():
         return

@@ -13,6 +13,7 @@ import redis.client
 from flask import current_app
 
 from ..coherence import Coherence, coherence
+from ..config import settings
 from .connection import client
 from .keys import user_key
 from .prefetch import DOWN, prefetched_or
@@ -32,7 +33,7 @@ def user_snapshot(user_id: int, load: Callable[[], dict | None]) -> dict | None:
     While the database cannot confirm the cache, ``load()`` answers (and raises when the
     database is down: fail closed)."""
     co = coherence(current_app)
-    if not current_app.config.get("CACHE_USERS", True) or not co.current():
+    if not settings().cache_users or not co.current():
         return load()
     raw = prefetched_or("user", user_id, lambda: client().get(user_key(user_id)))
     if raw is DOWN:

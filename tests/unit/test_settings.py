@@ -24,7 +24,11 @@ NOT_SETTINGS = {
     "WTF_CSRF_TIME_LIMIT", "WTF_CSRF_CHECK_DEFAULT", "RATELIMIT_STORAGE_URI",
     "RATELIMIT_IN_MEMORY_FALLBACK_ENABLED", "RATELIMIT_HEADERS_ENABLED", "INSTANCE_PATH",
 }
+#: Being rewritten as part of issue 14; their owners move their config.get copies to Settings.
+PENDING = ("portal/download/", "portal/auth/views.py", "portal/analytics/")
+
 READ = re.compile(r'config(?:\.get|\.setdefault|\.pop)?(?:\[|\()\s*"([A-Z][A-Z0-9_]+)"')
+DEFAULTED = re.compile(r'\.get\(\s*"([A-Z][A-Z0-9_]+)"\s*,')
 
 
 def sources():
@@ -55,6 +59,12 @@ def test_every_field_is_typed_and_the_defaults_pass_their_own_rules():
 def test_every_key_the_portal_reads_is_a_setting_or_flasks_own():
     read = {key for _, text in sources() for key in READ.findall(text)}
     assert read - set(KEYS.values()) - NOT_SETTINGS == set()
+
+
+def test_no_call_site_repeats_a_default():
+    repeated = [(path, key) for path, text in sources() if not path.startswith(PENDING)
+                for key in DEFAULTED.findall(text) if key in KEYS.values()]
+    assert repeated == []
 
 
 def test_the_object_is_frozen_and_has_no_dict():
