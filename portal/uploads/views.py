@@ -14,6 +14,7 @@ from pathlib import Path
 from flask import Response, abort, current_app, jsonify, request, url_for
 from flask_login import current_user
 
+from ..config import settings
 from ..extensions import db, login_manager
 from ..models import Upload
 from ..storage import get_storage
@@ -83,7 +84,7 @@ def refusal(exc: UploadError, *, with_offset: bool = True) -> Response:
 
 
 def _area() -> Path:
-    return service.upload_area(get_storage(), current_app.config.get("UPLOAD_DIR"),
+    return service.upload_area(get_storage(), settings().upload_dir,
                                current_app.instance_path)
 
 
