@@ -6,10 +6,10 @@ ties a whole worker or thread to each such client, so 2 workers x 8 threads stop
 portal.sendfile makes its file sends zero-copy (os.sendfile on the socket, waiting
 cooperatively when the client is slow), so the bytes never pass through Python.
 
-Every value can be overridden with the usual GUNICORN_CMD_ARGS or PORTAL_GUNICORN_* variables.
+Every value can be overridden with the usual GUNICORN_CMD_ARGS or PORTAL_GUNICORN_* variables;
+the PORTAL_ ones, their defaults and their checks are the app's (portal/settings.py).
 """
 
-import multiprocessing
 import os
 import subprocess
 import sys
@@ -17,26 +17,7 @@ import threading
 import time
 from pathlib import Path
 
-bind = os.environ.get("PORTAL_BIND", "127.0.0.1:5000")
-worker_class = os.environ.get("PORTAL_GUNICORN_WORKER_CLASS", "gevent")
-# One process per core: greenlets give the concurrency, processes give the CPU.
-workers = int(os.environ.get("PORTAL_GUNICORN_WORKERS", multiprocessing.cpu_count()))
-worker_connections = int(os.environ.get("PORTAL_GUNICORN_CONNECTIONS", 2000))
-# A greenlet that blocks the loop (never on purpose) is killed after this long.
-timeout = 60
-graceful_timeout = 30
-keepalive = 5
-# One access line per request; behind nginx (which logs every request) it can be switched off
-# with PORTAL_GUNICORN_ACCESSLOG= (empty): a blocking write per request costs ~2 % (py-spy).
-accesslog = os.environ.get("PORTAL_GUNICORN_ACCESSLOG", "-") or None
-# gunicorn 27 puts every master's control socket at ~/.gunicorn/gunicorn.ctl, so two portals on
-# one host (scale-out, tests, benchmarks) would fight over it: off unless a path is given.
-control_socket_disable = "PORTAL_GUNICORN_CONTROL_SOCKET" not in os.environ
-control_socket = os.environ.get("PORTAL_GUNICORN_CONTROL_SOCKET", "/run/portal/gunicorn.ctl")
-access_log_format = '%(h)s "%(r)s" %(s)s %(B)s %(D)sus "%(a)s"'
-# The same lines as gunicorn's own logger, built from the atoms the format names only.
-logger_class = "portal.accesslog.AccessLogger"
-
+from portal.config import ConfigError, from_environ
 
 # The flush of download events to SQL runs beside the workers, in a process of its own at a
 # lower CPU priority, not in them: in a worker it held the event loop for the length of each
@@ -44,11 +25,38 @@ logger_class = "portal.accesslog.AccessLogger"
 # performance.md). The workers only append finished events to Redis. PORTAL_ANALYTICS_FLUSHER=
 # workers puts the flush back into the workers (one process fewer).
 os.environ.setdefault("PORTAL_ANALYTICS_FLUSHER", "process")
+try:
+    _settings = from_environ()
+except ConfigError as exc:  # a clear line, as wsgi.py gives, not gunicorn's traceback
+    sys.exit(f"portal: configuration error: {exc}")
+
+bind = _settings.bind
+worker_class = _settings.gunicorn_worker_class
+# One process per core (the default): greenlets give the concurrency, processes give the CPU.
+workers = _settings.gunicorn_workers
+worker_connections = _settings.gunicorn_connections
+# A greenlet that blocks the loop (never on purpose) is killed after this long.
+timeout = 60
+graceful_timeout = 30
+keepalive = 5
+# One access line per request; behind nginx (which logs every request) it can be switched off
+# with PORTAL_GUNICORN_ACCESSLOG= (empty): a blocking write per request costs ~2 % (py-spy).
+accesslog = _settings.gunicorn_accesslog
+# gunicorn 27 puts every master's control socket at ~/.gunicorn/gunicorn.ctl, so two portals on
+# one host (scale-out, tests, benchmarks) would fight over it: off unless a path is given.
+control_socket_disable = _settings.gunicorn_control_socket is None
+if not control_socket_disable:
+    control_socket = _settings.gunicorn_control_socket
+access_log_format = '%(h)s "%(r)s" %(s)s %(B)s %(D)sus "%(a)s"'
+# The same lines as gunicorn's own logger, built from the atoms the format names only.
+logger_class = "portal.accesslog.AccessLogger"
+
+
 _flusher = {"proc": None, "stopping": False}
 
 
 def _flush_command() -> list[str]:
-    nginx = os.environ.get("PORTAL_ANALYTICS_NGINX_IMPORT", "workers") != "external"
+    nginx = _settings.analytics_nginx_import != "external"
     # Paced as well as niced: with the kernel's autogroups (a session each, the default on
     # desktops and many servers) nice only ranks processes of one session, not nginx's.
     return [sys.executable, "-m", "flask", "--app", "wsgi", "analytics", "flush", "--follow",
@@ -69,7 +77,7 @@ def _keep_flushing(server) -> None:
 
 def when_ready(server):
     """Start the analytics flusher process (PORTAL_ANALYTICS_FLUSHER=process)."""
-    if os.environ.get("PORTAL_ANALYTICS_FLUSHER") == "process":
+    if _settings.analytics_flusher == "process":
         threading.Thread(target=_keep_flushing, args=(server,), name="analytics-flusher",
                          daemon=True).start()
 

@@ -1,11 +1,14 @@
 """portal/settings.py: one frozen, typed Settings with every default declared once, refusing a
-bad value with one line; the portal's code reads its values from it."""
+bad value with one line; the portal's code and gunicorn.conf.py read their values from it."""
 
 from __future__ import annotations
 
 import dataclasses
 import os
 import re
+import runpy
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -32,8 +35,8 @@ DEFAULTED = re.compile(r'\.get\(\s*"([A-Z][A-Z0-9_]+)"\s*,')
 
 
 def sources():
-    """The portal's Python files, as (path from the root, text)."""
-    for path in sorted((ROOT / "portal").rglob("*.py")):
+    """The portal's Python files and gunicorn.conf.py, as (path from the root, text)."""
+    for path in [*sorted((ROOT / "portal").rglob("*.py")), ROOT / "gunicorn.conf.py"]:
         yield path.relative_to(ROOT).as_posix(), path.read_text(encoding="utf-8")
 
 
@@ -180,3 +183,51 @@ def config_app(tmp_path):
                       "STORAGE_URL": (tmp_path / "storage").as_uri()})
     yield app
     close_app(app)
+
+
+def gunicorn_conf(monkeypatch, **env) -> dict:
+    """gunicorn.conf.py's globals under exactly these PORTAL_ variables."""
+    for name in list(os.environ):
+        if name.startswith("PORTAL_"):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("PORTAL_ANALYTICS_FLUSHER", "")  # restored after the test: the file
+    monkeypatch.delenv("PORTAL_ANALYTICS_FLUSHER")  # sets it when it is not given
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    return runpy.run_path(str(ROOT / "gunicorn.conf.py"))
+
+
+def test_gunicorn_conf_takes_its_values_from_the_settings(monkeypatch):
+    conf = gunicorn_conf(monkeypatch)
+    built = from_environ()
+    assert (conf["bind"], conf["workers"], conf["worker_class"]) == (
+        built.bind, built.gunicorn_workers, built.gunicorn_worker_class)
+    assert (conf["bind"], conf["workers"], conf["worker_class"]) == (
+        "127.0.0.1:5000", os.cpu_count(), "gevent")
+    assert (conf["worker_connections"], conf["accesslog"]) == (2000, "-")
+    assert conf["control_socket_disable"] is True
+    assert built.analytics_flusher == "process" == os.environ["PORTAL_ANALYTICS_FLUSHER"]
+
+    conf = gunicorn_conf(monkeypatch, PORTAL_BIND="0.0.0.0:8080", PORTAL_GUNICORN_WORKERS="3",
+                         PORTAL_GUNICORN_WORKER_CLASS="sync", PORTAL_GUNICORN_CONNECTIONS="50",
+                         PORTAL_GUNICORN_ACCESSLOG="", PORTAL_ANALYTICS_FLUSHER="workers",
+                         PORTAL_ANALYTICS_NGINX_IMPORT="external",
+                         PORTAL_GUNICORN_CONTROL_SOCKET="/tmp/portal-test.ctl")
+    assert (conf["bind"], conf["workers"], conf["worker_class"]) == ("0.0.0.0:8080", 3, "sync")
+    assert (conf["worker_connections"], conf["accesslog"]) == (50, None)
+    assert conf["control_socket_disable"] is False
+    assert conf["control_socket"] == "/tmp/portal-test.ctl"
+    assert conf["_settings"] == from_environ()
+    assert conf["_settings"].analytics_flusher == "workers"
+    assert "--no-nginx" in conf["_flush_command"]()
+
+
+def test_gunicorn_conf_refuses_a_bad_value_with_one_line():
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PORTAL_")}
+    proc = subprocess.run(
+        [sys.executable, "-c", "import runpy; runpy.run_path('gunicorn.conf.py')"],
+        cwd=ROOT, env={**env, "PORTAL_GUNICORN_WORKERS": "many"}, capture_output=True,
+        text=True, timeout=60)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip() == ("portal: configuration error: PORTAL_GUNICORN_WORKERS must "
+                                   "be a whole number >= 1, not 'many'")
