@@ -35,6 +35,13 @@ def check_key(key: str) -> str:
     return key
 
 
+def shard_path(key: str) -> str:
+    """Where an object lives below a backend's ``objects`` root, nginx's internal location
+    and a grant's object URI: ``ab/cd/abcd...`` (two levels, so no folder holds more than
+    a few hundred entries at a campus's size)."""
+    return f"{key[:2]}/{key[2:4]}/{key}"
+
+
 class Hasher:
     """SHA-256, CRC-32 and size of a stream, computed while it is written."""
 

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
-from .base import CHUNK, Hasher, StorageError, StoredObject, check_key
+from .base import CHUNK, Hasher, StorageError, StoredObject, check_key, shard_path
 
 
 class LocalStorage:
@@ -23,7 +23,7 @@ class LocalStorage:
 
     def _path(self, key: str) -> Path:
         key = check_key(key)
-        return self.objects / key[:2] / key[2:4] / key
+        return self.objects / shard_path(key)
 
     def ensure(self) -> None:
         """Create the folders, or raise StorageError saying why not."""
@@ -80,7 +80,7 @@ class LocalStorage:
         """The path of the content, for sendfile and X-Accel-Redirect (string joins: this is
         asked on every download, and four pathlib joins cost 2 % of one, py-spy)."""
         key = check_key(key)
-        return os.path.join(self._objects_str, key[:2], key[2:4], key)
+        return f"{self._objects_str}/{shard_path(key)}"
 
     def size(self, key: str) -> int:
         """The stored size in bytes."""

@@ -21,7 +21,7 @@ from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
-from .base import CHUNK, Hasher, StorageError, StoredObject, check_key
+from .base import CHUNK, Hasher, StorageError, StoredObject, check_key, shard_path
 
 #: boto3 errors that mean "the storage failed" (network, auth, missing object, upload).
 ERRORS = (BotoCoreError, ClientError, boto3.exceptions.Boto3Error)
@@ -79,7 +79,7 @@ class S3Storage:
     def object_key(self, key: str) -> str:
         """The S3 object key of a content key."""
         key = check_key(key)
-        path = f"objects/{key[:2]}/{key[2:4]}/{key}"
+        path = f"objects/{shard_path(key)}"
         return f"{self.prefix}/{path}" if self.prefix else path
 
     def _head(self, key: str) -> dict | None:
