@@ -61,7 +61,7 @@ user_groups = Table(
 
 class Roles(UserMixin):
     """What an account may do, from its ``role`` and ``active`` columns: shared by the ORM
-    User and the plain SnapshotUser of the download path (portal/auth/views.py)."""
+    User and the plain SnapshotUser of the download path (portal/auth/users.py)."""
 
     #: The session token (portal/auth/tokens.py) this user signed in or was loaded with.
     session_token: str | None = None

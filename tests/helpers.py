@@ -13,6 +13,7 @@ import time
 import uuid
 from pathlib import Path
 
+from flask.testing import FlaskClient
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
@@ -111,3 +112,75 @@ def sign_in(page, username: str, password: str = DEMO_PASSWORD) -> None:
     page.fill("input[name=password]", password)
     page.click("main form button[type=submit]")
     page.wait_for_url("**/")
+
+
+# ---------------------------------------------------------------------------
+# Two doors of one download: the fast path and the Flask view, compared in-process
+# ---------------------------------------------------------------------------
+
+
+class Sendfile:
+    """Stands in for gunicorn's wsgi.file_wrapper (portal.download.body.can_sendfile looks
+    at the module): ``length`` bytes from the file's position, then close."""
+
+    __module__ = "gunicorn.http.wsgi"
+
+    def __init__(self, filelike, blksize: int = 8192) -> None:
+        self.filelike = filelike
+        self.blksize = blksize
+
+    def __iter__(self):
+        left = self.filelike.length
+        while left:
+            chunk = self.filelike.read(min(left, self.blksize))
+            if not chunk:
+                return
+            left -= len(chunk)
+            yield chunk
+
+    def close(self) -> None:
+        self.filelike.close()
+
+
+class Client(FlaskClient):
+    """Reads each body whole and closes it (the stand-in's file with it)."""
+
+    def open(self, *args, **kwargs):
+        kwargs.setdefault("buffered", True)
+        return super().open(*args, **kwargs)
+
+
+def signed_in(app, username: str | None):
+    """A test client with the stand-in sendfile, signed in as ``username`` (None: anonymous)."""
+    client = Client(app, app.response_class, use_cookies=True)
+    client.environ_base.update({"wsgi.file_wrapper": Sendfile, "REMOTE_ADDR": "10.1.2.3",
+                                "HTTP_USER_AGENT": "aria2/1.36.0"})
+    if username is not None:
+        token = csrf_from(client.get("/login").get_data(as_text=True))
+        resp = client.post("/login", data={"username": username, "password": "password123",
+                                           "csrf_token": token})
+        assert resp.status_code == 302
+    return client
+
+
+def fetch(client, url: str, headers: dict | None = None, method: str = "GET"):
+    """(status, headers without Set-Cookie, body) of one request, a multipart boundary
+    replaced by "B" (each side draws its own)."""
+    resp = client.open(url, method=method, headers=headers or {})
+    body = resp.get_data()
+    headers = [(k, v) for k, v in resp.headers.items() if k != "Set-Cookie"]
+    ctype = resp.headers.get("Content-Type", "")
+    if ctype.startswith("multipart/byteranges"):  # a random boundary on each side
+        boundary = ctype.split("boundary=")[1]
+        body = body.replace(boundary.encode(), b"B")
+        headers = [(k, "multipart/byteranges; boundary=B" if k == "Content-Type" else v)
+                   for k, v in headers]
+    return resp.status_code, headers, body
+
+
+def warm(app, client, url: str) -> None:
+    """Make the app's worker copies hold what a download of ``url`` reads."""
+    copies = app.extensions["portal_local_copies"]
+    client.get(url)  # starts this app's listener
+    wait_until(lambda: copies.ready)
+    client.get(url)  # stores the copies

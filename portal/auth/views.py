@@ -19,18 +19,16 @@ from flask import (
 from flask_babel import gettext as _
 from flask_login import current_user, login_required, login_user, logout_user
 from sqlalchemy import select
-from sqlalchemy.orm import make_transient_to_detached
-from sqlalchemy.orm.util import identity_key
 from werkzeug.exceptions import TooManyRequests
 
-from .. import cache
 from ..audit import audit
 from ..coherence import coherence
 from ..extensions import db, login_manager
-from ..models import RevokedToken, Roles, User
+from ..models import RevokedToken, User
 from . import bp, throttle
 from .forms import LoginForm, PasswordChangeForm
 from .tokens import new_token, parse_token
+from .users import attached_user, session_user
 
 # A real hash to check against when the user does not exist, so that an unknown user and a
 # wrong password cost the same time.
@@ -39,82 +37,12 @@ _DUMMY_HASH = None
 
 @login_manager.user_loader
 def load_user(token: str) -> User | None:
-    """The signed-in user for a session token (tokens.py): None when the token is malformed,
-    expired, revoked (logout), of an older session generation (password change, "sign out
-    everywhere") or the user is disabled. Revocations are decided by the database
-    (coherence.py); a warm request reads them from this worker's confirmed copy, no SQL."""
-    parsed = parse_token(token)
-    if parsed is None or parsed.expired(current_app.config["SESSION_LIFETIME_SECONDS"]):
-        return None
-    if coherence().revoked(parsed.nonce):
-        return None
-    user = user_by_id(parsed.user_id, blueprint=request.blueprint)
-    if user is None or user.session_gen != parsed.generation:
-        return None
-    user.session_token = str(parsed)
-    return user
-
-
-def user_by_id(user_id: int, *, blueprint: str | None = None) -> User | SnapshotUser | None:
-    """The active user with this id, from the user cache (portal/cache/users.py, judged against the
-    database's change log), so a request costs no SQL for it; columns the snapshot leaves
-    out (the password hash) and the groups relationship still load from the database when
-    something touches them."""
-    snap = cache.user_snapshot(user_id, lambda: _user_row(user_id))
-    if snap is None or not snap["active"]:
-        return None
-    return _attach(snap, blueprint)
-
-
-#: The User columns a snapshot carries: everything except the password hash.
-_SNAPSHOT_COLUMNS = ("id", "username", "display_name", "role", "active", "session_gen")
-
-
-def _user_row(user_id: int) -> dict | None:
-    """A user's snapshot from the database (cache.user_snapshot stores it)."""
-    user = db.session.get(User, user_id)
-    if user is None:
-        return None
-    return {**{name: getattr(user, name) for name in _SNAPSHOT_COLUMNS},
-            "created_at": user.created_at.isoformat(), "groups": sorted(user.group_names)}
-
-
-def _attach(snap: dict, blueprint: str | None) -> User | SnapshotUser:
-    """A persistent User in this request's session built from a snapshot, without SQL.
-
-    make_transient_to_detached marks what the snapshot lacks as expired, so those
-    attributes load from the database on first use, as after any commit.
-
-    Downloads (the ``download`` blueprint) read nothing of the user beyond the snapshot
-    (can_read, the event's user id), so they get a plain SnapshotUser and never open a
-    database session: the session and the ORM object were about a seventh of a warm
-    signed-in download's time (py-spy, bench/run_download_bench.py).
-    """
-    if blueprint == "download":
-        return SnapshotUser(snap)
-    existing = db.session.identity_map.get(identity_key(User, snap["id"]))
-    if existing is not None:
-        return existing
-    user = User(**{name: snap[name] for name in _SNAPSHOT_COLUMNS},
-                created_at=datetime.fromisoformat(snap["created_at"]))
-    make_transient_to_detached(user)
-    user.cached_group_names = frozenset(snap["groups"])
-    db.session.add(user)
-    return user
-
-
-class SnapshotUser(Roles):
-    """The signed-in user as its cached snapshot has it: the columns can_read and the
-    download views use, and the group names. Not an ORM object: nothing loads lazily."""
-
-    def __init__(self, snap: dict) -> None:
-        for name in _SNAPSHOT_COLUMNS:
-            setattr(self, name, snap[name])
-        self._groups = frozenset(snap["groups"])
-
-    @property
-    def group_names(self) -> set[str]:
-        return set(self._groups)
+    """The signed-in user of a page (users.session_user). Revocations are decided by the
+    database (coherence.py); a warm request reads them from this worker's confirmed copy,
+    and the user from the user cache: no SQL."""
+    return session_user(token, attached_user,
+                        lifetime=current_app.config["SESSION_LIFETIME_SECONDS"],
+                        revoked=coherence().revoked)
 
 
 def sign_in(user: User, *, remember: bool = False) -> None:

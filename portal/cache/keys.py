@@ -26,8 +26,9 @@ def meta_key(file_id: int, prefix: str | None = None) -> str:
     return f"{prefix or namespace()}file:{int(file_id)}:meta"
 
 
-def version_key_by_id(version_id: int) -> str:
-    return f"{namespace()}version:{int(version_id)}:snap"
+def version_key_by_id(version_id: int, prefix: str | None = None) -> str:
+    """A version's snapshot, named by id (a signed link's)."""
+    return f"{prefix or namespace()}version:{int(version_id)}:snap"
 
 
 def version_key_by_number(file_id: int, number: int) -> str:

@@ -20,7 +20,7 @@ from ..coherence import Coherence, coherence
 from ..config import settings
 from .connection import STATS_KEY, client
 from .keys import meta_key, namespace
-from .prefetch import DOWN, prefetched_or
+from .prefetch import DOWN, Prefetched, prefetched_or
 
 log = logging.getLogger(__name__)
 
@@ -123,7 +123,8 @@ def meta_from_reply(raw: bytes | None, co: Coherence):
     return entry[2]
 
 
-def file_meta(file_id: int, load: Callable[[], tuple | None]
+def file_meta(file_id: int, load: Callable[[], tuple | None],
+              prefetched: Prefetched | None = None
               ) -> tuple[FileSnapshot, VersionSnapshot | None] | None:
     """The file's download metadata from this worker's copies or Redis when their stamp is
     still valid (coherence.py), else from ``load()`` (the database), stored for next time.
@@ -147,7 +148,7 @@ def file_meta(file_id: int, load: Callable[[], tuple | None]
         pipe.hincrby(STATS_KEY, "meta_hits", 1)
         return pipe.execute()[0]
 
-    raw = prefetched_or("meta", file_id, fetch)
+    raw = prefetched_or(prefetched, "meta", file_id, fetch)
     if raw is not DOWN:
         found = meta_from_reply(raw, co)
         if found is MISSING:
@@ -227,14 +228,25 @@ def _last_public(file_id: int):
 VERSION_TTL = 24 * 3600
 
 
-def version_snapshot(key: str, load: Callable[[], VersionSnapshot | None]
-                     ) -> VersionSnapshot | None:
+def decode_version(raw: bytes | None) -> VersionSnapshot | None:
+    """The snapshot in a version entry, None when it is absent or unreadable (versions never
+    change: an entry needs no stamp)."""
+    if raw is None:
+        return None
+    try:
+        return _version_from(json.loads(raw))
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+def version_snapshot(key: str, load: Callable[[], VersionSnapshot | None],
+                     prefetched: Prefetched | None = None) -> VersionSnapshot | None:
     """One version's snapshot from Redis (normally prefetched with the file's metadata), else
     from ``load()`` (the database), stored for next time. None when there is no such version
     (not cached)."""
     if not settings().cache_metadata or namespace() is None:
         return load()
-    raw = prefetched_or("version", key, lambda: client().get(key))
+    raw = prefetched_or(prefetched, "version", key, lambda: client().get(key))
     if raw is DOWN:
         return load()
     if raw is not None:

@@ -1,5 +1,5 @@
-"""One round trip (or none) for everything a download reads from the cache, kept for the
-rest of the request in ``flask.g``.
+"""One round trip (or none) for everything a download reads from the cache, handed to the
+lookups that use it (file_meta, user_snapshot, version_snapshot) by the download's reader.
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from collections.abc import Callable
 
 import redis
 import redis.client
-from flask import current_app, g, has_app_context
+from flask import current_app
 
 from ..coherence import coherence
 from ..config import settings
@@ -20,26 +20,38 @@ from .local import LocalCopies, local_copies
 log = logging.getLogger(__name__)
 
 
-PREFETCH = "portal_prefetched"
-
-
 NOT_FETCHED = object()
 
 
 DOWN = object()  # the prefetch found Redis down
 
 
+class Prefetched:
+    """The replies of one prefetch, each handed out once (then the lookup asks Redis), or
+    DOWN for every key when Redis could not answer it."""
+
+    __slots__ = ("down", "replies")
+
+    def __init__(self, replies: dict | None = None, down: bool = False) -> None:
+        self.replies = replies or {}
+        self.down = down
+
+    def take(self, kind: str, key: int | str):
+        """The reply for this key, DOWN, or NOT_FETCHED."""
+        if self.down:
+            return DOWN
+        return self.replies.pop((kind, key if isinstance(key, str) else int(key)), NOT_FETCHED)
+
+
 def prefetch_download(user_id: int | None, file_id: int, *,
-                      version_key: str | None = None) -> None:
+                      version_key: str | None = None) -> Prefetched:
     """Read what a download needs from Redis in one round trip, or in none when this worker
-    holds coherent copies of those keys (LocalCopies): the file's metadata, the signed-in
-    user's snapshot, and for an older version or a signed link the version's snapshot.
-    file_meta, user_snapshot and version_snapshot then use the answers (a download otherwise
-    costs a round trip for each). Nothing is read while the cache cannot be trusted."""
-    if not settings().cache_metadata:
-        return
-    if not coherence(current_app).current():
-        return
+    holds coherent copies of those keys (LocalCopies): the file's metadata, the user's
+    snapshot, and for an older version or a signed link the version's snapshot. The lookups
+    given the result use those answers (a download otherwise costs a round trip for each).
+    Nothing is read while the cache cannot be trusted."""
+    if not settings().cache_metadata or not coherence(current_app).current():
+        return Prefetched()
     keys = [meta_key(file_id)]
     if user_id is not None:
         keys += user_keys(user_id)
@@ -49,15 +61,14 @@ def prefetch_download(user_id: int | None, file_id: int, *,
     if replies is None:
         # Down: the lookups of this request go straight to the database instead of each
         # waiting for its own failure.
-        g.setdefault(PREFETCH, {})["down"] = True
-        return
+        return Prefetched(down=True)
     replies = list(replies)
     found = {("meta", int(file_id)): replies.pop(0)}
     if user_id is not None:
         found[("user", int(user_id))] = replies.pop(0)
     if version_key is not None:
         found[("version", version_key)] = replies.pop(0)
-    g.setdefault(PREFETCH, {}).update(found)
+    return Prefetched(found)
 
 
 def read_keys(copies: LocalCopies | None, r: redis.Redis, keys: list[str]) -> list | None:
@@ -81,21 +92,11 @@ def read_keys(copies: LocalCopies | None, r: redis.Redis, keys: list[str]) -> li
     return replies
 
 
-def prefetched(kind: str, key: int | str):
-    """A reply prefetch_download stored for this request (each is used once), DOWN when it
-    found Redis down, else NOT_FETCHED."""
-    if not has_app_context():
-        return NOT_FETCHED
-    fetched = g.get(PREFETCH, {})
-    if fetched.get("down"):
-        return DOWN
-    return fetched.pop((kind, key if isinstance(key, str) else int(key)), NOT_FETCHED)
-
-
-def prefetched_or(kind: str, key: int | str, fetch: Callable[[], object]):
-    """The reply prefetch_download stored for this request, else ``fetch()`` from Redis
-    now; DOWN when Redis cannot answer."""
-    raw = prefetched(kind, key)
+def prefetched_or(prefetched: Prefetched | None, kind: str, key: int | str,
+                  fetch: Callable[[], object]):
+    """The prefetched reply for this key, else ``fetch()`` from Redis now; DOWN when Redis
+    cannot answer."""
+    raw = NOT_FETCHED if prefetched is None else prefetched.take(kind, key)
     if raw is NOT_FETCHED:
         try:
             raw = fetch()

@@ -16,7 +16,7 @@ from ..coherence import Coherence, coherence
 from ..config import settings
 from .connection import client
 from .keys import user_key
-from .prefetch import DOWN, prefetched_or
+from .prefetch import DOWN, Prefetched, prefetched_or
 
 log = logging.getLogger(__name__)
 
@@ -25,7 +25,8 @@ log = logging.getLogger(__name__)
 USER_TTL = 300
 
 
-def user_snapshot(user_id: int, load: Callable[[], dict | None]) -> dict | None:
+def user_snapshot(user_id: int, load: Callable[[], dict | None],
+                  prefetched: Prefetched | None = None) -> dict | None:
     """What the user loader needs of a user (plain values, no password hash), from this
     worker's copies or Redis when its stamp is still valid (coherence.py), else from
     ``load()`` (the database), stored for next time; None when there is no such user.
@@ -35,7 +36,8 @@ def user_snapshot(user_id: int, load: Callable[[], dict | None]) -> dict | None:
     co = coherence(current_app)
     if not settings().cache_users or not co.current():
         return load()
-    raw = prefetched_or("user", user_id, lambda: client().get(user_key(user_id)))
+    raw = prefetched_or(prefetched, "user", user_id,
+                      lambda: client().get(user_key(user_id)))
     if raw is DOWN:
         return load()
     data = user_from_reply(raw, co)

@@ -7,7 +7,6 @@ from dataclasses import dataclass, field
 from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session, selectinload
 
-from .. import cache
 from ..access import _escape_like, can_read, readable_clause
 from ..models import File, FileVersion, User
 
@@ -107,37 +106,6 @@ def readable_file(session: Session, user: User | None, file_id: int) -> File | N
     if file is None or not can_read(user, file):
         return None
     return file
-
-
-def readable_version(session: Session, user: User | None, file_id: int, *,
-                     number: int | None = None, version_id: int | None = None
-                     ) -> tuple[cache.FileSnapshot, cache.VersionSnapshot | None] | None:
-    """The file and one of its versions as cached snapshots, if the user may read the file;
-    None otherwise. The version is the newest, or the one with this number, or this id (a
-    signed link's); it is None when there is no such version of this file. A hit in the
-    metadata cache costs no SQL."""
-
-    def load():
-        file = session.get(File, file_id)
-        return None if file is None else cache.snapshot(file, file.latest)
-
-    found = cache.file_meta(file_id, load)
-    if found is None or not can_read(user, found[0]):
-        return None
-    file, latest = found
-    if number is None and version_id is None:
-        return file, latest
-    if version_id is not None:
-        key = cache.version_key_by_id(version_id)
-        where = FileVersion.id == version_id
-    else:
-        key = cache.version_key_by_number(file_id, number)
-        where = (FileVersion.file_id == file_id) & (FileVersion.number == number)
-    version = cache.version_snapshot(key, lambda: cache.version_snapshot_of(
-        session.scalars(select(FileVersion).where(where)).one_or_none()))
-    if version is None or version.file_id != file_id:
-        return file, None
-    return file, version
 
 
 def my_download_history(session: Session, user: User, limit: int = 200) -> list[dict]:

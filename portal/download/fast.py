@@ -1,28 +1,24 @@
 """The warm download, answered in front of Flask (a WSGI middleware around the app).
 
-Why by hand: under gunicorn, Flask's request context, its cookie session and Flask-Login's
-user loading took about 40 % of a warm signed-in download's time (py-spy on both workers
-under wrk, bench/run_download_bench.py), more than the download view itself. No library
-offers a cheaper way into that machinery. This path serves ``GET /files/<id>/download``
-(no query string) with the view's own parts -- http.evaluate, views.common_headers,
-views.representation_headers, views.event_row_of, can_read, the analytics journal -- and
-only when every input is already at hand and the answer is the plain one:
+Why: under gunicorn, Flask's request context, its cookie session and Flask-Login's user
+loading took about 40 % of a warm signed-in download's time (py-spy on both workers under
+wrk, bench/run_download_bench.py), more than the download itself. So this door does only
+what must run before Flask -- verify the session cookie with Flask's own serializer and
+resolve the principal by the rule every door applies (auth/users.session_user) -- and then
+asks the same plan as the views (plan.py), through a reader that holds only this worker's
+coherent copies or one round trip to Redis. It answers when the plan is the plain one:
 
-- this worker's coherent copies (cache.LocalCopies), or Redis in one round trip, hold the
-  file's metadata and the user (what only the database has is left to the view);
-- the session cookie verifies with Flask's own serializer (a verified cookie is remembered
-  with its timestamp, so the age limit still applies) and the request would not change it:
-  no remember-me cookie to honour, the session is not permanent, and (only under "strong"
-  session protection) the client is the one that signed in;
-- the session's token is not revoked or expired and the user's session generation matches
-  (portal/auth/tokens.py), all confirmed against the database's change log (coherence.py);
-- the user is active and can_read() allows the file (a public file needs no session);
-- the answer is a 200 or a single-range 206 sent with sendfile from local storage.
+- ``GET /files/<id>/download`` with no query string: a 200 or a single-range 206 sent with
+  sendfile from local storage (SendFile), where the request would not change the session
+  (no remember-me cookie to honour, the session is not permanent, no "strong" session
+  protection, which is Flask-Login's to judge);
+- nginx's grant (``PORTAL_SENDFILE=x-accel``): the same plain plan, for a request nginx
+  would judge exactly as the plan did; nginx then sends the file itself.
 
-Everything else -- what Redis does not hold yet, a refusal, 304 / 412 / 416, HEAD, multi-range,
-``?version=N``, signed links, S3, x-accel, Redis down -- goes to the Flask view, which stays
-the reference: tests/functional/test_fast_downloads.py checks that both answer with the same
-status, headers and bytes. ``PORTAL_FAST_DOWNLOADS=0`` switches this path off.
+Everything else -- what the copies and Redis do not hold, a refusal, 304 / 412 / 416, HEAD,
+multi-range, ``?version=N``, signed links, S3, Redis down -- goes to the Flask view, which
+answers from the same plan: tests/property/test_plan_doors.py checks that both doors answer
+with the same status, headers and bytes. ``PORTAL_FAST_DOWNLOADS=0`` switches this door off.
 """
 
 from __future__ import annotations
@@ -31,31 +27,29 @@ import logging
 import re
 import time
 from functools import lru_cache
-from hashlib import sha512
-from typing import NamedTuple
 
 from itsdangerous import BadSignature
 from werkzeug.http import HTTP_STATUS_CODES, parse_cookie
 
 from .. import cache
-from ..access import can_read
 from ..analytics import recorder as analytics
 from ..auth.tokens import parse_token
-from ..auth.views import SnapshotUser
-from ..cache import FileSnapshot, VersionSnapshot
-from . import http
+from ..auth.users import SnapshotUser, session_user
+from ..config import settings
+from ..storage.base import shard_path
+from . import http, links
 from .body import TrackedFile, can_sendfile
-from .views import common_headers, event_row_of, representation, representation_headers
+from .plan import NotAtHand, Principal, RequestFacts, SendFile, plan
 
 log = logging.getLogger(__name__)
 
 _PATH = re.compile(r"/files/([0-9]{1,9})/download")
 _GRANT_PATH = re.compile(r"/_portal/grant/files/([0-9]{1,9})/download")
+#: A signed link's grant: /_portal/grant/d/<token>[/<name>] (the name is the client's).
+_LINK_GRANT_PATH = re.compile(r"/_portal/grant/d/([A-Za-z0-9_.-]+)(?:/.*)?", re.DOTALL)
 #: Preconditions nginx evaluates again with its own rules: requests with them are not granted.
 _NGINX_JUDGES = ("HTTP_IF_MATCH", "HTTP_IF_NONE_MATCH", "HTTP_IF_MODIFIED_SINCE",
                  "HTTP_IF_UNMODIFIED_SINCE")
-#: One byte range nginx parses as the view does (no spaces, no overflow, lower-case unit).
-_PLAIN_RANGE = re.compile(r"bytes=(?:[0-9]{1,15}-[0-9]{0,15}|-[0-9]{1,15})")
 
 #: The internal location of deploy/nginx.conf that sends granted objects.
 GRANT_OBJECTS = "/_portal/objects"
@@ -123,9 +117,11 @@ class FastDownloads:
                     answer = self.answer(environ, int(match.group(1)))
                 elif (match := _GRANT_PATH.fullmatch(path)) is not None:
                     answer = self.grant(environ, int(match.group(1)))
+                elif (match := _LINK_GRANT_PATH.fullmatch(path)) is not None:
+                    answer = self.grant(environ, None, link_token=match.group(1))
             except Exception:  # never worse than the view: it answers instead
                 log.exception("fast download path failed; the view answers")
-                answer = self.refer() if _GRANT_PATH.fullmatch(path) else None
+                answer = self.refer() if path.startswith("/_portal/grant/") else None
             if answer is not None:
                 status, headers, body = answer
                 start_response(status, headers)
@@ -134,35 +130,26 @@ class FastDownloads:
 
     def answer(self, environ: dict, file_id: int):
         """(status, headers, body) for a warm download, or None for the view to answer."""
-        app = self.app
-        if (app.config["SENDFILE"] != "direct" or environ.get("QUERY_STRING")
+        if (settings(self.app).sendfile != "direct" or environ.get("QUERY_STRING")
                 or not can_sendfile(environ)):
             return None
-        warm = self.authorise(environ, file_id)
-        if warm is None:
+        planned = self.plan(environ, file_id, zero_copy=True)
+        if planned is None or not isinstance(planned.delivery, SendFile):
             return None
-        decision = warm.decision
-        if decision.status == 200:
-            start, stop = 0, warm.version.size
-        elif decision.status == 206 and len(decision.ranges) == 1:
-            start, stop = decision.ranges[0]
-        else:
-            return None
-        headers = common_headers(decision, public=warm.file.access == "public")
-        headers += representation_headers(warm.version, full=decision.status == 200)
-        # What the view's Response adds: the type, and Vary because the session was read.
-        headers += [("Content-Type", warm.version.mime_type), ("Vary", "Cookie")]
+        delivery = planned.delivery
         try:
-            tracked = TrackedFile(warm.path, start, stop - start, None)
+            tracked = TrackedFile(delivery.path, delivery.start,
+                                  delivery.stop - delivery.start, None)
         except OSError:
             return None  # the view logs it and answers 503
-        row = event_row_of(warm.version, warm.user_id, None, decision, environ)
-        tracked.on_close = analytics.open_event(app, row)
+        tracked.on_close = analytics.open_event(self.app, analytics.event_row(**planned.event))
         self.served += 1
-        status = f"{decision.status} {HTTP_STATUS_CODES[decision.status].upper()}"
-        return status, headers, environ["wsgi.file_wrapper"](tracked, 1024 * 1024)
+        # What Flask adds to the view's response: Vary, because the session was read.
+        headers = [*planned.headers, ("Vary", "Cookie")]
+        return _status_line(planned.status), headers, environ["wsgi.file_wrapper"](
+            tracked, 1024 * 1024)
 
-    def grant(self, environ: dict, file_id: int):
+    def grant(self, environ: dict, file_id: int | None, *, link_token: str | None = None):
         """nginx's cached authorisation (PORTAL_SENDFILE=x-accel, deploy/nginx.conf): 200 with
         what nginx needs to send the file itself -- the object's internal URI, the headers
         the view would send, and for its log who downloaded which version -- or 403 when the
@@ -171,46 +158,54 @@ class FastDownloads:
         nginx repeats the client's method, cookies, User-Agent, Range and conditional
         headers here (X-Original-Method), keeps a 200 for NGINX_GRANT_SECONDS per all of
         those (X-Accel-Expires), and answers the client with its own static handler. So a
-        grant is given only where nginx's answer is exactly the view's: a GET without the
-        conditional headers nginx would judge on its own (If-Match, If-None-Match,
-        If-Modified-Since, If-Unmodified-Since), with no Range or one plain byte range that
-        the view serves as a 206, an If-Range that is absent or an entity tag (nginx
-        compares it with the same ETag), and a media type nginx can be told
+        grant is given only where nginx's answer is exactly the plan's: a GET without the
+        conditional headers nginx would judge on its own, with no Range or one plain byte
+        range that the plan serves as a 206, an If-Range that is absent or an entity tag
+        (nginx compares it with the same ETag), and a media type nginx can be told
         (GRANT_EXTENSIONS). The rest goes to the view, which sends it with X-Accel-Redirect.
+
+        Signed links (``/d/<token>``, what download managers are given) are granted by the
+        same rules; the grant then names the link, so nginx's log line records it as one.
         """
-        app = self.app
-        if app.config["SENDFILE"] != "x-accel":
+        config = settings(self.app)
+        if config.sendfile != "x-accel":
             return None  # no such route in direct mode: the view's 404
         refuse = self.refer()
-        if (not app.config.get("ANALYTICS_NGINX_LOG")  # nginx's downloads would go unrecorded
+        if (not config.analytics_nginx_log  # nginx's downloads would go unrecorded
                 or environ.get("QUERY_STRING")  # ?version=N
                 or environ.get("HTTP_X_ORIGINAL_METHOD") != "GET"
                 or any(name in environ for name in _NGINX_JUDGES)):
             return refuse
         spec = environ.get("HTTP_RANGE")
-        if spec is not None and _PLAIN_RANGE.fullmatch(spec) is None:
+        if spec is not None and not http.is_plain_byte_range(spec):
             return refuse
         if_range = environ.get("HTTP_IF_RANGE")
         if if_range is not None and not if_range.startswith('"'):
             return refuse
-        warm = self.authorise(environ, file_id)
-        if warm is None:
+        link = None
+        if link_token is not None:
+            try:
+                link = links.verify_signature(self.app.config["SECRET_KEY"],
+                                              config.link_ttl_seconds, link_token)
+            except links.LinkError:
+                return refuse
+            file_id = link.file_id
+        # Planned as the direct door would send it: nginx's own rules are judged here.
+        planned = self.plan(environ, file_id, method="GET", direct=True, link=link)
+        if planned is None or not isinstance(planned.delivery, SendFile):
             return refuse
-        decision, version = warm.decision, warm.version
+        version = planned.version
         # nginx sends the whole file for no Range or an If-Range other than its (the
-        # portal's) ETag, else the range: the portal must have decided the same.
-        whole = spec is None or (if_range is not None and if_range != f'"{warm.rep.etag}"')
-        if decision.status != (200 if whole else 206):
-            return refuse
+        # portal's) ETag, else the range: the plan must have decided the same.
+        etag = f'"{http.strong_etag(version.sha256)}"'
+        whole = spec is None or (if_range is not None and if_range != etag)
         extension = GRANT_EXTENSIONS.get(version.mime_type)
-        if extension is None:
+        if planned.decision.status != (200 if whole else 206) or extension is None:
             return refuse
-        key = version.storage_key
-        fields = dict(common_headers(decision, public=warm.file.access == "public"))
-        fields.update(representation_headers(version, full=decision.status == 200))
-        user = "-" if warm.user_id is None else str(warm.user_id)
+        fields = dict(planned.headers)
+        user = "-" if planned.event["user_id"] is None else str(planned.event["user_id"])
         headers = [
-            ("X-Portal-Object", f"{GRANT_OBJECTS}/{key[:2]}/{key[2:4]}/{key}.{extension}"),
+            ("X-Portal-Object", f"{GRANT_OBJECTS}/{shard_path(version.storage_key)}.{extension}"),
             ("X-Portal-ETag", fields["ETag"]),
             ("X-Portal-Last-Modified", fields["Last-Modified"]),
             ("X-Portal-Cache-Control", fields["Cache-Control"]),
@@ -218,9 +213,10 @@ class FastDownloads:
             ("X-Portal-CSP", fields.get("Content-Security-Policy", "")),
             ("X-Portal-Digest", fields.get("Repr-Digest", "")),
             # nginx adds Accept-Ranges to a 200 itself, not to a 206 (the view's 206 has it)
-            ("X-Portal-Accept-Ranges", "bytes" if decision.status == 206 else ""),
-            ("X-Portal-Grant", f"{user} {version.file_id} {version.id} {version.size}"),
-            ("X-Accel-Expires", str(int(app.config["NGINX_GRANT_SECONDS"]))),
+            ("X-Portal-Accept-Ranges", "bytes" if planned.status == 206 else ""),
+            ("X-Portal-Grant", f"{user} {version.file_id} {version.id} {version.size}"
+                               + ("" if link is None else f" {planned.event['link_id']}")),
+            ("X-Accel-Expires", str(config.nginx_grant_seconds)),
             ("Content-Length", "0"),
         ]
         return "200 OK", headers, [b""]
@@ -233,60 +229,64 @@ class FastDownloads:
         leave the expired grant in place, and nginx answers the requests that arrive while
         each refresh is under way from it: proxy_cache_use_stale updating.) So a refusal
         must be rare where a grant is due: what the worker's copies lack comes from Redis
-        (authorise), only a cold Redis leaves a request to the view for that second."""
-        seconds = str(int(self.app.config["NGINX_GRANT_SECONDS"]))
+        (WarmReader), only a cold Redis leaves a request to the view for that second."""
+        seconds = str(settings(self.app).nginx_grant_seconds)
         return "403 FORBIDDEN", [("X-Accel-Expires", seconds), ("Content-Length", "0")], [b""]
 
-    def authorise(self, environ: dict, file_id: int) -> _Warm | None:
-        """The newest version of the file, the user and the evaluated request, when all of it
-        comes from this worker's copies and the answer would be the view's 200 / 206 of a
-        local file; None when the view must answer (see the module's docstring)."""
+    def plan(self, environ: dict, file_id: int, *, method: str | None = None,
+             zero_copy: bool = False, direct: bool = False, link=None):
+        """The download plan from this worker's copies (or one round trip to Redis), None
+        when the view must decide (see the module's docstring). ``link``: a signed link's
+        verified claims stand for the principal instead of the session."""
         app = self.app
-        config = app.config
+        config = settings(app)
         copies = app.extensions.get("portal_local_copies")
-        if (copies is None or not config["FAST_DOWNLOADS"] or config["CACHE_HOT_LOCAL"]
-                or not config["CACHE_USERS"]
-                or config.get("REMEMBER_COOKIE_REFRESH_EACH_REQUEST")):
+        if (copies is None or not config.fast_downloads or config.cache_hot_local
+                or not config.cache_users or config.remember_cookie_refresh_each_request):
             return None
         co = app.extensions["portal_coherence"]
-        session = self.session(environ)
-        if session is None or not co.current():
+        if not co.current():
             return None  # the view decides from the database
-        token = None
-        keys = [cache.meta_key(file_id, co.prefix)]
-        if session.get("_user_id") is not None:
-            token = parse_token(session["_user_id"])
-            if (token is None or token.expired(config["SESSION_LIFETIME_SECONDS"])
-                    or co.revoked(token.nonce)):
+        raw = None
+        if link is None:
+            session = self.session(environ)
+            if session is None:
                 return None
-            keys += cache.user_keys(token.user_id, co.prefix)
-        replies = cache.read_keys(copies, app.extensions["portal_redis"], keys)
+            raw = session.get("_user_id")
+            user_id = None if raw is None else cache_token(raw)
+            if raw is not None and user_id is None:
+                return None
+        elif co.revoked(link.nonce):
+            return None
+        else:
+            user_id = link.user_id
+        keys = {"meta": cache.meta_key(file_id, co.prefix)}
+        if user_id is not None:
+            keys["user"] = cache.user_key(user_id, co.prefix)
+        if link is not None:
+            keys["version"] = cache.version_key_by_id(link.version_id, co.prefix)
+        replies = cache.read_keys(copies, app.extensions["portal_redis"], list(keys.values()))
         if replies is None:
             return None
-        found = self._decode(keys[0], replies[:1], _meta)
-        # judged on every use: the change log may have moved since it was decoded
-        if found is None or not co.valid(f"file:{file_id}", found[3]):
+        reader = WarmReader(self, co, dict(zip(keys, zip(keys.values(), replies, strict=True),
+                                               strict=True)),
+                            app.extensions["portal_storage"])
+        facts = RequestFacts.from_environ(environ, method=method, zero_copy=zero_copy or direct)
+        try:
+            if link is not None:
+                principal = Principal(link=link)
+            elif raw is None:
+                principal = Principal()
+            else:
+                principal = Principal(session_user(
+                    raw, reader.user, lifetime=config.session_lifetime_seconds,
+                    revoked=co.revoked))
+                if principal.user is None:
+                    return None  # the view decides (and Flask-Login, should it sign out)
+            return plan(facts, principal, reader, config, file_id,
+                        sendfile="direct" if direct else None)
+        except NotAtHand:
             return None
-        file, version, rep, _ = found
-        if file.access == "public":
-            cache.remember_public(app, file_id, (file, version))
-        user = None
-        if token is not None:
-            held = self._decode(keys[1], replies[1:], _user)
-            if (held is None or not co.valid(f"user:{token.user_id}", held[1])
-                    or not held[0].is_active or held[0].session_gen != token.generation):
-                return None
-            user = held[0]
-        if version is None or not can_read(user, file):
-            return None
-        path = app.extensions["portal_storage"].local_path(version.storage_key)
-        if path is None:
-            return None
-        decision = http.evaluate("GET", _Fields(environ), rep,
-                                 max_ranges=config.get("MAX_RANGES", 64))
-        if decision.status not in (200, 206):
-            return None
-        return _Warm(file, version, rep, None if user is None else user.id, decision, path)
 
     def session(self, environ: dict) -> dict | None:
         """The session Flask would open for this request, if handling it would not change
@@ -298,16 +298,13 @@ class FastDownloads:
         if data is None:
             return None
         # Flask-Login's session protection (extensions.PortalLoginManager): "basic" is not
-        # applied to downloads; "strong" ends a session that another client presents.
-        mode = app.config.get("SESSION_PROTECTION", app.login_manager.session_protection)
-        if mode == "strong" and data and data.get("_id") != _identifier(
-                environ.get("HTTP_X_FORWARDED_FOR"), environ.get("REMOTE_ADDR"),
-                environ.get("HTTP_USER_AGENT")):
+        # applied to downloads; "strong" is Flask-Login's to judge, in the view.
+        config = settings(app)
+        if config.session_protection == "strong" and data:
             return None
         if not data.get("_user_id"):
             # Flask-Login would try the remember-me cookie (and write the session)
-            remember = app.config.get("REMEMBER_COOKIE_NAME", "remember_token")
-            return None if remember in cookies else data
+            return None if config.remember_cookie_name in cookies else data
         if "_remember" in data or data.get("_permanent"):
             return None  # Flask or Flask-Login would set a cookie
         return data
@@ -332,52 +329,77 @@ class FastDownloads:
             held = self._sessions[raw] = (data, signed_at.timestamp())
         return held[0]
 
-    def _decode(self, key: str, raws: list, decode):
-        """``decode(raws)``, remembered while the local copies hand out the same values."""
+    def decoded(self, key: str, raw, decode):
+        """``decode(raw)``, remembered while the local copies hand out the same value."""
         held = self._decoded.get(key)
-        if held is not None and len(held[0]) == len(raws) and all(
-                a is b for a, b in zip(held[0], raws, strict=True)):
+        if held is not None and held[0] is raw:
             return held[1]
-        value = decode(raws)
+        value = decode(raw)
         if len(self._decoded) >= _MEMO_LIMIT:
             self._decoded.clear()
-        self._decoded[key] = (tuple(raws), value)
+        self._decoded[key] = (raw, value)
         return value
 
 
-class _Warm(NamedTuple):
-    """What authorise found: everything a 200 or 206 of a local file needs."""
+class WarmReader:
+    """plan.Reader over what one read of the worker's copies (or Redis) returned, as
+    ``{"meta" | "user" | "version": (key, raw)}``: anything else is NotAtHand, and the view
+    answers."""
 
-    file: FileSnapshot
-    version: VersionSnapshot
-    rep: http.Representation
-    user_id: int | None
-    decision: http.Decision
-    path: str
+    presigns = False
+
+    def __init__(self, door: FastDownloads, co, replies: dict, storage) -> None:
+        self.door, self.co, self.replies, self.storage = door, co, replies, storage
+
+    def _decoded(self, kind: str, decode):
+        if kind not in self.replies:
+            raise NotAtHand
+        key, raw = self.replies[kind]
+        return self.door.decoded(key, raw, decode)
+
+    def newest(self, file_id: int):
+        """The file and its newest version, if the entry is still valid (judged on every
+        use: the change log may have moved since it was decoded)."""
+        entry = self._decoded("meta", cache.decode_meta)
+        if (entry is None or entry[2] is cache.MISSING
+                or not self.co.valid(f"file:{file_id}", entry[1])):
+            raise NotAtHand
+        found = entry[2]
+        if found[0].access == "public":
+            cache.remember_public(self.door.app, file_id, found)
+        return found
+
+    def version(self, file_id: int, *, number=None, version_id=None):
+        """A signed link's version (versions never change); ``?version=N`` is the view's."""
+        if version_id is None:
+            raise NotAtHand
+        version = self._decoded("version", cache.decode_version)
+        if version is None or version.id != version_id:
+            raise NotAtHand
+        return version
+
+    def user(self, user_id: int):
+        """The active user, if the entry is still valid."""
+        held = self._decoded("user", _snapshot_user)
+        if held is None or not self.co.valid(f"user:{user_id}", held[1]):
+            raise NotAtHand
+        user = held[0]
+        return user if user.id == user_id and user.is_active else None
+
+    def local_path(self, storage_key: str) -> str | None:
+        """The object's local file."""
+        return self.storage.local_path(storage_key)
 
 
-class _Fields:
-    """The request's header fields for http.evaluate, read straight from the environ."""
-
-    __slots__ = ("environ",)
-
-    def __init__(self, environ: dict) -> None:
-        self.environ = environ
+def cache_token(raw: str) -> int | None:
+    """The user id of a session token, for the cache keys (the token is judged later)."""
+    token = parse_token(raw)
+    return None if token is None else token.user_id
 
 
-def _meta(raws: list):
-    """(file, newest version, its representation, stamp) of a metadata entry, None when it
-    is absent, unreadable or a cached absence (the view answers those)."""
-    entry = cache.decode_meta(raws[0])
-    if entry is None or entry[2] is cache.MISSING:
-        return None
-    _, stamp, (file, version) = entry
-    return file, version, representation(version) if version is not None else None, stamp
-
-
-def _user(raws: list) -> tuple[SnapshotUser, object] | None:
+def _snapshot_user(raw) -> tuple[SnapshotUser, object] | None:
     """(user, stamp) of a user entry, None when it is absent or unreadable."""
-    entry = cache.decode_user(raws[0])
+    entry = cache.decode_user(raw)
     if entry is None:
         return None
     try:
@@ -386,20 +408,12 @@ def _user(raws: list) -> tuple[SnapshotUser, object] | None:
         return None
 
 
+def _status_line(status: int) -> str:
+    return f"{status} {HTTP_STATUS_CODES[status].upper()}"
+
+
 @lru_cache(maxsize=1024)
 def _cookies(header: str) -> dict[str, str]:
     """The first value of each cookie, as Flask's request.cookies.get gives it."""
     parsed = parse_cookie(header)
     return {name: parsed.get(name) for name in parsed}
-
-
-@lru_cache(maxsize=4096)
-def _identifier(forwarded: str | None, remote_addr: str | None, user_agent: str | None) -> str:
-    """Flask-Login's session identifier (utils._create_identifier) for these request values:
-    the SHA-512 of the first X-Forwarded-For address (else the peer) and the User-Agent,
-    each formatted as Python bytes. tests/unit/test_fast_identifier.py compares the two."""
-    address = forwarded if forwarded is not None else remote_addr
-    if address is not None:
-        address = address.encode("utf-8").split(b",")[0].strip()
-    agent = user_agent.encode("utf-8") if user_agent is not None else None
-    return sha512(f"{address}|{agent}".encode()).hexdigest()

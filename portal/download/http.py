@@ -46,7 +46,10 @@ __all__ = [
     "Representation",
     "content_disposition",
     "evaluate",
+    "field",
     "is_active_content",
+    "is_plain_byte_range",
+    "is_single_byte_range",
     "iter_multipart",
     "multipart_plan",
     "new_boundary",
@@ -203,6 +206,13 @@ def _field_values(headers: Mapping[str, str], name: str) -> list[str]:
         lname = name.lower()
         values = [v for k, v in headers.items() if isinstance(k, str) and k.lower() == lname]
     return [v for v in values if isinstance(v, str)]
+
+
+def field(headers: Mapping[str, str], name: str) -> str | None:
+    """A field's value as one string (repeated lines joined with ", "), None when absent:
+    what the download plan asks of a request's headers outside evaluate."""
+    values = _field_values(headers, name)
+    return ", ".join(values) if values else None
 
 
 def _singleton_field(headers: Mapping[str, str], name: str) -> str | None:
@@ -479,6 +489,30 @@ def _coalesce(spans: list[tuple[int, int]]) -> tuple[tuple[tuple[int, int], ...]
         else:
             merged.append([start, stop])
     return tuple((a, b) for a, b in merged), overlapping
+
+
+#: One byte range in the plainest form: lower-case unit, no spaces, at most 15 digits a
+#: position. nginx (grants) and S3 (redirects) parse those exactly as select_ranges does.
+_PLAIN_RANGE = re.compile(r"bytes=(?:[0-9]{1,15}-[0-9]{0,15}|-[0-9]{1,15})")
+
+
+def is_plain_byte_range(value: str) -> bool:
+    """True for ``bytes=A-``, ``bytes=A-B`` or ``bytes=-N`` written plainly (see above)."""
+    return _PLAIN_RANGE.fullmatch(value) is not None
+
+
+def is_single_byte_range(value: str) -> bool:
+    """True for one range ``bytes=A-``, ``bytes=A-B`` or ``bytes=-N`` in ASCII digits, with
+    the spaces and unit case select_ranges also accepts (what S3 takes as one range)."""
+    unit, _, spec = value.strip().partition("=")
+    first, dash, last = spec.strip().partition("-")
+    if unit.strip().lower() != "bytes" or not dash:
+        return False
+
+    def digits(text: str) -> bool:
+        return text.isascii() and text.isdigit()
+
+    return (digits(first) and (last == "" or digits(last))) or (first == "" and digits(last))
 
 
 def select_ranges(value: str, size: int, *, max_ranges: int = 64) -> RangeSelection:

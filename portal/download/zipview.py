@@ -12,20 +12,22 @@ import logging
 from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 
-from flask import Response, abort, current_app, request
+from flask import Response, abort, request
 from flask_login import current_user
 from sqlalchemy import select
 from sqlalchemy.orm import Session, selectinload
 
 from ..access import can_read
 from ..catalog.views import refuse
+from ..config import settings
 from ..extensions import db
 from ..models import File, User
 from ..security import parse_id
 from ..storage import Storage, StorageError, get_storage
 from . import bp, http, zipplan
 from .body import CountedBody
-from .views import bodiless_response, common_headers
+from .plan import answer_headers
+from .respond import bodiless
 
 log = logging.getLogger(__name__)
 
@@ -113,12 +115,11 @@ def zip_download():
     last_modified = max(v.created_at for v in versions).astimezone(UTC).replace(microsecond=0)
     rep = http.Representation(size=plan.size, etag=plan.etag, last_modified=last_modified,
                               content_type="application/zip")
-    decision = http.evaluate(request.method, request.headers, rep,
-                             max_ranges=current_app.config.get("MAX_RANGES", 64))
-    headers = common_headers(decision, public=all(f.access == "public" for f in files))
-    early = bodiless_response(decision, headers)
+    decision, headers, early = answer_headers(
+        request.method, request.headers, rep, public=all(f.access == "public" for f in files),
+        max_ranges=settings().max_ranges)
     if early is not None:
-        return early
+        return bodiless(decision.status, headers, early)
 
     headers.append(("Content-Disposition",
                     http.content_disposition(archive_filename(files, last_modified))))

@@ -15,48 +15,14 @@ from __future__ import annotations
 import time
 
 import pytest
-from flask.testing import FlaskClient
-from flask_login.utils import _create_identifier
 
 from portal import cache
 from portal.analytics.recorder import recorder
-from portal.download.fast import _identifier
 from portal.extensions import db
 from portal.models import DownloadEvent, File, User
-from tests.helpers import add_file, csrf_from, wait_until
+from tests.helpers import add_file, csrf_from, fetch, signed_in, wait_until, warm
 
 DATA = bytes(range(256)) * 256  # 64 KiB
-
-
-class Sendfile:
-    """Stands in for gunicorn's wsgi.file_wrapper (portal.download.body.can_sendfile looks
-    at the module): ``length`` bytes from the file's position, then close."""
-
-    __module__ = "gunicorn.http.wsgi"
-
-    def __init__(self, filelike, blksize: int = 8192) -> None:
-        self.filelike = filelike
-        self.blksize = blksize
-
-    def __iter__(self):
-        left = self.filelike.length
-        while left:
-            chunk = self.filelike.read(min(left, self.blksize))
-            if not chunk:
-                return
-            left -= len(chunk)
-            yield chunk
-
-    def close(self) -> None:
-        self.filelike.close()
-
-
-class Client(FlaskClient):
-    """Reads each body whole and closes it (the stand-in's file with it)."""
-
-    def open(self, *args, **kwargs):
-        kwargs.setdefault("buffered", True)
-        return super().open(*args, **kwargs)
 
 
 @pytest.fixture
@@ -68,39 +34,6 @@ def config(config):
 @pytest.fixture
 def view(make_app):
     return make_app(FAST_DOWNLOADS=False)
-
-
-def signed_in(app, username: str | None):
-    """A test client with the stand-in sendfile, signed in as ``username`` (None: anonymous)."""
-    client = Client(app, app.response_class, use_cookies=True)
-    client.environ_base.update({"wsgi.file_wrapper": Sendfile, "REMOTE_ADDR": "10.1.2.3",
-                                "HTTP_USER_AGENT": "aria2/1.36.0"})
-    if username is not None:
-        token = csrf_from(client.get("/login").get_data(as_text=True))
-        resp = client.post("/login", data={"username": username, "password": "password123",
-                                           "csrf_token": token})
-        assert resp.status_code == 302
-    return client
-
-
-def fetch(client, url: str, headers: dict | None = None, method: str = "GET"):
-    resp = client.open(url, method=method, headers=headers or {})
-    body = resp.get_data()
-    headers = [(k, v) for k, v in resp.headers.items() if k != "Set-Cookie"]
-    ctype = resp.headers.get("Content-Type", "")
-    if ctype.startswith("multipart/byteranges"):  # a random boundary on each side
-        boundary = ctype.split("boundary=")[1]
-        body = body.replace(boundary.encode(), b"B")
-        headers = [(k, "multipart/byteranges; boundary=B" if k == "Content-Type" else v)
-                   for k, v in headers]
-    return resp.status_code, headers, body
-
-
-def warm(app, client, url: str) -> None:
-    copies = app.extensions["portal_local_copies"]
-    client.get(url)  # starts this app's listener
-    wait_until(lambda: copies.ready)
-    client.get(url)  # stores the copies
 
 
 @pytest.fixture
@@ -275,23 +208,6 @@ def test_forged_session_cookie_is_refused(app, world):
     before = fast_count(app)
     assert client.get(url).status_code == 302
     assert fast_count(app) == before
-
-
-@pytest.mark.parametrize(("forwarded", "addr", "agent"), [
-    (None, "10.0.0.1", "Mozilla/5.0"),
-    ("203.0.113.9, 10.0.0.1", "10.0.0.1", "aria2/1.36.0"),
-    (None, "10.0.0.1", None),
-    (None, None, "Wget/1.21"),
-    (None, "::1", "下载器/1.0".encode().decode("latin-1")),  # as a WSGI server passes bytes
-])
-def test_session_identifier_is_flask_logins(app, forwarded, addr, agent):
-    environ = {}
-    if forwarded is not None:
-        environ["HTTP_X_FORWARDED_FOR"] = forwarded
-    if agent is not None:
-        environ["HTTP_USER_AGENT"] = agent
-    with app.test_request_context("/", environ_base={"REMOTE_ADDR": addr, **environ}):
-        assert _identifier(forwarded, addr, agent) == _create_identifier()
 
 
 def test_a_download_manager_reusing_the_session_gets_no_cookie(app, world):

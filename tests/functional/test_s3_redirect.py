@@ -41,7 +41,8 @@ from werkzeug.serving import make_server
 from portal import ConfigError, create_app
 from portal.analytics.recorder import recorder
 from portal.download import http
-from portal.download.views import _s3_agrees, _single_byte_range
+from portal.download.http import is_single_byte_range as _single_byte_range
+from portal.download.plan import RequestFacts, s3_agrees
 from portal.extensions import db
 from portal.files import add_version
 from portal.models import DownloadEvent
@@ -406,7 +407,7 @@ def _decision(status: int, ranges=()) -> http.Decision:
     ({"If-Unmodified-Since": "Sat, 01 Jan 2050 00:00:00 GMT"}, 200, (), False),
 ])
 def test_s3_agrees(headers, status, ranges, agrees):
-    assert _s3_agrees(_decision(status, ranges), headers) is agrees
+    assert s3_agrees(_decision(status, ranges), RequestFacts("GET", headers)) is agrees
 
 
 def test_x_accel_events_are_still_nginx(config, tmp_path):
