@@ -594,6 +594,15 @@ class Browser:
         assert status == 201, body[:300]
         return json.loads(body)
 
+    def revoke_link(self, url: str) -> dict:
+        """POST /api/links/revoke {"url": ...} with X-CSRFToken."""
+        status, body = self._open("/api/links/revoke", data=json.dumps({"url": url}).encode(),
+                                  headers={"X-CSRFToken": self.csrf,
+                                           "Content-Type": "application/json"},
+                                  method="POST")
+        assert status == 200, body[:300]
+        return json.loads(body)
+
 
 # ---------------------------------------------------------------------------
 # Fixtures (re-exported by tests/functional/conftest.py)

@@ -35,9 +35,10 @@ def granted_row(line: nginxlog.Granted) -> dict:
         if selection.outcome is RangeOutcome.SATISFIABLE:
             served = list(selection.ranges)
     row = event_row(file_id=line.file_id, version_id=line.version_id, size=line.size,
-                    user_id=line.user_id, via_link=False, method="GET", status=line.status,
-                    range_header=line.range_header, served=served, client_ip=line.client_ip,
-                    user_agent=line.user_agent, referrer=line.referrer, link_id=None)
+                    user_id=line.user_id, via_link=line.link_id is not None, method="GET",
+                    status=line.status, range_header=line.range_header, served=served,
+                    client_ip=line.client_ip, user_agent=line.user_agent,
+                    referrer=line.referrer, link_id=line.link_id)
     row.update(event_key=line.request_id, served_from="nginx", bytes_sent=line.bytes_sent,
                started_at=line.ended_at - timedelta(seconds=line.seconds),
                ended_at=line.ended_at)

@@ -61,6 +61,7 @@ class Granted(NamedTuple):
     client_ip: str
     user_agent: str
     referrer: str
+    link_id: str | None = None  # the signed link's, when the grant was for one
 
 
 def _hex_key(value: object) -> bool:
@@ -106,8 +107,10 @@ def _from_fields(data: object) -> Sent | Granted | None:
 
 
 def _granted(data: dict) -> Granted | None:
-    user, file_id, version_id, size = data["grant"].split()
-    if not _hex_key(data["id"]) or not (user == "-" or user.isdigit()):
+    user, file_id, version_id, size, *link = data["grant"].split()
+    if not _hex_key(data["id"]) or not (user == "-" or user.isdigit()) or len(link) > 1:
+        return None
+    if link and not (len(link[0]) <= 32 and link[0].isalnum()):
         return None
     # nginx writes an absent field as "" (or "-")
     texts = [str(value) if value and value != "-" else ""
@@ -116,7 +119,7 @@ def _granted(data: dict) -> Granted | None:
     return Granted(
         data["id"], None if user == "-" else int(user), int(file_id), int(version_id),
         int(size), int(data["status"]), int(data["bytes"]), _time(data["time"]),
-        float(data["seconds"]), *texts)
+        float(data["seconds"]), *texts, link[0] if link else None)
 
 
 def _read_from(path: Path, offset: int, limit: int) -> tuple[list[bytes], int, bool]:

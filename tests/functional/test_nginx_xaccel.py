@@ -221,7 +221,7 @@ def test_aborted_download_counts_what_nginx_sent(site):
 def portal_requests(site, since: int) -> tuple[int, int]:
     """(grant requests, download requests) in the backend's access log after ``since``."""
     text = site.backend_log.read_text(errors="replace")[since:]
-    return text.count('"GET /_portal/grant/'), text.count('"GET /files/')
+    return text.count('"GET /_portal/grant/'), text.count('"GET /files/') + text.count('"GET /d/')
 
 
 def granted(site, path: str, headers: dict, expect: int, timeout: float = 10):
@@ -320,6 +320,40 @@ def test_grants_follow_the_access_rule_within_a_second(site):
     [event] = [e for e in site.instance.wait_events(file_id=file_id)
                if e["served_from"] == "nginx" and e["status"] == 200][:1]
     assert event["user_id"] is not None and event["bytes_sent"] == len(notes)
+
+
+def test_signed_links_are_granted_too(site):
+    """A download manager's signed link (/d/<token>/<name>) is sent by nginx on a grant as
+    well, recorded as a link download, and stops within the grant's second once revoked."""
+    browser = Browser(site.nginx).login("alice")
+    link = browser.mint_link(site.secret_id)
+    path = urllib.parse.urlsplit(link["url"]).path
+    agent = tag("link-grant")
+    mark = granted(site, path, {"User-Agent": agent}, 200)
+    for extra, want in (({}, (200, site.secret)),
+                        ({"Range": "bytes=100-199"}, (206, site.secret[100:200])),
+                        ({"Range": "bytes=-10", "If-Range": '"x"'}, (200, site.secret))):
+        wanted = {"User-Agent": agent, **extra}
+        d_status, d_headers, d_body = request(site.direct, "GET", path, wanted)
+        status, headers, body = request(site.nginx, "GET", path, wanted)
+        assert (status, body) == (d_status, d_body) == want
+        assert_same_headers(d_headers, headers)
+    assert portal_requests(site, mark)[1] == 0  # nginx alone sent them
+
+    events = [e for e in site.instance.wait_events(count=4, user_agent=agent)
+              if e["served_from"] == "nginx"]
+    assert events and all(e["via_link"] and e["link_id"] and e["user_id"] is not None
+                          for e in events)
+
+    browser.revoke_link(link["url"])
+    revoked = time.monotonic()
+    deadline = revoked + 5
+    while request(site.nginx, "GET", path, {"User-Agent": agent})[0] != 403:
+        assert time.monotonic() < deadline, "nginx kept sending a revoked link"
+        time.sleep(0.05)
+    assert time.monotonic() - revoked < 2.5  # the grant's second, its refresh, coherence
+    status, _, body = request(site.nginx, "GET", path, {"User-Agent": agent})
+    assert status == 403 and site.secret not in body
 
 
 def test_importer_follows_the_log_until_stopped(site, tmp_path):

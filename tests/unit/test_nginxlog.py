@@ -114,3 +114,15 @@ def test_granted_row_counts_the_range_nginx_sent():
     assert row["ua_class"] == "manager" and row["method"] == "GET"
     full = granted_row(nginxlog.parse(grant_line(status=200, range="", bytes=65536)))
     assert (full["served_ranges"], full["status"]) == ("0-65535", 200)
+    assert (row["via_link"], row["link_id"]) == (False, None)
+
+
+def test_a_grant_for_a_signed_link_names_it():
+    from portal.analytics.nginximport import granted_row
+
+    granted = nginxlog.parse(grant_line(grant="7 3 12 65536 0a1b2c3d4e5f6789"))
+    assert granted.link_id == "0a1b2c3d4e5f6789"
+    row = granted_row(granted)
+    assert (row["via_link"], row["link_id"], row["user_id"]) == (True, "0a1b2c3d4e5f6789", 7)
+    for bad in ("7 3 12 65536 a b", "7 3 12 65536 not-alnum!", "7 3 12 65536 " + "a" * 33):
+        assert nginxlog.parse(grant_line(grant=bad)) is None, bad
