@@ -63,8 +63,8 @@ def trust_proxies(app: Flask) -> None:
     client's own Host through untouched, so an X-Forwarded-Host (or -Port, -Prefix) reaching
     the portal can only come from the client and must not be believed (it would choose the
     host of the signed links the portal hands out). ProxyFix keeps the X-Forwarded-For header
-    as it came, so Flask-Login's session identifier (and its copy in download/fast.py),
-    which reads that header, is computed from the same value as without it.
+    as it came, so Flask-Login's session identifier, which reads that header, is computed
+    from the same value as without it.
     """
     proxies = settings(app).trusted_proxies
     if proxies:

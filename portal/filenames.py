@@ -5,7 +5,7 @@ description arrives with an upload. Whatever the door, the same characters are t
 C0/C1 controls, and invisible characters that reorder or hide text ("\\u202egnp.exe" displays
 as "exe.png"). :func:`clean_filename` removes them from a name; :func:`has_hidden_characters`
 says whether a text carries any, for fields that are refused rather than cleaned. No Flask, no
-HTTP: ``download/http.py`` builds Content-Disposition on top of this, ``download/zipplan.py``
+HTTP: ``download/http/`` builds Content-Disposition on top of this, ``download/zipplan.py``
 names archive members with it.
 """
 

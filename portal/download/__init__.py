@@ -1,4 +1,4 @@
-"""Downloads: a pure HTTP core (http.py) and the thin views that authorise and answer."""
+"""Downloads: the plan (plan.py) over a pure HTTP core (http/), and the doors that adapt it."""
 
 from flask import Blueprint
 

@@ -12,13 +12,14 @@ coherent copies or one round trip to Redis. It answers when the plan is the plai
   sendfile from local storage (SendFile), where the request would not change the session
   (no remember-me cookie to honour, the session is not permanent, no "strong" session
   protection, which is Flask-Login's to judge);
-- nginx's grant (``PORTAL_SENDFILE=x-accel``): the same plain plan, for a request nginx
-  would judge exactly as the plan did; nginx then sends the file itself.
+- nginx's grant (``PORTAL_SENDFILE=x-accel``, grant.py), for a file or a signed link: the
+  same plain plan, where nginx would judge the request exactly as the plan did.
 
 Everything else -- what the copies and Redis do not hold, a refusal, 304 / 412 / 416, HEAD,
-multi-range, ``?version=N``, signed links, S3, Redis down -- goes to the Flask view, which
-answers from the same plan: tests/property/test_plan_doors.py checks that both doors answer
-with the same status, headers and bytes. ``PORTAL_FAST_DOWNLOADS=0`` switches this door off.
+multi-range, ``?version=N``, signed links outside a grant, S3, Redis down -- goes to the
+Flask view, which answers from the same plan: tests/functional/test_plan_doors.py checks
+that the doors answer with the same status, headers and bytes. ``PORTAL_FAST_DOWNLOADS=0``
+switches this door off.
 """
 
 from __future__ import annotations
@@ -36,64 +37,14 @@ from ..analytics import recorder as analytics
 from ..auth.tokens import parse_token
 from ..auth.users import SnapshotUser, session_user
 from ..config import settings
-from ..storage.base import shard_path
-from . import http, links
+from . import grant
 from .body import TrackedFile, can_sendfile
 from .plan import NotAtHand, Principal, RequestFacts, SendFile, plan
 
 log = logging.getLogger(__name__)
 
 _PATH = re.compile(r"/files/([0-9]{1,9})/download")
-_GRANT_PATH = re.compile(r"/_portal/grant/files/([0-9]{1,9})/download")
-#: A signed link's grant: /_portal/grant/d/<token>[/<name>] (the name is the client's).
-_LINK_GRANT_PATH = re.compile(r"/_portal/grant/d/([A-Za-z0-9_.-]+)(?:/.*)?", re.DOTALL)
-#: Preconditions nginx evaluates again with its own rules: requests with them are not granted.
-_NGINX_JUDGES = ("HTTP_IF_MATCH", "HTTP_IF_NONE_MATCH", "HTTP_IF_MODIFIED_SINCE",
-                 "HTTP_IF_UNMODIFIED_SINCE")
 
-#: The internal location of deploy/nginx.conf that sends granted objects.
-GRANT_OBJECTS = "/_portal/objects"
-#: The media types nginx can send for a grant, each by the extension that selects it in the
-#: ``types`` block of deploy/nginx.conf's object location (nginx takes Content-Type from the
-#: URI's extension only; tests/unit/test_nginx_conf.py checks both lists agree). Other
-#: types go through the view.
-GRANT_EXTENSIONS = {
-    "application/octet-stream": "bin",
-    "application/pdf": "pdf",
-    "application/zip": "zip",
-    "application/x-7z-compressed": "7z",
-    "application/x-tar": "tar",
-    "application/gzip": "gz",
-    "application/x-rar-compressed": "rar",
-    "application/msword": "doc",
-    "application/vnd.ms-excel": "xls",
-    "application/vnd.ms-powerpoint": "ppt",
-    "application/vnd.openxmlformats-officedocument.wordprocessingml.document": "docx",
-    "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet": "xlsx",
-    "application/vnd.openxmlformats-officedocument.presentationml.presentation": "pptx",
-    "application/vnd.oasis.opendocument.text": "odt",
-    "application/vnd.oasis.opendocument.spreadsheet": "ods",
-    "application/vnd.oasis.opendocument.presentation": "odp",
-    "application/epub+zip": "epub",
-    "application/json": "json",
-    "text/plain": "txt",
-    "text/csv": "csv",
-    "text/markdown": "md",
-    "text/calendar": "ics",
-    "text/html": "html",
-    "image/png": "png",
-    "image/jpeg": "jpg",
-    "image/gif": "gif",
-    "image/webp": "webp",
-    "image/svg+xml": "svg",
-    "audio/mpeg": "mp3",
-    "audio/mp4": "m4a",
-    "audio/x-wav": "wav",
-    "video/mp4": "mp4",
-    "video/webm": "webm",
-    "video/x-matroska": "mkv",
-    "video/quicktime": "mov",
-}
 #: Verified session cookies and decoded cache entries kept per worker (then started afresh).
 _MEMO_LIMIT = 10_000
 
@@ -115,13 +66,11 @@ class FastDownloads:
             try:
                 if (match := _PATH.fullmatch(path)) is not None:
                     answer = self.answer(environ, int(match.group(1)))
-                elif (match := _GRANT_PATH.fullmatch(path)) is not None:
-                    answer = self.grant(environ, int(match.group(1)))
-                elif (match := _LINK_GRANT_PATH.fullmatch(path)) is not None:
-                    answer = self.grant(environ, None, link_token=match.group(1))
+                elif path.startswith(grant.PREFIX):
+                    answer = grant.answer(self, environ, path)
             except Exception:  # never worse than the view: it answers instead
                 log.exception("fast download path failed; the view answers")
-                answer = self.refer() if path.startswith("/_portal/grant/") else None
+                answer = grant.refusal(self.app) if path.startswith(grant.PREFIX) else None
             if answer is not None:
                 status, headers, body = answer
                 start_response(status, headers)
@@ -148,90 +97,6 @@ class FastDownloads:
         headers = [*planned.headers, ("Vary", "Cookie")]
         return _status_line(planned.status), headers, environ["wsgi.file_wrapper"](
             tracked, 1024 * 1024)
-
-    def grant(self, environ: dict, file_id: int | None, *, link_token: str | None = None):
-        """nginx's cached authorisation (PORTAL_SENDFILE=x-accel, deploy/nginx.conf): 200 with
-        what nginx needs to send the file itself -- the object's internal URI, the headers
-        the view would send, and for its log who downloaded which version -- or 403 when the
-        portal must answer this request itself (nginx then passes it on).
-
-        nginx repeats the client's method, cookies, User-Agent, Range and conditional
-        headers here (X-Original-Method), keeps a 200 for NGINX_GRANT_SECONDS per all of
-        those (X-Accel-Expires), and answers the client with its own static handler. So a
-        grant is given only where nginx's answer is exactly the plan's: a GET without the
-        conditional headers nginx would judge on its own, with no Range or one plain byte
-        range that the plan serves as a 206, an If-Range that is absent or an entity tag
-        (nginx compares it with the same ETag), and a media type nginx can be told
-        (GRANT_EXTENSIONS). The rest goes to the view, which sends it with X-Accel-Redirect.
-
-        Signed links (``/d/<token>``, what download managers are given) are granted by the
-        same rules; the grant then names the link, so nginx's log line records it as one.
-        """
-        config = settings(self.app)
-        if config.sendfile != "x-accel":
-            return None  # no such route in direct mode: the view's 404
-        refuse = self.refer()
-        if (not config.analytics_nginx_log  # nginx's downloads would go unrecorded
-                or environ.get("QUERY_STRING")  # ?version=N
-                or environ.get("HTTP_X_ORIGINAL_METHOD") != "GET"
-                or any(name in environ for name in _NGINX_JUDGES)):
-            return refuse
-        spec = environ.get("HTTP_RANGE")
-        if spec is not None and not http.is_plain_byte_range(spec):
-            return refuse
-        if_range = environ.get("HTTP_IF_RANGE")
-        if if_range is not None and not if_range.startswith('"'):
-            return refuse
-        link = None
-        if link_token is not None:
-            try:
-                link = links.verify_signature(self.app.config["SECRET_KEY"],
-                                              config.link_ttl_seconds, link_token)
-            except links.LinkError:
-                return refuse
-            file_id = link.file_id
-        # Planned as the direct door would send it: nginx's own rules are judged here.
-        planned = self.plan(environ, file_id, method="GET", direct=True, link=link)
-        if planned is None or not isinstance(planned.delivery, SendFile):
-            return refuse
-        version = planned.version
-        # nginx sends the whole file for no Range or an If-Range other than its (the
-        # portal's) ETag, else the range: the plan must have decided the same.
-        etag = f'"{http.strong_etag(version.sha256)}"'
-        whole = spec is None or (if_range is not None and if_range != etag)
-        extension = GRANT_EXTENSIONS.get(version.mime_type)
-        if planned.decision.status != (200 if whole else 206) or extension is None:
-            return refuse
-        fields = dict(planned.headers)
-        user = "-" if planned.event["user_id"] is None else str(planned.event["user_id"])
-        headers = [
-            ("X-Portal-Object", f"{GRANT_OBJECTS}/{shard_path(version.storage_key)}.{extension}"),
-            ("X-Portal-ETag", fields["ETag"]),
-            ("X-Portal-Last-Modified", fields["Last-Modified"]),
-            ("X-Portal-Cache-Control", fields["Cache-Control"]),
-            ("X-Portal-Disposition", fields["Content-Disposition"]),
-            ("X-Portal-CSP", fields.get("Content-Security-Policy", "")),
-            ("X-Portal-Digest", fields.get("Repr-Digest", "")),
-            # nginx adds Accept-Ranges to a 200 itself, not to a 206 (the view's 206 has it)
-            ("X-Portal-Accept-Ranges", "bytes" if planned.status == 206 else ""),
-            ("X-Portal-Grant", f"{user} {version.file_id} {version.id} {version.size}"
-                               + ("" if link is None else f" {planned.event['link_id']}")),
-            ("X-Accel-Expires", str(config.nginx_grant_seconds)),
-            ("Content-Length", "0"),
-        ]
-        return "200 OK", headers, [b""]
-
-    def refer(self):
-        """The grant's refusal (403): nginx passes the request on to the portal's view.
-
-        Kept by nginx as long as a grant, like one: when a right is revoked, the refusal
-        replaces the grant in nginx's cache at its next refresh. (An uncached refusal would
-        leave the expired grant in place, and nginx answers the requests that arrive while
-        each refresh is under way from it: proxy_cache_use_stale updating.) So a refusal
-        must be rare where a grant is due: what the worker's copies lack comes from Redis
-        (WarmReader), only a cold Redis leaves a request to the view for that second."""
-        seconds = str(settings(self.app).nginx_grant_seconds)
-        return "403 FORBIDDEN", [("X-Accel-Expires", seconds), ("Content-Length", "0")], [b""]
 
     def plan(self, environ: dict, file_id: int, *, method: str | None = None,
              zero_copy: bool = False, direct: bool = False, link=None):

@@ -9,7 +9,7 @@ metadata (the worker's copies, Redis, SQL: whatever that door may use) and the a
 Settings, and turns the plan into its own kind of response.
 
 The HTTP semantics themselves (preconditions, ranges, multipart framing, names) are in
-http.py; this module decides everything around them.
+the http package; this module decides everything around them.
 """
 
 from __future__ import annotations

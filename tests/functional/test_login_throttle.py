@@ -258,8 +258,8 @@ def test_trusted_proxies_take_the_client_from_x_forwarded(make_app, tmp_path):
     (addr_behind, scheme_behind, id_behind), (addr_direct, scheme_direct, id_direct) = seen
     assert (addr_behind, scheme_behind) == ("192.0.2.1", "https")
     assert (addr_direct, scheme_direct) == ("127.0.0.1", "http")
-    # Flask-Login's session identifier reads the X-Forwarded-For header itself (as does its
-    # copy in download/fast.py): ProxyFix leaves the header alone, so it does not change.
+    # Flask-Login's session identifier reads the X-Forwarded-For header itself: ProxyFix
+    # leaves the header alone, so it does not change.
     assert id_behind == id_direct
     add_user(behind, "alice")
     resp, _ = sign_in(visitor(behind, "127.0.0.1"), "alice",

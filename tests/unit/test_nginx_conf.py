@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from portal.download.fast import GRANT_EXTENSIONS, GRANT_OBJECTS
+from portal.download.grant import GRANT_EXTENSIONS, GRANT_OBJECTS
 
 CONF = (Path(__file__).resolve().parents[2] / "deploy" / "nginx.conf").read_text()
 
