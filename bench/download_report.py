@@ -161,6 +161,8 @@ def rows(res: dict, args: argparse.Namespace) -> list[Row]:
                   " (info)"),
         ratio_row("c″. c with nginx's log read by a niced importer process (info)",
                   x["external"], x["base_external"], 0.5, " (info)"),
+        ratio_row("c‴. c through a signed link (/d/<token>, no cookie)",
+                  x.get("link"), x.get("base_link"), 0.5),
     ]
     out += tail_rows(res.get("tail"))
     if args.only_xaccel:
@@ -266,7 +268,8 @@ def details(res: dict, args: argparse.Namespace) -> str:
     runs = list(res["wrk"].values()) + [
         r for key in ("64k", "range") for rs in t.get(key, {}).values() for r in rs] + [
         r for pair in x["rounds"] for r in pair] + [
-        r for r in (x["base4"], x["portal4"], x["base_external"], x["external"]) if r]
+        r for r in (x["base4"], x["portal4"], x["base_external"], x["external"],
+                    x.get("base_link"), x.get("link")) if r]
     for r in runs:
         lines.append(f"| {r.target} | {r.connections} | {r.rps:,.0f} | {ms(r.p50_ms)} ms | "
                      f"{ms(r.p99_ms)} ms | {ms(r.max_ms)} ms | {r.timeouts} | "

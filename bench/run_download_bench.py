@@ -17,6 +17,7 @@ Measured (targets in brackets):
   a. signed-in 64 KiB downloads, req/s, portal vs bare send_file         [>= 0.8x]
   b. 1 KiB Range of a 4 MiB file, req/s, portal vs bare send_file        [>= 0.8x]
   c. x-accel through nginx vs nginx serving the file itself              [>= 0.5x]
+     c‴: the same through a signed link (/d/<token>, granted to nginx too)  [>= 0.5x]
   d. GET /login latency while 1000 slow (20 KB/s) downloads run          [p99 < 100 ms]
      (also against a gthread 2x8 or sync portal, to show the worker choice)
   e. RSS growth of the workers while one client fetches a 5 GiB sparse file [< 50 MB]
@@ -37,6 +38,7 @@ import argparse
 import contextlib
 import json
 import os
+import re
 import resource
 import shlex
 import shutil
@@ -47,6 +49,7 @@ import threading
 import time
 from datetime import UTC, datetime
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from download_harness import (
     COPYPARTY_SPEC,
@@ -67,6 +70,7 @@ from download_harness import (
     copyparty_python,
     copyparty_share,
     cpu_seconds,
+    fetch,
     free_port,
     frozen,
     generated_conf,
@@ -397,7 +401,7 @@ def xaccel_phase(run: Run, args: argparse.Namespace, inst: Instance, auth: dict,
     """
     out: dict = {"config": "", "error": "", "portal": None, "base": None, "portal4": None,
                  "base4": None, "external": None, "base_external": None, "rounds": [],
-                 "drain": None, "drain_external": None}
+                 "link": None, "base_link": None, "drain": None, "drain_external": None}
     events_log = run.logs / "nginx-deploy-portal_events.log"
     env = dict(inst.env, PORTAL_SENDFILE="x-accel", PORTAL_ANALYTICS_NGINX_LOG=str(events_log))
     path = f"/files/{inst.ids['bench 64k']}/download"
@@ -422,6 +426,15 @@ def xaccel_phase(run: Run, args: argparse.Namespace, inst: Instance, auth: dict,
                     f"http://127.0.0.1:{port}{path}", auth)))
             out["base"], out["portal"] = sorted(
                 out["rounds"], key=lambda pair: pair[1].rps / pair[0].rps)[args.rounds // 2]
+            # c‴: what a download manager is given, a signed link, granted to nginx too
+            link = signed_link(port, auth, inst.ids["bench 64k"])
+            problem = check_body("x-accel link", port, link, {}, 200, inst.small)
+            if problem:
+                raise BenchError(f"the signed link answers wrongly, not measured: {problem}")
+            with frozen(xportal):
+                out["base_link"] = wrk(args, "nginx direct 64 KiB (before c‴)", direct, {})
+            out["link"] = wrk(args, "portal x-accel via nginx 64 KiB, signed link",
+                              f"http://127.0.0.1:{port}{link}", {})
             if not check_body("x-accel 4m", port, big_path, auth, 200, inst.big):
                 with frozen(xportal):
                     out["base4"] = wrk(args, "nginx direct 4 MiB", direct4, {})
@@ -445,6 +458,21 @@ def xaccel_phase(run: Run, args: argparse.Namespace, inst: Instance, auth: dict,
         out["error"] = str(exc).splitlines()[0]
         print(f"  x-accel not measured: {exc}", flush=True)
     return out
+
+
+def signed_link(port: int, auth: dict, file_id: int) -> str:
+    """The path of a fresh signed link to the file, minted by the signed-in user (the
+    account page's CSRF token, POST /api/files/<id>/links)."""
+    status, _, body = fetch(port, "/", auth)
+    meta = re.search(rb'<meta[^>]+name="csrf-token"[^>]*content="([^"]*)"', body)
+    if status != 200 or meta is None:
+        raise BenchError(f"GET / answered {status} without a CSRF token")
+    status, _, body = fetch(port, f"/api/files/{file_id}/links", {
+        **auth, "X-CSRFToken": meta.group(1).decode(), "Content-Type": "application/json"},
+        method="POST", body=b"{}")
+    if status != 201:
+        raise BenchError(f"minting a link answered {status}: {body[:200]!r}")
+    return urlsplit(json.loads(body)["url"]).path
 
 
 @contextlib.contextmanager
