@@ -66,6 +66,7 @@ from download_harness import (
     WrkResult,
     check_body,
     children,
+    cookie_pairs,
     copyparty,
     copyparty_python,
     copyparty_share,
@@ -463,12 +464,16 @@ def xaccel_phase(run: Run, args: argparse.Namespace, inst: Instance, auth: dict,
 def signed_link(port: int, auth: dict, file_id: int) -> str:
     """The path of a fresh signed link to the file, minted by the signed-in user (the
     account page's CSRF token, POST /api/files/<id>/links)."""
-    status, _, body = fetch(port, "/", auth)
+    status, headers, body = fetch(port, "/", auth)
     meta = re.search(rb'<meta[^>]+name="csrf-token"[^>]*content="([^"]*)"', body)
     if status != 200 or meta is None:
         raise BenchError(f"GET / answered {status} without a CSRF token")
+    # the page stored its CSRF token in the session: send the cookie it set back
+    jar = {**dict(pair.split("=", 1) for pair in auth["Cookie"].split("; ")),
+           **cookie_pairs(headers)}
     status, _, body = fetch(port, f"/api/files/{file_id}/links", {
-        **auth, "X-CSRFToken": meta.group(1).decode(), "Content-Type": "application/json"},
+        "Cookie": "; ".join(f"{k}={v}" for k, v in jar.items()),
+        "X-CSRFToken": meta.group(1).decode(), "Content-Type": "application/json"},
         method="POST", body=b"{}")
     if status != 201:
         raise BenchError(f"minting a link answered {status}: {body[:200]!r}")

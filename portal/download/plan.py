@@ -1,8 +1,8 @@
 """One download, decided: what to answer, how the bytes go out, and what is recorded.
 
 Every door a download comes in by is an adapter over :func:`plan`: the Flask views
-(views.py: ``/files/<id>/download`` and signed links ``/d/<token>``), the WSGI fast path and
-nginx's grant (fast.py); the zip view shares its HTTP core (:func:`answer_headers`). Nothing
+(views.py: ``/files/<id>/download`` and signed links ``/d/<token>``), the WSGI fast path
+(fast.py) and nginx's grant (grant.py); the zip view (zipview.py) has :func:`plan_zip`. Nothing
 here imports Flask or reads a request, a session or ``flask.g``: an adapter hands in the
 request's facts, who asks (a signed-in user or a signed link's claims), a reader of the
 metadata (the worker's copies, Redis, SQL: whatever that door may use) and the app's
@@ -23,7 +23,7 @@ from ..access import can_read
 from ..cache.metadata import FileSnapshot, VersionSnapshot
 from ..settings import Settings
 from ..storage.base import shard_path
-from . import http
+from . import http, zipplan
 
 #: Preconditions nginx evaluates again with its own rules (against no ETag and the file's
 #: mtime), so it could refuse what the portal allowed.
@@ -169,6 +169,18 @@ class Stream:
 
 
 @dataclass(frozen=True, slots=True)
+class Archive:
+    """The bytes of a zip of several files (zipplan.iter_range over their stored objects):
+    one span, or the multipart body of several."""
+
+    zip: zipplan.ZipPlan
+    spans: tuple[tuple[int, int], ...]
+    multipart: http.MultipartPlan | None
+    storage_keys: tuple[str, ...]
+    sizes: tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class XAccel:
     """nginx sends the file from its internal location (the plan's headers go with it)."""
 
@@ -193,7 +205,7 @@ class DownloadPlan:
 
     status: int
     headers: list[tuple[str, str]]
-    delivery: Refused | Bodiless | HeadOnly | SendFile | Stream | XAccel | Redirect
+    delivery: Refused | Bodiless | HeadOnly | SendFile | Stream | Archive | XAccel | Redirect
     decision: http.Decision | None = None
     file: FileSnapshot | None = None
     version: VersionSnapshot | None = None
@@ -277,6 +289,50 @@ def plan(facts: RequestFacts, principal: Principal, reader: Reader, settings: Se
                         event=event, **chosen)
 
 
+def plan_zip(facts: RequestFacts, files, settings: Settings) -> DownloadPlan:
+    """One STORED zip of the newest versions of these files (all readable by the caller,
+    in this order), with the same HTTP semantics as a single download: a strong ETag from
+    the members' content, Last-Modified of the newest, Range (a resumed zip reads only the
+    members the range covers) and the caching policy of the least public member."""
+    versions = [file.latest for file in files]
+    archive = zipplan.plan_zip([
+        zipplan.ZipMember(name=v.original_filename, size=v.size, crc32=v.crc32,
+                          mtime=v.created_at, key=v.storage_key) for v in versions])
+    last_modified = max(v.created_at for v in versions).astimezone(UTC).replace(microsecond=0)
+    rep = http.Representation(size=archive.size, etag=archive.etag, last_modified=last_modified,
+                              content_type="application/zip")
+    decision, headers, early = answer_headers(
+        facts.method, facts.headers, rep, public=all(f.access == "public" for f in files),
+        max_ranges=settings.max_ranges)
+    if early is not None:
+        return DownloadPlan(decision.status, headers, early, decision=decision)
+    headers.append(("Content-Disposition",
+                    http.content_disposition(archive_filename(files, last_modified))))
+    multipart = None
+    if decision.is_multipart:
+        multipart = http.multipart_plan(decision.ranges, rep, http.new_boundary())
+        headers += [("Content-Type", multipart.content_type),
+                    ("Content-Length", str(multipart.content_length))]
+    else:
+        headers.append(("Content-Type", rep.content_type))
+    if not decision.send_body:
+        return DownloadPlan(decision.status, headers, HeadOnly(), decision=decision)
+    spans = decision.ranges if decision.status == 206 else ((0, archive.size),)
+    delivery = Archive(archive, spans, multipart, tuple(v.storage_key for v in versions),
+                       tuple(v.size for v in versions))
+    return DownloadPlan(decision.status, headers, delivery, decision=decision)
+
+
+def archive_filename(files, last_modified) -> str:
+    """``<category>-YYYYMMDD.zip`` when all files share one category, else
+    ``portal-files-YYYYMMDD.zip``; the date is the newest version's (UTC), so the name is the
+    same on every request for the same archive."""
+    categories = {f.category for f in files}
+    prefix = categories.pop() if len(categories) == 1 else ""
+    prefix = prefix.replace("/", "-").replace("\\", "-").strip() or "portal-files"
+    return f"{prefix}-{last_modified.astimezone(UTC):%Y%m%d}.zip"
+
+
 def _refused(why: str) -> DownloadPlan:
     return DownloadPlan(404, [], Refused(why))
 
@@ -285,7 +341,7 @@ def answer_headers(method: str, headers, rep: http.Representation, *, public: bo
                    max_ranges: int):
     """(decision, headers, early delivery) for a representation: http.evaluate's answer,
     the caching and no-sniff policy every download shares, and for 304 / 412 / 416 the
-    whole (bodiless) answer, else None. The zip view answers through here too."""
+    whole (bodiless) answer, else None (plan and plan_zip)."""
     decision = http.evaluate(method, headers, rep, max_ranges=max_ranges)
     out = list(decision.headers)
     out.append(("Cache-Control", "public, max-age=0, must-revalidate" if public

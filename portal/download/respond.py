@@ -22,7 +22,8 @@ def response_for(plan: DownloadPlan, storage) -> Response:
     """The response of a plan that sends something (every delivery but Refused)."""
     delivery = plan.delivery
     if isinstance(delivery, Bodiless):
-        return bodiless(plan.status, plan.headers, delivery)
+        return Response(delivery.body, status=plan.status, headers=plan.headers,
+                        mimetype=delivery.mimetype)
     if isinstance(delivery, HeadOnly):
         # No body argument: Response(b"") would overwrite Content-Length with 0.
         return Response(status=plan.status, headers=plan.headers)
@@ -46,11 +47,6 @@ def response_for(plan: DownloadPlan, storage) -> Response:
     except (OSError, StorageError):
         log.exception("stored content missing for version %s", plan.version.id)
         abort(503)
-
-
-def bodiless(status: int, headers: list, delivery: Bodiless) -> Response:
-    """The whole answer for 304, 412 and 416 (the zip view's too)."""
-    return Response(delivery.body, status=status, headers=headers, mimetype=delivery.mimetype)
 
 
 def _bytes(plan: DownloadPlan, body) -> Response:

@@ -1,16 +1,15 @@
 """``GET /files/zip?id=1&id=2...``: one STORED zip of the selected files, resumable with Range.
 
-The archive's layout comes from zipplan.py (pure), its HTTP semantics from the same
-``http.evaluate`` core as single-file downloads, and its bytes from stored content read
-slice by slice: nothing is built on disk or in memory, and a resumed download reads only the
-members (and parts of members) that the range covers.
+The archive's layout comes from zipplan.py (pure), its HTTP semantics from the download
+plan (``plan.plan_zip``: the same evaluate and caching policy as single-file downloads), and
+its bytes from stored content read slice by slice: nothing is built on disk or in memory,
+and a resumed download reads only the members (and parts of members) that the range covers.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Iterator, Sequence
-from datetime import UTC, datetime
 
 from flask import Response, abort, request
 from flask_login import current_user
@@ -26,8 +25,9 @@ from ..security import parse_id
 from ..storage import Storage, StorageError, get_storage
 from . import bp, http, zipplan
 from .body import CountedBody
-from .plan import answer_headers
-from .respond import bodiless
+from .plan import Archive, plan_zip
+from .respond import response_for
+from .views import request_facts
 
 log = logging.getLogger(__name__)
 
@@ -66,16 +66,6 @@ def readable_files(session: Session, user: User | None, ids: Sequence[int]) -> l
     return files
 
 
-def archive_filename(files: Sequence[File], last_modified: datetime) -> str:
-    """``<category>-YYYYMMDD.zip`` when all files share one category, else
-    ``portal-files-YYYYMMDD.zip``; the date is the newest version's (UTC), so the name is the
-    same on every request for the same archive."""
-    categories = {f.category for f in files}
-    prefix = categories.pop() if len(categories) == 1 else ""
-    prefix = prefix.replace("/", "-").replace("\\", "-").strip() or "portal-files"
-    return f"{prefix}-{last_modified.astimezone(UTC):%Y%m%d}.zip"
-
-
 def storage_reader(storage: Storage):
     """``read(key, offset, length)`` for zipplan.iter_range, through the backend's
     ``read_range`` (a file slice locally, a ranged GET on S3): only what the range needs."""
@@ -107,50 +97,32 @@ def zip_download():
     files = readable_files(db.session, current_user, ids)
     if files is None:
         return refuse()
-    versions = [file.latest for file in files]
-    plan = zipplan.plan_zip([
-        zipplan.ZipMember(name=v.original_filename, size=v.size, crc32=v.crc32,
-                          mtime=v.created_at, key=v.storage_key)
-        for v in versions])
-    last_modified = max(v.created_at for v in versions).astimezone(UTC).replace(microsecond=0)
-    rep = http.Representation(size=plan.size, etag=plan.etag, last_modified=last_modified,
-                              content_type="application/zip")
-    decision, headers, early = answer_headers(
-        request.method, request.headers, rep, public=all(f.access == "public" for f in files),
-        max_ranges=settings().max_ranges)
-    if early is not None:
-        return bodiless(decision.status, headers, early)
+    answer = plan_zip(request_facts(), files, settings())
+    if not isinstance(answer.delivery, Archive):
+        return response_for(answer, None)  # 304 / 412 / 416 / HEAD
+    user_id = current_user.id if current_user.is_authenticated else None
+    logged = _sent_logger(ids, user_id, answer.status, request.headers.get("Range", "")[:200])
+    return archive_response(answer, get_storage(), logged, ids)
 
-    headers.append(("Content-Disposition",
-                    http.content_disposition(archive_filename(files, last_modified))))
-    multipart = decision.is_multipart
-    if multipart:
-        parts = http.multipart_plan(decision.ranges, rep, http.new_boundary())
-        headers += [("Content-Type", parts.content_type),
-                    ("Content-Length", str(parts.content_length))]
-    else:
-        headers.append(("Content-Type", rep.content_type))
-    if not decision.send_body:  # HEAD: no body argument, which would reset Content-Length
-        return Response(status=decision.status, headers=headers)
 
-    storage = get_storage()
-    try:  # a missing or changed object would break the promised length halfway through
-        intact = all(storage.size(v.storage_key) == v.size for v in versions)
+def archive_response(answer, storage: Storage, on_close, ids: Sequence[int]) -> Response:
+    """The zip's bytes, read slice by slice from the stored objects; 503 when one of them is
+    missing or changed (it would break the promised length halfway through)."""
+    archive = answer.delivery
+    try:
+        intact = all(storage.size(key) == size
+                     for key, size in zip(archive.storage_keys, archive.sizes, strict=True))
     except StorageError:
         intact = False
     if not intact:
         log.error("stored content missing or changed for a version among files %s", ids)
         abort(503)
-
-    # Everything the body needs is captured here: it never touches the request or session.
     read = storage_reader(storage)
-    if multipart:
+    if archive.multipart is not None:
         chunks = http.iter_multipart(
-            parts, lambda a, b: zipplan.iter_range(plan, a, b, read))
+            archive.multipart, lambda a, b: zipplan.iter_range(archive.zip, a, b, read))
     else:
-        start, stop = decision.ranges[0] if decision.status == 206 else (0, plan.size)
-        chunks = zipplan.iter_range(plan, start, stop, read)
-    user_id = current_user.id if current_user.is_authenticated else None
-    body = CountedBody(chunks, _sent_logger(ids, user_id, decision.status,
-                                            request.headers.get("Range", "")[:200]))
-    return Response(body, status=decision.status, headers=headers, direct_passthrough=True)
+        start, stop = archive.spans[0]
+        chunks = zipplan.iter_range(archive.zip, start, stop, read)
+    return Response(CountedBody(chunks, on_close), status=answer.status,
+                    headers=answer.headers, direct_passthrough=True)
