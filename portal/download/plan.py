@@ -254,13 +254,7 @@ def plan(facts: RequestFacts, principal: Principal, reader: Reader, settings: Se
     if early is not None:
         return DownloadPlan(decision.status, headers, early, **chosen)
     headers += representation_headers(version, full=decision.status == 200)
-    multipart = None
-    if decision.is_multipart:
-        multipart = http.multipart_plan(decision.ranges, rep, http.new_boundary())
-        headers += [("Content-Type", multipart.content_type),
-                    ("Content-Length", str(multipart.content_length))]
-    else:
-        headers.append(("Content-Type", version.mime_type))
+    multipart = _typed(decision, rep, headers)
     if not decision.send_body:
         return DownloadPlan(decision.status, headers, HeadOnly(), **chosen)
 
@@ -308,19 +302,26 @@ def plan_zip(facts: RequestFacts, files, settings: Settings) -> DownloadPlan:
         return DownloadPlan(decision.status, headers, early, decision=decision)
     headers.append(("Content-Disposition",
                     http.content_disposition(archive_filename(files, last_modified))))
-    multipart = None
-    if decision.is_multipart:
-        multipart = http.multipart_plan(decision.ranges, rep, http.new_boundary())
-        headers += [("Content-Type", multipart.content_type),
-                    ("Content-Length", str(multipart.content_length))]
-    else:
-        headers.append(("Content-Type", rep.content_type))
+    multipart = _typed(decision, rep, headers)
     if not decision.send_body:
         return DownloadPlan(decision.status, headers, HeadOnly(), decision=decision)
     spans = decision.ranges if decision.status == 206 else ((0, archive.size),)
     delivery = Archive(archive, spans, multipart, tuple(v.storage_key for v in versions),
                        tuple(v.size for v in versions))
     return DownloadPlan(decision.status, headers, delivery, decision=decision)
+
+
+def _typed(decision: http.Decision, rep: http.Representation,
+           headers: list) -> http.MultipartPlan | None:
+    """Add Content-Type: the representation's, or for several ranges multipart/byteranges
+    with the framing's Content-Length; the framing (None for one part)."""
+    if not decision.is_multipart:
+        headers.append(("Content-Type", rep.content_type))
+        return None
+    multipart = http.multipart_plan(decision.ranges, rep, http.new_boundary())
+    headers += [("Content-Type", multipart.content_type),
+                ("Content-Length", str(multipart.content_length))]
+    return multipart
 
 
 def archive_filename(files, last_modified) -> str:
