@@ -129,7 +129,30 @@ def create():
     Creation is all or nothing: when the body cannot be taken (checksum, disk full, cut short)
     the upload is removed again and the client simply creates it anew.
     """
-    max_size = current_app.config["MAX_UPLOAD_BYTES"]
+    asked = _creation()
+    if isinstance(asked, Response):
+        return asked
+    size, pairs, checksum, with_body = asked
+    user, area = _user(), _area()
+    try:
+        metadata = service.validate_metadata(db.session, user, pairs)
+        upload = service.create_upload(
+            db.session, area, user, size=size, max_size=current_app.config["MAX_UPLOAD_BYTES"],
+            metadata=metadata, raw_metadata=request.headers.get("Upload-Metadata", "").strip())
+    except UploadError as exc:
+        return refusal(exc)
+    headers = {"Location": url_for("uploads.status", upload_id=upload.id), "Upload-Offset": "0"}
+    if with_body or size == 0:
+        taken = _first_bytes(upload, area, user, with_body, checksum)
+        if isinstance(taken, Response):
+            return taken
+        headers.update(taken)
+    return Response(status=201, headers=headers)
+
+
+def _creation():
+    """(size, metadata pairs, checksum, with a body) of a creation request, or the refusal:
+    the headers in tus's order, then the size limit, then the body's media type."""
     if request.headers.get("Upload-Length") is None:
         if request.headers.get("Upload-Defer-Length"):
             return tus_error(400, "Upload-Defer-Length is not supported; send Upload-Length")
@@ -142,36 +165,31 @@ def create():
     except tus.TusHeaderError as exc:
         return tus_error(400, str(exc))
     try:
-        service.check_size(size, max_size)
+        service.check_size(size, current_app.config["MAX_UPLOAD_BYTES"])
     except UploadError as exc:
         return refusal(exc)
     if with_body and not tus.is_offset_stream(request.content_type):
         return tus_error(415, f"a body must be sent as {tus.OFFSET_CONTENT_TYPE}")
-    user, area = _user(), _area()
-    try:
-        metadata = service.validate_metadata(db.session, user, pairs)
-        upload = service.create_upload(
-            db.session, area, user, size=size, max_size=max_size, metadata=metadata,
-            raw_metadata=request.headers.get("Upload-Metadata", "").strip())
-    except UploadError as exc:
-        return refusal(exc)
+    return size, pairs, checksum, with_body
+
+
+def _first_bytes(upload, area, user, with_body: bool, checksum):
+    """The progress headers after taking a creation's body (or completing an empty upload),
+    or the refusal, with the upload removed again."""
     upload_id = upload.id
-    headers = {"Location": url_for("uploads.status", upload_id=upload_id), "Upload-Offset": "0"}
-    if with_body or size == 0:
-        try:
-            result = service.append(
-                db.session, get_storage(), area, upload, user,
-                request.stream if with_body else io.BytesIO(), offset=0,
-                content_length=request.content_length if with_body else 0, checksum=checksum,
-                client_ip=request.remote_addr or "")
-            if result.interrupted:
-                raise UploadError(ErrorKind.BAD_REQUEST,
-                                  "the body ended early; create the upload again")
-        except UploadError as exc:
-            _forget(upload_id, area)
-            return refusal(exc, with_offset=False)  # the upload is removed again
-        headers.update(_progress_headers(result.upload))
-    return Response(status=201, headers=headers)
+    try:
+        result = service.append(
+            db.session, get_storage(), area, upload, user,
+            request.stream if with_body else io.BytesIO(), offset=0,
+            content_length=request.content_length if with_body else 0, checksum=checksum,
+            client_ip=request.remote_addr or "")
+        if result.interrupted:
+            raise UploadError(ErrorKind.BAD_REQUEST,
+                              "the body ended early; create the upload again")
+    except UploadError as exc:
+        _forget(upload_id, area)
+        return refusal(exc, with_offset=False)  # the upload is removed again
+    return _progress_headers(result.upload)
 
 
 def _forget(upload_id: str, area: Path) -> None:
