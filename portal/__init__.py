@@ -111,6 +111,11 @@ def register_extensions(app: Flask) -> None:
     from .catalog.service import human_size
 
     app.jinja_env.globals["format_size"] = human_size  # macros imported without context see it
+    from .timeshown import local_time
+
+    app.jinja_env.filters["local_time"] = lambda value, fmt="%Y-%m-%d %H:%M": local_time(
+        value, settings(app).analytics_timezone, fmt)
+    app.jinja_env.globals["time_zone"] = lambda: settings(app).analytics_timezone
 
     @app.context_processor
     def inject_locale():
