@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 from pathlib import Path
 
@@ -50,6 +51,7 @@ def test_run_script_keeps_everything_in_the_instance_path(tmp_path, redis_url):
     log = tmp_path / "run.log"
     proc, base = run_portal(instance, redis_url, log)
     try:
+        assert f"Campus portal: {base} " in log.read_text()  # the address it really serves
         assert (instance / ".demo-seeded").exists() and (instance / "portal.db").exists()
         status, _, body = request(base, "GET", "/")
         assert status == 200 and "csrf-token" in body.decode()
@@ -62,3 +64,21 @@ def test_run_script_keeps_everything_in_the_instance_path(tmp_path, redis_url):
         assert (instance / ".demo-seeded").stat().st_mtime_ns == marker
     finally:
         stop(proc)
+
+
+def test_a_busy_port_says_what_to_do(tmp_path, redis_url):
+    """Another server on PORTAL_BIND: one clear line and exit 1, not gunicorn's traceback."""
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("PORTAL_", "GUNICORN_"))}
+        env.update({"PORTAL_INSTANCE_PATH": str(tmp_path / "instance"),
+                    "PORTAL_BIND": f"127.0.0.1:{port}", "PORTAL_REDIS_URL": redis_url,
+                    "PORTAL_DEMO_BIG_FILE_MB": "1",
+                    "PORTAL_PASSWORD_HASH_METHOD": "scrypt:1024:8:1"})
+        done = subprocess.run(["bash", "scripts/run.sh"], cwd=ROOT, env=env, capture_output=True,
+                              text=True, timeout=300, stdin=subprocess.DEVNULL)
+    assert done.returncode == 1
+    assert f"run.sh: cannot listen on 127.0.0.1:{port}" in done.stderr
+    assert "PORTAL_BIND=" in done.stderr and "Traceback" not in done.stderr
