@@ -14,6 +14,7 @@ from .storage import StorageError, get_storage
 
 bp = Blueprint("health", __name__)
 log = logging.getLogger(__name__)
+_OUTAGE = cache.Outage(log, "cache off (/healthz)")
 
 
 @bp.route("/healthz")
@@ -34,7 +35,9 @@ def healthz():
         report["storage"] = f"unavailable: {exc}"
     serving = report["database"] == "ok" and report["storage"] == "ok"
     if report["redis"] != "ok":
-        log.warning("redis is down, cache off: %s", report["redis"])
+        _OUTAGE.failed(report["redis"])
         report["warnings"] = ["redis unavailable: cache and shared rate limits are off"]
+    else:
+        _OUTAGE.recovered()
     report["status"] = ("ok" if report["redis"] == "ok" else "degraded") if serving else "failing"
     return jsonify(report), 200 if serving else 503

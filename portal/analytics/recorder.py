@@ -47,6 +47,7 @@ import redis
 from flask import Flask
 from sqlalchemy.exc import SQLAlchemyError
 
+from ..cache.connection import Outage
 from ..coherence import coherence
 from ..extensions import db
 from . import materialise, nginximport
@@ -93,6 +94,7 @@ class Recorder:
         self.nginx_behind = False
         self._journal: Journal | None = None
         self._open: dict[str, str] = {}  # event key -> start record, journaled, not shipped
+        self._outage = Outage(log, "download events go straight to the database")
         self._generation = 0  # journals this process has started (rotation)
         self._ends: list[dict] = []  # finished events waiting for the shipper
         self._ship_wake = threading.Event()
@@ -180,12 +182,12 @@ class Recorder:
             pipe.xlen(keys.stream)
             length = pipe.execute()[-1]
         except redis.RedisError:
-            log.warning("redis down: %d download event(s) written straight to the database",
-                        len(rows))
+            self._outage.failed()
             if not self.write_direct(rows):
                 self._keep_for_later(rows)
                 return
         else:
+            self._outage.recovered()
             if length >= int(self.config["ANALYTICS_FLUSH_BATCH"]):
                 self._wake.set()
         keys = [row["event_key"] for row in rows]

@@ -42,6 +42,8 @@ import redis
 from flask import current_app
 from limits import parse_many
 
+from ..cache.connection import Outage
+
 log = logging.getLogger(__name__)
 
 #: Past the ceiling an attempt waits this long before its password is checked ...
@@ -223,6 +225,7 @@ class CounterStore:
         self._count_script = client.register_script(_COUNT)
         self._release_script = client.register_script(_RELEASE)
         self._retry_redis_at = 0.0
+        self._outage = Outage(log, "sign-in limits counted in this process only")
         self._lock = threading.Lock()
         # key -> [(time, entry)], oldest first; the least recently counted keys first
         self._memory: OrderedDict[str, list[tuple[float, str]]] = OrderedDict()
@@ -237,6 +240,7 @@ class CounterStore:
                 args += [c.amount, c.seconds, int(c.refuses), c.keeps]
             try:
                 counts, oldest = self._count_script(keys=[c.key for c in counters], args=args)
+                self._outage.recovered()
                 return [(int(n), float(t)) for n, t in zip(counts, oldest, strict=True)], True
             except redis.RedisError as exc:
                 self._redis_failed(exc)
@@ -260,7 +264,7 @@ class CounterStore:
                     self._memory[c.key] = [e for e in self._memory[c.key] if e[1] != entry]
 
     def _redis_failed(self, exc: redis.RedisError) -> None:
-        log.warning("redis unavailable (%s): sign-in limits counted in this process only", exc)
+        self._outage.failed(exc)
         self._retry_redis_at = time.monotonic() + REDIS_RETRY_SECONDS
 
     def _count_in_memory(self, counters: tuple[Counter, ...], now: float,

@@ -16,7 +16,7 @@ used (portal/coherence.py, docs/trust.md).
 
 from ..coherence import generation_key
 from .changes import forget_locally, watch_file_changes
-from .connection import STATS_FIELDS, STATS_KEY, client, make_client, stats, status
+from .connection import STATS_FIELDS, STATS_KEY, Outage, client, make_client, stats, status
 from .hot import (
     HOT_CHUNK,
     HOT_LRU_KEY,
@@ -58,7 +58,8 @@ from .users import decode_user, user_from_reply, user_snapshot
 
 __all__ = [
     "HOT_CHUNK", "HOT_LRU_KEY", "HOT_SIZES_KEY", "MISSING", "STATS_FIELDS", "STATS_KEY",
-    "FileSnapshot", "HotMemory", "LocalCopies", "RangeReader", "VersionSnapshot", "client",
+    "FileSnapshot", "HotMemory", "LocalCopies", "Outage", "RangeReader", "VersionSnapshot",
+    "client",
     "decode_meta", "decode_user", "decode_version", "file_meta", "forget_locally",
     "generation_key", "hot_fill", "hot_lookup", "hot_memory", "hot_read", "hot_whole",
     "local_copies", "make_client",

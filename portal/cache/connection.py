@@ -41,6 +41,29 @@ class _Breaker:
         self.open_until = time.monotonic() + BREAKER_SECONDS
 
 
+class Outage:
+    """Says in the log that Redis is down once per outage, and once when it is back, for one
+    part of the portal (each retries every second or so: a line per retry was 36 a minute)."""
+
+    def __init__(self, logger: logging.Logger, what: str) -> None:
+        self.logger = logger
+        self.what = what
+        self.down = False
+
+    def failed(self, detail: object = "") -> None:
+        """Redis failed this part: logged if it was up."""
+        if not self.down:
+            self.down = True
+            self.logger.warning("redis unavailable: %s%s", self.what,
+                                f" ({detail})" if detail else "")
+
+    def recovered(self) -> None:
+        """Redis answered this part again: logged if it was down."""
+        if self.down:
+            self.down = False
+            self.logger.warning("redis is back: %s", self.what)
+
+
 class GuardedRedis(redis.Redis):
     """redis-py's client with a circuit breaker: after a connection error or a timeout,
     every call fails at once for BREAKER_SECONDS (callers treat it as Redis down), then

@@ -14,7 +14,7 @@ import redis
 import redis.client
 from flask import current_app
 
-from .connection import STATS_KEY
+from .connection import STATS_KEY, Outage
 from .keys import invalidation_channel
 
 log = logging.getLogger(__name__)
@@ -119,6 +119,7 @@ class LocalCopies:
         r = self.app.extensions["portal_redis"]
         with self.app.app_context():
             channel = invalidation_channel()
+        outage = Outage(log, "worker-local metadata copies off until it is back")
         while not self._stopping:
             pubsub = r.pubsub()
             try:
@@ -130,10 +131,11 @@ class LocalCopies:
                     elif message["type"] == "subscribe":
                         self.clear()
                         self.ready = True
+                        outage.recovered()
                     elif message["type"] == "message":
                         self.drop(message["data"].decode().split())
-            except (redis.RedisError, OSError, ValueError):
-                log.warning("redis unavailable: worker-local metadata copies off until it is back")
+            except (redis.RedisError, OSError, ValueError) as exc:
+                outage.failed(exc.__class__.__name__)
             finally:
                 self.ready = False
                 self.clear()
