@@ -18,6 +18,15 @@ def staff_only():
     return None
 
 
+@bp.app_template_filter("role_label")
+def role_label(role: str) -> str:
+    """A role as the page's language names it."""
+    from .forms import ROLE_LABELS
+
+    label = ROLE_LABELS.get(role)
+    return role if label is None else str(label)
+
+
 def require_admin() -> None:
     """User and group management is for admins only; staff get 404 like students."""
     if not current_user.is_admin:

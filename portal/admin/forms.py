@@ -10,6 +10,9 @@ from ..access import NAME
 from ..auth.forms import MIN_PASSWORD
 from ..models import ROLES
 
+#: How each role is shown (the stored value is the English word).
+ROLE_LABELS = {"student": _l("Student"), "staff": _l("Staff"), "admin": _l("Administrator")}
+
 NAME_RULE = Regexp(NAME.pattern, message=_l("Letters, digits, . _ - @ only (at most 64)."))
 
 
@@ -18,7 +21,7 @@ class UserForm(FlaskForm):
 
     username = StringField(_l("Username"), validators=[DataRequired(), NAME_RULE])
     display_name = StringField(_l("Display name"), validators=[Optional(), Length(max=128)])
-    role = SelectField(_l("Role"), choices=[SelectChoice(r, r) for r in ROLES])
+    role = SelectField(_l("Role"), choices=[SelectChoice(r, ROLE_LABELS[r]) for r in ROLES])
     groups = StringField(_l("Groups (separated by spaces)"),
                          validators=[Optional(), Length(max=1000)])
     password = PasswordField(_l("Password"),
