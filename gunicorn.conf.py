@@ -17,6 +17,8 @@ import threading
 import time
 from pathlib import Path
 
+from gevent import sleep as _gevent_sleep
+
 from portal.config import ConfigError, from_environ
 
 # The flush of download events to SQL runs beside the workers, in a process of its own at a
@@ -114,9 +116,7 @@ def post_request(worker, req, environ, resp):
     loop poll I/O first, so every ready connection gets its turn, in order.
     """
     if worker.cfg.worker_class_str == "gevent":
-        from gevent import sleep
-
-        sleep(1e-6)
+        _gevent_sleep(1e-6)
 
 
 def worker_exit(server, worker):

@@ -44,7 +44,9 @@ def new_token(user_id: int, generation: int) -> SessionToken:
 
 def parse_token(text: object) -> SessionToken | None:
     """The token in a session's ``_user_id``, or None for anything else (older sessions
-    that hold a bare id included: they sign in again)."""
+    that hold a bare id included: they sign in again). A token already parsed is itself."""
+    if isinstance(text, SessionToken):
+        return text
     if not isinstance(text, str):
         return None
     match = _TOKEN.fullmatch(text)

@@ -112,15 +112,16 @@ class FastDownloads:
         co = app.extensions["portal_coherence"]
         if not co.current():
             return None  # the view decides from the database
-        raw = None
+        token = None
         if link is None:
             session = self.session(environ)
             if session is None:
                 return None
             raw = session.get("_user_id")
-            user_id = None if raw is None else cache_token(raw)
-            if raw is not None and user_id is None:
+            token = None if raw is None else parse_token(raw)
+            if raw is not None and token is None:
                 return None
+            user_id = None if token is None else token.user_id
         elif co.revoked(link.nonce):
             return None
         else:
@@ -140,11 +141,11 @@ class FastDownloads:
         try:
             if link is not None:
                 principal = Principal(link=link)
-            elif raw is None:
+            elif token is None:
                 principal = Principal()
             else:
                 principal = Principal(session_user(
-                    raw, reader.user, lifetime=config.session_lifetime_seconds,
+                    token, reader.user, lifetime=config.session_lifetime_seconds,
                     revoked=co.revoked))
                 if principal.user is None:
                     return None  # the view decides (and Flask-Login, should it sign out)
@@ -254,12 +255,6 @@ class WarmReader:
     def local_path(self, storage_key: str) -> str | None:
         """The object's local file."""
         return self.storage.local_path(storage_key)
-
-
-def cache_token(raw: str) -> int | None:
-    """The user id of a session token, for the cache keys (the token is judged later)."""
-    token = parse_token(raw)
-    return None if token is None else token.user_id
 
 
 def _snapshot_user(raw) -> tuple[SnapshotUser, object] | None:

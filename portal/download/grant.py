@@ -117,15 +117,13 @@ def _grant(door, environ: dict, file_id: int | None, link_token: str | None):
     planned = door.plan(environ, file_id, method="GET", direct=True, link=link)
     if planned is None or not isinstance(planned.delivery, SendFile):
         return refuse
-    version = planned.version
+    version, fields = planned.version, dict(planned.headers)
     # nginx sends the whole file for no Range or an If-Range other than its (the
     # portal's) ETag, else the range: the plan must have decided the same.
-    etag = f'"{http.strong_etag(version.sha256)}"'
-    whole = spec is None or (if_range is not None and if_range != etag)
+    whole = spec is None or (if_range is not None and if_range != fields["ETag"])
     extension = GRANT_EXTENSIONS.get(version.mime_type)
     if planned.status != (200 if whole else 206) or extension is None:
         return refuse
-    fields = dict(planned.headers)
     user = "-" if planned.event["user_id"] is None else str(planned.event["user_id"])
     who = f"{user} {version.file_id} {version.id} {version.size}"
     headers = [

@@ -67,11 +67,11 @@ def request_facts(version: str | None = None) -> RequestFacts:
                         zero_copy=can_sendfile(request.environ))
 
 
-def session_principal(reader: StoreReader) -> Principal:
+def session_principal(reader: StoreReader, token) -> Principal:
     """Who this session is: its token's user, by the rule every door applies
     (users.session_user), read through the download's reader. Where Flask-Login's own rules
     decide -- a remember-me cookie without a session user, "strong" session protection --
-    Flask-Login is asked (current_user)."""
+    Flask-Login is asked (current_user). ``token``: the session's, parsed already."""
     config = settings()
     raw = session.get("_user_id")
     remember = raw is None and config.remember_cookie_name in request.cookies
@@ -80,7 +80,7 @@ def session_principal(reader: StoreReader) -> Principal:
                          if current_user.is_authenticated else None)
     if raw is None:
         return Principal()
-    return Principal(session_user(raw, reader.user, lifetime=config.session_lifetime_seconds,
+    return Principal(session_user(token, reader.user, lifetime=config.session_lifetime_seconds,
                                   revoked=coherence().revoked))
 
 
@@ -97,7 +97,7 @@ def download(file_id: int):
     reader = StoreReader.prefetching(
         db.session, get_storage(), file_id, user_id=None if token is None else token.user_id,
         version_key=None if number is None else cache.version_key_by_number(file_id, number))
-    answer = plan(request_facts(raw), session_principal(reader), reader, settings(),
+    answer = plan(request_facts(raw), session_principal(reader, token), reader, settings(),
                   file_id)
     if isinstance(answer.delivery, Refused):
         return refuse() if answer.delivery.why == "unreadable" else abort(404)
