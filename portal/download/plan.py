@@ -206,8 +206,6 @@ class DownloadPlan:
     status: int
     headers: list[tuple[str, str]]
     delivery: Refused | Bodiless | HeadOnly | SendFile | Stream | Archive | XAccel | Redirect
-    decision: http.Decision | None = None
-    file: FileSnapshot | None = None
     version: VersionSnapshot | None = None
     event: dict | None = None
 
@@ -250,13 +248,12 @@ def plan(facts: RequestFacts, principal: Principal, reader: Reader, settings: Se
     decision, headers, early = answer_headers(facts.method, facts.headers, rep,
                                               public=file.access == "public",
                                               max_ranges=settings.max_ranges)
-    chosen = dict(decision=decision, file=file, version=version)
     if early is not None:
-        return DownloadPlan(decision.status, headers, early, **chosen)
+        return DownloadPlan(decision.status, headers, early, version=version)
     headers += representation_headers(version, full=decision.status == 200)
     multipart = _typed(decision, rep, headers)
     if not decision.send_body:
-        return DownloadPlan(decision.status, headers, HeadOnly(), **chosen)
+        return DownloadPlan(decision.status, headers, HeadOnly(), version=version)
 
     event = event_facts(facts, principal, version, decision)
     spans = decision.ranges if decision.status == 206 else ((0, version.size),)
@@ -267,20 +264,20 @@ def plan(facts: RequestFacts, principal: Principal, reader: Reader, settings: Se
         kept = [(k, v) for k, v in headers if k.lower() not in owned]
         uri = f"{settings.x_accel_prefix.rstrip('/')}/{shard_path(version.storage_key)}"
         kept += [("Content-Type", version.mime_type), ("X-Accel-Redirect", uri)]
-        return DownloadPlan(200, kept, XAccel(uri), event=event, **chosen)
+        return DownloadPlan(200, kept, XAccel(uri), version=version, event=event)
     if (settings.s3_delivery == "redirect" and path is None and reader.presigns
             and not http.is_active_content(version.mime_type) and s3_agrees(decision, facts)):
         delivery = Redirect(version.storage_key,
                             http.content_disposition(version.original_filename),
                             version.mime_type, spans[0])
-        return DownloadPlan(decision.status, headers, delivery, event=event, **chosen)
+        return DownloadPlan(decision.status, headers, delivery, version=version, event=event)
     if (path is not None and facts.zero_copy and multipart is None
             and not settings.cache_hot_local):
         start, stop = spans[0]
         return DownloadPlan(decision.status, headers, SendFile(path, start, stop),
-                            event=event, **chosen)
+                            version=version, event=event)
     return DownloadPlan(decision.status, headers, Stream(spans, multipart, path),
-                        event=event, **chosen)
+                        version=version, event=event)
 
 
 def plan_zip(facts: RequestFacts, files, settings: Settings) -> DownloadPlan:
@@ -299,16 +296,16 @@ def plan_zip(facts: RequestFacts, files, settings: Settings) -> DownloadPlan:
         facts.method, facts.headers, rep, public=all(f.access == "public" for f in files),
         max_ranges=settings.max_ranges)
     if early is not None:
-        return DownloadPlan(decision.status, headers, early, decision=decision)
+        return DownloadPlan(decision.status, headers, early)
     headers.append(("Content-Disposition",
                     http.content_disposition(archive_filename(files, last_modified))))
     multipart = _typed(decision, rep, headers)
     if not decision.send_body:
-        return DownloadPlan(decision.status, headers, HeadOnly(), decision=decision)
+        return DownloadPlan(decision.status, headers, HeadOnly())
     spans = decision.ranges if decision.status == 206 else ((0, archive.size),)
     delivery = Archive(archive, spans, multipart, tuple(v.storage_key for v in versions),
                        tuple(v.size for v in versions))
-    return DownloadPlan(decision.status, headers, delivery, decision=decision)
+    return DownloadPlan(decision.status, headers, delivery)
 
 
 def _typed(decision: http.Decision, rep: http.Representation,
