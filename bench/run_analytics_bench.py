@@ -35,6 +35,7 @@ from portal.analytics import materialise
 from portal.analytics.simulate import simulate
 from portal.extensions import db
 from portal.models import Group, User
+from portal.storage import get_storage
 
 SCHEMA = "bench_analytics"
 LIMIT_MS = 300.0
@@ -92,6 +93,7 @@ def generate(app, events: int, days: int, progress=None) -> dict:
     settings = materialise.Settings.from_config(app.config)
     with app.app_context(), db.engine.begin() as conn:
         return simulate(conn, settings, events=events, days=days, users=20000, files=400,
+                        storage=get_storage(),
                         seed=7, progress=progress)
 
 

@@ -171,19 +171,30 @@ def _commit() -> None:
 @with_appcontext
 @click.option("--big-mb", type=int, default=None,
               help="Size of the generated lecture recording (default PORTAL_DEMO_BIG_FILE_MB).")
-def demo_command(big_mb):
-    """Seed demo users, groups and documents (safe to run twice)."""
+@click.option("--history", type=click.IntRange(min=0), default=None,
+              help="About how many download requests of history to seed over the last 60 "
+                   "days when none is recorded yet [default: 6000]; 0 seeds none.")
+def demo_command(big_mb, history):
+    """Seed demo users, groups, documents and a term of download history (safe to run
+    twice)."""
     from flask import current_app
 
-    from .demo import seed
+    from .analytics.materialise import Settings
+    from .demo import HISTORY_EVENTS, seed, seed_history
 
     size = current_app.config["DEMO_BIG_FILE_MB"] if big_mb is None else big_mb
     try:
         report = seed(db.session, get_storage(), big_file_mb=size)
+        with db.engine.begin() as conn:
+            history_report = seed_history(
+                conn, Settings.from_config(current_app.config),
+                events=HISTORY_EVENTS if history is None else history)
     except (StorageError, SQLAlchemyError, OSError) as exc:
         db.session.rollback()
         fail(f"demo failed: {exc}")
     click.echo(report)
+    if history_report:
+        click.echo(history_report)
 
 
 storage_cli = AppGroup("storage", help="Check and migrate the storage backend.")

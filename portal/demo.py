@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import io
 import random
+from datetime import datetime
 
-from sqlalchemy import select
+from sqlalchemy import Connection, select
 from sqlalchemy.orm import Session
 
 from .files import add_version
-from .models import File, Group, User
+from .models import DownloadEvent, File, Group, User
 from .storage import Storage
 
 PASSWORD = "demo12345"
@@ -61,6 +62,17 @@ DOCUMENTS = [  # title, filename, category, access, body
     ("校园网使用指南", "校园网使用指南.pdf", "通知公告", "login", "notes"),
     ("教务处工作安排", "教务处工作安排.txt", "通知公告", "group:STAFF", "notes"),
 ]
+
+# Classmates of the demo students: real accounts without a password (they cannot sign in),
+# so that the seeded history has a believable number of different people in it.
+SURNAMES = "赵钱孙周吴郑冯陈褚卫蒋沈韩杨朱秦许何吕施"
+GIVEN = ("伟", "芳", "娜", "敏", "静", "磊", "洋", "艳", "勇", "军", "杰", "娟", "涛", "明",
+         "超", "霞", "平", "刚", "桂英", "子涵", "雨轩", "浩然", "梓萱", "一鸣")
+CLASSES = (("CS2023", "2023", 2, 40), ("MATH2024", "2024", 1, 32))  # group, prefix, first, last
+
+HISTORY_EVENTS = 6000  # asked for; small files take fewer responses: ~3,000 requests,
+# ~1,900 downloads over HISTORY_DAYS
+HISTORY_DAYS = 60
 
 BIG = ("数据结构 第1讲 课堂录像", "数据结构-第01讲-课堂录像.mp4", "讲座录像", "group:CS2023")
 
@@ -145,6 +157,17 @@ def seed(session: Session, storage: Storage, *, big_file_mb: int = 100) -> str:
             session.add(user)
             new_users += 1
         users[username] = user
+    names = iter(f"{s}{g}" for g in GIVEN for s in SURNAMES)
+    for group, prefix, first, last in CLASSES:
+        for n in range(first, last + 1):
+            username = f"{prefix}{n:03d}"
+            display = next(names)
+            if username in users or session.scalar(
+                    select(User.id).where(User.username == username)) is not None:
+                continue
+            session.add(User(username=username, display_name=display, role="student",
+                             password_hash=None, groups=[groups[group]]))
+            new_users += 1
     session.flush()
 
     rng = random.Random(2026)
@@ -168,3 +191,16 @@ def seed(session: Session, storage: Storage, *, big_file_mb: int = 100) -> str:
     session.commit()
     return (f"demo: {new_users} users and {new_files} documents added "
             f"(password for every demo user: {PASSWORD})")
+
+
+def seed_history(conn: Connection, settings, *, events: int = HISTORY_EVENTS,
+                 days: int = HISTORY_DAYS, now: datetime | None = None) -> str:
+    """A term of download history over the demo's own documents and users, once: nothing
+    when some download is already recorded (a second run, or a portal in use)."""
+    from .analytics.simulate import simulate
+
+    if events <= 0 or conn.execute(select(DownloadEvent.id).limit(1)).first() is not None:
+        return "demo: download history already present" if events > 0 else ""
+    report = simulate(conn, settings, events=events, days=days, seed=2026, now=now)
+    return (f"demo: {report['events']} download requests ({report['logical_downloads']} "
+            f"downloads) by {report['users']} people over the last {days} days")

@@ -74,11 +74,18 @@ def purge_command(days):
 @click.option("--events", type=int, default=100_000, show_default=True,
               help="About how many responses to generate.")
 @click.option("--days", type=int, default=120, show_default=True, help="Over the last D days.")
-@click.option("--users", type=int, default=3000, show_default=True)
-@click.option("--files", type=int, default=200, show_default=True)
+@click.option("--new-users", "--users", "users", type=click.IntRange(min=0), default=0,
+              show_default=True,
+              help="Simulated users (sim…, no password) to create first, when fewer exist.")
+@click.option("--new-files", "--files", "files", type=click.IntRange(min=0), default=0,
+              show_default=True,
+              help="Placeholder files to create first, when fewer exist: readable by the "
+                   "simulated users and admins only (students never see them), content stored.")
 @click.option("--seed", type=int, default=1, show_default=True)
 def simulate_command(events, days, users, files, seed):
-    """Generate realistic synthetic downloads straight into the tables and rollups."""
+    """Generate realistic synthetic downloads straight into the tables and rollups: by the
+    existing users over the existing files they may read, unless asked for more."""
+    from ..storage import get_storage
     from .simulate import simulate
 
     began = time.monotonic()
@@ -88,9 +95,13 @@ def simulate_command(events, days, users, files, seed):
             click.echo(f"  day {done}/{total}: {made} events, "
                        f"{time.monotonic() - began:.0f}s", err=True)
 
-    with db.engine.begin() as conn:
-        report = simulate(conn, _settings(), events=events, days=days, users=users,
-                          files=files, seed=seed, progress=progress)
+    try:
+        with db.engine.begin() as conn:
+            report = simulate(conn, _settings(), events=events, days=days, users=users,
+                              files=files, storage=get_storage() if files else None,
+                              seed=seed, progress=progress)
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from None
     click.echo(" ".join(f"{k}={v}" for k, v in report.items())
                + f" seconds={time.monotonic() - began:.1f}")
 

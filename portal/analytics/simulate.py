@@ -1,5 +1,11 @@
 """Synthetic download load: ``flask --app wsgi analytics simulate --events N --days D``.
 
+By default it invents history only: the existing users downloading the existing files they
+may read (what ``flask demo`` seeds). ``--new-users`` / ``--new-files`` add simulated users
+and placeholder files for a benchmark; placeholders are readable by SIM_GROUP (the
+simulated users) and admins only, and their content is stored, so nobody else ever sees
+one and none answers 503.
+
 Realistic enough to exercise the pages and the benchmark: a term calendar (autumn and
 spring terms, winter and summer breaks), exam peaks at the end of each term, a weekly
 rhythm (quieter weekends), a daily rhythm (mornings, afternoons and a late-evening peak in
@@ -15,8 +21,8 @@ downloads and rollups, so the rollups equal a recomputation from the raw events.
 from __future__ import annotations
 
 import functools
+import io
 import itertools
-import math
 import operator
 import queue
 import random
@@ -27,6 +33,7 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy import Connection, Index, func, select, text
 from sqlalchemy.exc import DBAPIError
 
+from ..access import parse_access
 from ..models import DownloadEvent, File, FileVersion, Group, User, user_groups
 from . import clients, logical, materialise, rawevents, spans
 from .models import FileUser, LogicalDownload, Rollup, UserDay, UserGap
@@ -46,71 +53,153 @@ HOURS = (3, 2, 1, 1, 1, 2, 4, 8, 12, 14, 15, 12, 9, 10, 13, 14, 13, 11, 10, 14, 
 
 
 def term_weight(day: datetime) -> float:
-    """How busy a date is: breaks quiet, term normal, the last weeks of a term (exams)
-    three times as busy, weekends at 60 %."""
+    """How busy a date is: breaks quiet, term normal, mid-term exams (early November, late
+    April) twice and the last weeks of a term (finals) three times as busy, weekends at 60 %."""
     month, dom = day.month, day.day
     if month in (7, 8) or (month == 2 and dom < 20):
         weight = 0.25  # summer and winter breaks
     elif (month == 1 and dom <= 20) or (month == 6 and dom >= 10):
         weight = 3.0  # exam weeks
-    elif month == 12 and dom >= 20:
-        weight = 2.0  # revision
+    elif (month == 12 and dom >= 20) or (month == 11 and 3 <= dom <= 16) or (
+            month == 4 and 18 <= dom <= 30):
+        weight = 2.0  # revision, mid-term exams
     else:
         weight = 1.0
     return weight * (0.6 if day.weekday() >= 5 else 1.0)
 
 
-def ensure_population(conn: Connection, *, users: int, files: int, rng: random.Random) -> tuple:
-    """Simulated users (``sim…``, in class groups) and files (category ``sim-…``, versions
-    without stored bytes) when fewer exist; returns (user ids with groups, versions)."""
+# Placeholder files (``--new-files``) are readable by this group only, whose members are the
+# simulated users (and, as for every file, admins): no student or staff member sees them in
+# the catalog, the most-downloaded list or the analytics, and their content is really stored
+# so that an admin's download of one never answers 503.
+SIM_GROUP = "sim-readers"
+# Placeholder contents, shared by content hash (so N placeholders cost a few megabytes of
+# storage, not N): sizes like a form, a handout, slides, a scanned document and a recording.
+PLACEHOLDER_SIZES = (24 << 10, 96 << 10, 384 << 10, 1536 << 10)
+RECORDING_SIZE = 16 << 20
+EXAM_WORDS = ("考试", "复习", "exam")
+
+
+def placeholder_body(size: int) -> bytes:
+    """Deterministic content of one placeholder size (the same bytes every run)."""
+    line = f"campus portal: simulated analytics placeholder, {size} bytes\n".encode()
+    return (line * (size // len(line) + 1))[:size]
+
+
+def _group_ids(conn: Connection, names) -> dict[str, int]:
+    ids = {}
+    for name in names:
+        gid = conn.execute(select(Group.id).where(Group.name == name)).scalar()
+        if gid is None:
+            gid = conn.execute(Group.__table__.insert().values(
+                name=name, description="simulated")).inserted_primary_key[0]
+        ids[name] = gid
+    return ids
+
+
+def _add_simulated_users(conn: Connection, users: int, rng: random.Random) -> None:
+    """Users ``sim…`` (no password: they cannot sign in), each in one class group and in
+    SIM_GROUP, until ``users`` of them exist."""
     have = conn.execute(select(func.count()).select_from(User)
                         .where(User.username.like("sim%"))).scalar_one()
+    if have >= users:
+        return
+    groups = _group_ids(conn, (*GROUPS, SIM_GROUP))
     now = datetime.now(UTC)
-    if have < users:
-        groups = {}
-        for name in GROUPS:
-            gid = conn.execute(select(Group.id).where(Group.name == name)).scalar()
-            if gid is None:
-                gid = conn.execute(Group.__table__.insert().values(
-                    name=name, description="simulated")).inserted_primary_key[0]
-            groups[name] = gid
-        rows = [{"username": f"sim{n:06d}", "display_name": f"sim{n:06d}", "role": "student",
-                 "active": True, "created_at": now, "password_hash": None}
-                for n in range(have, users)]
-        conn.execute(User.__table__.insert(), rows)
-        ids = conn.execute(select(User.id).where(User.username.in_([r["username"]
-                                                                     for r in rows]))).scalars()
-        conn.execute(user_groups.insert(), [{"user_id": uid, "group_id": groups[rng.choice(
-            GROUPS)]} for uid in ids])
-    have_files = conn.execute(select(func.count()).select_from(File)
-                              .where(File.category.like("sim-%"))).scalar_one()
-    for n in range(have_files, files):
-        category = f"sim-{CATEGORIES[n % len(CATEGORIES)]}"
-        fid = conn.execute(File.__table__.insert().values(
-            title=f"模拟文件 {n:04d}", category=category, description="", access="login",
-            created_at=now, updated_at=now)).inserted_primary_key[0]
+    rows = [{"username": f"sim{n:06d}", "display_name": f"sim{n:06d}", "role": "student",
+             "active": True, "created_at": now, "password_hash": None}
+            for n in range(have, users)]
+    conn.execute(User.__table__.insert(), rows)
+    ids = conn.execute(select(User.id).where(User.username.in_([r["username"]
+                                                                 for r in rows]))).scalars()
+    conn.execute(user_groups.insert(), [
+        {"user_id": uid, "group_id": gid} for uid in ids
+        for gid in (groups[rng.choice(GROUPS)], groups[SIM_GROUP])])
+
+
+def _add_placeholder_files(conn: Connection, files: int, storage, rng: random.Random) -> None:
+    """Placeholder files (category ``sim-…``, readable by SIM_GROUP only, content really
+    stored) until ``files`` of them exist."""
+    have = conn.execute(select(func.count()).select_from(File)
+                        .where(File.category.like("sim-%"))).scalar_one()
+    if have >= files:
+        return
+    if storage is None:
+        raise ValueError("placeholder files need the storage to keep their content")
+    _group_ids(conn, (SIM_GROUP,))
+    stored = {}
+    now = datetime.now(UTC)
+    for n in range(have, files):
         kind = CATEGORIES[n % len(CATEGORIES)]
-        size = int(rng.lognormvariate(math.log(300e6 if kind == "录播" else 2e6), 0.8))
+        fid = conn.execute(File.__table__.insert().values(
+            title=f"模拟文件 {n:04d}", category=f"sim-{kind}", description="simulated",
+            access=f"group:{SIM_GROUP}", created_at=now, updated_at=now)).inserted_primary_key[0]
+        first = rng.randrange(len(PLACEHOLDER_SIZES))
         for number in range(1, 1 + (2 if n % 7 == 0 else 1)):
+            size = (RECORDING_SIZE + number if kind == "录播"
+                    else PLACEHOLDER_SIZES[(first + number - 1) % len(PLACEHOLDER_SIZES)])
+            if size not in stored:
+                stored[size] = storage.put(io.BytesIO(placeholder_body(size)))
+            obj = stored[size]
             conn.execute(FileVersion.__table__.insert().values(
-                file_id=fid, number=number, sha256=uuid.uuid4().hex * 2, crc32=0,
-                size=size + number, mime_type="application/octet-stream",
-                original_filename=f"sim-{n:04d}.bin", storage_key=uuid.uuid4().hex * 2,
-                created_at=now))
-    user_rows = conn.execute(select(User.id).where(User.username.like("sim%"))).scalars().all()
-    versions = conn.execute(
-        select(FileVersion.id, FileVersion.file_id, FileVersion.size, File.category)
-        .join(File, File.id == FileVersion.file_id).where(File.category.like("sim-%"))
-        .order_by(FileVersion.file_id, FileVersion.number)).all()
-    return user_rows, versions
+                file_id=fid, number=number, sha256=obj.sha256, crc32=obj.crc32, size=obj.size,
+                mime_type="application/octet-stream", original_filename=f"sim-{n:04d}.bin",
+                storage_key=obj.key, created_at=now))
+
+
+def ensure_population(conn: Connection, *, users: int = 0, files: int = 0,
+                      rng: random.Random, storage=None) -> tuple:
+    """Who may have downloaded what: the live files with their versions, and for each file
+    the active users its access rule lets read it (students and staff; admins only for a
+    file nobody else may read). ``users``/``files``: simulated users and placeholder files
+    to create first when fewer exist. Returns (user ids, versions, {file id: user ids}).
+
+    Raises ValueError when there is nobody or nothing to simulate.
+    """
+    _add_simulated_users(conn, users, rng)
+    _add_placeholder_files(conn, files, storage, rng)
+    people = conn.execute(select(User.id, User.username, User.role)
+                          .where(User.active.is_(True)).order_by(User.id)).all()
+    member: dict[str, set[int]] = {}
+    for user_id, name in conn.execute(select(user_groups.c.user_id, Group.name)
+                                      .join(Group, Group.id == user_groups.c.group_id)):
+        member.setdefault(name, set()).add(user_id)
+    readers = [p.id for p in people if p.role != "admin"]
+    admins = [p.id for p in people if p.role == "admin"]
+    by_name = {p.username: p.id for p in people}
+    live = conn.execute(select(File.id, File.access).where(File.deleted_at.is_(None))).all()
+    eligible: dict[int, list[int]] = {}
+    for file_id, rule in live:
+        try:
+            kind, names = parse_access(rule)
+        except ValueError:
+            continue  # (a broken rule reads for nobody: nobody downloaded it)
+        if kind in ("public", "login"):
+            who = readers
+        elif kind == "group":
+            allowed = set().union(*(member.get(n, set()) for n in names))
+            who = [u for u in readers if u in allowed]
+        else:
+            who = [by_name[names[0]]] if names[0] in by_name else []
+        eligible[file_id] = who or admins
+    eligible = {f: who for f, who in eligible.items() if who}
+    versions = [v for v in conn.execute(
+        select(FileVersion.id, FileVersion.file_id, FileVersion.size, File.category, File.title)
+        .join(File, File.id == FileVersion.file_id).where(File.deleted_at.is_(None))
+        .order_by(FileVersion.file_id, FileVersion.number)).all() if v.file_id in eligible]
+    if not versions:
+        raise ValueError("nothing to simulate: no file with a version that an active user "
+                         "may read (add files, or ask for placeholder files)")
+    user_ids = sorted({u for f in {v.file_id for v in versions} for u in eligible[f]})
+    return user_ids, versions, eligible
 
 
 class Generator:
     """Makes the responses of one logical download at a time."""
 
-    def __init__(self, rng: random.Random, user_ids: list[int], versions: list) -> None:
+    def __init__(self, rng: random.Random, user_ids: list[int], versions: list,
+                 eligible: dict[int, list[int]]) -> None:
         self.rng = rng
-        self.users = user_ids
         # Event keys: a random prefix per run and a counter (unique like uuid4, whose
         # urandom call took ~15 % of the generating thread under load).
         self.key_prefix = uuid.uuid4().hex[:20]
@@ -120,19 +209,31 @@ class Generator:
             by_file.setdefault(v.file_id, []).append(v)
         self.files = list(by_file.values())
         self.rng.shuffle(self.files)
-        # Zipf-like popularity: weight 1/rank.
+        # Some people download far more than others, whatever the file: one activity rank
+        # per person, and each file's readers in that order (the busiest first).
+        order = list(user_ids)
+        self.rng.shuffle(order)
+        rank = {u: i for i, u in enumerate(order)}
+        self.readers = {f: sorted(who, key=rank.__getitem__) for f, who in eligible.items()}
+        self.exam_files = {f for f, vs in by_file.items()
+                           if any(w in f"{vs[0].category} {vs[0].title}".lower()
+                                  for w in EXAM_WORDS)}
+        # Zipf-like popularity (weight 1/rank) times how many may read the file: a
+        # transcript is fetched by its one owner, not as often as the public timetable.
         self.cum = []
         total = 0.0
-        for rank in range(len(self.files)):
-            total += 1 / (rank + 1)
+        for r, file_versions in enumerate(self.files):
+            total += len(self.readers[file_versions[0].file_id]) / (r + 1)
             self.cum.append(total)
 
     def pick_file(self, exam: bool) -> list:
+        """The versions of one file, popular ones more often; in exam weeks exam files
+        (timetables, revision notes) get at least half of the downloads."""
         for _ in range(3):
             index = min(len(self.files) - 1,
                         _bisect(self.cum, self.rng.random() * self.cum[-1]))
             chosen = self.files[index]
-            if not exam or "考试" in chosen[0].category or self.rng.random() < 0.5:
+            if not exam or chosen[0].file_id in self.exam_files or self.rng.random() < 0.5:
                 return chosen
         return chosen
 
@@ -141,8 +242,9 @@ class Generator:
         the grouping sees it), built together so nothing is formatted and parsed again."""
         rng = self.rng
         version = self.pick_file(exam)[-1 if rng.random() < 0.9 else 0]
-        user_id = self.users[min(len(self.users) - 1, int(rng.paretovariate(1.2)) - 1)
-                             if rng.random() < 0.3 else rng.randrange(len(self.users))]
+        readers = self.readers[version.file_id]
+        user_id = readers[min(len(readers) - 1, int(rng.paretovariate(1.2)) - 1)
+                          if rng.random() < 0.3 else rng.randrange(len(readers))]
         kind = rng.choices((clients.BROWSER, clients.MANAGER, clients.COMMAND_LINE),
                            (60, 28, 12))[0]
         agent = rng.choice(AGENTS[kind])
@@ -393,12 +495,19 @@ def _sum_parts(conn: Connection, settings: materialise.Settings, first_event: in
 
 
 def simulate(conn: Connection, settings: materialise.Settings, *, events: int, days: int,
-             users: int = 3000, files: int = 200, seed: int = 1,
+             users: int = 0, files: int = 0, storage=None, seed: int = 1,
              now: datetime | None = None, progress=None) -> dict:
-    """Generate about ``events`` responses over the last ``days`` days (in time order)."""
+    """Generate about ``events`` responses over the last ``days`` days (in time order), by
+    the existing users over the existing files, each download by someone the file's access
+    rule lets read it. ``users`` simulated users and ``files`` placeholder files (readable
+    by SIM_GROUP only, content in ``storage``) are created first when asked for.
+
+    Raises ValueError when there is nothing to simulate over.
+    """
     rng = random.Random(seed)
-    user_ids, versions = ensure_population(conn, users=users, files=files, rng=rng)
-    gen = Generator(rng, list(user_ids), versions)
+    user_ids, versions, eligible = ensure_population(conn, users=users, files=files, rng=rng,
+                                                     storage=storage)
+    gen = Generator(rng, list(user_ids), versions, eligible)
     groups = materialise.groups_of(conn, user_ids)
     now = (now or datetime.now(UTC)).replace(minute=0, second=0, microsecond=0)
     first = now - timedelta(days=days)

@@ -264,7 +264,7 @@ def test_flush_equals_recompute_on_a_mix_of_clients(app, client, make_user, logi
 def test_simulated_rollups_equal_a_recomputation_from_raw_events(app, seed):
     with app.app_context(), db.engine.begin() as conn:
         report = simulate(conn, settings(app), events=3000, days=10, users=60, files=12,
-                          seed=seed)
+                          storage=get_storage(), seed=seed)
     assert report["events"] > 1500
     assert_rollups_match_raw(app)
     with app.app_context(), db.engine.connect() as conn:  # (bulk loads build them at the end)
@@ -299,7 +299,8 @@ def test_contract_endpoint(app, client, make_user, login):
 
 def test_pages_json_and_csv_render(app, client, make_user, login):
     with app.app_context(), db.engine.begin() as conn:
-        simulate(conn, settings(app), events=2000, days=21, users=40, files=8)
+        simulate(conn, settings(app), events=2000, days=21, users=40, files=8,
+                 storage=get_storage())
     make_user("staff1", role="staff")
     login("staff1")
     for page in ("/admin/analytics/", "/admin/analytics/time", "/admin/analytics/files/1"):
@@ -348,7 +349,8 @@ def test_recommendations_respect_access(app, client, make_user, login):
 
 def test_purge_keeps_rollups(app, runner):
     with app.app_context(), db.engine.begin() as conn:
-        simulate(conn, settings(app), events=1000, days=20, users=20, files=5)
+        simulate(conn, settings(app), events=1000, days=20, users=20, files=5,
+                 storage=get_storage())
     with app.app_context(), db.engine.connect() as conn:
         before, _ = stored_rollups(conn)
     result = runner.invoke(args=["analytics", "purge", "--days", "7"])
@@ -394,7 +396,8 @@ def test_unique_users_and_file_detail_equal_brute_force(app):
 
     tz = settings(app).tz
     with app.app_context(), db.engine.begin() as conn:
-        simulate(conn, settings(app), events=3000, days=40, users=50, files=6, seed=3)
+        simulate(conn, settings(app), events=3000, days=40, users=50, files=6,
+                 storage=get_storage(), seed=3)
     with app.app_context(), db.engine.connect() as conn:
         days = conn.execute(select(UserDay.day, UserDay.file_id, UserDay.user_key,
                                    UserDay.user_id)).all()
@@ -473,8 +476,8 @@ def test_distinct_users_fast_path_equals_raw_recomputation(app):
     tz = settings(app).tz
     now = datetime.now(UTC)
     with app.app_context(), db.engine.begin() as conn:
-        simulate(conn, settings(app), events=4000, days=60, users=40, files=5, seed=11,
-                 now=now)
+        simulate(conn, settings(app), events=4000, days=60, users=40, files=5,
+                 storage=get_storage(), seed=11, now=now)
 
     def check():
         with app.app_context(), db.engine.connect() as conn:

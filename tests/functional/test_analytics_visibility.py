@@ -217,7 +217,8 @@ def test_scoped_queries_equal_a_brute_force_over_the_readable_files(app, monkeyp
     tz = settings.tz
     now = datetime(2026, 5, 20, 9, 30, tzinfo=UTC)  # fixed: the same data every run
     with app.app_context(), db.engine.begin() as conn:
-        simulate(conn, settings, events=4000, days=30, users=60, files=10, seed=5, now=now)
+        simulate(conn, settings, events=4000, days=30, users=60, files=10, seed=5, now=now,
+                 storage=get_storage())
     with app.app_context():
         names = sorted(db.session.scalars(select(Group.name)))
         mine, other = names[0], names[1]
@@ -226,6 +227,8 @@ def test_scoped_queries_equal_a_brute_force_over_the_readable_files(app, monkeyp
         db.session.add(staff)
         sim = db.session.scalars(select(File).order_by(File.id)).all()
         student = db.session.scalar(select(User).where(User.username.like("sim%")))
+        for placeholder in sim[6:]:  # (placeholders are for simulated users: open them)
+            placeholder.access = "login"
         sim[0].access = f"group:{mine}"
         sim[1].access = f"group:{other}"
         sim[2].access = f"user:{student.username}"
