@@ -13,28 +13,51 @@ from ...filenames import FALLBACK_NAME, cap_length, clean_filename, split_extens
 _ATTR_CHAR_EXTRA = "!#$&+^`|"
 
 
+# What a transliteration may leave in the fallback: letters, digits and the punctuation of
+# ordinary names. Anything else it produces (":" from an emoji's ":grinning:", "<<" from
+# guillemets) is not welcome in a file name on every system and becomes "_".
+_TRANSLITERATED_OK = re.compile(r"[A-Za-z0-9 ._\-()'+,]")
+
+
+def _transliterate(run: str) -> str:
+    """ASCII for a run of non-ASCII characters: pinyin for Chinese, a romanisation for
+    other scripts (anyascii: ISC, a few KB per script loaded on first use; pypinyin would
+    read Chinese polyphones better, but keeps ~55 MB in every worker for a name only
+    clients that ignore ``filename*`` ever see)."""
+    from anyascii import anyascii
+
+    out = "".join(ch if _TRANSLITERATED_OK.match(ch) else "_" for ch in anyascii(run))
+    return re.sub("_{2,}", "_", out) or "_"
+
+
 def _ascii_fallback(name: str) -> str:
-    """ASCII-only approximation of an already cleaned name for ``filename=``."""
+    """ASCII approximation of an already cleaned name for ``filename=``: accents dropped,
+    other scripts transliterated ("数据结构-第02章.pdf" -> "ShuJuJieGou-Di02Zhang.pdf")."""
     out: list[str] = []
+    run: list[str] = []  # non-ASCII characters waiting to be transliterated together
     # NFKD splits accented letters into base + combining mark (é -> e) and
     # maps compatibility forms (fullwidth letters, ligatures) to ASCII.
-    for ch in unicodedata.normalize("NFKD", name):
+    for ch in unicodedata.normalize("NFKD", name) + "\0":
         if unicodedata.combining(ch):
             continue
+        if ch.isascii() and run:
+            out.append(_transliterate("".join(run)))
+            run = []
+        if ch == "\0":
+            break
         if ch.isascii() and ch.isprintable():
             if ch in '"\\':
                 continue  # cannot appear inside a quoted-string unescaped
             # "/" can come back from NFKD (fullwidth solidus); "%" followed by
             # hex is percent-decoded by some agents (RFC 6266 appendix D).
-            ch = "_" if ch in "/%" else ch
-            out.append(ch)
-        elif not out or out[-1] != "_":
-            out.append("_")  # one "_" per run of non-ASCII characters
+            out.append("_" if ch in "/%" else ch)
+        elif not ch.isascii():
+            run.append(ch)
     fallback = re.sub(" {2,}", " ", "".join(out)).strip(" .")
     fallback = cap_length(fallback)
     stem, ext = split_extension(fallback)
     if not stem.strip("_ ."):
-        # Nothing recognisable survived (e.g. an all-CJK stem): a generic stem
+        # Nothing recognisable survived (characters no table knows): a generic stem
         # with the real extension is more useful than "_.pdf".
         fallback = FALLBACK_NAME + ext
     return fallback

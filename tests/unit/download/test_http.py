@@ -662,13 +662,29 @@ CHINESE_PCT = "2026%E5%B9%B4%E7%A7%8B%E5%AD%A3%E5%AD%A6%E6%9C%9F%E8%AF%BE%E7%A8%
     [
         ("report.pdf", False, 'attachment; filename="report.pdf"'),
         ("report.pdf", True, 'inline; filename="report.pdf"'),
-        (CHINESE, False, f"attachment; filename=\"2026_.pdf\"; filename*=UTF-8''{CHINESE_PCT}"),
+        (CHINESE, False, "attachment; filename=\"2026NianQiuJiXueQiKeChengBiao.pdf\"; "
+                         f"filename*=UTF-8''{CHINESE_PCT}"),
         (
             "课程表.pdf",
             False,
-            "attachment; filename=\"download.pdf\"; filename*=UTF-8''"
+            "attachment; filename=\"KeChengBiao.pdf\"; filename*=UTF-8''"
             "%E8%AF%BE%E7%A8%8B%E8%A1%A8.pdf",
         ),
+        (
+            "数据结构-第02章-线性表.pdf",
+            False,
+            "attachment; filename=\"ShuJuJieGou-Di02Zhang-XianXingBiao.pdf\"; filename*=UTF-8''"
+            "%E6%95%B0%E6%8D%AE%E7%BB%93%E6%9E%84-%E7%AC%AC02%E7%AB%A0-"
+            "%E7%BA%BF%E6%80%A7%E8%A1%A8.pdf",
+        ),
+        ("Привет мир.txt", False, "attachment; filename=\"Privet mir.txt\"; filename*=UTF-8''"
+                                  "%D0%9F%D1%80%D0%B8%D0%B2%D0%B5%D1%82%20%D0%BC%D0%B8%D1%80.txt"),
+        # An emoji's name comes back as ":grinning:": no colon in a file name.
+        ("ok 😀.txt", False, "attachment; filename=\"ok _grinning_.txt\"; filename*=UTF-8''"
+                            "ok%20%F0%9F%98%80.txt"),
+        # A private-use character no table knows: a generic stem, the real extension.
+        ("\U000f0000.pdf", False, "attachment; filename=\"download.pdf\"; filename*=UTF-8''"
+                                  "%F3%B0%80%80.pdf"),
         (
             'my "quoted" file.txt',
             False,
@@ -701,7 +717,7 @@ def test_overlong_chinese_name_disposition():
     value = http.content_disposition("字" * 300 + ".pdf")
     fallback = re.search(r'filename="([^"]*)"', value).group(1)
     encoded = value.split("filename*=UTF-8''", 1)[1]
-    assert fallback == "download.pdf"
+    assert fallback == "Zi" * 98 + ".pdf"  # (200 characters, the extension kept)
     assert unquote(encoded) == "字" * 196 + ".pdf"
 
 
