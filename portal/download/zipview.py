@@ -10,15 +10,19 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator, Sequence
+from urllib.parse import urlsplit
 
-from flask import Response, abort, request
+from flask import Response, abort, flash, redirect, request
+from flask_babel import gettext as _
 from flask_login import current_user
 from sqlalchemy import select
 from sqlalchemy.orm import Session, selectinload
 
 from ..access import can_read
+from ..auth.views import safe_next
 from ..catalog.views import refuse
 from ..config import settings
+from ..errors import render_error, wants_json
 from ..extensions import db
 from ..models import File, User
 from ..security import parse_id
@@ -91,9 +95,17 @@ def _sent_logger(ids: Sequence[int], user_id: int | None, status: int, range_hea
 def zip_download():
     """One zip of the selected files (?id=1&id=2...), all of which the caller must be allowed
     to read, with Content-Length, a strong ETag and full Range support."""
-    ids = parse_ids(request.args.getlist("id"))
+    raw = request.args.getlist("id")
+    if not raw and not wants_json():
+        # The catalog's button with nothing ticked (its script keeps it disabled; without
+        # scripts the form still submits): back to that listing, saying what to do.
+        flash(_("Tick the files you want first, then press “Download selected as one zip”."),
+              "error")
+        return redirect(_listing_page(), 303)
+    ids = parse_ids(raw)
     if ids is None:
-        abort(400)
+        return render_error(400, _("A zip takes 1 to %(n)d files, given by their numbers "
+                                   "(?id=1&id=2).", n=MAX_ZIP_FILES))
     files = readable_files(db.session, current_user, ids)
     if files is None:
         return refuse()
@@ -103,6 +115,15 @@ def zip_download():
     user_id = current_user.id if current_user.is_authenticated else None
     logged = _sent_logger(ids, user_id, answer.status, request.headers.get("Range", "")[:200])
     return archive_response(answer, get_storage(), logged, ids)
+
+
+def _listing_page() -> str:
+    """The catalog page the request came from (its Referer, when on this site), else the
+    catalog."""
+    referer = urlsplit(request.referrer or "")
+    if referer.netloc != request.host:
+        return safe_next(None)
+    return safe_next(referer.path + (f"?{referer.query}" if referer.query else ""))
 
 
 def archive_response(answer, storage: Storage, on_close, ids: Sequence[int]) -> Response:

@@ -57,3 +57,17 @@ document.addEventListener("click", async (event) => {
     button.disabled = false;
   }
 });
+
+// The catalog's zip button: disabled until a file is ticked (without scripts the server
+// answers an empty selection with the same advice).
+(() => {
+  const form = document.getElementById("zip-form");
+  const button = document.getElementById("zip-selected");
+  if (!form || !button) return;
+  const update = () => {
+    button.disabled = !form.querySelector('input[name="id"]:checked');
+  };
+  form.addEventListener("change", update);
+  window.addEventListener("pageshow", update);  // (ticks kept by the back/forward cache)
+  update();
+})();

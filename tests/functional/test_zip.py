@@ -227,16 +227,40 @@ def test_mixed_categories_get_a_generic_name(client, docs, login):
                         resp.headers["Content-Disposition"])
 
 
-BAD_QUERIES = ["", "id=", "id=abc", "id=-1", "id=1.0", "id=%201", "id=1&id=x",
-               "ids=1", "&".join(f"id={i}" for i in range(1, zipview.MAX_ZIP_FILES + 2))]
+BAD_QUERIES = ["id=", "id=abc", "id=-1", "id=1.0", "id=%201", "id=1&id=x",
+               "&".join(f"id={i}" for i in range(1, zipview.MAX_ZIP_FILES + 2))]
 
 
 def test_bad_id_lists_are_400(client, docs, login):
     login("alice")
     for query in BAD_QUERIES:
-        assert client.get(f"/files/zip?{query}").status_code == 400, query
+        resp = client.get(f"/files/zip?{query}", headers={"Accept-Language": "en"})
+        assert resp.status_code == 400, query
+        assert "A zip takes 1 to 200 files" in resp.get_data(as_text=True), query
+    resp = client.get("/files/zip", headers={"Accept": "application/json"})  # (a script)
+    assert resp.status_code == 400 and "1 到 200" in resp.json["message"]  # (zh_CN first)
     most = "&".join(f"id={docs['public'][0]}" for _ in range(zipview.MAX_ZIP_FILES))
     assert client.get(f"/files/zip?{most}").status_code == 200  # the maximum itself is fine
+
+
+@pytest.mark.parametrize(("language", "advice"), [("en", "Tick the files you want first"),
+                                                  ("zh-CN", "请先勾选")])
+def test_an_empty_selection_goes_back_to_the_listing_with_advice(client, docs, login,
+                                                                 language, advice):
+    """The zip button pressed with nothing ticked and no script to stop it: back to the
+    listing it came from, with a message in the page's language, not a bare 400."""
+    login("alice")
+    for query in ("", "?ids=1"):
+        resp = client.get(f"/files/zip{query}", headers={
+            "Referer": "http://localhost/?category=%E8%AF%BE%E7%A8%8B%E8%A1%A8&sort=popular",
+            "Accept-Language": language})
+        assert resp.status_code == 303
+        assert resp.headers["Location"] == "/?category=%E8%AF%BE%E7%A8%8B%E8%A1%A8&sort=popular"
+        page = client.get(resp.headers["Location"], headers={"Accept-Language": language})
+        assert advice in page.get_data(as_text=True)
+    # Another site's page is never a destination.
+    resp = client.get("/files/zip", headers={"Referer": "https://evil.example/?x"})
+    assert resp.status_code == 303 and resp.headers["Location"] == "/"
 
 
 def test_the_route_does_not_shadow_file_pages(client, docs, login):
