@@ -23,6 +23,42 @@ function shellQuote(text) {
   return "'" + text.replace(/'/g, "'\\''") + "'";
 }
 
+// When a link expires, as the pages show times: in the portal's zone (data-zone), plus how
+// long is left in the page's language ("expires in 23 hours" / "23小时后过期"), kept up to
+// date each minute. The sentence comes translated from the page (data-expiry).
+function localTime(when, zone) {
+  const parts = {};
+  for (const part of new Intl.DateTimeFormat("en-US", {
+    timeZone: zone, year: "numeric", month: "2-digit", day: "2-digit",
+    hour: "2-digit", minute: "2-digit", hourCycle: "h23",
+  }).formatToParts(when)) parts[part.type] = part.value;
+  return `${parts.year}-${parts.month}-${parts.day} ${parts.hour}:${parts.minute}`;
+}
+
+function timeLeft(when, language) {
+  const seconds = (when.getTime() - Date.now()) / 1000;
+  const format = new Intl.RelativeTimeFormat(language, {numeric: "always"});
+  if (Math.abs(seconds) < 90 * 60) return format.format(Math.round(seconds / 60), "minute");
+  if (Math.abs(seconds) < 48 * 3600) return format.format(Math.round(seconds / 3600), "hour");
+  return format.format(Math.round(seconds / 86400), "day");
+}
+
+let expiryTimer = null;
+
+function showExpiry(box, when) {
+  const target = document.getElementById("link-expiry");
+  const render = () => {
+    target.textContent = box.dataset.expiry
+      .replace("{time}", localTime(when, box.dataset.zone))
+      .replace("{zone}", box.dataset.zone)
+      .replace("{relative}", timeLeft(when, document.documentElement.lang || "zh-CN"));
+    target.dateTime = when.toISOString();
+  };
+  render();
+  clearInterval(expiryTimer);
+  expiryTimer = setInterval(render, 60 * 1000);
+}
+
 document.addEventListener("click", async (event) => {
   const button = event.target.closest("#make-link");
   if (!button) return;
@@ -42,8 +78,7 @@ document.addEventListener("click", async (event) => {
     const url = shellQuote(link.url);
     const name = shellQuote(link.filename);
     document.getElementById("link-url").value = link.url;
-    document.getElementById("link-expiry").textContent =
-      new Date(link.expires_at).toLocaleString();
+    showExpiry(box, new Date(link.expires_at));
     document.getElementById("cmd-aria2c").textContent =
       `aria2c -x 8 -s 8 -c -o ${name} ${url}`;
     document.getElementById("cmd-wget").textContent = `wget -c -O ${name} ${url}`;

@@ -1,7 +1,12 @@
 """Small things a real browser must get right: the zip button waits for a ticked file (and
-without scripts the server explains instead of a bare 400)."""
+without scripts the server explains instead of a bare 400); a download-manager link says
+when it expires in the portal's zone and how long is left, in the page's language."""
 
 from __future__ import annotations
+
+import re
+from datetime import datetime
+from zoneinfo import ZoneInfo
 
 from tests.helpers import sign_in
 
@@ -32,3 +37,35 @@ def test_without_scripts_an_empty_zip_says_what_to_do(browser, demo_server):
         assert "Tick the files you want first" in alert.inner_text()
     finally:
         context.close()
+
+
+def _expiry_shown(page) -> tuple[str, datetime]:
+    """Make a download-manager link on a file page; (the expiry shown, the API's)."""
+    page.goto("/?category=课程表")
+    page.locator("table.files tbody td:nth-child(2) a").first.click()
+    page.wait_for_url("**/files/*")
+    with page.expect_response("**/links") as info:
+        page.click("#make-link")
+    expires_at = info.value.json()["expires_at"]
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z", expires_at)  # ISO 8601
+    page.locator("#link-box").wait_for()
+    when = datetime.fromisoformat(expires_at.replace("Z", "+00:00"))
+    return page.locator("#link-expiry").inner_text(), when
+
+
+def test_link_expiry_in_the_portal_zone_and_how_long_is_left(page, browser, demo_server):
+    text, when = _expiry_shown_as(page, "student")
+    local = when.astimezone(ZoneInfo("Asia/Shanghai")).strftime("%Y-%m-%d %H:%M")
+    assert text == f"有效期至 {local}（Asia/Shanghai），24小时后过期。"
+    context = browser.new_context(locale="en-US", base_url=demo_server.base_url)
+    try:
+        text, when = _expiry_shown_as(context.new_page(), "2023001")
+    finally:
+        context.close()
+    local = when.astimezone(ZoneInfo("Asia/Shanghai")).strftime("%Y-%m-%d %H:%M")
+    assert text == f"Valid until {local} (Asia/Shanghai), expires in 24 hours."
+
+
+def _expiry_shown_as(page, username: str) -> tuple[str, datetime]:
+    sign_in(page, username)
+    return _expiry_shown(page)
