@@ -12,7 +12,9 @@ import contextlib
 import logging
 
 from flask import Flask, current_app, jsonify, render_template, request
+from flask_babel import gettext as _
 from flask_babel import lazy_gettext as _l
+from flask_wtf.csrf import CSRFError
 from sqlalchemy.exc import (
     DBAPIError,
     InterfaceError,
@@ -128,7 +130,12 @@ def register(app: Flask) -> None:
     def http_error(exc: HTTPException):
         if exc.code is None or exc.code < 400:
             return exc
-        response = render_error(exc.code)
+        detail = None
+        if isinstance(exc, CSRFError):  # say which token, for the people and scripts it stops
+            detail = _("The security token (CSRF) is missing or no longer matches your "
+                       "session: reload the page and try again. Scripts send the token of "
+                       "the page's csrf-token meta tag in the X-CSRFToken header.")
+        response = render_error(exc.code, detail)
         body, code = response
         resp = app.make_response((body, code))
         for name, value in exc.get_headers():  # keep Retry-After, Allow, WWW-Authenticate
