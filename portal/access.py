@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import re
 
-from sqlalchemy import ColumnElement, false, or_, true
+from sqlalchemy import ColumnElement, false, or_, select, true
+from sqlalchemy.orm import Session
 
-from .models import File, User
+from .models import File, Group, User
 
 NAME = re.compile(r"^[\w.\-@]{1,64}$")  # \w includes CJK letters; no comma, colon or LIKE wildcard
 
@@ -39,6 +40,49 @@ def normalize_access(rule: str) -> str:
     return f"{kind}:{','.join(names)}" if names else kind
 
 
+#: What a picker offers: everyone, everyone signed in, members of groups, one person.
+KINDS = ("public", "login", "group", "user")
+_NAME_SEPARATORS = re.compile(r"[\s,，、;；]+")  # what people type between group names
+
+
+def compose_access(kind: str, names: str = "") -> str:
+    """The canonical rule a picker's choice spells: ``kind`` and, for ``group`` or
+    ``user``, the names typed (several groups separated by commas or spaces). Raises
+    ValueError saying what is wrong."""
+    kind = (kind or "").strip()
+    if kind in ("public", "login"):
+        return kind
+    if kind not in KINDS:
+        raise ValueError(f"unknown kind of access {kind!r}: use one of {', '.join(KINDS)}")
+    parts = [n for n in _NAME_SEPARATORS.split(names or "") if n]
+    if not parts:
+        raise ValueError("name a group" if kind == "group" else "name a person")
+    return normalize_access(f"{kind}:{','.join(parts)}")
+
+
+def picker_parts(rule: str) -> tuple[str, str]:
+    """(kind, names as typed) of a stored rule, to fill a picker; a rule that no longer
+    parses shows as signed-in users' (the form then saves a valid one)."""
+    try:
+        kind, names = parse_access(rule)
+    except ValueError:
+        return "login", ""
+    return kind, ", ".join(names)
+
+
+def unknown_names(session: Session, rule: str) -> list[str]:
+    """The groups or user a (valid) rule names that do not exist: a typo would make the
+    file readable by nobody but its owner and the admins."""
+    kind, names = parse_access(rule)
+    if kind == "group":
+        known = set(session.scalars(select(Group.name).where(Group.name.in_(names))))
+    elif kind == "user":
+        known = set(session.scalars(select(User.username).where(User.username.in_(names))))
+    else:
+        return []
+    return [n for n in names if n not in known]
+
+
 def can_read(user: User | None, file: File) -> bool:
     """True when this user (None or anonymous for nobody) may see and download the file."""
     if file.deleted_at is not None:
@@ -62,7 +106,8 @@ def manageable(user: User, file: File) -> bool:
     return user.is_admin or (file.owner_id is not None and file.owner_id == user.id)
 
 
-def _escape_like(text: str) -> str:
+def escape_like(text: str) -> str:
+    """``text`` for a LIKE pattern with ``escape='\\'``: its wildcards matched literally."""
     return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
@@ -76,7 +121,7 @@ def readable_clause(user: User | None) -> ColumnElement[bool]:
     allowed = [File.access.in_(("public", "login", f"user:{user.username}")),
                File.owner_id == user.id]
     for name in user.group_names:
-        esc = _escape_like(name)
+        esc = escape_like(name)
         allowed += [
             File.access == f"group:{name}",
             File.access.like(f"group:{esc},%", escape="\\"),

@@ -2,29 +2,28 @@
 
 from __future__ import annotations
 
-from flask import abort, current_app, flash, redirect, render_template, request, url_for
+from flask import abort, current_app, flash, jsonify, redirect, render_template, request, url_for
 from flask_babel import gettext as _
 from flask_babel import lazy_gettext as _l
 from flask_login import current_user
-from flask_wtf import FlaskForm
-from sqlalchemy import select
+from sqlalchemy import func, or_, select
 from wtforms import StringField, TextAreaField
 from wtforms.validators import DataRequired, Length, Optional
 
-from ..access import manageable, normalize_access
+from ..access import escape_like, manageable
 from ..audit import audit
 from ..extensions import db
-from ..models import File, utcnow
+from ..models import File, Group, User, utcnow
 from . import bp
+from .forms import ACCESS_LABELS, AccessPickerForm
 
 
-class FileForm(FlaskForm):
+class FileForm(AccessPickerForm):
     """What staff may change about a file; versions come through uploads."""
 
     title = StringField(_l("Title"), validators=[DataRequired(), Length(max=255)])
     category = StringField(_l("Category"), validators=[Optional(), Length(max=64)])
     description = TextAreaField(_l("Description"), validators=[Optional(), Length(max=5000)])
-    access = StringField(_l("Access"), validators=[DataRequired(), Length(max=300)])
 
 
 def managed_file(file_id: int) -> File:
@@ -46,13 +45,40 @@ def files():
     return render_template("admin/files.html", files=db.session.scalars(stmt.limit(500)).all())
 
 
+#: How many people the access picker lists with the page; typing asks /admin/people for more.
+PEOPLE_LISTED = 200
+
+
 def upload_context() -> dict:
-    """What the upload widget shows: known categories and the size limit."""
+    """What the upload widget and the access picker show: known categories, the size limit,
+    the groups and (the first PEOPLE_LISTED) people to choose from."""
     from ..catalog.service import human_size
 
     categories = db.session.scalars(select(File.category).distinct().order_by(File.category))
     return {"categories": [c for c in categories if c],
-            "max_size": human_size(current_app.config["MAX_UPLOAD_BYTES"])}
+            "max_size": human_size(current_app.config["MAX_UPLOAD_BYTES"]),
+            "picker_groups": db.session.scalars(select(Group).order_by(Group.name)).all(),
+            "picker_people": db.session.scalars(
+                select(User).where(User.active.is_(True)).order_by(User.username)
+                .limit(PEOPLE_LISTED)).all(),
+            "access_labels": ACCESS_LABELS}
+
+
+@bp.route("/people")
+def people():
+    """JSON for the access picker: up to 20 active users whose name or display name
+    contains ``q``."""
+    q = request.args.get("q", "").strip()[:64]
+    if not q:
+        return jsonify(people=[])
+    pattern = f"%{escape_like(q.lower())}%"
+    found = db.session.scalars(
+        select(User).where(User.active.is_(True), or_(
+            func.lower(User.username).like(pattern, escape="\\"),
+            func.lower(User.display_name).like(pattern, escape="\\")))
+        .order_by(User.username).limit(20)).all()
+    return jsonify(people=[{"username": u.username, "display_name": u.display_name}
+                           for u in found])
 
 
 @bp.route("/upload")
@@ -66,31 +92,29 @@ def edit_file(file_id: int):
     """Edit title, category, description and access rule; changes of access are audited."""
     file = managed_file(file_id)
     form = FileForm(obj=file)
+    if request.method != "POST":
+        form.show_access(file.access)
     if form.validate_on_submit():
-        try:
-            access = normalize_access(form.access.data)
-        except ValueError as exc:
-            form.access.errors.append(str(exc))
+        access = form.access
+        clash = db.session.scalar(select(File).where(
+            File.title == form.title.data, File.category == (form.category.data or ""),
+            File.id != file.id))
+        if clash is not None:
+            form.title.errors.append(_("Another file in this category has this title."))
         else:
-            clash = db.session.scalar(select(File).where(
-                File.title == form.title.data, File.category == (form.category.data or ""),
-                File.id != file.id))
-            if clash is not None:
-                form.title.errors.append(_("Another file in this category has this title."))
-            else:
-                ip = request.remote_addr or ""
-                if access != file.access:
-                    audit(db.session, "file.access_changed", actor=current_user,
-                          target=f"{file.id} {file.title}", detail=f"{file.access} -> {access}",
-                          client_ip=ip)
-                file.title = form.title.data
-                file.category = form.category.data or ""
-                file.description = form.description.data or ""
-                file.access = access
-                file.updated_at = utcnow()
-                db.session.commit()
-                flash(_("Saved."), "info")
-                return redirect(url_for("admin.edit_file", file_id=file.id))
+            ip = request.remote_addr or ""
+            if access != file.access:
+                audit(db.session, "file.access_changed", actor=current_user,
+                      target=f"{file.id} {file.title}", detail=f"{file.access} -> {access}",
+                      client_ip=ip)
+            file.title = form.title.data
+            file.category = form.category.data or ""
+            file.description = form.description.data or ""
+            file.access = access
+            file.updated_at = utcnow()
+            db.session.commit()
+            flash(_("Saved."), "info")
+            return redirect(url_for("admin.edit_file", file_id=file.id))
     status = 400 if request.method == "POST" else 200
     return render_template("admin/file_edit.html", file=file, form=form,
                            **upload_context()), status

@@ -1,13 +1,15 @@
 """Admin forms (Flask-WTF, CSRF-protected)."""
 
+from flask_babel import gettext as _
 from flask_babel import lazy_gettext as _l
 from flask_wtf import FlaskForm
 from wtforms import BooleanField, PasswordField, SelectField, StringField
 from wtforms.fields.choices import SelectChoice
 from wtforms.validators import DataRequired, Length, Optional, Regexp
 
-from ..access import NAME
+from ..access import KINDS, NAME, compose_access, unknown_names
 from ..auth.forms import MIN_PASSWORD
+from ..extensions import db
 from ..models import ROLES
 
 #: How each role is shown (the stored value is the English word).
@@ -34,3 +36,51 @@ class GroupForm(FlaskForm):
 
     name = StringField(_l("Name"), validators=[DataRequired(), NAME_RULE])
     description = StringField(_l("Description"), validators=[Optional(), Length(max=256)])
+
+
+#: The picker's kinds of access, as people read them.
+ACCESS_LABELS = {"public": _l("Everyone, without signing in (public)"),
+                 "login": _l("Everyone signed in"),
+                 "group": _l("Members of a group"),
+                 "user": _l("One person (a personal document)")}
+
+
+class AccessPickerForm(FlaskForm):
+    """Who may read a file, picked rather than typed: a kind, and the group(s) or the
+    person it names, checked to exist. ``self.access`` is the rule once validated."""
+
+    access_kind = SelectField(_l("Who may read it"),
+                              choices=[SelectChoice(k, ACCESS_LABELS[k]) for k in KINDS],
+                              default="login")
+    access_group = StringField(_l("Group"), validators=[Optional(), Length(max=300)])
+    access_user = StringField(_l("Person (username)"), validators=[Optional(), Length(max=64)])
+
+    def validate(self, extra_validators=None) -> bool:
+        """The fields, then the rule they spell (syntax, and that its names exist)."""
+        if not super().validate(extra_validators):
+            return False
+        kind = self.access_kind.data
+        field = self.access_group if kind == "group" else self.access_user
+        try:
+            self.access = compose_access(kind, field.data or "")
+        except ValueError:
+            field.errors.append(_("Choose a group from the list.") if kind == "group"
+                                else _("Choose a person from the list."))
+            return False
+        missing = unknown_names(db.session, self.access)
+        if missing:
+            field.errors.append(
+                _("There is no group named %(names)s.", names=", ".join(missing))
+                if kind == "group" else _("There is no user named %(names)s.",
+                                          names=", ".join(missing)))
+            return False
+        return True
+
+    def show_access(self, rule: str) -> None:
+        """Fill the picker from a stored rule."""
+        from ..access import picker_parts
+
+        kind, names = picker_parts(rule)
+        self.access_kind.data = kind
+        (self.access_group if kind == "group" else self.access_user).data = (
+            names if kind in ("group", "user") else "")

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session, selectinload
 
-from ..access import _escape_like, can_read, readable_clause
+from ..access import can_read, escape_like, readable_clause
 from ..models import File, FileVersion, User
 
 
@@ -67,7 +67,7 @@ def search_files(session: Session, user: User | None, *, query: str = "", catego
     if category:
         stmt = stmt.where(File.category == category)
     for word in query.split()[:8]:
-        pattern = f"%{_escape_like(word.lower())}%"
+        pattern = f"%{escape_like(word.lower())}%"
         name_match = select(FileVersion.id).where(
             FileVersion.file_id == File.id,
             func.lower(FileVersion.original_filename).like(pattern, escape="\\"),

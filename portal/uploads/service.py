@@ -45,7 +45,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 from werkzeug.exceptions import ClientDisconnected
 
-from ..access import manageable, normalize_access
+from ..access import manageable, normalize_access, unknown_names
 from ..audit import audit
 from ..filenames import clean_filename, has_hidden_characters
 from ..files import add_version, discard
@@ -172,6 +172,11 @@ def validate_metadata(session: Session, user: User, pairs: dict[str, bytes | Non
         access = normalize_access(_text(pairs, "access") or "login")
     except ValueError as exc:
         raise UploadError(ErrorKind.BAD_REQUEST, str(exc)) from exc
+    missing = unknown_names(session, access)
+    if missing:  # (a typo would hide the file from everyone it was meant for)
+        kind = "group" if access.startswith("group:") else "user"
+        raise UploadError(ErrorKind.BAD_REQUEST,
+                          f"access: there is no {kind} named {', '.join(missing)}")
     existing = session.scalar(select(File).where(File.title == title, File.category == category))
     if existing is not None and (existing.deleted_at is not None
                                  or not manageable(user, existing)):

@@ -45,7 +45,7 @@
       filename: file.name,
       title: form.dataset.fileId ? "" : stem(file.name),
       category: form.elements.category ? form.elements.category.value : "",
-      access: form.elements.access ? form.elements.access.value : "login",
+      access: form.dataset.fileId ? "" : accessRule(form),
       description: form.elements.description ? form.elements.description.value : "",
     };
     if (form.dataset.fileId) metadata.file_id = form.dataset.fileId;

@@ -69,3 +69,42 @@ def test_link_expiry_in_the_portal_zone_and_how_long_is_left(page, browser, demo
 def _expiry_shown_as(page, username: str) -> tuple[str, datetime]:
     sign_in(page, username)
     return _expiry_shown(page)
+
+
+def test_staff_picks_a_group_and_a_person_for_a_file(page):
+    """The access picker: choose "members of a group", pick an offered group, save; a
+    name nobody has is refused in the form; people are found by their display name."""
+    sign_in(page, "staff")
+    page.goto("/admin/files")
+    page.click("text=线性代数 讲义")
+    page.wait_for_url("**/admin/files/*")
+    group_input, user_input = page.locator("#access-group"), page.locator("#access-user")
+    assert page.locator("#access-kind").input_value() == "group"  # (the demo's rule)
+    page.select_option("#access-kind", "login")
+    assert group_input.is_hidden() and user_input.is_hidden()
+    page.select_option("#access-kind", "group")
+    assert group_input.is_visible() and user_input.is_hidden()
+    offered = page.locator("#access-groups option").evaluate_all("o => o.map(x => x.value)")
+    assert {"CS2023", "MATH2024", "STAFF"} <= set(offered)
+    group_input.fill("NOPE")
+    page.click("main form button[type=submit] >> nth=0")
+    assert "没有名为 NOPE 的用户组。" in page.locator(".field-error").inner_text()
+    group_input.fill("CS2023")
+    page.click("main form button[type=submit] >> nth=0")
+    page.wait_for_selector("p.flash")
+    assert "已保存" in page.locator("p.flash").inner_text()
+    page.reload()
+    assert page.locator("#access-kind").input_value() == "group"
+    assert group_input.input_value() == "CS2023"
+
+    page.select_option("#access-kind", "user")
+    assert user_input.is_visible() and group_input.is_hidden()
+    user_input.press_sequentially("李四")  # a display name: the list follows the typing
+    page.wait_for_function(
+        "() => { const o = [...document.querySelectorAll('#access-users option')];"
+        " return o.length >= 1 && o.length <= 20 && o.some(x => x.value === '2023001'); }")
+    user_input.fill("2023001")
+    page.click("main form button[type=submit] >> nth=0")
+    page.wait_for_selector("p.flash")
+    page.goto("/admin/files")
+    assert "user:2023001" in page.locator("tr", has_text="线性代数 讲义").inner_text()

@@ -1,6 +1,7 @@
 """Staff and admins edit files, change access (audited), delete softly, restore."""
 
 import io
+import re
 
 from sqlalchemy import select
 
@@ -28,7 +29,7 @@ def test_staff_edit_own_file_and_access_change_is_audited(app, client, make_user
     csrf = login("teacher")
     resp = client.post(f"/admin/files/{file_id}", data={
         "title": "实验指导书 v2", "category": "课程资料", "description": "第二版",
-        "access": "group:CS", "csrf_token": csrf})
+        "access_kind": "group", "access_group": "CS", "csrf_token": csrf})
     assert resp.status_code == 302
     with app.app_context():
         file = db.session.get(File, file_id)
@@ -38,7 +39,7 @@ def test_staff_edit_own_file_and_access_change_is_audited(app, client, make_user
             AuditEntry.action == "file.access_changed")).one()
         assert entry.detail == "login -> group:CS" and entry.actor.username == "teacher"
     bad = client.post(f"/admin/files/{file_id}", data={
-        "title": "x", "category": "c", "access": "everyone", "csrf_token": csrf})
+        "title": "x", "category": "c", "access_kind": "everyone", "csrf_token": csrf})
     assert bad.status_code == 400
 
 
@@ -82,7 +83,7 @@ def test_title_clash_is_a_form_error(app, client, make_user, login):
     second = add(app, title="B")
     csrf = login("root")
     resp = client.post(f"/admin/files/{second}", data={
-        "title": "A", "category": "课程资料", "access": "login", "csrf_token": csrf})
+        "title": "A", "category": "课程资料", "access_kind": "login", "csrf_token": csrf})
     assert resp.status_code == 400
 
 
@@ -99,3 +100,70 @@ def test_manageable_is_the_one_rule_for_admin_pages_and_uploads(app, make_user):
     assert cases == {("teacher", owned): True, ("teacher", ownerless): False,
                      ("other", owned): False, ("other", ownerless): False,
                      ("boss", owned): True, ("boss", ownerless): True}
+
+
+def test_the_access_picker_offers_groups_and_people_and_checks_them(app, client, make_user,
+                                                                    login):
+    """Who may read a file is picked: a kind, then a group or a person offered from those
+    that exist; the server checks the choice and says what is wrong in the form."""
+    make_user("teacher", role="staff")
+    make_user("student1", groups=["CS"])
+    make_user("student2", groups=["MATH"])
+    file_id = add(app, owner="teacher", access="group:CS,MATH")
+    csrf = login("teacher")
+    page = client.get(f"/admin/files/{file_id}", headers={"Accept-Language": "en"})
+    html = page.get_data(as_text=True)
+    assert '<option value="group" selected>' in html
+    assert 'name="access_group" id="access-group" list="access-groups" value="CS, MATH"' in html
+    groups = re.search(r'<datalist id="access-groups">(.*?)</datalist>', html, re.S).group(1)
+    assert 'value="CS"' in groups and 'value="MATH"' in groups
+    people = re.search(r'<datalist id="access-users">(.*?)</datalist>', html, re.S).group(1)
+    assert 'value="student1"' in people and 'value="teacher"' in people
+    base = {"title": "实验指导书", "category": "课程资料", "csrf_token": csrf}
+
+    def post(**fields):
+        return client.post(f"/admin/files/{file_id}", data={**base, **fields},
+                           headers={"Accept-Language": "en"})
+
+    def rule():
+        with app.app_context():
+            return db.session.get(File, file_id).access
+
+    assert post(access_kind="group", access_group="MATH").status_code == 302
+    assert rule() == "group:MATH"
+    assert post(access_kind="user", access_user="student1").status_code == 302
+    assert rule() == "user:student1"
+    assert post(access_kind="public", access_group="ignored").status_code == 302
+    assert rule() == "public"
+    for fields, message in [
+            ({"access_kind": "group", "access_group": "CS, NOPE"},
+             "There is no group named NOPE."),
+            ({"access_kind": "group", "access_group": ""}, "Choose a group from the list."),
+            ({"access_kind": "group", "access_group": "a%b"}, "Choose a group from the list."),
+            ({"access_kind": "user", "access_user": "nobody"}, "There is no user named nobody."),
+            ({"access_kind": "user", "access_user": "student1 student2"},
+             "Choose a person from the list."),
+            ({"access_kind": "group:CS"}, "Not a valid choice")]:
+        resp = post(**fields)
+        assert resp.status_code == 400, fields
+        assert message in resp.get_data(as_text=True), fields
+        assert rule() == "public", fields  # nothing saved
+    zh = client.post(f"/admin/files/{file_id}", data={
+        **base, "access_kind": "group", "access_group": "NOPE"})
+    assert "没有名为 NOPE 的用户组。" in zh.get_data(as_text=True)
+
+
+def test_people_search_for_the_picker(app, client, make_user, login):
+    make_user("teacher", role="staff")
+    make_user("2023007")
+    make_user("zhang_san")
+    make_user("gone", active=False)
+    login("teacher")
+    assert client.get("/admin/people?q=2023").json["people"] == [
+        {"username": "2023007", "display_name": "2023007"}]
+    assert client.get("/admin/people?q=_s").json["people"][0]["username"] == "zhang_san"
+    assert client.get("/admin/people?q=%25").json["people"] == []  # (a wildcard is a letter)
+    assert client.get("/admin/people?q=gone").json["people"] == []
+    assert client.get("/admin/people").json["people"] == []
+    login("2023007")
+    assert client.get("/admin/people?q=z").status_code == 404  # students: no such page

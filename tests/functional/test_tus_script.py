@@ -35,7 +35,9 @@ def readme_blocks() -> tuple[str, str]:
 
 @pytest.fixture(scope="module")
 def uploader(portal_instance):
-    portal_instance.create_user("teacher", role="staff", password="teacher-pass-1")
+    # (the README's example files the upload for group CS2023, which must exist)
+    portal_instance.flask("user", "create", "teacher", "--password", "teacher-pass-1",
+                          "--role", "staff", "--group", "CS2023")
     return "teacher", "teacher-pass-1"
 
 

@@ -132,7 +132,8 @@ def test_options_advertises_the_protocol(client, app):
     assert "sha256" in resp.headers["Tus-Checksum-Algorithm"].split(",")
 
 
-def test_full_upload_in_several_patches(app, client, staff):
+def test_full_upload_in_several_patches(app, client, staff, make_user):
+    make_user("cs-student", groups=["CS"])  # (the rule's group must exist)
     data = payload(2500)
     resp = staff.create(len(data), filename="讲义 第1章.pdf", title="第一章讲义", category="课件",
                         access="group:CS", description="第一章")
@@ -512,6 +513,8 @@ def test_hidden_characters_are_refused_in_text_and_cleaned_from_names(app, staff
     ({"filename": None}, "filename"),
     ({"access": "everyone"}, "access"),
     ({"access": "group:a b"}, "names"),
+    ({"access": "group:NO_SUCH"}, "there is no group named NO_SUCH"),
+    ({"access": "user:nobody"}, "there is no user named nobody"),
     ({"title": "t" * 256}, "title"),
     ({"category": "c" * 65}, "category"),
     ({"title": b"\xff\xfe"}, "UTF-8"),
