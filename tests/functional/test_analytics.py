@@ -25,7 +25,7 @@ from portal.analytics.models import (
     UserGap,
 )
 from portal.analytics.recorder import recorder
-from portal.analytics.simulate import simulate
+from portal.analytics.simulate import SIM_GROUP, simulate
 from portal.analytics.spans import derived_gap_rows
 from portal.extensions import db
 from portal.files import add_version
@@ -301,7 +301,11 @@ def test_pages_json_and_csv_render(app, client, make_user, login):
     with app.app_context(), db.engine.begin() as conn:
         simulate(conn, settings(app), events=2000, days=21, users=40, files=8,
                  storage=get_storage())
-    make_user("staff1", role="staff")
+    make_user("outsider", role="staff")  # placeholders are for the simulated users only
+    login("outsider")
+    assert client.get("/admin/analytics/files/1").status_code == 404
+    assert client.get("/api/analytics/top-files?days=30").json == []
+    make_user("staff1", role="staff", groups=[SIM_GROUP])
     login("staff1")
     for page in ("/admin/analytics/", "/admin/analytics/time", "/admin/analytics/files/1"):
         resp = client.get(page)

@@ -3,7 +3,14 @@
 import pytest
 from sqlalchemy import select
 
-from portal.access import can_read, normalize_access, parse_access, readable_clause
+from portal.access import (
+    can_read,
+    compose_access,
+    normalize_access,
+    parse_access,
+    picker_parts,
+    readable_clause,
+)
 from portal.extensions import db
 from portal.models import File, Group, User, utcnow
 
@@ -61,3 +68,34 @@ def test_can_read_and_sql_agree(app):
             by_sql = {f.access if f.title != "owned" else "owned"
                       for f in db.session.scalars(select(File).where(readable_clause(user)))}
             assert by_sql == allowed, user and user.username
+
+
+@pytest.mark.parametrize(("kind", "names", "rule"), [
+    ("public", "", "public"),
+    ("login", "ignored", "login"),
+    ("group", "CS2023", "group:CS2023"),
+    ("group", " MATH2024, CS2023 ", "group:CS2023,MATH2024"),
+    ("group", "CS2023 MATH2024，STAFF、CS2023", "group:CS2023,MATH2024,STAFF"),
+    ("user", " 2023001 ", "user:2023001"),
+])
+def test_compose_access_spells_the_picked_rule(kind, names, rule):
+    assert compose_access(kind, names) == rule
+    shown_kind, shown_names = picker_parts(rule)
+    assert compose_access(shown_kind, shown_names) == rule  # what the picker shows saves back
+
+
+@pytest.mark.parametrize(("kind", "names", "words"), [
+    ("group", "", "name a group"),
+    ("user", "  ", "name a person"),
+    ("user", "a b", "exactly one"),
+    ("group", "a%b", "invalid names"),
+    ("group:CS", "", "unknown kind"),
+    ("everyone", "", "unknown kind"),
+])
+def test_compose_access_refuses_what_no_rule_spells(kind, names, words):
+    with pytest.raises(ValueError, match=words):
+        compose_access(kind, names)
+
+
+def test_a_broken_stored_rule_shows_as_signed_in():
+    assert picker_parts("group:") == ("login", "")
