@@ -215,6 +215,7 @@ class Generator:
         self.rng.shuffle(order)
         rank = {u: i for i, u in enumerate(order)}
         self.readers = {f: sorted(who, key=rank.__getitem__) for f, who in eligible.items()}
+        self.people: set[int] = set()  # who did download something
         self.exam_files = {f for f, vs in by_file.items()
                            if any(w in f"{vs[0].category} {vs[0].title}".lower()
                                   for w in EXAM_WORDS)}
@@ -245,6 +246,7 @@ class Generator:
         readers = self.readers[version.file_id]
         user_id = readers[min(len(readers) - 1, int(rng.paretovariate(1.2)) - 1)
                           if rng.random() < 0.3 else rng.randrange(len(readers))]
+        self.people.add(user_id)
         kind = rng.choices((clients.BROWSER, clients.MANAGER, clients.COMMAND_LINE),
                            (60, 28, 12))[0]
         agent = rng.choice(AGENTS[kind])
@@ -593,5 +595,5 @@ def simulate(conn: Connection, settings: materialise.Settings, *, events: int, d
         spans.gaps_from_user_days(conn)  # (the user-days went in by COPY)
     _build_indexes(conn, deferred)
     return {"events": made, "logical_downloads": logical_rows + len(rest),
-            "users": len(user_ids), "files": len({v.file_id for v in versions})}
+            "users": len(gen.people), "files": len({v.file_id for v in versions})}
 
