@@ -1,6 +1,7 @@
 """Small things a real browser must get right: the zip button waits for a ticked file (and
 without scripts the server explains instead of a bare 400); a download-manager link says
-when it expires in the portal's zone and how long is left, in the page's language."""
+when it expires in the portal's zone and how long is left, in the page's language; staff
+pick who may read a file; the demo's own history fills the admin's charts."""
 
 from __future__ import annotations
 
@@ -108,3 +109,20 @@ def test_staff_picks_a_group_and_a_person_for_a_file(page):
     page.wait_for_selector("p.flash")
     page.goto("/admin/files")
     assert "user:2023001" in page.locator("tr", has_text="线性代数 讲义").inner_text()
+
+
+def test_the_demo_alone_fills_the_analytics_charts(page):
+    """No simulate run: the demo's own seeded history draws the admin's charts."""
+    sign_in(page, "admin")
+    page.goto("/admin/analytics/")
+    page.wait_for_function(
+        "() => { const c = document.querySelector('#overview tr[data-key=downloads] td');"
+        " return c && Number(c.textContent.replace(/[^0-9]/g, '')) > 100; }")
+    rows = page.locator("#top-files tbody tr")
+    rows.first.wait_for()
+    assert rows.count() >= 5
+    assert "模拟文件" not in page.locator("#top-files").inner_text()
+    page.goto("/admin/analytics/time")
+    page.wait_for_function(
+        "() => window.Chart && Chart.getChart(document.getElementById('series-chart'))"
+        " && Chart.getChart(document.getElementById('series-chart')).data.datasets.length > 0")
