@@ -18,7 +18,6 @@ import subprocess
 import sys
 import time
 import urllib.error
-
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
