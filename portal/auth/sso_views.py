@@ -1,4 +1,4 @@
-"""The single sign-on doors: CAS (and its single logout). Each one validates what the
+"""The single sign-on doors: CAS (and its single logout) and OIDC. Each one validates what the
 sign-in service sends, maps the account (sso/mapping.py) and starts the session as the
 password form does (views.sign_in): throttled, audited, the next page kept same-site."""
 
@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from flask import abort, current_app, redirect, render_template, request, url_for
+from flask import abort, current_app, redirect, render_template, request, session, url_for
 from sqlalchemy import select
 from werkzeug.exceptions import TooManyRequests
 
@@ -15,7 +15,7 @@ from ..config import settings
 from ..extensions import db
 from ..models import RevokedToken, SsoSession
 from . import bp, throttle
-from .sso import cas
+from .sso import cas, oidc
 from .sso.failures import FAILURES
 from .sso.mapping import DirectoryAccount, SignInRefused, apply_account
 from .tokens import parse_token
@@ -120,3 +120,36 @@ def _cas_single_logout():
         ended += 1
     db.session.commit()
     return ("", 204) if ended else ("", 200)
+
+
+@bp.route("/login/oidc")
+def oidc_login():
+    """Send the browser to the OIDC issuer (code flow with PKCE); the page to return to is
+    kept in the session until the callback."""
+    _enabled("oidc")
+    session["oidc_next"] = safe_next(request.args.get("next"))
+    remote = oidc.client(current_app._get_current_object(), settings())
+    try:
+        return oidc.authorize_redirect(remote, url_for("auth.oidc_callback", _external=True))
+    except oidc.OidcFailed as failure:
+        current_app.logger.warning("OIDC: %s", failure)
+        return failed("oidc", failure.reason, detail=failure.detail[:200])
+
+
+@bp.route("/login/oidc/callback")
+def oidc_callback():
+    """Exchange the authorization code, validate the ID token, sign in."""
+    _enabled("oidc")
+    nxt = safe_next(session.pop("oidc_next", None))
+    verdict = throttle.check(throttle.Attempt("oidc:", request.remote_addr or "-"))
+    if verdict.retry_after is not None:
+        raise TooManyRequests(retry_after=verdict.retry_after)
+    throttle.pause(verdict)
+    cfg = settings()
+    try:
+        account = oidc.account(oidc.client(current_app._get_current_object(), cfg), cfg,
+                               request.args.get("error"))
+    except oidc.OidcFailed as failure:
+        current_app.logger.warning("OIDC: %s", failure)
+        return failed("oidc", failure.reason, detail=failure.detail[:200])
+    return finish("oidc", account, verdict, nxt)
