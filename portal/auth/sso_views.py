@@ -69,6 +69,17 @@ def finish(method: str, account: DirectoryAccount, verdict: throttle.Verdict, nx
     return redirect(nxt)
 
 
+def _throttled(method: str) -> throttle.Verdict:
+    """The sign-in throttle for a callback: the account is not known before validation, so
+    the attempt counts for the method and the client address (429 past the limits); a
+    success gives it back, as on the form."""
+    verdict = throttle.check(throttle.Attempt(f"{method}:", request.remote_addr or "-"))
+    if verdict.retry_after is not None:
+        raise TooManyRequests(retry_after=verdict.retry_after)
+    throttle.pause(verdict)
+    return verdict
+
+
 def _service_url(nxt: str) -> str:
     return url_for("auth.cas_callback", next=nxt, _external=True)
 
@@ -89,10 +100,7 @@ def cas_callback():
         return _cas_single_logout()
     nxt = safe_next(request.args.get("next"))
     ticket = request.args.get("ticket", "")
-    verdict = throttle.check(throttle.Attempt("cas:", request.remote_addr or "-"))
-    if verdict.retry_after is not None:
-        raise TooManyRequests(retry_after=verdict.retry_after)
-    throttle.pause(verdict)
+    verdict = _throttled("cas")
     if not ticket.startswith("ST-") or len(ticket) > 256:
         return failed("cas", "bad_ticket", detail="no ticket")
     if db.session.get(SsoSession, ticket) is not None:
@@ -141,10 +149,7 @@ def oidc_callback():
     """Exchange the authorization code, validate the ID token, sign in."""
     _enabled("oidc")
     nxt = safe_next(session.pop("oidc_next", None))
-    verdict = throttle.check(throttle.Attempt("oidc:", request.remote_addr or "-"))
-    if verdict.retry_after is not None:
-        raise TooManyRequests(retry_after=verdict.retry_after)
-    throttle.pause(verdict)
+    verdict = _throttled("oidc")
     cfg = settings()
     try:
         account = oidc.account(oidc.client(current_app._get_current_object(), cfg), cfg,

@@ -124,3 +124,12 @@ def test_single_logout_ends_that_session(cas_app, cas_server):
     assert client.get("/login").status_code == 200  # the session is refused now
     assert cas_app.test_client().post("/login/cas/callback",
                                       data={"logoutRequest": "<not xml"}).status_code == 200
+
+
+def test_bad_tickets_are_throttled_per_address(make_app, config, cas_server):
+    config.update(AUTH_METHODS=["cas"], CAS_SERVER_URL=cas_server.url,
+                  LOGIN_LIMIT_ACCOUNT="3 per minute")
+    client = make_app().test_client()
+    codes = [client.get(f"/login/cas/callback?ticket=ST-forged-{n}").status_code
+             for n in range(4)]
+    assert codes == [400, 400, 400, 429]
