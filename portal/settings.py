@@ -272,11 +272,11 @@ class Settings:
     ldap_bind_dn: str | None = setting(None, text(optional=True))  # None: anonymous search
     ldap_bind_password: str | bytes | None = setting(None, secret(), repr=False)
     ldap_user_base: str | None = setting(None, text(optional=True))
+    # Which entries are accounts: one that stops matching (a graduate, a locked account) can
+    # no longer sign in, and sync-ldap disables its portal user.
     ldap_user_filter: str = setting("(objectClass=inetOrgPerson)", text())
     ldap_uid_attribute: str = setting("uid", text())
     ldap_name_attribute: str = setting("displayName", text())
-    # A directory entry with this attribute true-ish ("TRUE", "1") is disabled (None: none is).
-    ldap_disabled_attribute: str | None = setting(None, text(optional=True))
     ldap_group_source: str = setting("search", choice("search", "memberOf"))
     ldap_group_base: str | None = setting(None, text(optional=True))  # None: LDAP_USER_BASE's
     ldap_group_filter: str = setting("(objectClass=groupOfNames)", text())

@@ -146,12 +146,13 @@ def test_auto_create_off_refuses_unknown_users(make_app, ldap_config):
 
 
 def test_sync_ldap_creates_updates_and_disables(make_app, ldap_config, directory):
+    ldap_config["LDAP_USER_FILTER"] = "(&(objectClass=inetOrgPerson)(!(employeeType=graduated)))"
     app = make_app()
     runner = app.test_cli_runner()
     result = runner.invoke(args=["user", "sync-ldap"])
     assert result.exit_code == 0, result.output
     assert f"created {STUDENTS + 1}, updated 0, disabled 0" in result.output
-    gone, renamed = uid(20), uid(21)
+    gone, renamed, graduate = uid(20), uid(21), uid(22)
     assert user_named(app, gone)["groups"] == sorted([class_of(20)] + (
         ["dept-cs"] if class_of(20) != "math2023" else []))
     # the student who will leave signs in and holds a signed link
@@ -165,24 +166,35 @@ def test_sync_ldap_creates_updates_and_disables(make_app, ldap_config, directory
 
     directory.modify(f"dn: uid={gone},ou=people,{BASE}\nchangetype: delete\n\n"
                      f"dn: uid={renamed},ou=people,{BASE}\nchangetype: modify\n"
-                     f"replace: displayName\ndisplayName: 改名同学\n")
+                     f"replace: displayName\ndisplayName: 改名同学\n\n"
+                     f"dn: uid={graduate},ou=people,{BASE}\nchangetype: modify\n"
+                     f"replace: employeeType\nemployeeType: graduated\n")
     try:
         result = runner.invoke(args=["user", "sync-ldap"])
         assert result.exit_code == 0, result.output
-        assert "created 0, updated 1, disabled 1" in result.output
+        assert "created 0, updated 1, disabled 2" in result.output
+        assert user_named(app, graduate)["active"] is False
+        assert post_login(app.test_client(), graduate, f"pw-{graduate}").status_code == 200
         assert user_named(app, gone)["active"] is False
         assert user_named(app, renamed)["display"] == "改名同学"
         assert client.get(f"/files/{file_id}/download").status_code in (302, 401)
         assert app.test_client().get(link).status_code == 403
         assert post_login(app.test_client(), renamed, f"pw-{renamed}").status_code == 302
         assert audit_details(app, "user.sync_ldap")[-1].startswith("created 0, updated 1")
+        # listed again, the graduate stays disabled until an admin enables the account
+        directory.modify(f"dn: uid={graduate},ou=people,{BASE}\nchangetype: modify\n"
+                         f"replace: employeeType\nemployeeType: student\n")
+        assert "disabled 0" in runner.invoke(args=["user", "sync-ldap"]).output
+        assert user_named(app, graduate)["active"] is False
     finally:
         directory.modify(
             f"dn: uid={gone},ou=people,{BASE}\nchangetype: add\nobjectClass: inetOrgPerson\n"
             f"uid: {gone}\ncn: {display_name(20)}\nsn: x\ndisplayName: {display_name(20)}\n"
             f"userPassword: pw-{gone}\n\n"
             f"dn: uid={renamed},ou=people,{BASE}\nchangetype: modify\n"
-            f"replace: displayName\ndisplayName: {display_name(21)}\n")
+            f"replace: displayName\ndisplayName: {display_name(21)}\n\n"
+            f"dn: uid={graduate},ou=people,{BASE}\nchangetype: modify\n"
+            f"replace: employeeType\nemployeeType: student\n")
 
 
 def test_sync_ldap_without_a_directory_says_so(make_app):

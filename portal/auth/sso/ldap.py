@@ -72,8 +72,6 @@ def _attributes(cfg: Settings, role_map: tuple) -> list[str]:
     wanted = {cfg.ldap_uid_attribute, cfg.ldap_name_attribute}
     if cfg.ldap_group_source == "memberOf":
         wanted.add("memberOf")
-    if cfg.ldap_disabled_attribute:
-        wanted.add(cfg.ldap_disabled_attribute)
     for _role, rules in role_map:
         wanted.update(r.partition("=")[0].strip() for r in rules if not r.startswith("group:"))
     return sorted(wanted)
@@ -137,14 +135,10 @@ def _account(entry: dict, cfg: Settings, groups: Groups) -> DirectoryAccount | N
     uid = attrs.get(cfg.ldap_uid_attribute, ())
     if not uid:
         return None
-    disabled = False
-    if cfg.ldap_disabled_attribute:
-        flag = attrs.get(cfg.ldap_disabled_attribute, ("",))[0].strip().lower()
-        disabled = flag in ("true", "1", "yes")
     direct = attrs.get("memberOf", ()) if cfg.ldap_group_source == "memberOf" else ()
     name = attrs.get(cfg.ldap_name_attribute, ())
     return DirectoryAccount("ldap", uid[0], name[0] if name else uid[0],
-                            groups.of(entry["dn"], direct), attrs, disabled)
+                            groups.of(entry["dn"], direct), attrs)
 
 
 def _user_query(cfg: Settings, username: str | None) -> str:

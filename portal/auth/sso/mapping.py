@@ -33,7 +33,6 @@ class DirectoryAccount:
     display_name: str = ""
     groups: tuple[str, ...] = ()
     attributes: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
-    disabled: bool = False
 
 
 class SignInRefused(Exception):
@@ -93,8 +92,8 @@ def apply_account(session: Session, account: DirectoryAccount, *, auto_create: b
     """Create or update the portal user of ``account`` (the caller commits); returns the
     user and whether anything changed. Raises SignInRefused for an account the portal must
     not take: a bad uid, a local account with its own password, an unknown one when
-    ``auto_create`` is off, and (at sign-in, not ``sync``) a disabled user: only the sync
-    takes the directory's word on whether an account is enabled.
+    ``auto_create`` is off, and (at sign-in, not ``sync``) a disabled user. Nothing here
+    enables a disabled user again: an admin's disable stands until an admin lifts it.
 
     With SSO_ROLE_MAP set the directory decides the role every time; without it a new user
     gets ``default_role`` and an existing one keeps the role an admin gave."""
@@ -106,7 +105,7 @@ def apply_account(session: Session, account: DirectoryAccount, *, auto_create: b
         raise SignInRefused("unknown_user", account.uid)
     if user is not None and user.auth_source == "local" and user.has_usable_password():
         raise SignInRefused("local_account", account.uid)
-    if user is not None and not sync and (not user.active or account.disabled):
+    if user is not None and not sync and not user.active:
         raise SignInRefused("disabled", account.uid)
     role = role_for(account, role_map, None)
     if role is None:
@@ -116,7 +115,7 @@ def apply_account(session: Session, account: DirectoryAccount, *, auto_create: b
     user = save_user(session, None, user, username=account.uid,
                      display_name=account.display_name or account.uid, role=role,
                      groups=list(account.groups), password=None,
-                     active=not account.disabled, ip=ip)
+                     active=True if user is None else user.active, ip=ip)
     if user.auth_source in (None, "local"):  # the first directory keeps it (sync-ldap's own)
         user.auth_source = account.source
     if user.password_hash != UNUSABLE_PASSWORD:
@@ -143,19 +142,19 @@ class SyncReport:
 def sync_accounts(session: Session, accounts: Iterable[DirectoryAccount], *, source: str,
                   role_map: tuple, default_role: str) -> SyncReport:
     """Make the portal's ``source`` users what the directory lists (the caller commits):
-    create the new, update the changed, disable those the directory disables or no longer
-    lists. Disabling goes through save_user, as on the admin pages, so the change log ends
-    their sessions and links within COHERENCE_SECONDS. Local accounts that share a
-    directory name are left alone and reported as skipped."""
+    create the new, update the changed, disable those it no longer lists (LDAP_USER_FILTER
+    no longer matching included). Disabling goes through save_user, as on the admin pages,
+    so the change log ends their sessions and links within COHERENCE_SECONDS. A disabled
+    user stays disabled (an admin enables it again). Local accounts that share a directory
+    name are left alone and reported as skipped."""
     report = SyncReport()
     users = {u.username: u for u in session.scalars(select(User))}
     listed = set()
     for account in accounts:
         listed.add(account.uid)
         existing = users.get(account.uid)
-        was_active = existing.active if existing is not None else None
         try:
-            user, changed = apply_account(session, account, auto_create=True,
+            _user, changed = apply_account(session, account, auto_create=True,
                                           role_map=role_map, default_role=default_role,
                                           sync=True, user=existing)
         except SignInRefused as refused:
@@ -163,8 +162,6 @@ def sync_accounts(session: Session, accounts: Iterable[DirectoryAccount], *, sou
             continue
         if existing is None:
             report.created += 1
-        elif was_active and not user.active:
-            report.disabled += 1
         elif changed:
             report.updated += 1
         else:
