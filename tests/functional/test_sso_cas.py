@@ -4,7 +4,7 @@ same-site, replayed and bad tickets, CAS down, auto-create off, and single logou
 
 The Flask test client stands in for the browser here; CAS's own single-logout POST cannot
 reach it, so that request is built as CAS builds it (the real one is in
-tests/e2e/test_sso_cas.py, where CAS posts to a real gunicorn)."""
+tests/e2e/test_cas_browser.py, where CAS posts to a real gunicorn)."""
 
 from __future__ import annotations
 
