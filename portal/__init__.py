@@ -156,7 +156,9 @@ def protect_from_csrf() -> None:
     """
     from flask import current_app
 
-    if request.method in ("GET", "HEAD", "OPTIONS", "TRACE"):
+    from .auth.sso_views import CSRF_EXEMPT
+
+    if request.method in ("GET", "HEAD", "OPTIONS", "TRACE") or request.endpoint in CSRF_EXEMPT:
         return
     has_session = current_app.config["SESSION_COOKIE_NAME"] in request.cookies
     if request.path.startswith("/api/") and not has_session:

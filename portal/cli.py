@@ -110,6 +110,38 @@ def user_import(path):
     click.echo(f"created {created}, updated {updated}")
 
 
+@user_cli.command("sync-ldap")
+@click.option("--dry-run", is_flag=True, help="Say what would change; write nothing.")
+def user_sync_ldap(dry_run):
+    """Create, update and disable the LDAP users and their groups from the directory.
+
+    A user the directory disables or no longer lists is disabled as on the admin pages: their
+    sessions and signed links stop working within COHERENCE_SECONDS."""
+    from .audit import audit
+    from .auth.sso import ldap
+    from .auth.sso.mapping import sync_accounts
+    from .config import settings
+
+    cfg = settings()
+    if not cfg.ldap_url or not cfg.ldap_user_base:
+        fail("user sync-ldap needs PORTAL_LDAP_URL and PORTAL_LDAP_USER_BASE")
+    try:
+        accounts = ldap.all_accounts(cfg, cfg.sso_role_map)
+    except ldap.DirectoryUnavailable as exc:
+        fail(f"the directory cannot be read: {exc}")
+    report = sync_accounts(db.session, accounts, source="ldap", role_map=cfg.sso_role_map,
+                           default_role=cfg.sso_default_role)
+    for line in report.skipped:
+        click.echo(f"skipped {line}", err=True)
+    if dry_run:
+        db.session.rollback()
+        click.echo(f"dry run: {report}")
+        return
+    audit(db.session, "user.sync_ldap", detail=str(report))
+    _commit()
+    click.echo(str(report))
+
+
 @file_cli.command("add")
 @click.argument("paths", nargs=-1, required=True)
 @click.option("--title", help="Title (default: the file name without extension).")

@@ -59,6 +59,11 @@ user_groups = Table(
 )
 
 
+#: The password hash of directory users: not a hash any password gives (Werkzeug's hashes
+#: are "method$salt$hash"), so check_password refuses every password.
+UNUSABLE_PASSWORD = "!directory"
+
+
 class Roles(UserMixin):
     """What an account may do, from its ``role`` and ``active`` columns: shared by the ORM
     User and the plain SnapshotUser of the download path (portal/auth/users.py)."""
@@ -102,6 +107,9 @@ class User(Roles, db.Model):
     #: Part of every session and remember-me token (portal/auth/tokens.py): bumping it ends
     #: all of the user's sessions and signed links (end_sessions).
     session_gen: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    #: Where the account lives: "local" (a portal password) or the directory it came from
+    #: ("ldap", "cas", "oidc"), whose users never have a usable password here.
+    auth_source: Mapped[str] = mapped_column(String(8), default="local", server_default="local")
 
     groups: Mapped[list[Group]] = relationship(
         secondary=user_groups, back_populates="members", order_by="Group.name"
@@ -125,9 +133,18 @@ class User(Roles, db.Model):
         change, disable, "sign out everywhere"); committed with the change itself."""
         self.session_gen = (self.session_gen or 0) + 1
 
+    def set_unusable_password(self) -> None:
+        """A hash no password matches (a directory account: the directory checks passwords).
+        Unlike set_password, the sessions go on: nothing about the sign-in changed."""
+        self.password_hash = UNUSABLE_PASSWORD
+
+    def has_usable_password(self) -> bool:
+        """True when some password can sign this account in locally."""
+        return bool(self.password_hash) and self.password_hash != UNUSABLE_PASSWORD
+
     def check_password(self, password: str) -> bool:
-        """True when the password matches; an account without a password never matches."""
-        return bool(self.password_hash) and check_password_hash(self.password_hash, password)
+        """True when the password matches; an account without a usable password never does."""
+        return self.has_usable_password() and check_password_hash(self.password_hash, password)
 
     #: The group names of the cached snapshot this instance was built from (the user loader,
     #: portal/auth/views.py), used until the groups relationship itself is loaded.
@@ -323,6 +340,18 @@ class RevokedToken(db.Model):
     kind: Mapped[str] = mapped_column(String(8))  # "link" or "session"
     user_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
     revoked_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+
+
+class SsoSession(db.Model):
+    """A CAS sign-in's service ticket and the session it started, so that the server's
+    single logout (which names the ticket) can revoke that session; kept until it expires."""
+
+    __tablename__ = "sso_sessions"
+
+    ticket: Mapped[str] = mapped_column(String(256), primary_key=True)
+    nonce: Mapped[str] = mapped_column(String(32))
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
 
 

@@ -141,6 +141,46 @@ def parsed_by_finalize(name: str, value: Any) -> Any:
     return value
 
 
+#: The sign-in methods PORTAL_AUTH_METHODS may list (portal/auth/sso/).
+AUTH_METHODS = ("local", "cas", "ldap", "oidc")
+
+#: The roles a directory account can be given, strongest first (portal/auth/sso/mapping.py).
+SSO_ROLES = ("admin", "staff", "student")
+
+
+def methods() -> Check:
+    """A non-empty list of distinct sign-in methods, kept as a tuple."""
+    def check(name: str, value: Any) -> tuple[str, ...]:
+        if (not isinstance(value, list | tuple) or not value
+                or not all(isinstance(v, str) and v in AUTH_METHODS for v in value)
+                or len(set(value)) != len(value)):
+            raise ConfigError(f"{name} must be a non-empty JSON list of distinct methods among "
+                              f"{', '.join(AUTH_METHODS)} (such as [\"local\", \"ldap\"]), "
+                              f"not {value!r}")
+        return tuple(value)
+    return check
+
+
+def role_map() -> Check:
+    """Which directory facts give a role: JSON ``{"admin": ["group:portal-admins"], "staff":
+    ["eduPersonAffiliation=faculty"]}``, kept as a tuple of (role, rules) pairs."""
+    def check(name: str, value: Any) -> tuple[tuple[str, tuple[str, ...]], ...]:
+        pairs = value.items() if isinstance(value, Mapping) else value
+        try:
+            kept = tuple((role, tuple(rules)) for role, rules in pairs)
+        except (TypeError, ValueError):
+            kept = None
+        if kept is None or not all(
+                role in SSO_ROLES and rules and all(
+                    isinstance(r, str) and (r.startswith("group:") or "=" in r) for r in rules)
+                for role, rules in kept):
+            raise ConfigError(f'{name} must be JSON such as {{"admin": ["group:portal-admins"], '
+                              f'"staff": ["eduPersonAffiliation=faculty"]}} (roles: '
+                              f"{', '.join(SSO_ROLES)}), not {value!r}")
+        return kept
+    return check
+
+
 #: A cookie's SameSite attribute (None: not sent).
 SAMESITE = choice("Lax", "Strict", "None", None, wording="Lax, Strict or None")
 
@@ -215,6 +255,47 @@ class Settings:
     # How many proxies in front of the portal set X-Forwarded-For / -Proto (deploy/nginx.conf
     # is one). 0: the peer's address is the client's and those headers are not believed.
     trusted_proxies: int = setting(0, whole(0, note=" (the proxies in front of the portal)"))
+
+    # -- sign-in methods (portal/auth/sso/; README "Campus single sign-on") -------------------
+    # Local accounts (the form's password) stay for break-glass admins; the others add the
+    # campus directory. Directory users never get a usable password in the portal.
+    auth_methods: tuple[str, ...] = setting(("local",), methods())
+    # A directory account signing in for the first time gets a portal user (false: only users
+    # that `user sync-ldap` or an admin made may sign in).
+    sso_auto_create: bool = setting(True, flag())
+    sso_default_role: str = setting("student", choice(*SSO_ROLES))
+    sso_role_map: tuple = setting((), role_map())  # the strongest matching role wins
+    # LDAP (ldap3): sign-in by bind, groups from memberOf or a group search, `user sync-ldap`.
+    ldap_url: str | None = setting(None, text(optional=True))  # ldap://host:389 or ldaps://
+    ldap_start_tls: bool = setting(False, flag())
+    ldap_ca_file: str | None = setting(None, text(optional=True))  # None: the system's CAs
+    ldap_bind_dn: str | None = setting(None, text(optional=True))  # None: anonymous search
+    ldap_bind_password: str | bytes | None = setting(None, secret(), repr=False)
+    ldap_user_base: str | None = setting(None, text(optional=True))
+    # Which entries are accounts: one that stops matching (a graduate, a locked account) can
+    # no longer sign in, and sync-ldap disables its portal user.
+    ldap_user_filter: str = setting("(objectClass=inetOrgPerson)", text())
+    ldap_uid_attribute: str = setting("uid", text())
+    ldap_name_attribute: str = setting("displayName", text())
+    ldap_group_source: str = setting("search", choice("search", "memberOf"))
+    ldap_group_base: str | None = setting(None, text(optional=True))  # None: LDAP_USER_BASE's
+    ldap_group_filter: str = setting("(objectClass=groupOfNames)", text())
+    ldap_group_member_attribute: str = setting("member", text())
+    ldap_group_name_attribute: str = setting("cn", text())
+    ldap_timeout_seconds: float = setting(5, number(0, 120, above=True))
+    # CAS 2.0/3.0 (python-cas): the server's base URL, e.g. https://cas.example.edu/cas/
+    cas_server_url: str | None = setting(None, text(optional=True))
+    cas_version: int = setting(3, choice(2, 3))
+    cas_name_attribute: str = setting("displayName", text())
+    cas_groups_attribute: str = setting("groups", text())
+    # OIDC (Authlib): authorization code flow with PKCE against the issuer's discovery document.
+    oidc_issuer: str | None = setting(None, text(optional=True))
+    oidc_client_id: str | None = setting(None, text(optional=True))
+    oidc_client_secret: str | bytes | None = setting(None, secret(), repr=False)
+    oidc_scopes: str = setting("openid profile", text())
+    oidc_uid_claim: str = setting("preferred_username", text())
+    oidc_name_claim: str = setting("name", text())
+    oidc_groups_claim: str = setting("groups", text())
 
     # -- caches -----------------------------------------------------------------------------
     # Hot-file cache in Redis (portal/cache/hot.py): pays for remote origins such as S3; a local
@@ -306,6 +387,14 @@ class Settings:
         for name, value in resolved.items():
             if getattr(self, name) is None:
                 object.__setattr__(self, name, value)
+        needed = {"ldap": ("ldap_url", "ldap_user_base"), "cas": ("cas_server_url",),
+                  "oidc": ("oidc_issuer", "oidc_client_id")}
+        for method in self.auth_methods:
+            missing = [f"PORTAL_{n.upper()}" for n in needed.get(method, ())
+                       if not getattr(self, n)]
+            if missing:
+                raise ConfigError(f"PORTAL_AUTH_METHODS lists {method!r}, which needs "
+                                  f"{' and '.join(missing)}")
         if self.s3_delivery == "redirect" and not str(self.storage_url).startswith("s3://"):
             raise ConfigError("PORTAL_S3_DELIVERY=redirect needs an s3:// PORTAL_STORAGE_URL")
 

@@ -23,10 +23,12 @@ from werkzeug.exceptions import TooManyRequests
 
 from ..audit import audit
 from ..coherence import coherence
+from ..config import settings
 from ..extensions import db, login_manager
 from ..models import RevokedToken, User
 from . import bp, throttle
 from .forms import LoginForm, PasswordChangeForm
+from .sso.failures import FAILURES
 from .tokens import new_token, parse_token
 from .users import attached_user, session_user
 
@@ -129,22 +131,70 @@ def login():
         # delayed attempt holds none.
         throttle.pause(verdict)
         if form.validate_on_submit():
-            user = authenticate(form.username.data, form.password.data)
             ip = request.remote_addr or ""
+            user, method, refused = password_sign_in(form.username.data, form.password.data,
+                                                     ip)
             if user is not None:
                 throttle.succeeded(verdict)
                 sign_in(user, remember=bool(form.remember.data))
                 audit(db.session, "login.success", actor=user, target=user.username,
-                      client_ip=ip)
+                      detail=f"method={method}", client_ip=ip)
                 db.session.commit()
                 return redirect(safe_next(request.args.get("next")))
-            audit(db.session, "login.failure", target=form.username.data, client_ip=ip)
+            audit(db.session, "login.failure", target=form.username.data,
+                  detail=f"method={method}" + (f"; {refused}" if refused else ""), client_ip=ip)
             db.session.commit()
-            flash(_("Wrong username or password."), "error")
+            if refused in FAILURES:
+                message, status = FAILURES[refused]
+                flash(str(message), "error")
+            else:
+                flash(_("Wrong username or password."), "error")
         else:
             flash(_("Please fill in both fields (at most 64 and 256 characters)."), "error")
             status = 400
-    return render_template("auth/login.html", form=form), status
+    return render_template("auth/login.html", form=form, **login_choices()), status
+
+
+def login_choices() -> dict:
+    """What the sign-in page offers: the password form (local accounts or LDAP) and the
+    single sign-on buttons, each carrying the page to come back to."""
+    methods = settings().auth_methods
+    nxt = safe_next(request.args.get("next"))
+    return {"password_form": "local" in methods or "ldap" in methods,
+            "sso_buttons": [(m, url_for(f"auth.{m}_login", next=nxt)) for m in ("cas", "oidc")
+                            if m in methods]}
+
+
+def password_sign_in(username: str, password: str, ip: str) -> tuple[User | None, str, str]:
+    """The user this name and password sign in, by a local account or an LDAP bind: (user or
+    None, the method tried, why a directory account was refused or ""). A local account with
+    its own password is never looked up in the directory, so a directory entry of the same
+    name cannot take it over."""
+    from .sso import ldap
+    from .sso.mapping import SignInRefused, apply_account
+
+    cfg = settings()
+    local = db.session.scalar(select(User).where(User.username == username))
+    own_password = local is not None and local.auth_source == "local" and (
+        local.has_usable_password() or "ldap" not in cfg.auth_methods)
+    if own_password or "ldap" not in cfg.auth_methods:
+        # authenticate also spends a hash's time on unknown names
+        return (authenticate(username, password) if "local" in cfg.auth_methods else None,
+                "local", "")
+    try:
+        account = ldap.authenticate(cfg, username, password, cfg.sso_role_map)
+        if account is None:
+            return None, "ldap", ""
+        user, _changed = apply_account(db.session, account, auto_create=cfg.sso_auto_create,
+                                       role_map=cfg.sso_role_map,
+                                       default_role=cfg.sso_default_role, ip=ip)
+    except ldap.DirectoryUnavailable as exc:
+        current_app.logger.warning("LDAP sign-in: %s", exc)
+        return None, "ldap", "unavailable"
+    except SignInRefused as refused:
+        return None, "ldap", refused.reason
+    db.session.flush()
+    return user, "ldap", ""
 
 
 @bp.route("/logout", methods=["POST"])

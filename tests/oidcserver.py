@@ -1,0 +1,128 @@
+"""A real OpenID Connect provider for the tests: the ``oidc-provider`` npm package run by
+node (tests/oidc/: package.json and package-lock.json committed; ``npm ci`` fills
+node_modules on first use).
+
+Its development login form takes any listed account id; a helper drives that form and the
+consent page as a browser would and returns the redirect back to the portal, code and
+state included. Test modules import the fixture from here (``from oidcserver import
+oidc_provider``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urljoin
+
+import pytest
+import requests
+
+from tests.helpers import free_port
+
+FOLDER = Path(__file__).resolve().parent / "oidc"
+CLIENT_ID, CLIENT_SECRET = "portal", "portal-test-secret"
+#: Where the Flask test client's callbacks point (url_for(..., _external=True)).
+TEST_CLIENT_CALLBACK = "http://localhost/login/oidc/callback"
+
+ACCOUNTS = {
+    "2023201": {"name": "李雷", "preferred_username": "2023201", "groups": ["cs2023b"],
+                "affiliation": "student"},
+    "t901": {"name": "韩老师", "preferred_username": "t901", "groups": ["teachers"],
+             "affiliation": "faculty"},
+}
+
+
+def node_modules() -> None:
+    """npm ci into tests/oidc when the lock file's packages are not there yet."""
+    npm = shutil.which("npm")
+    if npm is None or shutil.which("node") is None:
+        pytest.fail("node and npm are needed for the OIDC tests")
+    if not (FOLDER / "node_modules" / "oidc-provider" / "package.json").exists():
+        done = subprocess.run([npm, "ci", "--no-audit", "--no-fund", "--loglevel=error"],
+                              cwd=FOLDER, capture_output=True, text=True)
+        if done.returncode != 0:
+            pytest.fail(f"npm ci failed: {done.stderr[-1500:]}")
+
+
+@dataclass
+class Provider:
+    """A running provider: its issuer URL and process."""
+
+    issuer: str
+    proc: subprocess.Popen
+    log: object
+
+    def settings(self) -> dict:
+        """The portal settings for this issuer."""
+        return {"OIDC_ISSUER": self.issuer, "OIDC_CLIENT_ID": CLIENT_ID,
+                "OIDC_CLIENT_SECRET": CLIENT_SECRET, "OIDC_SCOPES": "openid profile"}
+
+    def sign_in(self, authorize_url: str, login: str, back_to: str) -> str:
+        """Go through the login and consent pages; the URL the provider sends back to
+        (starting with ``back_to``)."""
+        session = requests.Session()
+        answer = session.get(authorize_url, allow_redirects=False, timeout=10)
+        url = authorize_url
+        for _ in range(12):
+            if answer.is_redirect:
+                url = urljoin(url, answer.headers["Location"])
+                if url.startswith(back_to):
+                    return url
+                answer = session.get(url, allow_redirects=False, timeout=10)
+                continue
+            action = re.search(r'<form[^>]*action="([^"]+)"', answer.text)
+            assert action, answer.text[:500]
+            fields = dict(re.findall(r'<input[^>]*type="hidden"[^>]*name="([^"]+)"[^>]*'
+                                     r'value="([^"]*)"', answer.text))
+            if 'name="login"' in answer.text:
+                fields.update(login=login, password="not-checked")
+            url = urljoin(url, action.group(1))
+            answer = session.post(url, data=fields, allow_redirects=False, timeout=10)
+        raise AssertionError("the provider did not send the browser back")
+
+    def stop(self) -> None:
+        """Stop the process."""
+        self.proc.terminate()
+        self.proc.wait(10)
+        self.log.close()
+
+
+def start_provider(folder: Path, redirect_uris: list[str], clock_offset: int = 0) -> Provider:
+    """Start a provider on a free port (its clock ``clock_offset`` seconds off)."""
+    node_modules()
+    port = free_port()
+    log = open(folder / f"oidc-{port}.log", "w")  # noqa: SIM115 - open while it runs
+    env = {**os.environ, "ACCOUNTS": json.dumps(ACCOUNTS),
+           "CLOCK_OFFSET_SECONDS": str(clock_offset)}
+    proc = subprocess.Popen(["node", "provider.mjs", str(port), *redirect_uris], cwd=FOLDER,
+                            env=env, stdout=log, stderr=subprocess.STDOUT)
+    issuer = f"http://127.0.0.1:{port}"
+    provider = Provider(issuer, proc, log)
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            with urllib.request.urlopen(issuer + "/.well-known/openid-configuration",
+                                        timeout=2):
+                return provider
+        except (urllib.error.URLError, OSError):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                provider.stop()
+                pytest.fail("oidc-provider did not start: "
+                            + (folder / f"oidc-{port}.log").read_text()[-2000:])
+            time.sleep(0.2)
+
+
+@pytest.fixture(scope="session")
+def oidc_provider(tmp_path_factory):
+    """A provider for the Flask test client's callback, for the whole run."""
+    provider = start_provider(tmp_path_factory.mktemp("oidc"), [TEST_CLIENT_CALLBACK])
+    yield provider
+    provider.stop()
