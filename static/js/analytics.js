@@ -36,12 +36,13 @@
   };
   const fmt = (value, kind) => {
     if (value === null || value === undefined) return "–";
-    if (kind === "percent") return (value * 100).toFixed(1) + " %";
+    // A no-break space: a narrow column never leaves the unit alone on a line.
+    if (kind === "percent") return (value * 100).toFixed(1) + "\u00a0%";
     if (kind === "bytes") {
       const units = ["B", "KB", "MB", "GB", "TB"];
       let i = 0;
       while (value >= 1024 && i < units.length - 1) { value /= 1024; i++; }
-      return value.toFixed(i ? 1 : 0) + " " + units[i];
+      return value.toFixed(i ? 1 : 0) + "\u00a0" + units[i];
     }
     return number.format(value);
   };
@@ -83,7 +84,7 @@
       cells[0].textContent = fmt(data.current[key], kind);
       cells[1].textContent = fmt(data.previous[key], kind);
       const change = data.change[key];
-      cells[2].textContent = change === null ? "–" : (change > 0 ? "+" : "") + (change * 100).toFixed(1) + " %";
+      cells[2].textContent = change === null ? "–" : (change > 0 ? "+" : "") + (change * 100).toFixed(1) + "\u00a0%";
     });
     const table = document.getElementById("top-files");
     const rows = await getJSON(withParams(table.dataset.api));
