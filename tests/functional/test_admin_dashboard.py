@@ -35,7 +35,7 @@ def _add(app, title: str, body: bytes, access: str, owner: str | None = None) ->
 
 
 def _tiles(html: str) -> dict[str, str]:
-    return dict(re.findall(r'<strong data-key="(\w+)">([^<]*)</strong>', html))
+    return dict(re.findall(r'<(?:strong|span) data-key="(\w+)">([^<]*)<', html))
 
 
 def _top(html: str) -> list[dict]:
@@ -84,6 +84,24 @@ def test_staff_see_only_the_files_they_may_read(world, client, login):
     assert [row["file_id"] for row in _top(html)] == [open_id]
     assert "成绩单" not in html
     assert "以下数字只统计你有权查看的文件" in html
+
+
+def test_a_response_being_sent_is_downloading_now(world, app, client, login):
+    """A body handed to the server and not yet closed is in this worker's journal: it is
+    being sent now, for those who may read its file; closed, it is not."""
+    _open_id, secret_id = world
+    login("someone")
+    sending = client.get(f"/files/{secret_id}/download")  # not closed: still being sent
+    assert sending.status_code == 200
+    try:
+        login("boss")
+        assert _tiles(client.get("/admin/").get_data(as_text=True))["now"] == "1"
+        login("teacher")  # the transcript is not theirs to see, nor its download
+        assert _tiles(client.get("/admin/").get_data(as_text=True))["now"] == "0"
+    finally:
+        sending.close()
+    login("boss")
+    assert _tiles(client.get("/admin/").get_data(as_text=True))["now"] == "0"
 
 
 def test_an_old_download_is_not_active(app, world, client, login):
