@@ -39,11 +39,12 @@ def active_downloads(conn: Connection, now: datetime, *,
 
 def sending_now(conn: Connection, journal_dir: Path, *,
                 readable: queries.Readable = None) -> dict:
-    """The GET responses this node is sending right now (its workers' journals: a start
+    """The GET responses with a body this node is sending right now (its workers' journals: a start
     without an end), and the people (or anonymous clients) behind them, of the files
     ``readable`` lets the reader see."""
     rows = [load_row(record) for record in live_open_starts(journal_dir)]
-    rows = [r for r in rows if r.get("method") == "GET" and isinstance(r.get("file_id"), int)]
+    rows = [r for r in rows if r.get("method") == "GET" and r.get("status") in (200, 206)
+            and isinstance(r.get("file_id"), int)]  # bytes going out, not a 304 or a HEAD
     ids = {r["file_id"] for r in rows}
     if readable is not None and ids:
         visible = set(conn.execute(select(File.id).where(File.id.in_(ids), readable))

@@ -121,12 +121,6 @@ def sessions(browser, server):
     return states
 
 
-def _first_file(request_context, api: str) -> int:
-    files = request_context.get(api).json()
-    return (files["files"] if isinstance(files, dict) else files)[0]["id" if "files" in files
-                                                                      else "file_id"]
-
-
 PAGES = [  # name, who, path ({file} is filled in), screenshot kept in docs/screenshots
     ("login", None, "/login", False),
     ("catalog", "student", "/", False),
@@ -157,7 +151,8 @@ def test_page(browser, server, sessions, name, who, path, keep, width, lang):
     page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
     try:
         if "{file}" in path:
-            path = path.format(file=_first_file(page.request, "/api/files?category=课程表"))
+            files = page.request.get("/api/files?category=课程表").json()["files"]
+            path = path.format(file=files[0]["id"])
         if "{top}" in path:
             top = page.request.get("/api/analytics/top-files?days=30").json()
             path = path.format(top=top[0]["file_id"])
