@@ -222,6 +222,7 @@ def time_endpoints(app) -> int:
         f"/api/analytics/series?days=30&file={top}",
         "/api/analytics/top-files?days=30&format=csv",
         "/admin/analytics/", "/admin/analytics/time", f"/admin/analytics/files/{top}",
+        "/admin/",  # the overview: today, now, the week's top files, health
     ]
     clients = {"admin": signed_in(app, "bench-admin"),
                **{name: signed_in(app, name) for name in STAFF}}

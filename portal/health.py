@@ -17,9 +17,9 @@ log = logging.getLogger(__name__)
 _OUTAGE = cache.Outage(log, "cache off (/healthz)")
 
 
-@bp.route("/healthz")
-def healthz():
-    """200 when downloads can be served (Redis down is a warning), else 503."""
+def health_report() -> dict:
+    """Database, Redis and storage, each 'ok' or the reason; ``status`` is 'ok', 'degraded'
+    (Redis down: downloads still served, cache off) or 'failing'. Also the admin overview's."""
     report = {}
     try:
         db.session.execute(text("SELECT 1"))
@@ -40,4 +40,11 @@ def healthz():
     else:
         _OUTAGE.recovered()
     report["status"] = ("ok" if report["redis"] == "ok" else "degraded") if serving else "failing"
-    return jsonify(report), 200 if serving else 503
+    return report
+
+
+@bp.route("/healthz")
+def healthz():
+    """200 when downloads can be served (Redis down is a warning), else 503."""
+    report = health_report()
+    return jsonify(report), 503 if report["status"] == "failing" else 200

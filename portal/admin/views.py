@@ -2,23 +2,36 @@
 
 from __future__ import annotations
 
-from flask import abort, flash, redirect, render_template, request, url_for
+from datetime import UTC, datetime
+from zoneinfo import ZoneInfo
+
+from flask import abort, current_app, flash, redirect, render_template, request, url_for
 from flask_babel import gettext as _
 from flask_login import current_user
 from sqlalchemy import func, select
 
+from ..analytics import queries
+from ..analytics.recorder import recorder
 from ..audit import audit
+from ..config import settings
 from ..extensions import db
+from ..health import health_report
 from ..models import AuditEntry, Group, User
 from . import bp, require_admin
+from .dashboard import dashboard
 from .forms import GroupForm, UserForm
 from .service import save_user
 
 
 @bp.route("/")
 def index():
-    """The staff and admin start page."""
-    return render_template("admin/index.html")
+    """The staff and admin start page: today, now, the week's top files, the parts' health
+    (staff see the numbers of the files they may read only)."""
+    zone = ZoneInfo(settings().analytics_timezone)
+    board = dashboard(db.session.connection(), zone, datetime.now(UTC),
+                      recorder(current_app).journal_dir(),
+                      readable=queries.scope_of(current_user))
+    return render_template("admin/index.html", board=board, health=health_report())
 
 
 @bp.route("/users", methods=["GET", "POST"])

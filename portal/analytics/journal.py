@@ -30,7 +30,7 @@ import fcntl
 import json
 import logging
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -120,6 +120,17 @@ class Orphans:
         os.close(self.fd)
 
 
+def _journals(directory: Path) -> Iterator[tuple[Path, int]]:
+    """Each journal file of ``directory`` opened for reading (the caller closes the fd)."""
+    if not directory.is_dir():
+        return
+    for path in sorted(directory.glob(f"*{SUFFIX}")):
+        try:
+            yield path, os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            continue  # recovered by another process meanwhile
+
+
 def dead_journals(directory: Path) -> list[Orphans]:
     """The journals in ``directory`` whose writers are gone, each locked by this process.
 
@@ -127,13 +138,7 @@ def dead_journals(directory: Path) -> list[Orphans]:
     the open file description), so it is never mistaken for a dead one.
     """
     found = []
-    if not directory.is_dir():
-        return found
-    for path in sorted(directory.glob(f"*{SUFFIX}")):
-        try:
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-        except FileNotFoundError:
-            continue  # recovered by another process meanwhile
+    for path, fd in _journals(directory):
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
@@ -150,4 +155,29 @@ def dead_journals(directory: Path) -> list[Orphans]:
             log.exception("analytics journal %s could not be read", path)
             continue
         found.append(Orphans(path, fd, records))
+    return found
+
+
+def live_open_starts(directory: Path) -> list[str]:
+    """The start records without an end in the journals of living writers on this node:
+    the responses being sent right now (the admin overview's "downloading now").
+
+    A writer holds its journal's exclusive lock while it lives, so a shared lock that is
+    refused means a live journal; one that is granted means a dead writer's (its orphans
+    are the flusher's), released at once.
+    """
+    found: list[str] = []
+    for path, fd in _journals(directory):
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except OSError:
+                with os.fdopen(os.dup(fd), "r", encoding="utf-8", errors="replace") as fh:
+                    found.extend(parse(fh.read()).values())
+            else:
+                fcntl.flock(fd, fcntl.LOCK_UN)
+        except OSError:
+            log.exception("analytics journal %s could not be read", path)
+        finally:
+            os.close(fd)
     return found

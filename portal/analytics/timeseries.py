@@ -122,7 +122,8 @@ def forecast(conn: Connection, tz: ZoneInfo, *, weeks: int = 4,
     for hour in range(7 * 24):
         moment = start + timedelta(hours=hour)
         past = [history.get(moment - timedelta(weeks=k), 0) for k in range(1, weeks + 1)]
-        labels.append(moment.astimezone(tz).strftime("%a %m-%d %H:00"))
+        # Local wall time, no weekday name: the page names it in its own language.
+        labels.append(moment.astimezone(tz).strftime("%Y-%m-%d %H:00"))
         values.append(round(sum(past) / weeks, 2))
     return {"method": f"seasonal average of the same hour in the last {weeks} week(s)",
             "weeks": weeks, "start": start.isoformat(), "labels": labels, "values": values}

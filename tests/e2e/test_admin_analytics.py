@@ -1,8 +1,9 @@
-"""What an admin sees: the analytics pages render their charts from the JSON endpoints."""
+"""What an admin sees: the analytics pages render their charts from the JSON endpoints (the
+screenshots of these pages are test_every_page.py's)."""
 
 import pytest
 
-from tests.helpers import screenshot, sign_in
+from tests.helpers import sign_in
 
 
 @pytest.fixture(scope="module")
@@ -23,18 +24,15 @@ def test_overview_time_and_file_pages(page, simulated):
     rows = page.locator("#top-files tbody tr")
     rows.first.wait_for()
     assert rows.count() >= 5
-    screenshot(page, "admin-analytics-overview")
 
     page.goto("/admin/analytics/time")
     for chart in ("series-chart", "forecast-chart"):
         page.wait_for_function(
             f"() => window.Chart && Chart.getChart(document.getElementById('{chart}'))"
             f" && Chart.getChart(document.getElementById('{chart}')).data.datasets.length > 0")
-    screenshot(page, "admin-analytics-time")
 
     page.goto("/admin/analytics/")
     page.locator("#top-files tbody tr a").first.click()
     page.wait_for_url("**/admin/analytics/files/*")
     page.wait_for_function(
         "() => window.Chart && Chart.getChart(document.getElementById('file-series'))")
-    screenshot(page, "admin-analytics-file")
