@@ -1,0 +1,212 @@
+"""PORTAL_DOWNLOAD_LIMITS and the admission budget with a real gunicorn, real clients
+(aria2c, wget, curl), a real nginx (x-accel), a SIGKILLed worker and a stopped Redis.
+
+A student is limited to 4 connections: download managers asking for 8 or 16 get 429 with
+Retry-After on the rest, back off and still finish with the same bytes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import time
+import uuid
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import redis
+from servers import (
+    Browser,
+    Gunicorn,
+    PrivateRedis,
+    make_instance,
+    request,
+    require_tool,
+    sha256_file,
+    stop_process,
+    wait_for,
+    write_random,
+)
+
+pytestmark = pytest.mark.slow
+
+MiB = 1 << 20
+NAME = "期末复习录像.bin"
+LIMITS = {"student": {"connections": 4}, "anonymous": {"connections": 4}}
+
+
+def tag(label: str) -> str:
+    """A unique User-Agent per client run."""
+    return f"{label}-{uuid.uuid4().hex[:8]}"
+
+
+def run(cmd: list, cwd: Path | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
+    """Run a client to the end; fail with its output when it does not succeed."""
+    result = subprocess.run([str(c) for c in cmd], cwd=cwd, capture_output=True, text=True,
+                            timeout=timeout, check=False)
+    assert result.returncode == 0, (f"{cmd[0]} exited {result.returncode}: "
+                                    f"{result.stdout[-1500:]} {result.stderr[-1500:]}")
+    return result
+
+
+def slow_curls(url: str, count: int, cookie: str | None = None) -> list[subprocess.Popen]:
+    """``count`` curl downloads at 64 KiB/s each, holding their connections open."""
+    curl = require_tool("curl")
+    extra = ["-b", cookie] if cookie else []
+    return [subprocess.Popen([curl, "-sS", "-o", os.devnull, "--limit-rate", "64K", *extra,
+                              url]) for _ in range(count)]
+
+
+def held(client: redis.Redis, person: str) -> int:
+    """Live leases of a person in Redis."""
+    key = f"portal:download:conn:{person}"
+    client.zremrangebyscore(key, "-inf", time.time())
+    return client.zcard(key)
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory, redis_url):
+    """An instance with a 24 MiB recording (public and login-only) and student alice."""
+    instance = make_instance(tmp_path_factory.mktemp("limits"), redis_url,
+                             PORTAL_DOWNLOAD_LIMITS=json.dumps(LIMITS))
+    instance.create_user("alice")
+    src = tmp_path_factory.mktemp("src")
+    data = write_random(src / NAME, 24 * MiB)
+    small = write_random(src / "small.txt", 2000)
+    return SimpleNamespace(
+        instance=instance, path=src / NAME, size=len(data),
+        sha256=hashlib.sha256(data).hexdigest(), small=hashlib.sha256(small).hexdigest(),
+        public_id=instance.add_file(src / NAME, title="录像", access="public"),
+        login_id=instance.add_file(src / NAME, title="录像(校内)", access="login"),
+        small_id=instance.add_file(src / "small.txt", title="small", access="public"))
+
+
+@pytest.fixture(scope="module")
+def server(site):
+    """gunicorn, 2 workers, direct sendfile."""
+    with Gunicorn(site.instance) as gunicorn:
+        yield gunicorn
+
+
+@pytest.fixture(scope="module")
+def alice(server) -> Browser:
+    """Alice signed in."""
+    return Browser(server.base_url).login("alice")
+
+
+def alice_id(site) -> int:
+    """Alice's user id."""
+    import sqlite3
+
+    with sqlite3.connect(site.instance.db_path) as conn:
+        return conn.execute("SELECT id FROM users WHERE username = 'alice'").fetchone()[0]
+
+
+def cookie_file(browser: Browser, path: Path) -> Path:
+    """The browser's session cookie in curl's / wget's cookie-file format."""
+    lines = ["# Netscape HTTP Cookie File"]
+    for c in browser.jar:
+        lines.append("\t".join(["127.0.0.1", "FALSE", "/", "FALSE", "0", c.name, c.value]))
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_the_fifth_connection_gets_429_with_retry_after(server, site):
+    url = f"{server.base_url}/files/{site.public_id}/download"
+    r = redis.Redis.from_url(site.instance.env["PORTAL_REDIS_URL"])
+    holders = slow_curls(url, 4)
+    try:
+        wait_for(lambda: held(r, "ip:127.0.0.1") == 4, 10, "4 leases")
+        status, headers, body = request(server.base_url, "GET",
+                                        f"/files/{site.public_id}/download")
+        assert status == 429 and int(headers["Retry-After"]) >= 1, (status, body[:200])
+        # small files, pages and HEAD still answer (HEAD sends no body: not counted)
+        assert request(server.base_url, "HEAD", f"/files/{site.public_id}/download")[0] == 200
+        assert request(server.base_url, "GET", "/login")[0] == 200
+    finally:
+        for proc in holders:
+            stop_process(proc)
+    wait_for(lambda: held(r, "ip:127.0.0.1") == 0, 10, "the leases released on close")
+    assert request(server.base_url, "GET", f"/files/{site.small_id}/download")[0] == 200
+
+
+@pytest.mark.parametrize("connections", [16, 8])
+def test_aria2c_finishes_under_a_limit_of_four(server, site, alice, tmp_path, connections):
+    aria2c = require_tool("aria2c")
+    url = alice.mint_link(site.login_id)["url"]
+    agent = tag(f"aria2c-x{connections}")
+    r = redis.Redis.from_url(site.instance.env["PORTAL_REDIS_URL"])
+    refused = int(r.hget("portal:download:limits", "refused_person") or 0)
+    # aria2c gives up a connection on 429 unless told to retry: --retry-wait makes it wait
+    # and try again (docs/limits.md says what users pass).
+    run([aria2c, f"-x{connections}", f"-s{connections}", "-k1M", "-d", tmp_path, "-q",
+         "--retry-wait=1", "--max-tries=0", "--summary-interval=0", "-U", agent,
+         "--auto-file-renaming=false", url])
+    assert sha256_file(tmp_path / NAME) == site.sha256
+    events = site.instance.wait_events(user_agent=agent)
+    assert sum(e["bytes_sent"] for e in events) >= site.size
+    # it really was held to 4: the others were refused (429) and retried
+    assert int(r.hget("portal:download:limits", "refused_person") or 0) > refused
+    assert held(r, f"u:{alice_id(site)}") == 0
+
+
+def test_wget_and_curl_resume_under_the_limit(server, site, alice, tmp_path):
+    wget, curl = require_tool("wget"), require_tool("curl")
+    url = f"{server.base_url}/files/{site.login_id}/download"
+    cookies = cookie_file(alice, tmp_path / "cookies.txt")
+    out = tmp_path / "wget.bin"
+    out.write_bytes(site.path.read_bytes()[: 5 * MiB])
+    run([wget, "-q", "-c", "--load-cookies", cookies, "-O", out, url])
+    assert sha256_file(out) == site.sha256
+    out = tmp_path / "curl.bin"
+    out.write_bytes(site.path.read_bytes()[: 7 * MiB])
+    run([curl, "-sS", "--fail", "-C", "-", "-b", cookies, "-o", out, url])
+    assert sha256_file(out) == site.sha256
+
+
+def test_a_killed_workers_leases_expire(site, tmp_path):
+    """SIGKILL the only worker while it holds 4 connections: they stop counting once the
+    lease runs out (3 s here), not never."""
+    with Gunicorn(site.instance, workers=1, env={"PORTAL_DOWNLOAD_LEASE_SECONDS": "3"}) as g:
+        r = redis.Redis.from_url(site.instance.env["PORTAL_REDIS_URL"])
+        url = f"{g.base_url}/files/{site.public_id}/download"
+        holders = slow_curls(url, 4)
+        try:
+            wait_for(lambda: held(r, "ip:127.0.0.1") == 4, 10, "4 leases")
+            worker = int(subprocess.check_output(["pgrep", "-P", str(g.proc.pid)]).split()[0])
+            os.kill(worker, signal.SIGKILL)
+            wait_for(lambda: held(r, "ip:127.0.0.1") == 0, 8, "the dead worker's leases expire")
+        finally:
+            for proc in holders:
+                stop_process(proc)
+        wait_for(lambda: request(g.base_url, "GET", "/healthz")[0] == 200, 20, "a new worker")
+        status, _, body = request(g.base_url, "GET", f"/files/{site.public_id}/download")
+        assert status == 200 and hashlib.sha256(body).hexdigest() == site.sha256
+
+
+def test_redis_down_counts_per_worker_and_never_fails(tmp_path):
+    with PrivateRedis(tmp_path / "redis") as private:
+        instance = make_instance(tmp_path / "portal", private.url,
+                                 PORTAL_DOWNLOAD_LIMITS=json.dumps(LIMITS))
+        data = write_random(tmp_path / "f.bin", 32 * MiB)  # more than the socket buffers hold
+        file_id = instance.add_file(tmp_path / "f.bin", title="f", access="public")
+        with Gunicorn(instance, workers=1) as g:
+            url = f"{g.base_url}/files/{file_id}/download"
+            assert request(g.base_url, "GET", f"/files/{file_id}/download")[0] == 200
+            private.stop()
+            status, _, body = request(g.base_url, "GET", f"/files/{file_id}/download")
+            assert status == 200 and body == data
+            holders = slow_curls(url, 4)
+            try:
+                time.sleep(1.5)  # all four started on the one worker
+                status, headers, _ = request(g.base_url, "GET", f"/files/{file_id}/download")
+                assert status == 429 and headers["Retry-After"]
+            finally:
+                for proc in holders:
+                    stop_process(proc)
+            wait_for(lambda: request(g.base_url, "GET", f"/files/{file_id}/download")[0]
+                     == 200, 10, "the worker's own count released")
