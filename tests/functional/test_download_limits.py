@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 import signal
+import socket
 import subprocess
 import time
 import uuid
@@ -22,6 +23,7 @@ import redis
 from servers import (
     Browser,
     Gunicorn,
+    Nginx,
     PrivateRedis,
     make_instance,
     request,
@@ -64,6 +66,13 @@ def slow_curls(url: str, count: int, cookie: str | None = None) -> list[subproce
 def held(client: redis.Redis, person: str) -> int:
     """Live leases of a person in Redis."""
     key = f"portal:download:conn:{person}"
+    client.zremrangebyscore(key, "-inf", time.time())
+    return client.zcard(key)
+
+
+def node_held(client: redis.Redis) -> int:
+    """Live leases of this node (the only one here)."""
+    key = f"portal:download:node:{socket.gethostname()}"
     client.zremrangebyscore(key, "-inf", time.time())
     return client.zcard(key)
 
@@ -210,3 +219,92 @@ def test_redis_down_counts_per_worker_and_never_fails(tmp_path):
                     stop_process(proc)
             wait_for(lambda: request(g.base_url, "GET", f"/files/{file_id}/download")[0]
                      == 200, 10, "the worker's own count released")
+
+
+
+
+def timed_download(url: str, out: Path, *extra: str) -> float:
+    """Seconds curl took to fetch ``url`` into ``out``."""
+    curl = require_tool("curl")
+    start = time.monotonic()
+    run([curl, "-sS", "--fail", "-o", out, *extra, url])
+    return time.monotonic() - start
+
+
+RATE = 4 * MiB
+
+
+def test_direct_mode_paces_a_person_to_their_rate(site, tmp_path):
+    """Loose functional check (the bench measures it closely): one connection, then two at
+    once, each time the person's bytes per second near the limit."""
+    limits = json.dumps({"anonymous": {"rate": "4MB"}})
+    with Gunicorn(site.instance, env={"PORTAL_DOWNLOAD_LIMITS": limits}) as g:
+        url = f"{g.base_url}/files/{site.public_id}/download"
+        seconds = timed_download(url, tmp_path / "one.bin")
+        assert sha256_file(tmp_path / "one.bin") == site.sha256
+        assert 0.8 <= site.size / seconds / RATE <= 1.15, site.size / seconds
+        curl = require_tool("curl")
+        half = site.size // 2
+        start = time.monotonic()
+        both = [subprocess.Popen([curl, "-sS", "--fail", "-r", span, "-o", tmp_path / name, url])
+                for span, name in ((f"0-{half - 1}", "a"), (f"{half}-", "b"))]
+        assert [proc.wait(120) for proc in both] == [0, 0]
+        seconds = time.monotonic() - start
+        joined = (tmp_path / "a").read_bytes() + (tmp_path / "b").read_bytes()
+        assert hashlib.sha256(joined).hexdigest() == site.sha256
+        # two connections share the one rate: together still about 4 MB/s, not 8
+        assert 0.8 <= site.size / seconds / RATE <= 1.2, site.size / seconds
+
+
+def test_past_the_admission_budget_new_large_downloads_get_503(site):
+    env = {"PORTAL_DOWNLOAD_LIMITS": "{}", "PORTAL_DOWNLOAD_ADMISSION_CONNECTIONS": "2"}
+    with Gunicorn(site.instance, env=env) as g:
+        url = f"{g.base_url}/files/{site.public_id}/download"
+        r = redis.Redis.from_url(site.instance.env["PORTAL_REDIS_URL"])
+        holders = slow_curls(url, 2)
+        try:
+            wait_for(lambda: node_held(r) == 2, 10, "2 connections on the node")
+            status, headers, _ = request(g.base_url, "GET", f"/files/{site.public_id}/download")
+            assert status == 503 and int(headers["Retry-After"]) >= 1
+            # small files, pages and sign-in still answer; those downloading keep going
+            status, _, body = request(g.base_url, "GET", f"/files/{site.small_id}/download")
+            assert status == 200 and hashlib.sha256(body).hexdigest() == site.small
+            assert request(g.base_url, "GET", "/login")[0] == 200
+            assert request(g.base_url, "GET", "/")[0] in (200, 302)
+            assert all(proc.poll() is None for proc in holders)
+        finally:
+            for proc in holders:
+                stop_process(proc)
+        wait_for(lambda: node_held(r) == 0, 10, "the node's connections released")
+        status, _, body = request(g.base_url, "GET", f"/files/{site.public_id}/download")
+        assert status == 200 and hashlib.sha256(body).hexdigest() == site.sha256
+
+
+def test_nginx_carries_the_rate_and_the_portal_counts(site, tmp_path_factory):
+    """x-accel: the grant leaves a limited person's download to the view, which counts the
+    connection and hands nginx X-Accel-Limit-Rate; nginx sends at that rate."""
+    require_tool("nginx")
+    nginx_dir = tmp_path_factory.mktemp("nginx")
+    limits = json.dumps({"anonymous": {"connections": 2, "rate": "4MB"}})
+    backend = Gunicorn(site.instance, workers=1, sendfile="x-accel", env={
+        "PORTAL_DOWNLOAD_LIMITS": limits,
+        "PORTAL_ANALYTICS_NGINX_LOG": str(nginx_dir / "logs" / "portal_events.log")})
+    with backend, Nginx(nginx_dir, backend) as nginx:
+        url = f"{nginx.base_url}/files/{site.public_id}/download"
+        out = tmp_path_factory.mktemp("out") / "x.bin"
+        seconds = timed_download(url, out)
+        assert sha256_file(out) == site.sha256
+        assert 0.8 <= site.size / seconds / RATE <= 1.15, site.size / seconds
+        status, headers, _ = request(nginx.base_url, "HEAD", f"/files/{site.public_id}/download")
+        assert "X-Accel-Limit-Rate" not in headers
+        r = redis.Redis.from_url(site.instance.env["PORTAL_REDIS_URL"])
+        r.delete("portal:download:conn:ip:127.0.0.1")  # the finished one's lease runs on
+        holders = slow_curls(url, 2)
+        try:
+            wait_for(lambda: held(r, "ip:127.0.0.1") == 2, 10, "2 leases")
+            status, headers, _ = request(nginx.base_url, "GET",
+                                         f"/files/{site.public_id}/download")
+            assert status == 429 and int(headers["Retry-After"]) >= 1
+        finally:
+            for proc in holders:
+                stop_process(proc)
