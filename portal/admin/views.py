@@ -1,13 +1,15 @@
-"""Admin pages: users, groups, audit log."""
+"""Admin pages: users, groups, audit log, download limits."""
 
 from __future__ import annotations
 
-from flask import abort, flash, redirect, render_template, request, url_for
+from flask import abort, current_app, flash, redirect, render_template, request, url_for
 from flask_babel import gettext as _
 from flask_login import current_user
 from sqlalchemy import func, select
 
 from ..audit import audit
+from ..config import settings
+from ..download import limits
 from ..extensions import db
 from ..models import AuditEntry, Group, User
 from . import bp, require_admin
@@ -19,6 +21,14 @@ from .service import save_user
 def index():
     """The staff and admin start page."""
     return render_template("admin/index.html")
+
+
+@bp.route("/limits")
+def download_limits():
+    """The download limits in force, the admission budget, and how often they acted."""
+    return render_template("admin/limits.html",
+                           limits=limits.in_force(current_app._get_current_object(),
+                                                  settings()))
 
 
 @bp.route("/users", methods=["GET", "POST"])

@@ -395,6 +395,23 @@ def slots(app) -> Slots:
     return held
 
 
+def in_force(app, settings: Settings) -> dict:
+    """What the admin page shows: the entries, the admission budget and its settings, the
+    counters (None: Redis down) and this node's active download connections now."""
+    node = slots(app).node_active()
+    return {
+        "entries": [{"who": key, "connections": limit.connections, "rate": limit.rate}
+                    for key, limit in settings.download_limits],
+        "admission": settings.download_admission_connections,
+        "admission_min_bytes": settings.download_admission_min_bytes,
+        "retry_after": settings.download_retry_after_seconds,
+        "lease_seconds": settings.download_lease_seconds,
+        "counters": stats(app.extensions["portal_redis"]),
+        "node": socket.gethostname(),
+        "node_active": node,
+    }
+
+
 def stats(client: redis.Redis) -> dict[str, int] | None:
     """The refused and throttled counters (None: Redis down)."""
     try:
