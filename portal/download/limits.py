@@ -344,27 +344,38 @@ class Slots:
     def _renew_loop(self) -> None:
         from ..config import settings
 
+        renewed = time.monotonic()
         while True:
             seconds = settings(self.app).download_lease_seconds
-            time.sleep(seconds / 3)
+            # Each second: the paced people's counts (their buckets' shares follow their
+            # connections on other workers); every third of a lease: the leases too.
+            time.sleep(min(1.0, seconds / 3))
+            due = time.monotonic() - renewed >= seconds / 3
             try:
-                self.renew(seconds)
+                self.renew(seconds if due else None)
             except Exception:  # never let the renewer die: leases would expire under it
                 log.exception("renewing download leases failed")
+            if due:
+                renewed = time.monotonic()
 
-    def renew(self, seconds: float) -> None:
-        """Push the expiry of this worker's leases on, and learn each person's count."""
+    def renew(self, seconds: float | None) -> None:
+        """Push the expiry of this worker's leases ``seconds`` on (None: only learn the
+        counts), and learn each paced person's count of connections."""
         with self.lock:
             leases = list(self.leases.values())
         if not leases:
             return
-        expiry = time.time() + seconds
+        people = {lease.person.key: lease.person for lease in leases
+                  if seconds is not None or lease.person.limit.rate is not None}
+        if not people:
+            return
         try:
             pipe = self.redis.pipeline(transaction=False)
-            for lease in leases:
-                pipe.zadd(self._key(lease.person.key), {lease.id: expiry}, xx=True)
-                pipe.zadd(self._node_key(), {lease.id: expiry}, xx=True)
-            people = {lease.person.key: lease.person for lease in leases}
+            if seconds is not None:
+                expiry = time.time() + seconds
+                for lease in leases:
+                    pipe.zadd(self._key(lease.person.key), {lease.id: expiry}, xx=True)
+                    pipe.zadd(self._node_key(), {lease.id: expiry}, xx=True)
             for key in people:
                 pipe.zcard(self._key(key))
             replies = pipe.execute()
@@ -373,7 +384,7 @@ class Slots:
             return
         self.outage.recovered()
         with self.lock:
-            for key, held in zip(people, replies[2 * len(leases):], strict=True):
+            for key, held in zip(people, replies[-len(people):], strict=True):
                 self.counts[key] = max(int(held), self.local.get(key, 0))
                 self._share(people[key])
 

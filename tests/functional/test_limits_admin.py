@@ -51,3 +51,35 @@ def test_students_do_not_see_the_limits_page(limited, app, client, make_user, lo
     make_user("stu")
     login("stu")
     assert client.get("/admin/limits").status_code == 404
+
+
+def test_leases_are_renewed_while_held_and_shares_follow(limited, app):
+    """Real Redis: a held lease outlives its lease time (renewed), a released one goes at
+    once; a person's rate is split by their connections on this worker and elsewhere."""
+    import time
+
+    from portal.download import limits as dl
+    from portal.settings import Limit, Settings
+
+    settings = Settings(download_limits={"student": {"connections": 3, "rate": 1000}},
+                        download_lease_seconds=3)
+    slots = dl.Slots(app, app.extensions["portal_redis"])
+    person = dl.Person("u:99", Limit(3, 1000))
+    key = "portal:download:conn:u:99"
+    client = app.extensions["portal_redis"]
+    first = slots.acquire(person, settings, large=True)
+    assert isinstance(first, dl.Lease) and first.rate == 1000
+    # another worker's connection of the same person, straight into Redis
+    client.zadd(key, {"elsewhere": time.time() + 30})
+    second = slots.acquire(person, settings, large=True)
+    assert second.rate == 1000 // 3  # the third connection of three
+    assert slots.acquire(person, settings, large=True).status == 429
+    slots.renew(None)
+    assert slots.buckets["u:99"].rate == 1000 * 2 / 3  # two of the three are here
+    time.sleep(3.5)  # past the lease time: only the renewer kept them
+    client.zrem(key, "elsewhere")
+    slots.renew(None)
+    assert client.zcard(key) == 2 and slots.buckets["u:99"].rate == 1000
+    first.release()
+    second.release()
+    assert client.zcard(key) == 0 and "u:99" not in slots.buckets
