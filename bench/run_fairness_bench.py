@@ -11,9 +11,9 @@ shares itself among TCP connections. Each student is anonymous and has an addres
 own (127.0.1.N; the proxy connects to gunicorn from the same address), so the portal tells
 them apart as it tells apart students behind their own addresses.
 
-Most students use one connection; --multi of them behave like ``aria2c -x16 -s16
---retry-wait=1``: sixteen connections on sixteen segments, each waiting Retry-After and
-asking again when refused. The run has two phases on the same servers and files:
+Most students use one connection; --multi of them run sixteen (as ``aria2c -x16 -s16``
+does), on sixteen segments, each waiting Retry-After and asking again when refused. The
+run has two phases on the same servers and files:
 
 - limits off (PORTAL_DOWNLOAD_LIMITS unset): what a 16-connection client takes;
 - limits on: ``{"anonymous": {"connections": 4, "rate": R}}`` with R = 90 % of the fair
@@ -130,7 +130,7 @@ class Person:
 async def one_connection(person: Person, port: int, path: str, span: tuple[int, int] | None,
                          stop: float) -> None:
     """Download (the span of) the file again and again until ``stop``; on 429 / 503 wait
-    Retry-After and ask again (what aria2c --retry-wait=1 does)."""
+    Retry-After and ask again (a patient client such as curl --retry; aria2c drops it instead)."""
     loop = asyncio.get_running_loop()
     while loop.time() < stop:
         try:

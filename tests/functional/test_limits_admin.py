@@ -83,3 +83,19 @@ def test_leases_are_renewed_while_held_and_shares_follow(limited, app):
     first.release()
     second.release()
     assert client.zcard(key) == 0 and "u:99" not in slots.buckets
+
+
+def test_the_zip_door_applies_the_same_limit(limited, app, client, make_user, login):
+    make_user("stu")
+    ids = [add_file(app, bytes([n]) * (1 << 20), access="login", filename=f"{n}.bin")
+           for n in (1, 2)]
+    login("stu")
+    held = client.get(f"/files/{ids[0]}/download", buffered=False)
+    assert held.status_code == 200
+    refused = client.get(f"/files/zip?id={ids[0]}&id={ids[1]}")
+    assert refused.status_code == 429 and refused.headers["Retry-After"]
+    held.close()
+    archive = client.get(f"/files/zip?id={ids[0]}&id={ids[1]}", buffered=False)
+    assert archive.status_code == 200
+    assert client.get(f"/files/{ids[1]}/download").status_code == 429  # the zip holds it
+    archive.close()
