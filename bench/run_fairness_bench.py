@@ -56,6 +56,7 @@ from download_harness import (
 )
 
 FILE_BYTES = 200 * 1000 * 1000
+SMALL_BYTES = 64 * 1024
 CHUNK = 64 * 1024
 
 
@@ -199,8 +200,9 @@ def jain(values: list[float]) -> float:
     return total * total / (len(values) * squares) if squares else float("nan")
 
 
-def prepare(run: Run, redis_url: str | None) -> tuple[dict, int]:
-    """A production-like instance with one 200 MB public recording (a sparse object)."""
+def prepare(run: Run, redis_url: str | None) -> tuple[dict, list[int]]:
+    """A production-like instance with one 200 MB public recording and a 64 KiB file
+    (sparse objects): their ids."""
     env = base_env()
     env.update({
         "PORTAL_ENV": "production",
@@ -214,43 +216,57 @@ def prepare(run: Run, redis_url: str | None) -> tuple[dict, int]:
         "PYTHONUNBUFFERED": "1",
     })
     run_checked([VENV_BIN / "flask", "--app", "wsgi", "db", "upgrade"], env, "db upgrade")
-    key, crc = zero_digests(FILE_BYTES)
-    path = object_path(run.tmp / "storage", key)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "wb") as fh:
-        fh.truncate(FILE_BYTES)
-    out = run_checked([VENV_BIN / "python", "-m", "bench.add_sparse_version", "--key", key,
-                       "--size", FILE_BYTES, "--crc32", crc, "--title", "exam recording",
-                       "--filename", "recording.mp4", "--access", "public"], env, "add file")
-    return env, int(out.strip().splitlines()[-1])
+    ids = []
+    for size, title in ((FILE_BYTES, "exam recording"), (SMALL_BYTES, "timetable")):
+        key, crc = zero_digests(size)
+        path = object_path(run.tmp / "storage", key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "wb") as fh:
+            fh.truncate(size)
+        out = run_checked([VENV_BIN / "python", "-m", "bench.add_sparse_version", "--key", key,
+                           "--size", size, "--crc32", crc, "--title", title,
+                           "--filename", f"{title}.bin", "--access", "public"], env, "add file")
+        ids.append(int(out.strip().splitlines()[-1]))
+    return env, ids
 
 
-def measure(args, run: Run, env: dict, file_id: int, limits: dict | None) -> dict:
-    """One phase on a fresh gunicorn: shares, Jain's index, rate error, page latency."""
-    phase_env = dict(env)
+def measure(args, run: Run, env: dict, ids: list[int], name: str, limits: dict | None,
+            admission: int = 0) -> dict:
+    """One phase on a fresh gunicorn: shares, Jain's index, rate error, page latency (and
+    of the small file)."""
+    file_id, small_id = ids
+    phase_env = dict(env, PORTAL_DOWNLOAD_ADMISSION_CONNECTIONS=str(admission))
     if limits is not None:
         phase_env["PORTAL_DOWNLOAD_LIMITS"] = json.dumps(limits)
-    server = gunicorn(run, "gunicorn-" + ("on" if limits else "off"), "wsgi:app", phase_env,
-                      ready_path="/healthz")
+    server = gunicorn(run, f"gunicorn-{name}", "wsgi:app", phase_env, ready_path="/healthz")
     people = [Person(i, 16 if i < args.multi else 1) for i in range(args.students)]
     uplink = Uplink(args.uplink_mib * MIB)
     latencies: list[float] = []
+    small: list[float] = []
 
     def pages() -> None:
         until = time.monotonic() + args.warmup + args.seconds
         latencies.extend(probe_latency(server.port, "/login", 100_000, 0.05, until, 5.0))
 
+    def small_files() -> None:
+        until = time.monotonic() + args.warmup + args.seconds
+        small.extend(probe_latency(server.port, f"/files/{small_id}/download", 100_000, 0.1,
+                                   until, 5.0))
+
     async def main() -> dict[str, float]:
         listen = await uplink.serve(0, server.port)
         port = listen.sockets[0].getsockname()[1]
-        prober = threading.Thread(target=pages, daemon=True)
-        prober.start()
+        probers = [threading.Thread(target=pages, daemon=True),
+                   threading.Thread(target=small_files, daemon=True)]
+        for prober in probers:
+            prober.start()
         try:
             return await phase(people, port, f"/files/{file_id}/download", args.warmup,
                                args.seconds)
         finally:
             listen.close()
-            prober.join()
+            for prober in probers:
+                prober.join()
 
     rates = asyncio.run(main())
     run.stop(server)
@@ -266,9 +282,11 @@ def measure(args, run: Run, env: dict, file_id: int, limits: dict | None) -> dic
         "min_share": min(values) / total * len(people),
         "max_share": max(values) / total * len(people),
         "refused": sum(p.refused for p in people),
+        "active": sum(p.connections for p in people),
         "page_p50_ms": percentile(latencies, 50) * 1000,
         "page_p99_ms": percentile(latencies, 99) * 1000,
         "pages": len(latencies),
+        "small_p99_ms": percentile(small, 99) * 1000,
         "shares": {p.address: rates[p.address] / total * len(people) for p in people},
     }
     if limits:
@@ -290,20 +308,25 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--seconds", type=float, default=20.0, help="measuring window per phase")
     p.add_argument("--warmup", type=float, default=5.0)
     p.add_argument("--redis-url", default=None)
+    p.add_argument("--admission", type=int, default=100,
+                   help="a third phase: no person limits, this node budget (0: skip)")
     p.add_argument("--json", type=Path, default=None)
     p.add_argument("--keep", action="store_true")
     args = p.parse_args(argv)
     run = Run(keep=args.keep)
     try:
-        env, file_id = prepare(run, args.redis_url)
+        env, ids = prepare(run, args.redis_url)
         rate = int(0.9 * args.uplink_mib * MIB / args.students)
         limits = {"anonymous": {"connections": 4, "rate": rate}}
         print(f"{args.students} students ({args.multi} with 16 connections), one "
               f"{FILE_BYTES // 10**6} MB file, uplink {args.uplink_mib:g} MiB/s, "
               f"window {args.seconds:g} s after {args.warmup:g} s; limits on: {limits}",
               flush=True)
-        results = {"off": measure(args, run, env, file_id, None),
-                   "on": measure(args, run, env, file_id, limits)}
+        results = {"off": measure(args, run, env, ids, "off", None),
+                   "on": measure(args, run, env, ids, "on", limits)}
+        if args.admission:
+            results["admission"] = measure(args, run, env, ids, "admission", None,
+                                           args.admission)
     except BenchError as exc:
         sys.exit(f"bench: {exc}")
     finally:
@@ -313,21 +336,26 @@ def main(argv: list[str] | None = None) -> None:
             ("mean share, 1-connection students", "single_mean_share", "{:.2f}"),
             ("mean share, 16-connection students", "multi_mean_share", "{:.2f}"),
             ("smallest / largest share", None, None),
-            ("refused connections (429, retried)", "refused", "{}"),
+            ("refused connections (429 / 503, retried)", "refused", "{}"),
             ("page GET /login p50 (ms)", "page_p50_ms", "{:.1f}"),
-            ("page GET /login p99 (ms)", "page_p99_ms", "{:.1f}")]
-    print("\n| measure | limits off | limits on |\n| --- | ---: | ---: |")
+            ("page GET /login p99 (ms)", "page_p99_ms", "{:.1f}"),
+            ("small file (64 KiB) p99 (ms)", "small_p99_ms", "{:.1f}")]
+    heads = {"off": "limits off", "on": "limits on",
+             "admission": f"admission budget {args.admission}"}
+    print("\n| measure | " + " | ".join(heads[k] for k in results) + " |\n| --- |"
+          + " ---: |" * len(results))
     for label, key, fmt in rows:
         if key is None:
             cells = [f"{r['min_share']:.2f} / {r['max_share']:.2f}" for r in results.values()]
         else:
             cells = [fmt.format(r[key]) for r in results.values()]
-        print(f"| {label} | {cells[0]} | {cells[1]} |")
+        print(f"| {label} | " + " | ".join(cells) + " |")
     on = results["on"]
+    pad = " - |" * (len(results) - 2)
     print(f"| rate error of limited people, mean / max | - | {on['rate_error_mean']:.1%} / "
-          f"{on['rate_error_max']:.1%} |")
+          f"{on['rate_error_max']:.1%} |{pad}")
     print(f"| rate error, 16-connection students (mean) | - | "
-          f"{on['rate_error_multi_mean']:.1%} |")
+          f"{on['rate_error_multi_mean']:.1%} |{pad}")
     print("\n(share 1.00 = an equal share of what went through; limit per person "
           f"{rate / MIB:.2f} MiB/s)")
     if args.json:
