@@ -176,7 +176,7 @@ class Bucket:
 
     def __init__(self, rate: float) -> None:
         self.rate = float(rate)
-        self.tokens = 0.0
+        self.tokens = self.burst  # full: a small file goes at once
         self.stamp = time.monotonic()
         self.lock = threading.Lock()
 

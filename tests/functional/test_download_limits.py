@@ -130,8 +130,10 @@ def test_the_fifth_connection_gets_429_with_retry_after(server, site):
     holders = slow_curls(url, 4)
     try:
         wait_for(lambda: held(r, "ip:127.0.0.1") == 4, 10, "4 leases")
+        refused_agent = tag("refused")
         status, headers, body = request(server.base_url, "GET",
-                                        f"/files/{site.public_id}/download")
+                                        f"/files/{site.public_id}/download",
+                                        headers={"User-Agent": refused_agent})
         assert status == 429 and int(headers["Retry-After"]) >= 1, (status, body[:200])
         # small files, pages and HEAD still answer (HEAD sends no body: not counted)
         assert request(server.base_url, "HEAD", f"/files/{site.public_id}/download")[0] == 200
@@ -140,7 +142,11 @@ def test_the_fifth_connection_gets_429_with_retry_after(server, site):
         for proc in holders:
             stop_process(proc)
     wait_for(lambda: held(r, "ip:127.0.0.1") == 0, 10, "the leases released on close")
-    assert request(server.base_url, "GET", f"/files/{site.small_id}/download")[0] == 200
+    agent = tag("after")
+    assert request(server.base_url, "GET", f"/files/{site.small_id}/download",
+                   headers={"User-Agent": agent})[0] == 200
+    site.instance.wait_events(user_agent=agent)  # recorded; the refusal never is
+    assert site.instance.events(user_agent=refused_agent) == []
 
 
 @pytest.mark.parametrize("connections", [16, 8])

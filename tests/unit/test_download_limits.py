@@ -88,5 +88,5 @@ def test_the_bucket_paces_without_spinning():
         bucket.take(bucket.chunk())
         sent += bucket.chunk()
     elapsed = time.monotonic() - start
-    assert elapsed >= 0.4  # 0.5 MB at 1 MB/s, less the first burst (no upper bound: a shared CPU)
+    assert elapsed >= 0.3  # 0.5 MB at 1 MB/s, less the first bursts (no upper bound: a shared CPU)
     assert time.process_time() - cpu < 0.2  # it slept, it did not spin
