@@ -82,6 +82,8 @@ class Person:
 def limit_for(user, limits) -> Limit:
     """The limit of a user (None: anonymous) under DOWNLOAD_LIMITS: the most generous of
     the entries their role and groups match, UNLIMITED when none does."""
+    if not limits:  # the default: nothing to look up on the hot path
+        return UNLIMITED
     table = dict(limits)
     if user is None:
         names = ["anonymous"]
