@@ -73,7 +73,7 @@ def peer_acked(sock) -> int | None:
     return struct.unpack_from("=Q", info, _TCPI_BYTES_ACKED)[0]
 
 
-def send_range(sock, fileno: int, offset: int, count: int, progress=None) -> int:
+def send_range(sock, fileno: int, offset: int, count: int, progress=None, pacer=None) -> int:
     """Send count bytes of the file from offset with sendfile(2); return the bytes sent.
 
     ``progress(n)`` is called after every successful call and once more when an OSError ends
@@ -81,6 +81,9 @@ def send_range(sock, fileno: int, offset: int, count: int, progress=None) -> int
     n counts the bytes the client's TCP acknowledged, not what still waits in the kernel's
     send buffer (megabytes per connection, lost when the client aborts); once everything is
     handed over, n = count. Where the kernel cannot tell, n is the bytes handed over.
+
+    ``pacer`` (download/limits.Bucket: the person's rate) is asked before each call for the
+    bytes it may send; it waits by sleeping, which yields to other greenlets.
     """
     sockfd = sock.fileno()
     wait = None
@@ -95,9 +98,16 @@ def send_range(sock, fileno: int, offset: int, count: int, progress=None) -> int
         return sent if now is None else max(0, min(sent, now - before))
 
     try:
+        paid = 0  # bytes the pacer allowed and the kernel has not taken yet
         while sent < count:
+            step = min(count - sent, BLOCK)
+            if pacer is not None:
+                if not paid:
+                    paid = min(step, pacer.chunk())
+                    pacer.take(paid)
+                step = paid
             try:
-                n = os.sendfile(sockfd, fileno, offset + sent, min(count - sent, BLOCK))
+                n = os.sendfile(sockfd, fileno, offset + sent, step)
             except BlockingIOError:
                 wait = wait or _waiter(sock)
                 wait(sockfd)
@@ -108,6 +118,10 @@ def send_range(sock, fileno: int, offset: int, count: int, progress=None) -> int
                 raise
             if n == 0:  # the file is shorter than promised: stop, the server closes
                 break
+            if paid:
+                if n < paid:
+                    pacer.take(n - paid)  # give back what the kernel did not take
+                paid = 0
             sent += n
             if sent < count and before is None:
                 acked, queued = peer_acked(sock), unacknowledged(sock)
@@ -152,7 +166,8 @@ def gunicorn_sendfile(self, respiter) -> bool:
     corked = _cork(self.sock, True)
     try:
         self.send_headers()
-        sent = send_range(self.sock, fileno, offset, self.response_length, progress)
+        sent = send_range(self.sock, fileno, offset, self.response_length, progress,
+                          getattr(filelike, "pacer", None))
     finally:
         if corked:
             _cork(self.sock, False)

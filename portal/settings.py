@@ -11,6 +11,7 @@ building the app: ``from_environ`` gives gunicorn.conf.py the same values the ap
 
 import math
 import os
+import re
 import zoneinfo
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
@@ -178,6 +179,97 @@ def role_map() -> Check:
                               f'"staff": ["eduPersonAffiliation=faculty"]}} (roles: '
                               f"{', '.join(SSO_ROLES)}), not {value!r}")
         return kept
+    return check
+
+
+#: The roles a download limit may name (models.ROLES), and who downloads without signing in.
+LIMIT_ROLES = ("student", "staff", "admin", "anonymous")
+#: Rate units, as nginx's limit_rate reads them: powers of 1024.
+_RATE_UNITS = {"": 1, "B": 1, "K": 1024, "KB": 1024, "KIB": 1024, "M": 1024**2, "MB": 1024**2,
+               "MIB": 1024**2, "G": 1024**3, "GB": 1024**3, "GIB": 1024**3}
+_RATE = re.compile(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([A-Za-z]*)\s*")
+
+
+@dataclass(frozen=True, slots=True)
+class Limit:
+    """One person's download limit: concurrent download connections (across all nodes) and
+    bytes per second (across all their connections); None: no limit on that."""
+
+    connections: int | None = None
+    rate: int | None = None
+
+    @property
+    def unlimited(self) -> bool:
+        """True when nothing is limited."""
+        return self.connections is None and self.rate is None
+
+    def joined(self, other: "Limit") -> "Limit":
+        """The more generous of two limits, each dimension on its own (None is the most)."""
+        def wider(a, b):
+            return None if a is None or b is None else max(a, b)
+        return Limit(wider(self.connections, other.connections), wider(self.rate, other.rate))
+
+
+UNLIMITED = Limit()
+
+
+def parse_rate(name: str, value: Any) -> int:
+    """Bytes per second: a whole number, or text such as "512K", "4MB", "1.5M" (K, M, G are
+    powers of 1024 as in nginx's limit_rate; B, KB/KiB, MB/MiB, GB/GiB are the same)."""
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 1:
+        return value
+    match = _RATE.fullmatch(value) if isinstance(value, str) else None
+    unit = _RATE_UNITS.get(match.group(2).upper()) if match else None
+    if unit is None or float(match.group(1)) * unit < 1:
+        raise ConfigError(f'{name} must be bytes per second such as 4194304 or "4MB", '
+                          f"not {value!r}")
+    return int(float(match.group(1)) * unit)
+
+
+def download_limits() -> Check:
+    """PORTAL_DOWNLOAD_LIMITS: a JSON object from a role (student, staff, admin, anonymous)
+    or ``group:NAME`` to ``{"connections": N, "rate": R}`` (either may be left out: not
+    limited; ``{}`` is unlimited). Kept as a tuple of (key, Limit); None or ``{}``: none."""
+    def check(name: str, value: Any) -> tuple[tuple[str, Limit], ...]:
+        if value is None or value == "":
+            return ()
+        if isinstance(value, str):
+            import json
+
+            try:
+                value = json.loads(value)
+            except ValueError:
+                raise ConfigError(f"{name} must be a JSON object, not {value[:60]!r}") from None
+        if isinstance(value, tuple):  # a built Settings' own value
+            value = dict(value)
+        if not isinstance(value, Mapping):
+            raise ConfigError(f'{name} must be a JSON object such as {{"student": '
+                              f'{{"connections": 4, "rate": "4MB"}}}}, not {value!r}')
+        kept = []
+        for key, entry in value.items():
+            if isinstance(entry, Limit):
+                kept.append((key, entry))
+                continue
+            where = f"{name}[{key!r}]"
+            if not (key in LIMIT_ROLES or (isinstance(key, str) and key.startswith("group:")
+                                           and key[6:].strip())):
+                raise ConfigError(f"{name}: unknown key {key!r} (a role: "
+                                  f"{', '.join(LIMIT_ROLES)}, or group:NAME)")
+            if not isinstance(entry, Mapping):
+                raise ConfigError(f'{where} must be an object such as {{"connections": 4}}, '
+                                  f"not {entry!r}")
+            unknown = set(entry) - {"connections", "rate"}
+            if unknown:
+                raise ConfigError(f"{where}: unknown field {sorted(unknown)[0]!r} "
+                                  f"(connections, rate)")
+            connections = entry.get("connections")
+            if connections is not None:
+                connections = whole(1, 10_000)(f"{where}.connections", connections)
+            rate = entry.get("rate")
+            if rate is not None:
+                rate = parse_rate(f"{where}.rate", rate)
+            kept.append((key, Limit(connections, rate)))
+        return tuple(kept)
     return check
 
 
@@ -361,6 +453,19 @@ class Settings:
     analytics_timezone: str = setting("Asia/Shanghai", time_zone())
     # seasonal average over this many past weeks
     analytics_forecast_weeks: int = setting(4, whole(1, 26))
+
+    # -- download limits (portal/download/limits.py, docs/limits.md) -------------------------
+    # Per role or group: concurrent connections and bytes per second per person.
+    download_limits: tuple = setting((), download_limits())
+    # Admission: the node's budget of active download connections (0: none); past it, new
+    # downloads larger than ADMISSION_MIN_BYTES get 503 with Retry-After.
+    download_admission_connections: int = setting(0, whole(0))
+    download_admission_min_bytes: int = setting(1024**2, whole(0))
+    # The Retry-After of a 429 (over a person's limit) or 503 (node saturated), in seconds.
+    download_retry_after_seconds: int = setting(2, whole(1, 3600))
+    # A worker's connection leases live this long unless it renews them (a killed worker's
+    # connections stop counting after it).
+    download_lease_seconds: int = setting(30, whole(3, 3600))
 
     # -- gunicorn (gunicorn.conf.py reads them with from_environ) ---------------------------
     bind: str = setting("127.0.0.1:5000", text())

@@ -1,4 +1,4 @@
-"""Admin pages: users, groups, audit log."""
+"""Admin pages: users, groups, audit log, download limits."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from ..analytics import queries
 from ..analytics.recorder import recorder
 from ..audit import audit
 from ..config import settings
+from ..download import limits
 from ..extensions import db
 from ..health import health_report
 from ..models import AuditEntry, Group, User
@@ -32,6 +33,14 @@ def index():
                       recorder(current_app).journal_dir(),
                       readable=queries.scope_of(current_user))
     return render_template("admin/index.html", board=board, health=health_report())
+
+
+@bp.route("/limits")
+def download_limits():
+    """The download limits in force, the admission budget, and how often they acted."""
+    return render_template("admin/limits.html",
+                           limits=limits.in_force(current_app._get_current_object(),
+                                                  settings()))
 
 
 @bp.route("/users", methods=["GET", "POST"])

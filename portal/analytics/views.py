@@ -21,6 +21,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from ..access import readable_clause
 from ..admin import staff_only
+from ..download import limits
 from ..extensions import db
 from ..models import File
 from . import queries
@@ -184,7 +185,8 @@ def index():
     """Overview and top files."""
     return render_template("admin/analytics/index.html",
                            choices=queries.groups_and_categories(_conn(),
-                                                                 readable=_readable()))
+                                                                 readable=_readable()),
+                           limit_counters=limits.stats(current_app.extensions["portal_redis"]))
 
 
 @pages_bp.route("/time")

@@ -98,12 +98,20 @@ class _GuardedPipeline(redis.client.Pipeline):
             raise
 
 
+#: Connections one worker may open. Past them a command waits (up to SOCKET_TIMEOUT) for one
+#: to come free: redis-py's default pool raised MaxConnectionsError at once (100), which the
+#: breaker took for Redis down, and a burst of downloads at a peak (hundreds of greenlets
+#: each in one command) switched the cache and the download limits off for a second.
+MAX_CONNECTIONS = 256
+
+
 def make_client(url: str) -> redis.Redis:
     """A client that connects lazily; nothing is sent until first use."""
-    client = GuardedRedis.from_url(
+    pool = redis.BlockingConnectionPool.from_url(
         url, socket_connect_timeout=CONNECT_TIMEOUT, socket_timeout=SOCKET_TIMEOUT,
-        health_check_interval=30,
+        health_check_interval=30, max_connections=MAX_CONNECTIONS, timeout=SOCKET_TIMEOUT,
     )
+    client = GuardedRedis(connection_pool=pool)
     client.breaker = _Breaker()
     return client
 

@@ -20,6 +20,7 @@ class TrackedFile(io.FileIO):
     """
 
     bytes_sent: int | None = None
+    pacer = None  # download/limits.Bucket: portal.sendfile paces the copy by it
 
     def __init__(self, path: str, start: int, length: int,
                  on_close: Callable[[int], None] | None) -> None:
@@ -49,16 +50,20 @@ class TrackedFile(io.FileIO):
 class CountedBody:
     """An iterable that counts the bytes the server pulled and reports them on close."""
 
-    def __init__(self, chunks: Iterable[bytes], on_close: Callable[[int], None] | None) -> None:
+    def __init__(self, chunks: Iterable[bytes], on_close: Callable[[int], None] | None,
+                 pacer=None) -> None:
         self.chunks = iter(chunks)
         self.on_close = on_close
         self.sent = 0
+        self.pacer = pacer  # download/limits.Bucket: the person's rate
 
     def __iter__(self) -> Iterator[bytes]:
         return self
 
     def __next__(self) -> bytes:
         chunk = next(self.chunks)
+        if self.pacer is not None:
+            self.pacer.take(len(chunk))
         self.sent += len(chunk)
         return chunk
 

@@ -37,7 +37,7 @@ from ..analytics import recorder as analytics
 from ..auth.tokens import parse_token
 from ..auth.users import SnapshotUser, session_user
 from ..config import settings
-from . import grant
+from . import grant, limits
 from .body import TrackedFile, can_sendfile
 from .plan import NotAtHand, Principal, RequestFacts, SendFile, plan
 
@@ -91,7 +91,15 @@ class FastDownloads:
                                   delivery.stop - delivery.start, None)
         except OSError:
             return None  # the view logs it and answers 503
-        tracked.on_close = analytics.open_event(self.app, analytics.event_row(**planned.event))
+        planned, lease = limits.admit(self.app, planned, settings(self.app))
+        if planned is None:
+            tracked.close()
+            status, headers, body = limits.refusal(lease)
+            return _status_line(status), headers, [body]
+        record = analytics.open_event(self.app, analytics.event_row(**planned.event))
+        if lease is not None:
+            record, tracked.pacer = lease.on_close(record), lease.pacer
+        tracked.on_close = record
         self.served += 1
         # What Flask adds to the view's response: Vary, because the session was read.
         headers = [*planned.headers, ("Vary", "Cookie")]

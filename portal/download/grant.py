@@ -22,7 +22,7 @@ import re
 
 from ..config import settings
 from ..storage.base import shard_path
-from . import http, links
+from . import http, limits, links
 from .plan import SendFile
 
 PREFIX = "/_portal/grant/"
@@ -116,6 +116,11 @@ def _grant(door, environ: dict, file_id: int | None, link_token: str | None):
     # Planned as the direct door would send it: nginx's own rules are judged here.
     planned = door.plan(environ, file_id, method="GET", direct=True, link=link)
     if planned is None or not isinstance(planned.delivery, SendFile):
+        return refuse
+    if limits.counts(planned, config):
+        # nginx would send it unseen: the view counts the connection and hands nginx the
+        # person's rate (X-Accel-Limit-Rate), or refuses it (limits.py). Not cached by
+        # nginx: the proxy_cache_key holds no user, and a grant is reused for a second.
         return refuse
     version, fields = planned.version, dict(planned.headers)
     # nginx sends the whole file for no Range or an If-Range other than its (the

@@ -23,7 +23,7 @@ from ..access import can_read
 from ..cache.metadata import FileSnapshot, VersionSnapshot
 from ..settings import Settings
 from ..storage.base import shard_path
-from . import http, zipplan
+from . import http, limits, zipplan
 
 #: Preconditions nginx evaluates again with its own rules (against no ETag and the file's
 #: mtime), so it could refuse what the portal allowed.
@@ -208,6 +208,9 @@ class DownloadPlan:
     delivery: Refused | Bodiless | HeadOnly | SendFile | Stream | Archive | XAccel | Redirect
     version: VersionSnapshot | None = None
     event: dict | None = None
+    # Whose connections this download counts against, and their limit (limits.py admits
+    # it); None when nothing is sent.
+    person: Any = None
 
 
 # ---------------------------------------------------------------------------
@@ -256,6 +259,7 @@ def plan(facts: RequestFacts, principal: Principal, reader: Reader, settings: Se
         return DownloadPlan(decision.status, headers, HeadOnly(), version=version)
 
     event = event_facts(facts, principal, version, decision)
+    person = limits.person_of(principal.user, facts.client_ip, settings)
     spans = decision.ranges if decision.status == 206 else ((0, version.size),)
     path = reader.local_path(version.storage_key)
     mode = sendfile or settings.sendfile
@@ -264,25 +268,27 @@ def plan(facts: RequestFacts, principal: Principal, reader: Reader, settings: Se
         kept = [(k, v) for k, v in headers if k.lower() not in owned]
         uri = f"{settings.x_accel_prefix.rstrip('/')}/{shard_path(version.storage_key)}"
         kept += [("Content-Type", version.mime_type), ("X-Accel-Redirect", uri)]
-        return DownloadPlan(200, kept, XAccel(uri), version=version, event=event)
+        return DownloadPlan(200, kept, XAccel(uri), version=version, event=event,
+                            person=person)
     if (settings.s3_delivery == "redirect" and path is None and reader.presigns
             and not http.is_active_content(version.mime_type) and s3_agrees(decision, facts)):
         delivery = Redirect(version.storage_key,
                             http.content_disposition(version.original_filename),
                             version.mime_type, spans[0])
-        return DownloadPlan(decision.status, headers, delivery, version=version, event=event)
+        return DownloadPlan(decision.status, headers, delivery, version=version, event=event,
+                            person=person)
     if (path is not None and facts.zero_copy and multipart is None
             and not settings.cache_hot_local):
         start, stop = spans[0]
         return DownloadPlan(decision.status, headers, SendFile(path, start, stop),
-                            version=version, event=event)
+                            version=version, event=event, person=person)
     return DownloadPlan(decision.status, headers, Stream(spans, multipart, path),
-                        version=version, event=event)
+                        version=version, event=event, person=person)
 
 
-def plan_zip(facts: RequestFacts, files, settings: Settings) -> DownloadPlan:
+def plan_zip(facts: RequestFacts, files, settings: Settings, *, user=None) -> DownloadPlan:
     """One STORED zip of the newest versions of these files (all readable by the caller,
-    in this order), with the same HTTP semantics as a single download: a strong ETag from
+    ``user``, in this order), with the same HTTP semantics as a single download: a strong ETag from
     the members' content, Last-Modified of the newest, Range (a resumed zip reads only the
     members the range covers) and the caching policy of the least public member."""
     versions = [file.latest for file in files]
@@ -305,7 +311,8 @@ def plan_zip(facts: RequestFacts, files, settings: Settings) -> DownloadPlan:
     spans = decision.ranges if decision.status == 206 else ((0, archive.size),)
     delivery = Archive(archive, spans, multipart, tuple(v.storage_key for v in versions),
                        tuple(v.size for v in versions))
-    return DownloadPlan(decision.status, headers, delivery)
+    return DownloadPlan(decision.status, headers, delivery,
+                        person=limits.person_of(user, facts.client_ip, settings))
 
 
 def _typed(decision: http.Decision, rep: http.Representation,

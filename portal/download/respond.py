@@ -11,7 +11,7 @@ from .. import cache
 from ..analytics import recorder as analytics
 from ..config import settings
 from ..storage import StorageError
-from . import http
+from . import http, limits
 from .body import CountedBody, TrackedFile, can_sendfile
 from .plan import Bodiless, DownloadPlan, HeadOnly, Redirect, SendFile, Stream, XAccel
 
@@ -27,10 +27,16 @@ def response_for(plan: DownloadPlan, storage) -> Response:
     if isinstance(delivery, HeadOnly):
         # No body argument: Response(b"") would overwrite Content-Length with 0.
         return Response(status=plan.status, headers=plan.headers)
+    app = current_app._get_current_object()
+    plan, lease = limits.admit(app, plan, settings())
+    if plan is None:
+        return refused(lease)
     # The event is recorded when the body closes (portal/analytics: journaled now, written
     # to SQL in batches), from values captured now: no request or session in the callback.
-    record = analytics.open_event(current_app._get_current_object(),
-                                  analytics.event_row(**plan.event))
+    record = analytics.open_event(app, analytics.event_row(**plan.event))
+    pacer = None
+    if lease is not None:
+        record, pacer = lease.on_close(record), lease.pacer
     try:
         if isinstance(delivery, XAccel):
             record.served_from = "nginx"
@@ -42,9 +48,12 @@ def response_for(plan: DownloadPlan, storage) -> Response:
         if isinstance(delivery, SendFile):
             tracked = TrackedFile(delivery.path, delivery.start,
                                   delivery.stop - delivery.start, record)
+            tracked.pacer = pacer
             return _bytes(plan, request.environ["wsgi.file_wrapper"](tracked, 1024 * 1024))
-        return _bytes(plan, _stream(plan, delivery, storage, record))
+        return _bytes(plan, _stream(plan, delivery, storage, record, pacer))
     except (OSError, StorageError):
+        if lease is not None:
+            lease.release()
         log.exception("stored content missing for version %s", plan.version.id)
         abort(503)
 
@@ -53,7 +62,13 @@ def _bytes(plan: DownloadPlan, body) -> Response:
     return Response(body, status=plan.status, headers=plan.headers, direct_passthrough=True)
 
 
-def _stream(plan: DownloadPlan, delivery: Stream, storage, record):
+def refused(refusal: limits.Refusal) -> Response:
+    """A download the limits refuse now (429 or 503, with Retry-After)."""
+    status, headers, body = limits.refusal(refusal)
+    return Response(b"" if request.method == "HEAD" else body, status=status, headers=headers)
+
+
+def _stream(plan: DownloadPlan, delivery: Stream, storage, record, pacer=None):
     """The body of a Stream: the hot-file cache in Redis (a popular version of a remote
     origin, or of a local one under CACHE_HOT_LOCAL), else zero-copy from the local file
     when the server can, else the backend's bytes."""
@@ -63,12 +78,13 @@ def _stream(plan: DownloadPlan, delivery: Stream, storage, record):
     if read_range.cached:
         record.served_from = "cache"
     if delivery.multipart is not None:
-        return CountedBody(http.iter_multipart(delivery.multipart, read_range), record)
+        return CountedBody(http.iter_multipart(delivery.multipart, read_range), record, pacer)
     start, stop = delivery.spans[0]
     if delivery.path is not None and not read_range.cached and can_sendfile(request.environ):
         tracked = TrackedFile(delivery.path, start, stop - start, record)
+        tracked.pacer = pacer
         return request.environ["wsgi.file_wrapper"](tracked, 1024 * 1024)
-    return CountedBody(read_range(start, stop), record)
+    return CountedBody(read_range(start, stop), record, pacer)
 
 
 def _redirect(plan: DownloadPlan, delivery: Redirect, storage, record) -> Response:

@@ -12,7 +12,7 @@ import logging
 from collections.abc import Iterator, Sequence
 from urllib.parse import urlsplit
 
-from flask import Response, abort, flash, redirect, request
+from flask import Response, abort, current_app, flash, redirect, request
 from flask_babel import gettext as _
 from flask_login import current_user
 from sqlalchemy import select
@@ -27,10 +27,10 @@ from ..extensions import db
 from ..models import File, User
 from ..security import parse_id
 from ..storage import Storage, StorageError, get_storage
-from . import bp, http, zipplan
+from . import bp, http, limits, zipplan
 from .body import CountedBody
 from .plan import Archive, plan_zip
-from .respond import response_for
+from .respond import refused, response_for
 from .views import request_facts
 
 log = logging.getLogger(__name__)
@@ -109,12 +109,24 @@ def zip_download():
     files = readable_files(db.session, current_user, ids)
     if files is None:
         return refuse()
-    answer = plan_zip(request_facts(), files, settings())
+    user = current_user._get_current_object() if current_user.is_authenticated else None
+    answer = plan_zip(request_facts(), files, settings(), user=user)
     if not isinstance(answer.delivery, Archive):
         return response_for(answer, None)  # 304 / 412 / 416 / HEAD
-    user_id = current_user.id if current_user.is_authenticated else None
+    answer, lease = limits.admit(current_app._get_current_object(), answer, settings())
+    if answer is None:
+        return refused(lease)
+    user_id = None if user is None else user.id
     logged = _sent_logger(ids, user_id, answer.status, request.headers.get("Range", "")[:200])
-    return archive_response(answer, get_storage(), logged, ids)
+    if lease is not None:
+        logged = lease.on_close(logged)
+    try:
+        return archive_response(answer, get_storage(), logged, ids,
+                                None if lease is None else lease.pacer)
+    except Exception:
+        if lease is not None:
+            lease.release()
+        raise
 
 
 def _listing_page() -> str:
@@ -126,7 +138,8 @@ def _listing_page() -> str:
     return safe_next(referer.path + (f"?{referer.query}" if referer.query else ""))
 
 
-def archive_response(answer, storage: Storage, on_close, ids: Sequence[int]) -> Response:
+def archive_response(answer, storage: Storage, on_close, ids: Sequence[int],
+                     pacer=None) -> Response:
     """The zip's bytes, read slice by slice from the stored objects; 503 when one of them is
     missing or changed (it would break the promised length halfway through)."""
     archive = answer.delivery
@@ -145,5 +158,5 @@ def archive_response(answer, storage: Storage, on_close, ids: Sequence[int]) -> 
     else:
         start, stop = archive.spans[0]
         chunks = zipplan.iter_range(archive.zip, start, stop, read)
-    return Response(CountedBody(chunks, on_close), status=answer.status,
+    return Response(CountedBody(chunks, on_close, pacer), status=answer.status,
                     headers=answer.headers, direct_passthrough=True)

@@ -1,0 +1,502 @@
+"""Fair downloads: per-person connection and rate limits, and the node's admission budget.
+
+The rule is one function, :func:`admit`, that every door calls on the plan it got from
+plan.py (the Flask views through respond.py, the fast path, the zip view; nginx's grant
+leaves a limited download to the view, which hands nginx the rate): who the person is and
+how they are limited is :func:`person_of` (pure), whether this connection may start is
+decided against the connections held in Redis, and the answer is the plan with a lease, or
+a refusal that every door sends the same way (:func:`refusal`).
+
+Who is a person (docs/limits.md): a signed-in user, or the user who made a signed link (a
+link's downloads count as its maker's); an anonymous download of a public file is its
+client address. A person matching several entries (their role and several groups) gets
+the most generous of them, each dimension on its own; a person matching none is not
+limited.
+
+Connections are leases in Redis (a sorted set per person and one per node, scored by
+expiry): the worker that holds a lease renews it every third of DOWNLOAD_LEASE_SECONDS
+while the body is sent, so a worker that dies (SIGKILL, OOM) stops renewing and its
+connections stop counting after at most that long. With Redis down the count is this
+worker's own (looser across workers, never a 500).
+
+Why by hand: Flask-Limiter (already used for sign-in) counts requests per window, not
+concurrent connections, and has no leases; nginx's limit_conn counts per nginx, per zone,
+with one fixed number per zone, not per role.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import socket
+import threading
+import time
+import uuid
+from dataclasses import dataclass, replace
+
+import redis
+
+from ..cache.connection import Outage
+from ..settings import UNLIMITED, Limit, Settings
+
+log = logging.getLogger(__name__)
+
+#: Counters of refused and throttled connections, shared by every worker and node.
+STATS_KEY = "portal:download:limits"
+STATS_FIELDS = {
+    "refused_person": "Download connections refused (429): over the person's connection limit",
+    "refused_node": "Download connections refused (503): past the node's admission budget",
+    "throttled": "Download connections paced to their person's rate",
+}
+
+_ACQUIRE = """
+local now, expiry = tonumber(ARGV[1]), tonumber(ARGV[2])
+local limit, budget, ttl = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
+local held = redis.call('ZCARD', KEYS[1])
+if limit > 0 and held >= limit then return {1, held} end
+if budget > 0 and redis.call('ZCARD', KEYS[2]) >= budget then return {2, held} end
+redis.call('ZADD', KEYS[1], expiry, ARGV[3])
+redis.call('EXPIRE', KEYS[1], ttl)
+redis.call('ZADD', KEYS[2], expiry, ARGV[3])
+redis.call('EXPIRE', KEYS[2], ttl)
+return {0, held + 1}
+"""
+
+
+# ---------------------------------------------------------------------------
+# Who, and how limited (pure)
+# ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Person:
+    """Whose connections a download counts against, and their limit."""
+
+    key: str
+    limit: Limit
+
+
+def limit_for(user, limits) -> Limit:
+    """The limit of a user (None: anonymous) under DOWNLOAD_LIMITS: the most generous of
+    the entries their role and groups match, UNLIMITED when none does."""
+    if not limits:  # the default: nothing to look up on the hot path
+        return UNLIMITED
+    table = dict(limits)
+    if user is None:
+        names = ["anonymous"]
+    else:
+        names = [user.role, *(f"group:{g}" for g in sorted(user.group_names))]
+    found = [table[name] for name in names if name in table]
+    if not found:
+        return UNLIMITED
+    joined = found[0]
+    for other in found[1:]:
+        joined = joined.joined(other)
+    return joined
+
+
+def person_of(user, client_ip: str, settings: Settings) -> Person:
+    """The person of a download: the user (a signed link's maker), else the client address."""
+    key = f"ip:{client_ip or '-'}" if user is None else f"u:{user.id}"
+    return Person(key, limit_for(user, settings.download_limits))
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """No connection now: 429 (the person's limit) or 503 (the node's budget)."""
+
+    status: int
+    retry_after: int
+
+    @property
+    def reason(self) -> str:
+        """The counter it goes to."""
+        return "refused_person" if self.status == 429 else "refused_node"
+
+
+def refusal(refused: Refusal) -> tuple[int, list[tuple[str, str]], bytes]:
+    """The answer every door sends for a refusal: status, headers, body."""
+    text = (b"Too many download connections; retry later.\n" if refused.status == 429
+            else b"The server is busy; retry later.\n")
+    return refused.status, [("Retry-After", str(refused.retry_after)),
+                            ("Content-Type", "text/plain; charset=utf-8"),
+                            ("Content-Length", str(len(text))),
+                            ("Cache-Control", "no-store")], text
+
+
+def needs_admission(settings: Settings) -> bool:
+    """True when any download could be limited or refused (else admit is never asked)."""
+    return bool(settings.download_limits) or settings.download_admission_connections > 0
+
+
+# ---------------------------------------------------------------------------
+# Leases (Redis, else this worker)
+# ---------------------------------------------------------------------------
+
+
+class Lease:
+    """One admitted download connection: released once when its body closes."""
+
+    __slots__ = ("id", "pacer", "person", "rate", "released", "slots")
+
+    def __init__(self, slots: Slots, person: Person, lease_id: str) -> None:
+        self.slots, self.person, self.id = slots, person, lease_id
+        self.rate: int | None = None  # this connection's share, for nginx
+        self.pacer: Bucket | None = None
+        self.released = False
+
+    def release(self) -> None:
+        """This connection ended: it stops counting."""
+        if not self.released:
+            self.released = True
+            self.slots._release(self)
+
+    def hand_over(self, seconds: float) -> None:
+        """nginx sends this connection's bytes: the lease stops being renewed here and
+        expires in ``seconds`` (the portal never learns when nginx finishes)."""
+        self.slots._hand_over(self, seconds)
+
+    def on_close(self, callback):
+        """``callback`` preceded by this lease's release (a body's on_close)."""
+        def closed(sent: int) -> None:
+            self.release()
+            if callback is not None:
+                callback(sent)
+        return closed
+
+
+class Bucket:
+    """A token bucket shared by one person's connections in this worker: ``take(n)`` waits
+    (time.sleep, a cooperative yield under gevent, never a busy loop) until n bytes may go.
+
+    Its rate is the person's rate times this worker's share of their open connections (the
+    count Redis gave at the last acquire or renewal), so several workers' buckets add up to
+    the person's rate."""
+
+    def __init__(self, rate: float) -> None:
+        self.rate = float(rate)
+        self.tokens = self.burst  # full: a small file goes at once
+        self.stamp = time.monotonic()
+        self.lock = threading.Lock()
+
+    @property
+    def burst(self) -> float:
+        """Bytes that may go at once: a tenth of a second's worth (at least 16 KiB)."""
+        return max(16384.0, self.rate / 10)
+
+    def chunk(self) -> int:
+        """How many bytes a sender should ask for at a time."""
+        return int(self.burst)
+
+    def take(self, n: int) -> None:
+        """Wait until n bytes are allowed (tokens may go negative: later takes wait)."""
+        with self.lock:
+            now = time.monotonic()
+            self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
+            self.stamp = now
+            self.tokens -= n
+            wait = -self.tokens / self.rate if self.tokens < 0 else 0.0
+        if wait > 0:
+            time.sleep(wait)
+
+
+class Slots:
+    """This worker's view of download connections: leases in Redis (renewed by a
+    background thread, a greenlet under gevent) or, with Redis down, counted here."""
+
+    def __init__(self, app, client: redis.Redis, node: str | None = None) -> None:
+        self.app = app
+        self.redis = client
+        self.node = node or socket.gethostname()
+        self.worker = f"{self.node}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.leases: dict[str, Lease] = {}
+        self.local: dict[str, int] = {}  # person key -> this worker's connections
+        self.local_node = 0
+        self.counts: dict[str, int] = {}  # person key -> all their connections (last seen)
+        self.buckets: dict[str, Bucket] = {}
+        self.lock = threading.Lock()
+        self.outage = Outage(log, "download connection limits (counted per worker)")
+        self._script = client.register_script(_ACQUIRE)
+        self._renewer: threading.Thread | None = None
+        self._pid = os.getpid()
+
+    def _key(self, person_key: str) -> str:
+        return f"portal:download:conn:{person_key}"
+
+    def _node_key(self) -> str:
+        return f"portal:download:node:{self.node}"
+
+    def acquire(self, person: Person, settings: Settings, *, large: bool) -> Lease | Refusal:
+        """A lease for one more connection of this person, or why not."""
+        limit = person.limit.connections or 0
+        budget = settings.download_admission_connections if large else 0
+        lease_id = f"{self.worker}:{uuid.uuid4().hex[:12]}"
+        seconds = settings.download_lease_seconds
+        retry = settings.download_retry_after_seconds
+        now = time.time()
+        try:
+            verdict, held = self._script(
+                keys=[self._key(person.key), self._node_key()],
+                args=[now, now + seconds, lease_id, limit, budget, seconds * 2])
+            self.outage.recovered()
+        except redis.RedisError as exc:
+            self.outage.failed(exc)
+            verdict, held = self._acquire_locally(person, limit, budget)
+        if verdict == 1:
+            return self._refused(Refusal(429, retry))
+        if verdict == 2:
+            return self._refused(Refusal(503, retry))
+        lease = Lease(self, person, lease_id)
+        with self.lock:
+            self.leases[lease_id] = lease
+            self.local[person.key] = self.local.get(person.key, 0) + 1
+            self.counts[person.key] = max(int(held), self.local[person.key])
+            if verdict == 3:  # counted here only (Redis down)
+                self.local_node += 1
+        self._ensure_renewer()
+        if person.limit.rate is not None:
+            lease.rate = max(1, person.limit.rate // max(1, int(held)))
+            lease.pacer = self._bucket(person)
+            self.count("throttled")
+        return lease
+
+    def _acquire_locally(self, person: Person, limit: int, budget: int) -> tuple[int, int]:
+        with self.lock:
+            held = self.local.get(person.key, 0)
+            if limit and held >= limit:
+                return 1, held
+            if budget and self.local_node >= budget:
+                return 2, held
+            return 3, held + 1
+
+    def _refused(self, refused: Refusal) -> Refusal:
+        self.count(refused.reason)
+        return refused
+
+    def _bucket(self, person: Person) -> Bucket:
+        with self.lock:
+            bucket = self.buckets.get(person.key)
+            if bucket is None:
+                bucket = self.buckets[person.key] = Bucket(person.limit.rate)
+            self._share(person)
+            return bucket
+
+    def _share(self, person: Person) -> None:
+        """Set the person's bucket to this worker's share of their rate (lock held)."""
+        bucket = self.buckets.get(person.key)
+        if bucket is not None and person.limit.rate is not None:
+            total = max(self.counts.get(person.key, 1), self.local.get(person.key, 1), 1)
+            bucket.rate = person.limit.rate * self.local.get(person.key, 1) / total
+
+    def _hand_over(self, lease: Lease, seconds: float) -> None:
+        self._forget(lease)
+        lease.released = True
+        expiry = time.time() + seconds
+        try:
+            pipe = self.redis.pipeline(transaction=False)
+            pipe.zadd(self._key(lease.person.key), {lease.id: expiry}, xx=True)
+            pipe.zadd(self._node_key(), {lease.id: expiry}, xx=True)
+            pipe.execute()
+        except redis.RedisError:
+            pass
+
+    def _forget(self, lease: Lease) -> None:
+        key = lease.person.key
+        with self.lock:
+            self.leases.pop(lease.id, None)
+            left = self.local.get(key, 1) - 1
+            if left <= 0:
+                self.local.pop(key, None)
+                self.counts.pop(key, None)
+                self.buckets.pop(key, None)
+            else:
+                self.local[key] = left
+                self.counts[key] = max(left, self.counts.get(key, 1) - 1)
+                self._share(lease.person)
+
+    def _release(self, lease: Lease) -> None:
+        key = lease.person.key
+        self._forget(lease)
+        try:
+            pipe = self.redis.pipeline(transaction=False)
+            pipe.zrem(self._key(key), lease.id)
+            pipe.zrem(self._node_key(), lease.id)
+            pipe.execute()
+        except redis.RedisError:
+            with self.lock:
+                self.local_node = max(0, self.local_node - 1)
+
+    def count(self, field: str) -> None:
+        """One more refused or throttled connection (lost while Redis is down)."""
+        with contextlib.suppress(redis.RedisError):
+            self.redis.hincrby(STATS_KEY, field, 1)
+
+    # -- renewal ---------------------------------------------------------------------------
+
+    def _ensure_renewer(self) -> None:
+        if self._renewer is None or self._pid != os.getpid():
+            self._pid = os.getpid()
+            self._renewer = threading.Thread(target=self._renew_loop, name="download-leases",
+                                             daemon=True)
+            self._renewer.start()
+
+    def _renew_loop(self) -> None:
+        from ..config import settings
+
+        renewed = time.monotonic()
+        while True:
+            seconds = settings(self.app).download_lease_seconds
+            # Each second: the paced people's counts (their buckets' shares follow their
+            # connections on other workers); every third of a lease: the leases too.
+            time.sleep(min(1.0, seconds / 3))
+            due = time.monotonic() - renewed >= seconds / 3
+            try:
+                self.renew(seconds if due else None)
+            except Exception:  # never let the renewer die: leases would expire under it
+                log.exception("renewing download leases failed")
+            if due:
+                renewed = time.monotonic()
+
+    def renew(self, seconds: float | None) -> None:
+        """Push the expiry of this worker's leases ``seconds`` on (None: only learn the
+        counts), and learn each paced person's count of connections."""
+        with self.lock:
+            leases = list(self.leases.values())
+        if not leases:
+            return
+        people = {lease.person.key: lease.person for lease in leases
+                  if seconds is not None or lease.person.limit.rate is not None}
+        if not people:
+            return
+        try:
+            pipe = self.redis.pipeline(transaction=False)
+            if seconds is not None:
+                expiry = time.time() + seconds
+                for lease in leases:
+                    pipe.zadd(self._key(lease.person.key), {lease.id: expiry}, xx=True)
+                    pipe.zadd(self._node_key(), {lease.id: expiry}, xx=True)
+            for key in people:
+                pipe.zcard(self._key(key))
+            replies = pipe.execute()
+        except redis.RedisError as exc:
+            self.outage.failed(exc)
+            return
+        self.outage.recovered()
+        with self.lock:
+            for key, held in zip(people, replies[-len(people):], strict=True):
+                self.counts[key] = max(int(held), self.local.get(key, 0))
+                self._share(people[key])
+
+    def node_active(self) -> int | None:
+        """The node's download connections now (None: Redis down)."""
+        try:
+            self.redis.zremrangebyscore(self._node_key(), "-inf", time.time())
+            return int(self.redis.zcard(self._node_key()))
+        except redis.RedisError:
+            return None
+
+
+def slots(app) -> Slots:
+    """The app's Slots (made on first use in each worker process)."""
+    held = app.extensions.get("portal_download_slots")
+    if held is None or held._pid != os.getpid():
+        held = app.extensions["portal_download_slots"] = Slots(
+            app, app.extensions["portal_redis"])
+    return held
+
+
+def in_force(app, settings: Settings) -> dict:
+    """What the admin page shows: the entries, the admission budget and its settings, the
+    counters (None: Redis down) and this node's active download connections now."""
+    node = slots(app).node_active()
+    return {
+        "entries": [{"who": key, "connections": limit.connections, "rate": limit.rate}
+                    for key, limit in settings.download_limits],
+        "admission": settings.download_admission_connections,
+        "admission_min_bytes": settings.download_admission_min_bytes,
+        "retry_after": settings.download_retry_after_seconds,
+        "lease_seconds": settings.download_lease_seconds,
+        "counters": stats(app.extensions["portal_redis"]),
+        "node": socket.gethostname(),
+        "node_active": node,
+    }
+
+
+def stats(client: redis.Redis) -> dict[str, int] | None:
+    """The refused and throttled counters (None: Redis down)."""
+    try:
+        raw = client.hgetall(STATS_KEY)
+    except redis.RedisError:
+        return None
+    values = {name: 0 for name in STATS_FIELDS}
+    values.update({k.decode(): int(v) for k, v in raw.items() if k.decode() in STATS_FIELDS})
+    return values
+
+
+# ---------------------------------------------------------------------------
+# The rule every door applies
+# ---------------------------------------------------------------------------
+
+
+def admit(app, planned, settings: Settings):
+    """``(plan, lease)`` when this download may start now (lease None: nothing counted),
+    else ``(None, Refusal)``. Only plans that send a body count (``plan.person`` set: HEAD,
+    304, 412, 416 and refusals pass untouched). Under x-accel, nginx sends the bytes: the
+    plan gets X-Accel-Limit-Rate (the person's rate divided by their open connections) and
+    the lease is left to expire when the transfer at that rate would have ended."""
+    if not counts(planned, settings):
+        return planned, None
+    person = planned.person
+    large = _planned_bytes(planned) >= settings.download_admission_min_bytes
+    got = slots(app).acquire(person, settings, large=large)
+    if isinstance(got, Refusal):
+        return None, got
+    if _is_xaccel(planned):
+        headers = list(planned.headers)
+        seconds = settings.download_lease_seconds
+        if got.rate is not None:
+            headers.append(("X-Accel-Limit-Rate", str(got.rate)))
+            seconds = max(seconds, _planned_bytes(planned) / got.rate + 1)
+        got.hand_over(seconds)
+        return replace(planned, headers=headers), None
+    return planned, got
+
+
+def counts(planned, settings: Settings) -> bool:
+    """True when this plan's connection is counted (its person is limited, or it is a large
+    download while the node has an admission budget): admit must be asked."""
+    person = planned.person
+    if person is None or not needs_admission(settings):
+        return False
+    if not person.limit.unlimited:
+        return True
+    return (settings.download_admission_connections > 0
+            and _planned_bytes(planned) >= settings.download_admission_min_bytes)
+
+
+def _is_xaccel(planned) -> bool:
+    from .plan import XAccel
+
+    return isinstance(planned.delivery, XAccel)
+
+
+def _is_archive(planned) -> bool:
+    from .plan import Archive
+
+    return isinstance(planned.delivery, Archive)
+
+
+def _planned_bytes(planned) -> int:
+    from .plan import Archive, SendFile, Stream
+
+    delivery = planned.delivery
+    if isinstance(delivery, SendFile):
+        return delivery.stop - delivery.start
+    if isinstance(delivery, Stream | Archive):
+        return sum(b - a for a, b in delivery.spans)
+    if planned.event is not None:
+        return sum(b - a for a, b in planned.event["served"])
+    return 0
