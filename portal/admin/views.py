@@ -10,8 +10,10 @@ from flask_babel import gettext as _
 from flask_login import current_user
 from sqlalchemy import func, select
 
+# recorder as a module, not its function: analytics.recorder imports download, which imports
+# auth and (through single sign-on's use of admin.service) this package, while it is half loaded.
 from ..analytics import queries
-from ..analytics.recorder import recorder
+from ..analytics import recorder as recording
 from ..audit import audit
 from ..config import settings
 from ..download import limits
@@ -30,7 +32,7 @@ def index():
     (staff see the numbers of the files they may read only)."""
     zone = ZoneInfo(settings().analytics_timezone)
     board = dashboard(db.session.connection(), zone, datetime.now(UTC),
-                      recorder(current_app).journal_dir(),
+                      recording.recorder(current_app).journal_dir(),
                       readable=queries.scope_of(current_user))
     return render_template("admin/index.html", board=board, health=health_report())
 
