@@ -124,5 +124,6 @@ def archive_response(answer, storage: Storage, on_close, ids: Sequence[int]) -> 
     else:
         start, stop = archive.spans[0]
         chunks = zipplan.iter_range(archive.zip, start, stop, read)
-    return Response(CountedBody(chunks, on_close), status=answer.status,
-                    headers=answer.headers, direct_passthrough=True)
+    body = CountedBody(chunks, on_close, request.environ.get("gunicorn.socket"))
+    return Response(body, status=answer.status, headers=answer.headers,
+                    direct_passthrough=True)
