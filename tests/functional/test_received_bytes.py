@@ -13,10 +13,13 @@ client really got:
   redirected to a presigned URL (redirect: the portal cannot know what S3 sent, see
   docs/analytics.md), hot-file cache hits (worker memory / Redis), and a one-file zip.
 
-"Received" is what the client wrote to disk. A killed client may also have had bytes in its
-kernel's receive buffer, which its TCP acknowledged: the portal counts those (it cannot
-tell them apart), so each connection may count up to SLACK more than the client kept, and
-never less than it kept.
+"Received" is what the client wrote to disk. A killed client also had bytes in its kernel's
+receive buffer, which its TCP acknowledged: the portal counts those (it cannot tell them
+apart), so the test reads them (``ss``, Recv-Q) just before the kill. Each response must
+count at least what the client kept and at most that, the unread bytes and SLACK (one
+chunk) more; through nginx, plus the kernel's send buffer (nginx logs what it handed
+over). A completed download is complete, a cancelled one is not (redirect: what the
+portal can know, docs/analytics.md).
 """
 
 from __future__ import annotations
@@ -25,9 +28,13 @@ import contextlib
 import os
 import signal
 import sqlite3
+import struct
 import subprocess
 import time
+import urllib.parse
+import urllib.request
 import uuid
+import zipfile
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -66,7 +73,7 @@ SLACK = CHUNK
 #: autotuned) more, which no nginx variable tells (docs/analytics.md).
 NGINX_SLACK = SLACK + int(Path("/proc/sys/net/ipv4/tcp_wmem").read_text().split()[2])
 
-MODES = ("direct", "xaccel", "s3proxy", "s3redirect", "hot")
+MODES = ("direct", "xaccel", "s3proxy", "s3redirect", "hot", "zip")
 CLIENTS = ("aria2c", "wget", "curl", "browser")
 
 
@@ -111,12 +118,24 @@ def sites(tmp_path_factory, redis_url, s3_server):
         urls = {mode: f"{server.base_url}/files/{ids[_store(mode)]}/download"
                 for mode, server in servers.items()}
         urls["xaccel"] = f"{nginx.base_url}/files/{ids['local']}/download"
+        urls["zip"] = f"{servers['direct'].base_url}/files/zip?id={ids['local']}"
         yield SimpleNamespace(urls=urls, data=data, ids=ids,
                               instances={"local": local, "s3": remote})
 
 
 def _store(mode: str) -> str:
-    return "local" if mode in ("direct", "xaccel") else "s3"
+    return "local" if mode in ("direct", "xaccel", "zip") else "s3"
+
+
+def _zip_layout(url: str) -> tuple[int, int]:
+    """(archive size, offset of the member's content) of a one-file zip: its local header
+    is 30 bytes, the name and the extra field (APPNOTE 4.3.7)."""
+    with urllib.request.urlopen(urllib.request.Request(url, headers={
+            "Range": "bytes=0-29"}), timeout=10) as answer:
+        head = answer.read()
+        total = int(answer.headers["Content-Range"].rsplit("/", 1)[1])
+    name_len, extra_len = struct.unpack("<HH", head[26:30])
+    return total, 30 + name_len + extra_len
 
 
 def _logical_ids(instance, file_id: int) -> set[int]:
@@ -133,37 +152,50 @@ def _logical(instance, ids: set[int]) -> list[dict]:
             f"SELECT * FROM logical_downloads WHERE id IN ({marks})", tuple(ids))]
 
 
-def _interrupted(command: list[str], out: Path) -> int:
-    """Run a paced client, SIGTERM it once it holds STOP_AT bytes; the bytes it kept."""
+def _unread(url: str) -> int:
+    """Bytes the client's kernel holds, received and acknowledged but not read by the client
+    (Recv-Q of its connections to the server, from ``ss``): lost when it is killed, yet
+    received as far as the server's TCP can tell."""
+    port = urllib.parse.urlsplit(url).port
+    out = subprocess.run([require_tool("ss"), "-Htn", "state", "established",
+                          f"( dport = :{port} )"], capture_output=True, text=True,
+                         check=True).stdout
+    return sum(int(line.split()[0]) for line in out.splitlines() if line.strip())
+
+
+def _interrupted(command: list[str], out: Path, total: int, url: str) -> tuple[int, int]:
+    """Run a paced client, SIGTERM it once it holds STOP_AT bytes; (bytes it kept, bytes
+    its kernel held unread)."""
     proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     try:
         wait_for(lambda: out.exists() and out.stat().st_size >= STOP_AT, 30,
                  f"{STOP_AT} bytes from {command[0]}")
+        unread = _unread(url)
     finally:
         stop_process(proc, signal.SIGTERM)
     kept = out.stat().st_size
-    assert STOP_AT <= kept < SIZE
-    return kept
+    assert STOP_AT <= kept < total
+    return kept, unread
 
 
-def _run_aria2c(url: str, ua: str, tmp: Path) -> list[int]:
+def _run_aria2c(url: str, ua: str, tmp: Path, total: int) -> list[int]:
     subprocess.run([require_tool("aria2c"), "-x", "16", "-s", "16", "-k", "1M", "-U", ua,
                     "--file-allocation=none", "-d", str(tmp), "-o", "out.bin", "-q", url],
                    check=True, timeout=60)
-    return [SIZE]  # per connection unknown: the whole file, over all of them
+    return [total], 0  # per connection unknown: the whole file, over all of them
 
 
-def _run_wget(url: str, ua: str, tmp: Path) -> list[int]:
+def _run_wget(url: str, ua: str, tmp: Path, total: int) -> list[int]:
     wget = require_tool("wget")
     out = tmp / "out.bin"
-    kept = _interrupted([wget, "-q", f"--limit-rate={RATE}", "-U", ua, "-O", str(out), url],
-                        out)
+    kept, unread = _interrupted(
+        [wget, "-q", f"--limit-rate={RATE}", "-U", ua, "-O", str(out), url], out, total, url)
     subprocess.run([wget, "-q", "-c", "-U", ua, "-O", str(out), url], check=True, timeout=60)
-    return [kept, SIZE - kept]
+    return [kept, total - kept], unread
 
 
-def _run_curl(url: str, ua: str, tmp: Path) -> list[int]:
+def _run_curl(url: str, ua: str, tmp: Path, total: int) -> list[int]:
     """curl paced by its reader: the curl here (7.88) ignores --limit-rate on loopback, so
     it writes to a pipe that this test drains at RATE; killed mid-file, resumed with -C -.
     What curl had read but the pipe still held is lost with it: counted, not kept (SLACK)."""
@@ -179,15 +211,16 @@ def _run_curl(url: str, ua: str, tmp: Path) -> list[int]:
                 assert block, "curl ended early"
                 sink.write(block)
                 time.sleep(max(0.0, sink.tell() / RATE - (time.monotonic() - began)))
+        unread = _unread(url)
     finally:
         stop_process(proc, signal.SIGTERM)
     kept = out.stat().st_size
     subprocess.run([curl, "-sS", "--fail", "-L", "-C", "-", "-A", ua, "-o", str(out), url],
                    check=True, timeout=60)
-    return [kept, SIZE - kept]
+    return [kept, total - kept], unread
 
 
-def _run_browser(url: str, ua: str, tmp: Path, chromium) -> list[int]:
+def _run_browser(url: str, ua: str, tmp: Path, total: int, chromium) -> list[int]:
     """Chromium downloads the file at RATE and is cancelled once it holds STOP_AT bytes."""
     context = chromium.browser.new_context(accept_downloads=True, user_agent=ua)
     try:
@@ -208,13 +241,13 @@ def _run_browser(url: str, ua: str, tmp: Path, chromium) -> list[int]:
                        default=0)
 
         wait_for(lambda: held() >= STOP_AT, 30, f"{STOP_AT} bytes in chromium")
-        kept = held()
+        kept, unread = held(), _unread(url)
         download.cancel()
         assert download.failure() == "canceled"
     finally:
         context.close()
-    assert STOP_AT <= kept < SIZE
-    return [kept]
+    assert STOP_AT <= kept < total
+    return [kept], unread
 
 
 @pytest.fixture(scope="module")
@@ -236,13 +269,28 @@ def test_recorded_bytes_are_what_the_client_received(sites, mode, client, tmp_pa
           "browser": "Mozilla/5.0 (X11; Linux x86_64) Chrome/140.0 Safari/537.36"}[client]
     ua = f"{ua} received-{uuid.uuid4().hex[:8]}"
     before = _logical_ids(instance, file_id)
+    src = instance.root.parent / "src" / f"{store}.bin"
+    # a zip's bytes are the member's after its local header (zipplan: one STORED member)
+    total, header = SIZE, 0
+    if mode == "zip":
+        total, header = _zip_layout(url)
     if client == "browser":
-        received = _run_browser(url, ua, tmp_path, request.getfixturevalue("chromium"))
+        got, unread = _run_browser(url, ua, tmp_path, total,
+                                   request.getfixturevalue("chromium"))
     else:
-        received = {"aria2c": _run_aria2c, "wget": _run_wget,
-                    "curl": _run_curl}[client](url, ua, tmp_path)
-        assert sha256_file(tmp_path / "out.bin") == sha256_file(
-            instance.root.parent / "src" / f"{store}.bin")
+        got, unread = {"aria2c": _run_aria2c, "wget": _run_wget,
+                       "curl": _run_curl}[client](url, ua, tmp_path, total)
+        out = tmp_path / "out.bin"
+        if mode == "zip":
+            with zipfile.ZipFile(out) as archive:
+                [member] = archive.namelist()
+                assert archive.read(member) == src.read_bytes()
+        else:
+            assert sha256_file(out) == sha256_file(src)
+    # what each response delivered of the file itself (a zip's first one less its header)
+    received = [max(0, min(SIZE, n - header)) if i == 0 else n for i, n in enumerate(got)]
+    if len(received) == 2:
+        received[1] = SIZE - received[0]
     kept = sum(received)
     complete = kept == SIZE
 
@@ -254,7 +302,8 @@ def test_recorded_bytes_are_what_the_client_received(sites, mode, client, tmp_pa
     [row] = _logical(instance, new)
     counted = [e["bytes_sent"] for e in events]
     print(f"{mode:10} {client:8} received {kept:>9} recorded {counted} "
-          f"({sum(counted)}) covered {row['covered']} completed {row['completed']}")
+          f"({sum(counted)}) unread {unread} covered {row['covered']} "
+          f"completed {row['completed']}")
 
     if mode == "s3redirect":
         # S3 sent the bytes: the portal records the ranges it planned (docs/analytics.md)
@@ -262,12 +311,12 @@ def test_recorded_bytes_are_what_the_client_received(sites, mode, client, tmp_pa
         # so even the cancelled browser's download counts as complete: all it can know
         assert row["covered"] == SIZE and row["completed"] and row["counted"]
         return
-    if mode == "hot":
-        assert {e["served_from"] for e in events} == {"cache"}
-    # what the events say was delivered: as much as the client kept, at most SLACK more
-    # per connection (what its kernel had acknowledged but it had not read yet)
+    if mode in ("hot", "zip"):
+        assert {e["served_from"] for e in events} == {"cache" if mode == "hot" else "zip"}
+    # what the events say was delivered: as much as the client kept, at most what its
+    # kernel held unread (acknowledged: received as far as TCP can tell) plus SLACK more
     assert all(b >= 0 for b in counted)
-    slack = NGINX_SLACK if mode == "xaccel" else SLACK
+    slack = unread + (NGINX_SLACK if mode == "xaccel" else SLACK)
     if client == "aria2c":
         assert kept <= sum(counted) <= kept + slack * len(events)
     else:
