@@ -26,6 +26,7 @@ import select
 import socket
 import struct
 import termios
+import time
 
 # A client that accepts no byte for this long is dropped (seconds).
 STALL_TIMEOUT = 120.0
@@ -73,6 +74,101 @@ def peer_acked(sock) -> int | None:
     return struct.unpack_from("=Q", info, _TCPI_BYTES_ACKED)[0]
 
 
+#: A finished body counts whole once at most this much of it waits unacknowledged in the
+#: kernel; more, and ``Acknowledged.settle`` waits for the client to take it first.
+SETTLE_TAIL = 1 << 20
+_TCP_ESTABLISHED, _TCP_CLOSE_WAIT = 1, 8
+
+
+def _tcp_state(sock) -> int | None:
+    """The connection's TCP state (linux/tcp_states.h), None where it cannot be read."""
+    try:
+        return sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 1)[0]
+    except (OSError, AttributeError, IndexError):
+        return None
+
+
+class Acknowledged:
+    """How much of a body written to a TCP socket the peer has acknowledged.
+
+    Written on a connection = acknowledged + still queued in the kernel (SIOCOUTQ). Once
+    some of the body has been handed over, ``handed(n)`` reads both once and so learns what
+    the connection carried before the body (headers, earlier keep-alive responses);
+    ``opening()``, called before the first byte, gives a rougher baseline (the headers then
+    count as body) for a body cut off before that. ``delivered(n)`` is then the body bytes
+    the client's TCP acknowledged, at most ``n``. Where the kernel cannot tell (not Linux,
+    not TCP, no socket), ``delivered(n)`` is ``n``. Shared by the zero-copy path and the
+    streamed bodies (download/body.py), so both count the same thing.
+    """
+
+    def __init__(self, sock) -> None:
+        self.sock = sock
+        self.before: int | None = None
+        self.tried = sock is None
+
+    def _written(self) -> int | None:
+        acked, queued = peer_acked(self.sock), unacknowledged(self.sock)
+        return None if acked is None or queued is None else acked + queued
+
+    def opening(self) -> None:
+        """Nothing of the body is written yet: note a baseline that includes the headers."""
+        if self.sock is not None and self.before is None:
+            self.before = self._written()
+
+    def handed(self, sent: int) -> None:
+        """``sent`` body bytes are in the kernel now: note the exact baseline (once)."""
+        if self.tried:
+            return
+        self.tried = True
+        written = self._written()
+        if written is not None:
+            self.before = written - sent
+
+    def acknowledged(self) -> int | None:
+        """The body bytes the peer acknowledged so far; None where that is not known."""
+        now = None if self.before is None else peer_acked(self.sock)
+        return None if now is None else max(0, now - self.before)
+
+    def delivered(self, sent: int) -> int:
+        """The body bytes the peer acknowledged, at most ``sent`` (``sent`` if unknown)."""
+        acked = self.acknowledged()
+        return sent if acked is None else min(sent, acked)
+
+    def settle(self, sent: int) -> int:
+        """The bytes delivered of a body handed over whole (``sent``).
+
+        Handed over is not received: megabytes may still sit in the kernel when the client
+        goes away (a killed wget, aria2c closing a connection). A body whose unacknowledged
+        rest is at most SETTLE_TAIL counts whole at once (every small body: no system call).
+        Otherwise this waits, cooperatively, until it is (the client is taking it: whole),
+        or the connection is reset or stalls STALL_TIMEOUT (what was acknowledged). A
+        client sends its next request only once it has the whole response, so a healthy
+        one loses nothing by the wait.
+        """
+        if sent <= SETTLE_TAIL or self.sock is None:
+            return sent
+        self.handed(sent)
+        if self.before is None:
+            return sent
+        pause, last, since = 0.005, -1, time.monotonic()
+        while True:
+            queued = unacknowledged(self.sock)
+            state = _tcp_state(self.sock)
+            if queued is None or state is None:
+                return sent
+            if state not in (_TCP_ESTABLISHED, _TCP_CLOSE_WAIT):
+                return self.delivered(sent)
+            if queued <= SETTLE_TAIL:
+                return sent
+            acked = self.acknowledged() or 0
+            if acked != last:
+                last, since = acked, time.monotonic()
+            elif time.monotonic() - since > STALL_TIMEOUT:
+                return self.delivered(sent)
+            time.sleep(pause)  # gevent's, under the gevent worker (monkey-patched)
+            pause = min(0.1, pause * 2)
+
+
 def send_range(sock, fileno: int, offset: int, count: int, progress=None, pacer=None) -> int:
     """Send count bytes of the file from offset with sendfile(2); return the bytes sent.
 
@@ -88,15 +184,9 @@ def send_range(sock, fileno: int, offset: int, count: int, progress=None, pacer=
     sockfd = sock.fileno()
     wait = None
     sent = 0
-    # What was written on this connection before the body (headers, earlier responses):
-    # read once the first call leaves something to send (written = acked + still queued),
-    # so that a body the kernel takes whole, the common case, costs no extra system call.
-    before = None
-
-    def delivered() -> int:
-        now = None if before is None else peer_acked(sock)
-        return sent if now is None else max(0, min(sent, now - before))
-
+    # The baseline is read once the first call leaves something to send, so that a body
+    # the kernel takes whole, the common case, costs no extra system call.
+    acked = Acknowledged(sock)
     try:
         paid = 0  # bytes the pacer allowed and the kernel has not taken yet
         while sent < count:
@@ -123,18 +213,16 @@ def send_range(sock, fileno: int, offset: int, count: int, progress=None, pacer=
                     pacer.take(n - paid)  # give back what the kernel did not take
                 paid = 0
             sent += n
-            if sent < count and before is None:
-                acked, queued = peer_acked(sock), unacknowledged(sock)
-                if acked is not None and queued is not None:
-                    before = acked + queued - sent
-            if progress is not None and sent < count:
-                progress(delivered())
+            if sent < count:
+                acked.handed(sent)
+                if progress is not None:
+                    progress(acked.delivered(sent))
     except OSError:
         if progress is not None:
-            progress(delivered())
+            progress(acked.delivered(sent))
         raise
     if progress is not None:
-        progress(sent)
+        progress(acked.settle(sent) if sent == count else sent)
     return sent
 
 

@@ -349,6 +349,38 @@ class Nginx:
 
 
 # ---------------------------------------------------------------------------
+# chromium
+# ---------------------------------------------------------------------------
+
+CHROMIUM = "/usr/bin/chromium"
+
+
+@contextlib.contextmanager
+def launch_chromium(**options) -> Iterator[object]:
+    """Debian's headless chromium driven by Playwright (no browser is downloaded), with
+    --no-sandbox (the tests run as root) and no background networking; skipped when it is
+    not installed, failed under CI. ``options`` go to ``chromium.launch``."""
+    path = shutil.which("chromium") or (CHROMIUM if os.path.exists(CHROMIUM) else None)
+    if not path:
+        message = "chromium is not installed (apt-get install chromium)"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(
+            executable_path=path, headless=True,
+            args=["--no-sandbox", "--disable-background-networking", "--disable-gpu",
+                  "--disable-component-update", "--disable-sync", "--no-first-run"],
+            **options)
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
+# ---------------------------------------------------------------------------
 # A private PostgreSQL cluster
 # ---------------------------------------------------------------------------
 

@@ -256,7 +256,7 @@ def range_reader(storage, version, *, local: bool, planned_bytes: int) -> RangeR
         content = memory.get(sha)
         if content is not None:  # popularity, recency and counters reach Redis in batches
             memory.note_hit(sha, planned_bytes)
-            return RangeReader(lambda start, stop: (content[start:stop],), cached=True)
+            return RangeReader(lambda start, stop: pieces(content, start, stop), cached=True)
     state = hot_lookup(sha, planned_bytes)
     if state is None or size == 0:
         return RangeReader(origin, cached=False)
@@ -270,8 +270,16 @@ def range_reader(storage, version, *, local: bool, planned_bytes: int) -> RangeR
         content = hot_whole(r, sha, size)
         if content is not None:
             memory.put(sha, content)
-            return RangeReader(lambda start, stop: (content[start:stop],), cached=True)
+            return RangeReader(lambda start, stop: pieces(content, start, stop), cached=True)
     return RangeReader(lambda start, stop: hot_read(r, sha, start, stop, origin), cached=True)
+
+
+def pieces(content: bytes, start: int, stop: int) -> Iterator[bytes]:
+    """The bytes [start, stop) of a content held in memory, HOT_CHUNK at a time: a body is
+    counted chunk by chunk as the server writes it (download/body.CountedBody), so one
+    whole-file chunk would make an aborted download count as nothing or everything."""
+    for lo in range(start, stop, HOT_CHUNK):
+        yield content[lo:min(stop, lo + HOT_CHUNK)]
 
 
 def hot_whole(r: redis.Redis, sha: str, size: int) -> bytes | None:

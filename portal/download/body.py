@@ -10,6 +10,8 @@ from __future__ import annotations
 import io
 from collections.abc import Callable, Iterable, Iterator
 
+from ..sendfile import Acknowledged
+
 
 class TrackedFile(io.FileIO):
     """A file for ``wsgi.file_wrapper`` that reports, when closed, how many bytes went out.
@@ -48,23 +50,58 @@ class TrackedFile(io.FileIO):
 
 
 class CountedBody:
-    """An iterable that counts the bytes the server pulled and reports them on close."""
+    """An iterable of chunks that reports, on close, the bytes the client received.
+
+    A chunk the server pulled is not a chunk the client got: gunicorn writes a chunk with
+    ``sendall`` and only then asks for the next one, so a chunk counts once the next one is
+    asked for (or the body is exhausted). And what ``sendall`` handed over may still sit in
+    the kernel's send buffer (megabytes per connection) when the client goes away; with the
+    connection's socket (gunicorn's ``environ["gunicorn.socket"]``) an unfinished body counts
+    what the client's TCP acknowledged, as the zero-copy path does (portal/sendfile.py),
+    which may include part of the chunk being written; a body the server took whole counts
+    whole once the client took all but the last SETTLE_TAIL of it (``Acknowledged.settle``).
+    Without the socket (another WSGI server, the test client) nothing tells what was
+    written: the count is what the server was handed, at most one chunk above the truth.
+    """
 
     def __init__(self, chunks: Iterable[bytes], on_close: Callable[[int], None] | None,
-                 pacer=None) -> None:
+                 sock=None, pacer=None) -> None:
         self.chunks = iter(chunks)
         self.on_close = on_close
-        self.sent = 0
+        self.written = 0  # bytes of the chunks the server finished writing
+        self.pending = 0  # bytes of the chunk it is writing
+        self.exhausted = False
+        self.acked = Acknowledged(sock)
         self.pacer = pacer  # download/limits.Bucket: the person's rate
+
+    @property
+    def sent(self) -> int:
+        """The bytes the client received (see the class)."""
+        if self.exhausted:
+            return self.acked.settle(self.written)
+        if self.acked.sock is None:  # not gunicorn: what the server was handed, as WSGI says
+            return self.written + self.pending
+        acked = self.acked.acknowledged()
+        return self.written if acked is None else min(acked, self.written + self.pending)
 
     def __iter__(self) -> Iterator[bytes]:
         return self
 
     def __next__(self) -> bytes:
-        chunk = next(self.chunks)
+        if self.pending:  # asked for the next chunk: the last one was written
+            self.written += self.pending
+            self.pending = 0
+            self.acked.handed(self.written)
+        elif not self.written:
+            self.acked.opening()
+        try:
+            chunk = next(self.chunks)
+        except StopIteration:
+            self.exhausted = True
+            raise
         if self.pacer is not None:
             self.pacer.take(len(chunk))
-        self.sent += len(chunk)
+        self.pending = len(chunk)
         return chunk
 
     def close(self) -> None:
@@ -74,7 +111,11 @@ class CountedBody:
             close()
         if self.on_close is not None:
             callback, self.on_close = self.on_close, None
-            callback(self.sent)
+            try:
+                sent = self.sent
+            except OSError:
+                sent = self.written
+            callback(sent)
 
 
 def can_sendfile(environ: dict) -> bool:

@@ -78,13 +78,20 @@ def _stream(plan: DownloadPlan, delivery: Stream, storage, record, pacer=None):
     if read_range.cached:
         record.served_from = "cache"
     if delivery.multipart is not None:
-        return CountedBody(http.iter_multipart(delivery.multipart, read_range), record, pacer)
+        return CountedBody(http.iter_multipart(delivery.multipart, read_range), record,
+                           _socket(), pacer)
     start, stop = delivery.spans[0]
     if delivery.path is not None and not read_range.cached and can_sendfile(request.environ):
         tracked = TrackedFile(delivery.path, start, stop - start, record)
         tracked.pacer = pacer
         return request.environ["wsgi.file_wrapper"](tracked, 1024 * 1024)
-    return CountedBody(read_range(start, stop), record, pacer)
+    return CountedBody(read_range(start, stop), record, _socket(), pacer)
+
+
+def _socket():
+    """The client's socket under gunicorn (None elsewhere): a streamed body counts what the
+    client acknowledged (body.CountedBody)."""
+    return request.environ.get("gunicorn.socket")
 
 
 def _redirect(plan: DownloadPlan, delivery: Redirect, storage, record) -> Response:
@@ -98,7 +105,7 @@ def _redirect(plan: DownloadPlan, delivery: Redirect, storage, record) -> Respon
                                     planned_bytes=stop - start)
     if read_range.cached:
         record.served_from = "cache"
-        return _bytes(plan, CountedBody(read_range(start, stop), record))
+        return _bytes(plan, CountedBody(read_range(start, stop), record, _socket()))
     url = storage.presigned_get(delivery.storage_key, filename_header=delivery.disposition,
                                 content_type=delivery.content_type,
                                 expires=settings().s3_presign_seconds)

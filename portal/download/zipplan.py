@@ -320,6 +320,25 @@ def _etag(segments: Sequence[bytes | FileSegment]) -> str:
 Reader = Callable[[str, int, int], Iterable[bytes]]
 
 
+def member_ranges(plan: ZipPlan,
+                  spans: Iterable[tuple[int, int]]) -> list[list[tuple[int, int]]]:
+    """For each member with content (size > 0), in order, the ranges of its content that
+    the archive ranges ``spans`` carry (member offsets): what a zip download delivered of
+    each file, for analytics."""
+    spans = list(spans)
+    out: list[list[tuple[int, int]]] = []
+    for segment, seg_start in zip(plan.segments, plan.starts, strict=True):
+        if isinstance(segment, bytes):
+            continue
+        ranges = []
+        for a, b in spans:
+            lo, hi = max(a, seg_start), min(b, seg_start + segment.length)
+            if lo < hi:
+                ranges.append((segment.offset + lo - seg_start, segment.offset + hi - seg_start))
+        out.append(ranges)
+    return out
+
+
 def iter_range(plan: ZipPlan, start: int, stop: int, read: Reader) -> Iterator[bytes]:
     """Yield exactly the archive bytes ``[start, stop)``.
 

@@ -19,6 +19,8 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, selectinload
 
 from ..access import can_read
+from ..analytics import logical
+from ..analytics import recorder as analytics
 from ..auth.views import safe_next
 from ..catalog.views import refuse
 from ..config import settings
@@ -80,15 +82,53 @@ def storage_reader(storage: Storage):
     return read
 
 
-def _sent_logger(ids: Sequence[int], user_id: int | None, status: int, range_header: str):
-    """Called with the bytes sent when the body closes (zip downloads are not DownloadEvents
-    yet: an event belongs to one version, a zip spans many)."""
+class MemberEvents:
+    """The download events of a zip: one per member file the response carries, so a zip
+    counts as a download of each file in it (docs/analytics.md, "Zips").
 
-    def done(sent: int) -> None:
-        log.info("zip of files %s for user %s: %s %r, %d bytes sent",
-                 list(ids), user_id, status, range_header, sent)
+    Each member's event is journaled when the body starts, with the member's content ranges
+    the plan sends; when the body closes, the archive bytes the client received (the body's
+    count) are mapped back to each member, so a cut zip counts what arrived of each file and
+    a resumed one (Range) only the members' ranges it carries: coverage is a union per
+    version, so nothing is counted twice. Built from values captured before the response.
+    """
 
-    return done
+    def __init__(self, app, archive: Archive, status: int, rows: list[dict | None]) -> None:
+        self.archive, self.status = archive, status
+        self.records = [None if row is None else analytics.open_event(app, row)
+                        for row in rows]
+        for record in self.records:
+            if record is not None:
+                record.served_from = "zip"
+
+    def __call__(self, sent: int) -> None:
+        archive = self.archive
+        delivered = logical.delivered(self.status, list(archive.spans), sent, archive.zip.size)
+        got = zipplan.member_ranges(archive.zip, delivered)
+        for record, ranges in zip(self.records, got, strict=True):
+            if record is not None:
+                record(sum(b - a for a, b in ranges))
+
+
+def member_rows(archive: Archive, files: Sequence[File], status: int, facts,
+                user_id: int | None) -> list[dict | None]:
+    """The event row of each member with content (None where the response carries none of
+    it): status 200 for a whole member of a whole zip, else 206 with its ranges."""
+    planned = zipplan.member_ranges(archive.zip, archive.spans)
+    versions = [f.latest for f in files if f.latest.size]
+    rows: list[dict | None] = []
+    for version, ranges in zip(versions, planned, strict=True):
+        if not ranges:
+            rows.append(None)
+            continue
+        whole = status == 200 and ranges == [(0, version.size)]
+        rows.append(analytics.event_row(
+            file_id=version.file_id, version_id=version.id, size=version.size,
+            user_id=user_id, via_link=False, method=facts.method,
+            status=200 if whole else 206, range_header=facts.header("Range") or "",
+            served=ranges, client_ip=facts.client_ip, user_agent=facts.user_agent,
+            referrer=facts.referrer, link_id=None))
+    return rows
 
 
 @bp.route("/files/zip", methods=["GET", "HEAD"])
@@ -110,18 +150,21 @@ def zip_download():
     if files is None:
         return refuse()
     user = current_user._get_current_object() if current_user.is_authenticated else None
-    answer = plan_zip(request_facts(), files, settings(), user=user)
+    facts = request_facts()
+    answer = plan_zip(facts, files, settings(), user=user)
     if not isinstance(answer.delivery, Archive):
         return response_for(answer, None)  # 304 / 412 / 416 / HEAD
+    storage = get_storage()
+    check_intact(answer.delivery, storage, ids)
     answer, lease = limits.admit(current_app._get_current_object(), answer, settings())
     if answer is None:
         return refused(lease)
     user_id = None if user is None else user.id
-    logged = _sent_logger(ids, user_id, answer.status, request.headers.get("Range", "")[:200])
-    if lease is not None:
-        logged = lease.on_close(logged)
+    events = MemberEvents(current_app._get_current_object(), answer.delivery, answer.status,
+                          member_rows(answer.delivery, files, answer.status, facts, user_id))
+    on_close = events if lease is None else lease.on_close(events)
     try:
-        return archive_response(answer, get_storage(), logged, ids,
+        return archive_response(answer, storage, on_close,
                                 None if lease is None else lease.pacer)
     except Exception:
         if lease is not None:
@@ -138,11 +181,9 @@ def _listing_page() -> str:
     return safe_next(referer.path + (f"?{referer.query}" if referer.query else ""))
 
 
-def archive_response(answer, storage: Storage, on_close, ids: Sequence[int],
-                     pacer=None) -> Response:
-    """The zip's bytes, read slice by slice from the stored objects; 503 when one of them is
-    missing or changed (it would break the promised length halfway through)."""
-    archive = answer.delivery
+def check_intact(archive: Archive, storage: Storage, ids: Sequence[int]) -> None:
+    """503 when a member's stored object is missing or changed (it would break the
+    promised length halfway through)."""
     try:
         intact = all(storage.size(key) == size
                      for key, size in zip(archive.storage_keys, archive.sizes, strict=True))
@@ -151,6 +192,12 @@ def archive_response(answer, storage: Storage, on_close, ids: Sequence[int],
     if not intact:
         log.error("stored content missing or changed for a version among files %s", ids)
         abort(503)
+
+
+def archive_response(answer, storage: Storage, on_close, pacer=None) -> Response:
+    """The zip's bytes, read slice by slice from the stored objects (paced by ``pacer``, the
+    person's rate, when limited)."""
+    archive = answer.delivery
     read = storage_reader(storage)
     if archive.multipart is not None:
         chunks = http.iter_multipart(
@@ -158,5 +205,6 @@ def archive_response(answer, storage: Storage, on_close, ids: Sequence[int],
     else:
         start, stop = archive.spans[0]
         chunks = zipplan.iter_range(archive.zip, start, stop, read)
-    return Response(CountedBody(chunks, on_close, pacer), status=answer.status,
-                    headers=answer.headers, direct_passthrough=True)
+    body = CountedBody(chunks, on_close, request.environ.get("gunicorn.socket"), pacer)
+    return Response(body, status=answer.status, headers=answer.headers,
+                    direct_passthrough=True)

@@ -7,37 +7,15 @@ Screenshots of the main pages are written to docs/screenshots/.
 
 from __future__ import annotations
 
-import os
-import shutil
-
 import pytest
-from servers import Gunicorn, make_instance
-
-CHROMIUM = "/usr/bin/chromium"
-
-
-def _chromium() -> str:
-    path = shutil.which("chromium") or (CHROMIUM if os.path.exists(CHROMIUM) else None)
-    if path:
-        return path
-    if os.environ.get("CI"):
-        pytest.fail("chromium is not installed (apt-get install chromium)")
-    pytest.skip("chromium is not installed (apt-get install chromium)")
+from servers import Gunicorn, launch_chromium, make_instance
 
 
 @pytest.fixture(scope="session")
 def browser():
     """One headless chromium for the run."""
-    executable = _chromium()
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as pw:
-        instance = pw.chromium.launch(
-            executable_path=executable, headless=True,
-            args=["--no-sandbox", "--disable-background-networking", "--disable-gpu",
-                  "--disable-component-update", "--disable-sync", "--no-first-run"])
+    with launch_chromium() as instance:
         yield instance
-        instance.close()
 
 
 @pytest.fixture(scope="module")

@@ -23,6 +23,7 @@ from urllib.parse import quote
 
 import pytest
 from servers import parse_byteranges, require_tool, sha256_file, write_random
+from sqlalchemy import select
 
 from portal.download import zipview
 from portal.extensions import db
@@ -381,3 +382,65 @@ def test_curl_resumes_an_interrupted_zip(portal_server, tmp_path):
     with zipfile.ZipFile(partial) as archive:
         assert archive.testzip() is None
         assert archive.namelist() == [name for name, _ in sources]
+
+
+def test_a_zip_is_a_download_of_each_member_and_a_resume_counts_once(app, client, docs,
+                                                                     login, make_user):
+    from portal.analytics.models import LogicalDownload
+    from portal.analytics.recorder import recorder
+    from portal.models import DownloadEvent
+
+    login("alice")
+    keys = ("timetable", "notes", "empty")
+    url = zip_url(*(docs[k][0] for k in keys))
+    full, body = get_full(client, docs, *keys)
+    full.close()  # the event is recorded when the server closes the body
+    # a second person: interrupted inside the second member, then resumed with Range
+    make_user("carol", groups=["CS"])
+    login("carol")
+    timetable, notes = docs["timetable"][2], docs["notes"][2]
+    cut = body.index(notes[:64]) + 1000
+    for spec, part in ((f"bytes=0-{cut - 1}", body[:cut]), (f"bytes={cut}-", body[cut:])):
+        resp = client.get(url, headers={"Range": spec})
+        assert resp.status_code == 206 and resp.get_data() == part
+        resp.close()
+    recorder(app).flush()
+    with app.app_context():
+        rows = db.session.scalars(select(DownloadEvent).order_by(DownloadEvent.id)).all()
+        by_file = {}
+        for row in rows:
+            by_file.setdefault(row.file_id, []).append(
+                (row.status, row.served_ranges, row.bytes_sent, row.served_from))
+        downloads = db.session.scalars(select(LogicalDownload)).all()
+    n, t = len(notes), len(timetable)
+    assert by_file == {  # alice's whole zip, carol's cut one and its resume
+        docs["timetable"][0]: [(200, f"0-{t - 1}", t, "zip"), (206, f"0-{t - 1}", t, "zip")],
+        docs["notes"][0]: [(200, f"0-{n - 1}", n, "zip"), (206, "0-999", 1000, "zip"),
+                           (206, f"1000-{n - 1}", n - 1000, "zip")],
+    }  # the empty member has no bytes to count
+    assert sorted((d.file_id, d.user_id is not None, d.events, d.covered, d.completed)
+                  for d in downloads) == sorted(
+        [(docs["timetable"][0], True, 1, t, True)] * 2
+        + [(docs["notes"][0], True, 1, n, True), (docs["notes"][0], True, 2, n, True)])
+    page = client.get("/me/downloads").get_data(as_text=True)
+    assert "timetable" in page and "notes" in page
+    make_user("boss", role="admin")
+    login("boss")
+    stats = client.get(f"/api/analytics/files/{docs['notes'][0]}?days=7").json
+    assert stats["downloads"] == 2 and stats["completion_rate"] == 1.0
+    assert stats["bytes_served"] == 2 * n  # the resume added only what was missing
+
+
+def test_a_cut_zip_counts_what_arrived_of_each_member(app, docs):
+    from portal.analytics import logical
+    from portal.download import zipplan
+
+    archive = zipplan.plan_zip([
+        zipplan.ZipMember(name=n, size=s, crc32=0, mtime=datetime(2024, 9, 1, tzinfo=UTC),
+                          key=k) for n, s, k in (("a", 100, "a" * 64), ("e", 0, "e" * 64),
+                                                 ("b", 50, "b" * 64))])
+    second = archive.starts[archive.segments.index(
+        next(s for s in archive.segments if getattr(s, "key", "") == "b" * 64))]
+    cut = logical.delivered(200, [(0, archive.size)], second + 20, archive.size)
+    assert zipplan.member_ranges(archive, cut) == [[(0, 100)], [(0, 20)]]
+    assert zipplan.member_ranges(archive, [(second + 10, archive.size)]) == [[], [(10, 50)]]
