@@ -193,10 +193,15 @@ def run(spark, events_path: str, rules: JobRules | None = None):
     """(file_days, logical_downloads) DataFrames of the export at ``events_path``."""
     rules = rules or JobRules()
     spark.conf.set("spark.sql.session.timeZone", "UTC")
+    from pyspark import StorageLevel
+
+    # Kept (memory, spilling to disk) because several branches read them: without it every
+    # branch re-reads and re-parses the Parquet.
+    keep = StorageLevel.MEMORY_AND_DISK
     events = read_events(spark, events_path).drop("day")
-    parts = served_parts(events)
-    events = with_asked(events, parts)
-    downloads = logical_downloads(events, parts, rules)
+    parts = served_parts(events).persist(keep)
+    events = with_asked(events, parts).persist(keep)
+    downloads = logical_downloads(events, parts, rules).persist(keep)
     return file_days(events, downloads, rules), downloads
 
 
@@ -205,7 +210,9 @@ def session(master: str | None = None, app_name: str = "portal-analytics",
     """A SparkSession (``master`` for local runs; spark-submit gives its own)."""
     from pyspark.sql import SparkSession
 
-    builder = SparkSession.builder.appName(app_name).config("spark.sql.session.timeZone", "UTC")
+    builder = (SparkSession.builder.appName(app_name)
+               .config("spark.sql.session.timeZone", "UTC")
+               .config("spark.ui.showConsoleProgress", "false"))
     for name, value in (conf or {}).items():
         builder = builder.config(name, value)
     if master:
@@ -235,7 +242,6 @@ def main(argv: list[str] | None = None) -> int:
     try:
         days, downloads = run(spark, args.events, rules)
         if not args.no_logical:
-            downloads = downloads.cache()
             downloads.write.mode("overwrite").parquet(f"{args.out}/logical_downloads")
         days.write.mode("overwrite").parquet(f"{args.out}/file_days")
     finally:
