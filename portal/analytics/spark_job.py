@@ -193,6 +193,10 @@ def run(spark, events_path: str, rules: JobRules | None = None):
     """(file_days, logical_downloads) DataFrames of the export at ``events_path``."""
     rules = rules or JobRules()
     spark.conf.set("spark.sql.session.timeZone", "UTC")
+    # Every join here is events with events (or their parts): broadcasting one side ran the
+    # driver out of heap at 10 M events (bench/run_spark_bench.py); sort-merge joins spill.
+    spark.conf.set("spark.sql.autoBroadcastJoinThreshold", "-1")
+    spark.conf.set("spark.sql.adaptive.autoBroadcastJoinThreshold", "-1")
     from pyspark import StorageLevel
 
     # Kept (memory, spilling to disk) because several branches read them: without it every
