@@ -113,3 +113,25 @@ def rebuild_command():
     with db.engine.begin() as conn:
         n = materialise.rebuild(conn, _settings())
     click.echo(f"rebuilt {n} logical download(s)")
+
+
+@analytics_cli.command("export")
+@click.option("--to", "where", required=True, metavar="DIR|s3://BUCKET/PREFIX",
+              help="Folder or S3 prefix of the Parquet copy (day=YYYY-MM-DD/ partitions).")
+@click.option("--since", type=click.DateTime(formats=["%Y-%m-%d"]), default=None,
+              help="Export no day before this UTC date (YYYY-MM-DD).")
+def export_command(where, since):
+    """Copy the raw download events to Parquet, one file per UTC day; only days with new
+    events are (re)written, so running it again exports nothing twice."""
+    from .export import ExportError, export, target_of
+
+    try:
+        target = target_of(where)
+        with db.engine.connect() as conn:
+            report = export(conn, target, since=since.date() if since else None,
+                            log=lambda line: click.echo(f"  {line}", err=True))
+    except ExportError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"exported {sum(report.written.values())} event(s) in {len(report.written)} "
+               f"day(s) to {target}; {len(report.kept)} purged day(s) kept; "
+               f"high water id {report.high_water}")

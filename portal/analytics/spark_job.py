@@ -1,0 +1,257 @@
+"""The logical-download rules and the per-file, per-day rollups as a PySpark job over the
+Parquet export (``flask analytics export``), for histories past one SQL database.
+
+    spark-submit portal/analytics/spark_job.py --events s3a://lake/events \\
+        --out s3a://lake/rollups [--timezone Asia/Shanghai] [--idle-minutes 30] ...
+
+(``--master local[2]`` runs it on one machine.) It writes ``OUT/file_days`` (one row per
+file and local day: requests, bytes_served, downloads, completed, users) and
+``OUT/logical_downloads`` (one row per logical download), both Parquet.
+
+The rules are those of ``logical.py`` (docs/analytics.md, "The rules"), restated for a
+cluster: this file imports nothing of the portal so that ``spark-submit`` can ship it
+alone. Where the Python walks events in time order, here windows do the same:
+
+* grouping: per ``who`` and version, in (start, end, id) order, an event opens a new
+  logical download when it starts more than ``idle`` after the latest end of every earlier
+  event of that who and version (the Sessionizer can only ever join the newest download:
+  an older one ended more than ``idle`` before the newer one began);
+* delivered intervals: a 200 ``[0, size)``, a 206 its served ranges in order, each cut
+  after ``bytes_sent`` bytes of payload (all of the plan when the count is unknown, -1),
+  nothing for an orphan (no end) or any other status;
+* covered bytes: the union of a download's intervals, in one window pass (sorted by start,
+  each interval adds what reaches past the furthest end before it);
+* counted: some non-probe response (GET, 200 or 206, more than ``probe_max_bytes`` asked
+  unless the file is that small) delivered ``min_bytes`` or is an orphan; it counts in the
+  local day of the first such response's start; completed: counted and covered at least
+  ``complete_ratio`` of the size (or the file is empty);
+* bytes_served and requests: every response, in the local day of its start; ``sent`` is
+  bytes_sent, or the plan when unknown, 0 for an orphan.
+
+``tests/functional/test_analytics_warehouse.py`` checks that this job (local[2]), the SQL
+rollups and the DuckDB query (duckdb_rollups.py) agree on a simulated term.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import dataclass
+
+#: The defaults of logical.Rules and ANALYTICS_TIMEZONE (a test keeps them equal).
+IDLE_MINUTES = 30.0
+PROBE_MAX_BYTES = 2
+MIN_BYTES = 1
+COMPLETE_RATIO = 0.99
+TIMEZONE = "Asia/Shanghai"
+
+
+@dataclass(frozen=True)
+class JobRules:
+    """The counting rules and the time zone of the local days."""
+
+    idle_minutes: float = IDLE_MINUTES
+    probe_max_bytes: int = PROBE_MAX_BYTES
+    min_bytes: int = MIN_BYTES
+    complete_ratio: float = COMPLETE_RATIO
+    timezone: str = TIMEZONE
+
+
+def read_events(spark, path: str):
+    """The exported events (every ``day=`` partition under ``path``)."""
+    return spark.read.option("basePath", path).parquet(path)
+
+
+def served_parts(events):
+    """One row per well-formed served range of an event, in order: (id, pos, a, b), half-open
+    (parsed as logical.parse_ranges does: malformed parts and last < first are skipped)."""
+    from pyspark.sql import functions as F
+
+    return (events.select("id", F.posexplode(F.split(F.col("served_ranges"), ","))
+                          .alias("pos", "part"))
+            .withColumn("part", F.trim("part"))
+            .where(F.col("part").rlike(r"^[0-9]+-[0-9]+$"))
+            .select("id", "pos",
+                    F.regexp_extract("part", r"^([0-9]+)-", 1).cast("long").alias("a"),
+                    (F.regexp_extract("part", r"-([0-9]+)$", 1).cast("long") + 1).alias("b"))
+            .where(F.col("b") > F.col("a")))
+
+
+def with_asked(events, parts):
+    """Events with ``asked``: the bytes their served ranges name (probes, sent bytes)."""
+    from pyspark.sql import functions as F
+
+    asked = parts.groupBy("id").agg(F.sum(F.col("b") - F.col("a")).alias("asked"))
+    return events.join(asked, "id", "left").fillna({"asked": 0})
+
+
+def intervals_of(events, parts):
+    """One row per byte interval an event delivered: (id, a, b), half-open."""
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+
+    done = events.where(F.col("ended_at").isNotNull())
+    ranged = (parts.join(done.where(F.col("status") == 206).select("id", "bytes_sent"), "id")
+              .select("id", "bytes_sent", "pos", "a", "b"))
+    whole = (done.where(F.col("status") == 200)
+             .select("id", "bytes_sent", F.lit(0).alias("pos"), F.lit(0).cast("long").alias("a"),
+                     F.col("size").alias("b")))
+    plan = ranged.unionByName(whole)
+    before = Window.partitionBy("id").orderBy("pos").rowsBetween(Window.unboundedPreceding, -1)
+    plan = plan.withColumn("prior", F.coalesce(F.sum(F.col("b") - F.col("a")).over(before),
+                                               F.lit(0)))
+    take = F.when(F.col("bytes_sent") == -1, F.col("b") - F.col("a")).otherwise(
+        F.least(F.col("b") - F.col("a"),
+                F.greatest(F.lit(0), F.greatest(F.col("bytes_sent"), F.lit(0)) - F.col("prior"))))
+    return (plan.withColumn("take", take).where(F.col("take") > 0)
+            .select("id", "a", (F.col("a") + F.col("take")).alias("b")))
+
+
+def logical_downloads(events, parts, rules: JobRules):
+    """One row per logical download: who, file_id, version_id, size, started_at, last_at,
+    events, covered, counted, counted_at, completed, completion (``events`` with_asked)."""
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+
+    events = events.withColumn("last_at", F.coalesce("ended_at", "started_at"))
+    pieces = intervals_of(events, parts)
+    got = pieces.groupBy("id").agg(F.sum(F.col("b") - F.col("a")).alias("got"))
+    events = events.join(got, "id", "left").fillna({"got": 0})
+
+    order = ["started_at", "last_at", "id"]
+    who = Window.partitionBy("who", "version_id").orderBy(*order)
+    earlier = who.rowsBetween(Window.unboundedPreceding, -1)
+    idle = F.expr(f"INTERVAL {int(rules.idle_minutes * 60_000_000)} MICROSECONDS")
+    opens = F.max("last_at").over(earlier)
+    events = (events
+              .withColumn("opens", (opens.isNull() | (F.col("started_at") > opens + idle))
+                          .cast("int"))
+              .withColumn("session", F.sum("opens").over(
+                  who.rowsBetween(Window.unboundedPreceding, 0))))
+    probe = ((F.col("method") != "GET") | ~F.col("status").isin(200, 206)
+             | ((F.col("status") == 206) & (F.col("asked") <= rules.probe_max_bytes)
+                & (F.col("asked") < F.col("size"))))
+    counts = ~probe & (F.col("ended_at").isNull() | (F.col("got") >= rules.min_bytes))
+    events = events.withColumn("counts", counts)
+
+    key = ["who", "version_id", "session"]
+    spans = (pieces.join(events.select("id", *key), "id")
+             .withColumn("reach", F.max("b").over(
+                 Window.partitionBy(*key).orderBy("a", "b")
+                 .rowsBetween(Window.unboundedPreceding, -1)))
+             .select(*key, F.greatest(F.lit(0), F.col("b") - F.greatest(
+                 "a", F.coalesce("reach", F.lit(-1)))).alias("adds"))
+             .groupBy(*key).agg(F.sum("adds").alias("covered")))
+    first = F.struct(*order)
+    sessions = (events.groupBy(*key).agg(
+        F.min_by("file_id", first).alias("file_id"), F.min_by("size", first).alias("size"),
+        F.min("started_at").alias("started_at"), F.max("last_at").alias("last_at"),
+        F.count("*").alias("events"),
+        F.min(F.when(F.col("counts"), F.col("started_at"))).alias("counted_at"))
+        .join(spans, key, "left").fillna({"covered": 0})
+        .withColumn("counted", F.col("counted_at").isNotNull()))
+    completed = F.col("counted") & ((F.col("size") <= 0)
+                                    | (F.col("covered") >= F.col("size") * rules.complete_ratio))
+    completion = (F.when(F.col("size") <= 0, F.when(F.col("counted"), 1.0).otherwise(0.0))
+                  .otherwise(F.least(F.lit(1.0), F.col("covered") / F.col("size"))))
+    return (sessions.withColumn("completed", completed)
+            .withColumn("completion", completion).drop("session"))
+
+
+def local_day(column, timezone: str):
+    """The local date (in ``timezone``) of a UTC instant (the session time zone is UTC)."""
+    from pyspark.sql import functions as F
+
+    return F.to_date(F.from_utc_timestamp(column, timezone))
+
+
+def file_days(events, downloads, rules: JobRules):
+    """Per file and local day: requests, bytes_served (responses, by their start; ``events``
+    with_asked), downloads, completed, users (logical downloads that count, by the start of
+    the response that made them count; users are distinct ``who``)."""
+    from pyspark.sql import functions as F
+
+    sent = (F.when(F.col("bytes_sent") != -1, F.col("bytes_sent"))
+            .when(F.col("ended_at").isNull(), F.lit(0))
+            .when(F.col("status") == 200, F.col("size"))
+            .otherwise(F.col("asked")))
+    served = (events.withColumn("day", local_day("started_at", rules.timezone))
+              .groupBy("file_id", "day")
+              .agg(F.count("*").alias("requests"), F.sum(sent).alias("bytes_served")))
+    counted = (downloads.where("counted")
+               .withColumn("day", local_day("counted_at", rules.timezone))
+               .groupBy("file_id", "day")
+               .agg(F.count("*").alias("downloads"),
+                    F.sum(F.col("completed").cast("long")).alias("completed"),
+                    F.countDistinct("who").alias("users")))
+    return (served.join(counted, ["file_id", "day"], "full")
+            .fillna({"requests": 0, "bytes_served": 0, "downloads": 0, "completed": 0,
+                     "users": 0}))
+
+
+def run(spark, events_path: str, rules: JobRules | None = None):
+    """(file_days, logical_downloads) DataFrames of the export at ``events_path``."""
+    rules = rules or JobRules()
+    spark.conf.set("spark.sql.session.timeZone", "UTC")
+    # Every join here is events with events (or their parts): broadcasting one side ran the
+    # driver out of heap at 10 M events (bench/run_spark_bench.py); sort-merge joins spill.
+    spark.conf.set("spark.sql.autoBroadcastJoinThreshold", "-1")
+    spark.conf.set("spark.sql.adaptive.autoBroadcastJoinThreshold", "-1")
+    from pyspark import StorageLevel
+
+    # Kept (memory, spilling to disk) because several branches read them: without it every
+    # branch re-reads and re-parses the Parquet.
+    keep = StorageLevel.MEMORY_AND_DISK
+    events = read_events(spark, events_path).drop("day")
+    parts = served_parts(events).persist(keep)
+    events = with_asked(events, parts).persist(keep)
+    downloads = logical_downloads(events, parts, rules).persist(keep)
+    return file_days(events, downloads, rules), downloads
+
+
+def session(master: str | None = None, app_name: str = "portal-analytics",
+            conf: dict[str, str] | None = None):
+    """A SparkSession (``master`` for local runs; spark-submit gives its own)."""
+    from pyspark.sql import SparkSession
+
+    builder = (SparkSession.builder.appName(app_name)
+               .config("spark.sql.session.timeZone", "UTC")
+               .config("spark.ui.showConsoleProgress", "false"))
+    for name, value in (conf or {}).items():
+        builder = builder.config(name, value)
+    if master:
+        builder = builder.master(master)
+    return builder.getOrCreate()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """spark-submit entry: read the export, write the rollups and logical downloads."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--events", required=True, help="the export's root (DIR, s3a://...)")
+    parser.add_argument("--out", required=True, help="where to write file_days/ and "
+                        "logical_downloads/ (Parquet, overwritten)")
+    parser.add_argument("--master", default=None, help="e.g. local[2]; spark-submit's own "
+                        "--master wins when omitted")
+    parser.add_argument("--timezone", default=TIMEZONE)
+    parser.add_argument("--idle-minutes", type=float, default=IDLE_MINUTES)
+    parser.add_argument("--probe-max-bytes", type=int, default=PROBE_MAX_BYTES)
+    parser.add_argument("--min-bytes", type=int, default=MIN_BYTES)
+    parser.add_argument("--complete-ratio", type=float, default=COMPLETE_RATIO)
+    parser.add_argument("--no-logical", action="store_true",
+                        help="write file_days only")
+    args = parser.parse_args(argv)
+    rules = JobRules(args.idle_minutes, args.probe_max_bytes, args.min_bytes,
+                     args.complete_ratio, args.timezone)
+    spark = session(args.master)
+    try:
+        days, downloads = run(spark, args.events, rules)
+        if not args.no_logical:
+            downloads.write.mode("overwrite").parquet(f"{args.out}/logical_downloads")
+        days.write.mode("overwrite").parquet(f"{args.out}/file_days")
+    finally:
+        spark.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,192 @@
+"""The warehouse paths agree with the SQL path: on one simulated term (plus the rules' edge
+cases through the flusher's path), exported to Parquet, the PySpark job (local[2], a real
+JVM), the DuckDB query and the SQL rollups give the same requests, bytes, logical
+downloads, completed downloads and distinct users per file and local day."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import uuid
+from collections import defaultdict
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from sqlalchemy import func, select
+
+from portal.analytics import duckdb_rollups, logical, materialise, spark_job
+from portal.analytics.models import ALL_FILES, ALL_USERS, LogicalDownload, Rollup, UserDay
+from portal.extensions import db
+from portal.models import DownloadEvent
+
+COUNTERS = ("requests", "bytes_served", "downloads", "completed", "users")
+
+
+@pytest.fixture(scope="module")
+def spark():
+    """One local Spark (two cores) for the module: starting a JVM takes seconds."""
+    if not shutil.which("java") and not os.environ.get("JAVA_HOME"):
+        pytest.fail("Java is missing: apt-get install default-jre-headless (.ci/run does)")
+    session = spark_job.session("local[2]", "portal-tests", {
+        "spark.sql.shuffle.partitions": "4", "spark.ui.enabled": "false"})
+    yield session
+    session.stop()
+
+
+def test_job_defaults_are_the_portals(app):
+    rules = logical.Rules()
+    job = spark_job.JobRules()
+    assert job.idle_minutes * 60 == rules.idle.total_seconds()
+    assert (job.probe_max_bytes, job.min_bytes, job.complete_ratio) == (
+        rules.probe_max_bytes, rules.min_bytes, rules.complete_ratio)
+    assert job.timezone == app.config["ANALYTICS_TIMEZONE"]
+
+
+def _edge_events(app) -> None:
+    """Responses the rules treat specially, stored through the flusher's path: an orphan,
+    unknown bytes (nginx), HEAD, 304, probes, a multi-range 206 cut short, overlapping
+    connections, a pause past the idle window, an anonymous client and a signed link."""
+    with app.app_context(), db.engine.begin() as conn:
+        base = conn.execute(select(DownloadEvent.__table__)
+                            .where(DownloadEvent.size > 10_000).limit(1)).mappings().one()
+        size = base["size"]
+        t0 = (conn.execute(select(func.max(DownloadEvent.started_at))).scalar()
+              + timedelta(hours=2))
+
+        def row(at, *, status=206, ranges="", sent=None, method="GET", seconds=3, user=True,
+                link=None, ip="10.1.2.0/24", ua="aria2/1.37"):
+            start = t0 + at
+            return {"event_key": uuid.uuid4().hex, "file_id": base["file_id"],
+                    "version_id": base["version_id"],
+                    "user_id": base["user_id"] if user else None, "via_link": bool(link),
+                    "link_id": link, "method": method, "status": status,
+                    "range_header": "", "served_ranges": ranges, "size": size,
+                    "bytes_sent": size if sent is None else sent, "client_ip": ip,
+                    "user_agent": ua, "ua_class": "manager", "referrer": "",
+                    "served_from": "origin", "started_at": start,
+                    "ended_at": None if seconds is None else start + timedelta(seconds=seconds)}
+
+        m = timedelta(minutes=1)
+        half = size // 2
+        rows = [
+            row(0 * m, ranges="0-1", sent=2),  # a probe: no download by itself
+            row(0 * m, method="HEAD", status=200, sent=0),
+            row(1 * m, ranges=f"0-{half - 1}", sent=half),
+            row(1 * m, ranges=f"{half - 100}-{size - 1}", sent=size - half + 100),  # overlaps
+            row(2 * m, status=304, sent=0),
+            row(60 * m, ranges=f"0-99,200-{size - 1}", sent=150),  # past idle: a new one, cut
+            row(62 * m, status=200, sent=-1, seconds=1),  # nginx: the plan counts
+            row(200 * m, status=200, sent=-1, seconds=None),  # an orphan: counts, 0 bytes
+            row(300 * m, status=200, sent=size, user=False),  # anonymous
+            row(301 * m, status=200, sent=size // 3, user=False, ua="Wget/1.21"),
+            row(400 * m, status=200, sent=size, user=False, link="nonce-1"),  # a signed link
+            row(401 * m, ranges="0-0", sent=1, user=False, link="nonce-1"),
+            row(23 * 60 * m, status=200, sent=size),  # most likely the next local day
+        ]
+        settings = materialise.Settings.from_config(app.config)
+        assert materialise.store(conn, rows, settings) == len(rows)
+
+
+def _sql_path(app) -> dict[tuple, tuple]:
+    """{(file, local date): counters} as the admin pages read them: daily rollups of
+    everyone and the user-days."""
+    tz = materialise.Settings.from_config(app.config).tz
+    out: dict[tuple, dict] = defaultdict(lambda: dict.fromkeys(COUNTERS, 0))
+    with app.app_context(), db.engine.connect() as conn:
+        for r in conn.execute(select(Rollup.__table__).where(
+                Rollup.grain == "d", Rollup.grp == ALL_USERS, Rollup.file_id != ALL_FILES)):
+            cell = out[(r.file_id, r.bucket.astimezone(tz).date())]
+            for name in ("requests", "bytes_served", "downloads", "completed"):
+                cell[name] = getattr(r, name)
+        for file_id, day, n in conn.execute(
+                select(UserDay.file_id, UserDay.day, func.count())
+                .where(UserDay.file_id != ALL_FILES).group_by(UserDay.file_id, UserDay.day)):
+            out[(file_id, day.astimezone(tz).date())]["users"] = n
+    return {k: tuple(v[c] for c in COUNTERS) for k, v in out.items()}
+
+
+def _recomputed(app) -> dict[tuple, tuple]:
+    """The same from the Python rules afresh (materialise.recompute)."""
+    tz = materialise.Settings.from_config(app.config).tz
+    with app.app_context(), db.engine.connect() as conn:
+        rollups, user_days, _ = materialise.recompute(
+            conn, materialise.Settings.from_config(app.config))
+    users = defaultdict(int)
+    for day, file_id, _key in user_days:
+        if file_id != ALL_FILES:
+            users[(file_id, day.astimezone(tz).date())] += 1
+    return {(f, bucket.astimezone(tz).date()):
+            (v["requests"], v["bytes_served"], v["downloads"], v["completed"],
+             users[(f, bucket.astimezone(tz).date())])
+            for (grain, bucket, f, grp), v in rollups.items()
+            if grain == "d" and grp == ALL_USERS and f != ALL_FILES}
+
+
+def _rows(rows) -> dict[tuple, tuple]:
+    return {(r[0], r[1]): tuple(int(x) for x in r[2:]) for r in rows}
+
+
+def test_spark_duckdb_and_sql_agree_per_file_and_day(app, runner, tmp_path, spark):
+    result = runner.invoke(args=["analytics", "simulate", "--events", "3000", "--days", "21",
+                                 "--users", "60", "--files", "12", "--seed", "7"])
+    assert result.exit_code == 0, result.output
+    _edge_events(app)
+    lake = tmp_path / "lake"
+    result = runner.invoke(args=["analytics", "export", "--to", str(lake)])
+    assert result.exit_code == 0, result.output
+
+    sql = _sql_path(app)
+    assert sum(v[2] for v in sql.values()) > 200  # a real term, not an empty comparison
+    assert _recomputed(app) == sql
+
+    ducks = _rows(duckdb_rollups.file_days(str(lake)))
+    assert ducks == sql
+
+    days, downloads = spark_job.run(spark, str(lake))
+    sparks = _rows(days.select("file_id", "day", *COUNTERS).collect())
+    assert sparks == sql
+
+    # The logical downloads themselves: as many, as many counted and completed, as SQL's.
+    with app.app_context(), db.engine.connect() as conn:
+        stored = conn.execute(select(
+            func.count(), func.sum(LogicalDownload.counted.cast(db.Integer)),
+            func.sum(LogicalDownload.completed.cast(db.Integer)),
+            func.sum(LogicalDownload.covered))).one()
+    got = downloads.selectExpr("count(*)", "sum(cast(counted AS int))",
+                               "sum(cast(completed AS int))", "sum(covered)").first()
+    assert tuple(int(x) for x in got) == tuple(int(x) for x in stored)
+
+
+# Once (SQLite): a second JVM costs tens of seconds, and the database is not what it tests.
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_spark_submit_writes_parquet(app, runner, tmp_path):
+    """The job as a cluster runs it: spark-submit (the pyspark wheel's) with the file alone."""
+    import pyarrow.dataset as ds
+    import pyspark
+
+    result = runner.invoke(args=["analytics", "simulate", "--events", "600", "--days", "5",
+                                 "--users", "20", "--files", "4", "--seed", "2"])
+    assert result.exit_code == 0, result.output
+    lake, out = tmp_path / "lake", tmp_path / "out"
+    assert runner.invoke(args=["analytics", "export", "--to", str(lake)]).exit_code == 0
+    submit = Path(sys.executable).parent / "spark-submit"
+    done = subprocess.run(
+        [str(submit), "--master", "local[1]", "--conf", "spark.ui.enabled=false",
+         "--conf", "spark.sql.shuffle.partitions=2", spark_job.__file__,
+         "--events", str(lake), "--out", str(out)],
+        capture_output=True, text=True, timeout=300, cwd=tmp_path,
+        # The wheel's spark-submit finds its Spark and Python through these.
+        env={**os.environ, "SPARK_HOME": os.path.dirname(pyspark.__file__),
+             "PYSPARK_PYTHON": sys.executable,
+             "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    written = ds.dataset(out / "file_days", format="parquet").to_table().to_pylist()
+    assert _rows([(r["file_id"], r["day"], *(r[c] for c in COUNTERS)) for r in written]) \
+        == _sql_path(app)
+    downloads = ds.dataset(out / "logical_downloads", format="parquet").to_table()
+    with app.app_context(), db.engine.connect() as conn:
+        assert downloads.num_rows == conn.execute(
+            select(func.count()).select_from(LogicalDownload)).scalar()
