@@ -366,18 +366,32 @@ def launch_chromium(**options) -> Iterator[object]:
         if os.environ.get("CI"):
             pytest.fail(message)
         pytest.skip(message)
-    from playwright.sync_api import sync_playwright
+    browser = _playwright().chromium.launch(
+        executable_path=path, headless=True,
+        args=["--no-sandbox", "--disable-background-networking", "--disable-gpu",
+              "--disable-component-update", "--disable-sync", "--no-first-run"],
+        **options)
+    try:
+        yield browser
+    finally:
+        browser.close()
 
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(
-            executable_path=path, headless=True,
-            args=["--no-sandbox", "--disable-background-networking", "--disable-gpu",
-                  "--disable-component-update", "--disable-sync", "--no-first-run"],
-            **options)
-        try:
-            yield browser
-        finally:
-            browser.close()
+
+_PLAYWRIGHT: list = []
+
+
+def _playwright():
+    """The run's one Playwright driver: its sync API owns an event loop in this thread, so a
+    second ``sync_playwright()`` while the first is open (the e2e session's browser and a
+    functional module's) fails; every browser is launched from this one, stopped at exit."""
+    if not _PLAYWRIGHT:
+        import atexit
+
+        from playwright.sync_api import sync_playwright
+
+        _PLAYWRIGHT.append(sync_playwright().start())
+        atexit.register(_PLAYWRIGHT[0].stop)
+    return _PLAYWRIGHT[0]
 
 
 # ---------------------------------------------------------------------------
