@@ -19,7 +19,7 @@ BIN = Path(sys.executable).parent
 
 
 def main() -> None:
-    subprocess.run([BIN / "pybabel", "extract", "-F", "babel.cfg", "-k", "_l", "-k",
+    subprocess.run([BIN / "pybabel", "extract", "-F", "babel.cfg", "-k", "_l", "-k", "N_", "-k",
                     "lazy_gettext", "--no-location", "-o", TR / "messages.pot", "."],
                    cwd=ROOT, check=True, capture_output=True)
     subprocess.run([BIN / "pybabel", "update", "-i", TR / "messages.pot", "-d", TR,

@@ -52,7 +52,7 @@ from ..files import add_version, discard
 from ..models import File, Upload, User, utcnow
 from ..storage import Storage, StorageError
 from . import tus
-from .errors import ErrorKind, UploadError
+from .errors import N_, ErrorKind, UploadError
 
 log = logging.getLogger(__name__)
 
@@ -125,10 +125,12 @@ def _text(pairs: dict[str, bytes | None], key: str, *, alias: str = "") -> str:
     try:
         text = raw.decode("utf-8").strip()
     except UnicodeDecodeError as exc:
-        raise UploadError(ErrorKind.BAD_REQUEST, f"metadata {key!r} is not UTF-8 text") from exc
+        raise UploadError(ErrorKind.BAD_REQUEST, N_("metadata %(key)s is not UTF-8 text"),
+                          key=repr(key)) from exc
     if len(text) > LIMITS[key]:
         raise UploadError(ErrorKind.BAD_REQUEST,
-                          f"metadata {key!r} is longer than {LIMITS[key]} characters")
+                          N_("metadata %(key)s is longer than %(limit)d characters"),
+                          key=repr(key), limit=LIMITS[key])
     return text
 
 
@@ -145,45 +147,51 @@ def validate_metadata(session: Session, user: User, pairs: dict[str, bytes | Non
     """
     raw_name = _text(pairs, "filename", alias="name")
     if not raw_name:
-        raise UploadError(ErrorKind.BAD_REQUEST, "Upload-Metadata must carry a 'filename'")
+        raise UploadError(ErrorKind.BAD_REQUEST, N_("Upload-Metadata must carry a 'filename'"))
     filename = clean_filename(raw_name)
     description = _text(pairs, "description")
     if has_hidden_characters(description, allow="\t\n\r"):
-        raise UploadError(ErrorKind.BAD_REQUEST, "the description contains control characters")
+        raise UploadError(ErrorKind.BAD_REQUEST, N_("the description contains control characters"))
 
     raw_id = _text(pairs, "file_id")
     if raw_id:
         if not (raw_id.isascii() and raw_id.isdigit() and len(raw_id) <= 12):
-            raise UploadError(ErrorKind.BAD_REQUEST, "metadata 'file_id' must be a file number")
+            raise UploadError(ErrorKind.BAD_REQUEST, N_("metadata 'file_id' must be a file number"))
         target = session.get(File, int(raw_id))
         if target is None or target.deleted_at is not None or not manageable(user, target):
             raise UploadError(ErrorKind.BAD_REQUEST,
-                              "there is no such file that you may add a version to")
+                              N_("there is no such file that you may add a version to"))
         return Metadata(filename=filename, title=target.title, category=target.category,
                         access=target.access, description=description, file_id=target.id)
 
     title = _text(pairs, "title") or os.path.splitext(filename)[0] or filename
     category = _text(pairs, "category")
-    for name, value in (("title", title), ("category", category)):
+    for name, value, template in (
+            ("title", title, N_("the title contains control or direction characters")),
+            ("category", category, N_("the category contains control or direction characters"))):
         if has_hidden_characters(value):
-            raise UploadError(ErrorKind.BAD_REQUEST,
-                              f"the {name} contains control or direction characters")
+            raise UploadError(ErrorKind.BAD_REQUEST, template, name=name)
     try:
         access = normalize_access(_text(pairs, "access") or "login")
     except ValueError as exc:
-        raise UploadError(ErrorKind.BAD_REQUEST, str(exc)) from exc
+        raise UploadError(ErrorKind.BAD_REQUEST,
+                          N_("access %(rule)s is not valid: use public, login, "
+                             "group:NAME[,NAME…] or user:NAME, names of letters, digits "
+                             "and . - _ @"), rule=repr(_text(pairs, "access"))) from exc
     missing = unknown_names(session, access)
     if missing:  # (a typo would hide the file from everyone it was meant for)
-        kind = "group" if access.startswith("group:") else "user"
-        raise UploadError(ErrorKind.BAD_REQUEST,
-                          f"access: there is no {kind} named {', '.join(missing)}")
+        template = (N_("access: there is no group named %(names)s")
+                    if access.startswith("group:") else
+                    N_("access: there is no user named %(names)s"))
+        raise UploadError(ErrorKind.BAD_REQUEST, template, names=", ".join(missing))
     existing = session.scalar(select(File).where(File.title == title, File.category == category))
     if existing is not None and (existing.deleted_at is not None
                                  or not manageable(user, existing)):
         # add_version would file the upload as a new version of a document this user may not
         # manage (or a deleted one); refuse rather than change it behind the owner's back.
-        raise UploadError(ErrorKind.BAD_REQUEST, "this title and category are taken by a file "
-                                                 "you may not change; choose another title")
+        raise UploadError(ErrorKind.BAD_REQUEST, N_("this title and category are taken by a "
+                                                    "file you may not change; choose another "
+                                                    "title"))
     return Metadata(filename=filename, title=title, category=category, access=access,
                     description=description)
 
@@ -223,8 +231,8 @@ def check_size(size: int, max_size: int) -> None:
     """Refuse an upload longer than the size limit (TOO_LARGE, with the limit)."""
     if size > max_size:
         raise UploadError(ErrorKind.TOO_LARGE,
-                          f"the upload is larger than the limit of {max_size} bytes",
-                          max_size=max_size)
+                          N_("the upload is larger than the limit of %(limit)d bytes"),
+                          max_size=max_size, limit=max_size)
 
 
 def find_upload(session: Session, user: User, upload_id: str) -> Upload | None:
@@ -268,18 +276,19 @@ def append(session: Session, storage: Storage, area: Path, upload: Upload, user:
             return _data_missing(session, area, upload_id, offset, content_length)
         upload = _reload(session, upload_id)
         if upload is None:
-            raise UploadError(ErrorKind.NOT_FOUND, "no such upload")
+            raise UploadError(ErrorKind.NOT_FOUND, N_("no such upload"))
         if upload.completed_at is not None:
             return _already_complete(upload, offset, content_length)
         acknowledged = min(upload.received, os.fstat(out.fileno()).st_size)
         size = upload.size
         if offset != acknowledged:
-            raise UploadError(ErrorKind.OFFSET_MISMATCH, f"Upload-Offset must be {acknowledged}",
+            raise UploadError(ErrorKind.OFFSET_MISMATCH, N_("Upload-Offset must be %(offset)d"),
                               offset=acknowledged)
         remaining = size - acknowledged
         if content_length is not None and content_length > remaining:
             raise UploadError(ErrorKind.TOO_LARGE,
-                              f"the body is longer than the {remaining} bytes left")
+                              N_("the body is longer than the %(left)d bytes left"),
+                              left=remaining)
         # No database transaction stays open while the body streams in (it may take minutes).
         session.commit()
         digest = tus.new_checksum(checksum[0]) if checksum else None
@@ -291,7 +300,7 @@ def append(session: Session, storage: Storage, area: Path, upload: Upload, user:
         except _TooLong:
             _cut_back(out, acknowledged)
             raise UploadError(ErrorKind.TOO_LARGE,
-                              "the body is longer than the bytes left in the upload",
+                              N_("the body is longer than the bytes left in the upload"),
                               offset=acknowledged) from None
         except OSError as exc:
             _cut_back(out, acknowledged)
@@ -300,10 +309,10 @@ def append(session: Session, storage: Storage, area: Path, upload: Upload, user:
             _cut_back(out, acknowledged)
             if interrupted:
                 raise UploadError(ErrorKind.BAD_REQUEST,
-                                  "the body ended before its checksum could be verified",
+                                  N_("the body ended before its checksum could be verified"),
                                   offset=acknowledged)
             raise UploadError(ErrorKind.CHECKSUM_MISMATCH,
-                              "the body does not match Upload-Checksum", offset=acknowledged)
+                              N_("the body does not match Upload-Checksum"), offset=acknowledged)
         new_offset = acknowledged + copied
         now = now or utcnow()
         if new_offset < size:
@@ -414,8 +423,8 @@ def _held(path: Path) -> Iterator[BinaryIO | None]:
         try:
             fcntl.flock(out.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError as exc:
-            raise UploadError(ErrorKind.BUSY, "another request is writing to this upload; "
-                                              "retry shortly") from exc
+            raise UploadError(ErrorKind.BUSY, N_("another request is writing to this upload; "
+                                                 "retry shortly")) from exc
         yield out  # closing the file releases the lock
 
 
@@ -433,20 +442,20 @@ def _write_failure(exc: BaseException, acknowledged: int) -> UploadError:
     if isinstance(cause, OSError) and cause.errno in DISK_FULL:
         log.error("upload refused: the upload area or storage is full (%s)", cause)
         return UploadError(ErrorKind.STORAGE_FULL,
-                           "the server's disk is full; the upload is kept up to byte "
-                           f"{acknowledged}, try again later", offset=acknowledged)
+                           N_("the server's disk is full; the upload is kept up to byte "
+                              "%(offset)d, try again later"), offset=acknowledged)
     log.error("upload write failed: %s", exc)
-    return UploadError(ErrorKind.WRITE_FAILED, "the upload could not be written")
+    return UploadError(ErrorKind.WRITE_FAILED, N_("the upload could not be written"))
 
 
 def _already_complete(upload: Upload, offset: int, content_length: int | None) -> AppendResult:
     if offset != upload.size:
         raise UploadError(ErrorKind.OFFSET_MISMATCH,
-                          f"the upload is complete; Upload-Offset is {upload.size}",
+                          N_("the upload is complete; Upload-Offset is %(offset)d"),
                           offset=upload.size)
     if content_length:
         raise UploadError(ErrorKind.TOO_LARGE,
-                          "the upload is complete; no more bytes are accepted")
+                          N_("the upload is complete; no more bytes are accepted"))
     return AppendResult(upload)
 
 
@@ -455,12 +464,13 @@ def _data_missing(session: Session, area: Path, upload_id: str, offset: int,
     """The data file is gone: finished meanwhile, terminated meanwhile, or lost."""
     upload = _reload(session, upload_id)
     if upload is None:
-        raise UploadError(ErrorKind.NOT_FOUND, "no such upload")
+        raise UploadError(ErrorKind.NOT_FOUND, N_("no such upload"))
     if upload.completed_at is not None:
         return _already_complete(upload, offset, content_length)
     log.error("upload %s lost its data file; terminating it", upload_id)
     terminate(session, area, upload)
-    raise UploadError(ErrorKind.GONE, "the upload's data was lost; please start the upload again")
+    raise UploadError(ErrorKind.GONE,
+                      N_("the upload's data was lost; please start the upload again"))
 
 
 def _complete(session: Session, storage: Storage, upload_id: str, user: User, data: BinaryIO,
@@ -474,7 +484,7 @@ def _complete(session: Session, storage: Storage, upload_id: str, user: User, da
             session.delete(upload)
             session.commit()
             raise UploadError(ErrorKind.GONE,
-                              "the file this upload was a new version of no longer exists")
+                              N_("the file this upload was a new version of no longer exists"))
         title, category = target.title, target.category
     data.seek(0)
     try:

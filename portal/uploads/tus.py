@@ -14,6 +14,8 @@ import hashlib
 import re
 from collections.abc import Mapping
 
+from .errors import N_, WordedError
+
 VERSION = "1.0.0"
 SUPPORTED_VERSIONS = (VERSION,)
 EXTENSIONS = ("creation", "creation-with-upload", "termination", "checksum")
@@ -28,7 +30,7 @@ _KEY = re.compile(r"^[\x21-\x2b\x2d-\x7e]+$")
 _BASE64 = re.compile(r"^[A-Za-z0-9+/]*={0,2}$")
 
 
-class TusHeaderError(ValueError):
+class TusHeaderError(WordedError, ValueError):
     """A tus header that is missing where required, malformed or unsupported."""
 
 
@@ -41,21 +43,22 @@ def parse_size(value: str | None, name: str) -> int:
     """A non-negative decimal integer header (Upload-Length, Upload-Offset)."""
     value = (value or "").strip()
     if not _DIGITS.match(value):
-        raise TusHeaderError(f"{name} must be a non-negative integer")
+        raise TusHeaderError(N_("%(name)s must be a non-negative integer"), name=name)
     number = int(value)
     if number > 2**63 - 1:
-        raise TusHeaderError(f"{name} is too large")
+        raise TusHeaderError(N_("%(name)s is too large"), name=name)
     return number
 
 
-def _b64decode(text: str, what: str) -> bytes:
-    """Strict standard base64 (padding optional, as some clients omit it)."""
+def _b64decode(text: str, refusal: str, **values: object) -> bytes:
+    """Strict standard base64 (padding optional, as some clients omit it); else a
+    TusHeaderError with the given message."""
     if not _BASE64.match(text) or len(text.rstrip("=")) % 4 == 1:
-        raise TusHeaderError(f"{what} is not valid base64")
+        raise TusHeaderError(refusal, **values)
     try:
         return base64.b64decode(text + "=" * (-len(text) % 4), validate=True)
     except (binascii.Error, ValueError) as exc:
-        raise TusHeaderError(f"{what} is not valid base64") from exc
+        raise TusHeaderError(refusal, **values) from exc
 
 
 def parse_metadata(value: str | None) -> dict[str, bytes | None]:
@@ -69,19 +72,19 @@ def parse_metadata(value: str | None) -> dict[str, bytes | None]:
     if not value:
         return {}
     if len(value) > MAX_METADATA_CHARS:
-        raise TusHeaderError("Upload-Metadata is too long")
+        raise TusHeaderError(N_("Upload-Metadata is too long"))
     pairs: dict[str, bytes | None] = {}
     for item in value.split(","):
         parts = item.strip().split(" ")
         if len(parts) > 2 or not parts[0]:
-            raise TusHeaderError("Upload-Metadata must be comma-separated 'key base64' pairs")
+            raise TusHeaderError(N_("Upload-Metadata must be comma-separated 'key base64' pairs"))
         key = parts[0]
         if not _KEY.match(key):
-            raise TusHeaderError(f"invalid Upload-Metadata key {key[:40]!r}")
+            raise TusHeaderError(N_("invalid Upload-Metadata key %(key)s"), key=repr(key[:40]))
         if key in pairs:
-            raise TusHeaderError(f"duplicate Upload-Metadata key {key[:40]!r}")
-        value = _b64decode(parts[1], f"Upload-Metadata value of {key!r}") if len(
-            parts) == 2 else b""
+            raise TusHeaderError(N_("duplicate Upload-Metadata key %(key)s"), key=repr(key[:40]))
+        value = _b64decode(parts[1], N_("the Upload-Metadata value of %(key)s is not valid "
+                                        "base64"), key=repr(key)) if len(parts) == 2 else b""
         pairs[key] = value or None
     return pairs
 
@@ -112,19 +115,20 @@ def parse_checksum(value: str | None) -> tuple[str, bytes] | None:
     algorithm, _, encoded = value.partition(" ")
     algorithm = algorithm.lower()
     if algorithm not in CHECKSUM_ALGORITHMS:
-        raise TusHeaderError(
-            f"unsupported checksum algorithm {algorithm[:20]!r}; use "
-            + " or ".join(CHECKSUM_ALGORITHMS))
-    digest = _b64decode(encoded.strip(), "Upload-Checksum")
+        raise TusHeaderError(N_("unsupported checksum algorithm %(algorithm)s; use %(known)s"),
+                             algorithm=repr(algorithm[:20]), known=" / ".join(CHECKSUM_ALGORITHMS))
+    digest = _b64decode(encoded.strip(), N_("Upload-Checksum is not valid base64"))
     if len(digest) != hashlib.new(algorithm).digest_size:
-        raise TusHeaderError(f"Upload-Checksum is not a {algorithm} digest")
+        raise TusHeaderError(N_("Upload-Checksum is not a %(algorithm)s digest"),
+                             algorithm=algorithm)
     return algorithm, digest
 
 
 def new_checksum(algorithm: str):
     """A fresh hashlib object for a supported algorithm."""
     if algorithm not in CHECKSUM_ALGORITHMS:
-        raise TusHeaderError(f"unsupported checksum algorithm {algorithm!r}")
+        raise TusHeaderError(N_("unsupported checksum algorithm %(algorithm)s; use %(known)s"),
+                             algorithm=repr(algorithm), known=" / ".join(CHECKSUM_ALGORITHMS))
     return hashlib.new(algorithm)
 
 

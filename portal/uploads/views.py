@@ -12,6 +12,7 @@ import io
 from pathlib import Path
 
 from flask import Response, abort, current_app, jsonify, request, url_for
+from flask_babel import gettext
 from flask_login import current_user
 
 from ..config import settings
@@ -19,7 +20,7 @@ from ..extensions import db, login_manager
 from ..models import Upload
 from ..storage import get_storage
 from . import bp, service, tus
-from .errors import ErrorKind, UploadError
+from .errors import N_, ErrorKind, UploadError, WordedError
 
 # The status of each kind of service error; refusal() adds its data as tus headers.
 STATUS = {
@@ -51,7 +52,7 @@ def staff_only():
     if not current_user.is_staff:
         abort(404)
     if not tus.supports_version(request.headers.get("Tus-Resumable")):
-        return tus_error(412, f"send Tus-Resumable: {tus.VERSION}",
+        return tus_error(412, gettext("send Tus-Resumable: %(version)s", version=tus.VERSION),
                          {"Tus-Version": ",".join(tus.SUPPORTED_VERSIONS)})
     return None
 
@@ -80,7 +81,12 @@ def refusal(exc: UploadError, *, with_offset: bool = True) -> Response:
         headers["Upload-Offset"] = str(exc.offset)
     if exc.max_size is not None:
         headers["Tus-Max-Size"] = str(exc.max_size)
-    return tus_error(STATUS[exc.kind], exc.message, headers)
+    return tus_error(STATUS[exc.kind], words(exc), headers)
+
+
+def words(exc: WordedError) -> str:
+    """The error's message in the request's language (see ``errors.N_``)."""
+    return gettext(exc.template, **exc.values)
 
 
 def _area() -> Path:
@@ -155,21 +161,23 @@ def _creation():
     the headers in tus's order, then the size limit, then the body's media type."""
     if request.headers.get("Upload-Length") is None:
         if request.headers.get("Upload-Defer-Length"):
-            return tus_error(400, "Upload-Defer-Length is not supported; send Upload-Length")
-        return tus_error(400, "Upload-Length is required")
+            return tus_error(400, gettext("Upload-Defer-Length is not supported; send "
+                                          "Upload-Length"))
+        return tus_error(400, gettext("Upload-Length is required"))
     with_body = _has_body()
     try:
         size = tus.parse_size(request.headers.get("Upload-Length"), "Upload-Length")
         pairs = tus.parse_metadata(request.headers.get("Upload-Metadata"))
         checksum = tus.parse_checksum(request.headers.get("Upload-Checksum")) if with_body else None
     except tus.TusHeaderError as exc:
-        return tus_error(400, str(exc))
+        return tus_error(400, words(exc))
     try:
         service.check_size(size, current_app.config["MAX_UPLOAD_BYTES"])
     except UploadError as exc:
         return refusal(exc)
     if with_body and not tus.is_offset_stream(request.content_type):
-        return tus_error(415, f"a body must be sent as {tus.OFFSET_CONTENT_TYPE}")
+        return tus_error(415, gettext("a body must be sent as %(type)s",
+                                      type=tus.OFFSET_CONTENT_TYPE))
     return size, pairs, checksum, with_body
 
 
@@ -185,7 +193,7 @@ def _first_bytes(upload, area, user, with_body: bool, checksum):
             client_ip=request.remote_addr or "")
         if result.interrupted:
             raise UploadError(ErrorKind.BAD_REQUEST,
-                              "the body ended early; create the upload again")
+                              N_("the body ended early; create the upload again"))
     except UploadError as exc:
         _forget(upload_id, area)
         return refusal(exc, with_offset=False)  # the upload is removed again
@@ -227,12 +235,13 @@ def append(upload_id: str):
     """Append the body at Upload-Offset (tus core, checksum); complete the upload at its end."""
     upload = _own(upload_id)
     if not tus.is_offset_stream(request.content_type):
-        return tus_error(415, f"PATCH bodies must be {tus.OFFSET_CONTENT_TYPE}")
+        return tus_error(415, gettext("PATCH bodies must be %(type)s",
+                                      type=tus.OFFSET_CONTENT_TYPE))
     try:
         offset = tus.parse_size(request.headers.get("Upload-Offset"), "Upload-Offset")
         checksum = tus.parse_checksum(request.headers.get("Upload-Checksum"))
     except tus.TusHeaderError as exc:
-        return tus_error(400, str(exc))
+        return tus_error(400, words(exc))
     try:
         result = service.append(
             db.session, get_storage(), _area(), upload, _user(), request.stream, offset=offset,
@@ -242,8 +251,8 @@ def append(upload_id: str):
         return refusal(exc)
     headers = _progress_headers(result.upload)
     if result.interrupted:
-        return tus_error(400, "the body ended early; the bytes that arrived are kept, "
-                              "send HEAD for the offset to resume from", headers)
+        return tus_error(400, gettext("the body ended early; the bytes that arrived are "
+                                      "kept, send HEAD for the offset to resume from"), headers)
     return Response(status=204, headers=headers)
 
 

@@ -18,7 +18,8 @@ from portal.storage import StorageError, get_storage
 from portal.uploads import service, tus, views
 from portal.uploads.errors import ErrorKind, UploadError
 
-TUS = {"Tus-Resumable": "1.0.0"}
+# Messages are asserted in English; test_refusals_follow_the_request_language checks the rest.
+TUS = {"Tus-Resumable": "1.0.0", "Accept-Language": "en"}
 OFFSET_TYPE = "application/offset+octet-stream"
 
 
@@ -633,3 +634,30 @@ def test_purge_command(app, staff, runner):
     result = runner.invoke(args=["uploads", "purge", "--older-than-hours", "24"])
     assert result.exit_code == 0 and result.output.strip() == "removed 1 stale upload(s)"
     assert staff.head(old).status_code == 404
+
+
+@pytest.mark.parametrize("language, words", [
+    ("en", "the upload is larger than the limit of 10 bytes"),
+    ("zh-CN,zh;q=0.9", "上传超过了 10 字节的上限"),
+    (None, "上传超过了 10 字节的上限"),  # (the portal's default language)
+])
+def test_refusals_follow_the_request_language(app, staff, language, words):
+    """A tus refusal is worded in the request's language, its values filled in after the
+    translation, and its tus headers unchanged."""
+    app.config["MAX_UPLOAD_BYTES"] = 10
+    headers = {**staff.headers(), "Upload-Length": "11",
+               "Upload-Metadata": tus.format_metadata({"filename": "a.pdf"})}
+    del headers["Accept-Language"]  # (the helper asks for English)
+    if language is not None:
+        headers["Accept-Language"] = language
+    resp = staff.client.post("/api/uploads/", headers=headers)
+    assert resp.status_code == 413 and resp.headers["Tus-Max-Size"] == "10"
+    assert resp.get_json()["message"] == words
+
+
+def test_a_header_refusal_is_translated_with_its_values(staff):
+    resp = staff.client.post("/api/uploads/", headers={
+        **staff.headers(), "Accept-Language": "zh-CN", "Upload-Length": "3",
+        "Upload-Metadata": "filename ###"})
+    assert resp.status_code == 400
+    assert resp.get_json()["message"] == "Upload-Metadata 中 'filename' 的值不是有效的 base64"

@@ -36,7 +36,7 @@ def extracted(tmp_path_factory):
     (into a temporary file, leaving the repository's messages.pot alone)."""
     pot = tmp_path_factory.mktemp("pot") / "messages.pot"
     CommandLineInterface().run(
-        ["pybabel", "-q", "extract", "-F", str(ROOT / "babel.cfg"), "-k", "_l", "-k",
+        ["pybabel", "-q", "extract", "-F", str(ROOT / "babel.cfg"), "-k", "_l", "-k", "N_", "-k",
          "lazy_gettext", "--no-location", "-o", str(pot), str(ROOT)])
     with open(pot, "rb") as fh:
         catalog = read_po(fh)
