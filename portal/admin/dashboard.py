@@ -4,14 +4,11 @@ and the health of the parts, of the files the reader may see (analytics' scope r
 from __future__ import annotations
 
 from datetime import datetime, timedelta
-from pathlib import Path
 from zoneinfo import ZoneInfo
 
 from sqlalchemy import Connection, func, select
 
-from ..analytics import queries
-from ..analytics.eventrows import load_row
-from ..analytics.journal import live_open_starts
+from ..analytics import queries, sending
 from ..analytics.models import LogicalDownload
 from ..models import File
 
@@ -37,31 +34,29 @@ def active_downloads(conn: Connection, now: datetime, *,
             "window_minutes": int(ACTIVE_WINDOW.total_seconds() // 60)}
 
 
-def sending_now(conn: Connection, journal_dir: Path, *,
+def sending_now(conn: Connection, now_sending: sending.Sending, *,
                 readable: queries.Readable = None) -> dict:
-    """The GET responses with a body this node is sending right now (its workers' journals: a start
-    without an end), and the people (or anonymous clients) behind them, of the files
-    ``readable`` lets the reader see."""
-    rows = [load_row(record) for record in live_open_starts(journal_dir)]
-    rows = [r for r in rows if r.get("method") == "GET" and r.get("status") in (200, 206)
-            and isinstance(r.get("file_id"), int)]  # bytes going out, not a 304 or a HEAD
-    ids = {r["file_id"] for r in rows}
+    """The GET responses with a body being sent right now on every node (``sending.gather``),
+    and the people (or anonymous clients) behind them, of the files ``readable`` lets the
+    reader see; ``complete`` False when only this node could be read."""
+    rows = now_sending.rows
+    ids = {file_id for file_id, _ in rows}
     if readable is not None and ids:
         visible = set(conn.execute(select(File.id).where(File.id.in_(ids), readable))
                       .scalars())
-        rows = [r for r in rows if r["file_id"] in visible]
-    people = {r.get("user_id") or f"{r.get('client_ip')} {r.get('user_agent')}" for r in rows}
-    return {"responses": len(rows), "people": len(people)}
+        rows = [row for row in rows if row[0] in visible]
+    return {"responses": len(rows), "people": len({who for _, who in rows}),
+            "servers": now_sending.nodes, "complete": now_sending.complete}
 
 
-def dashboard(conn: Connection, tz: ZoneInfo, now: datetime, journal_dir: Path, *,
+def dashboard(conn: Connection, tz: ZoneInfo, now: datetime, now_sending: sending.Sending, *,
               readable: queries.Readable = None) -> dict:
     """Today against yesterday (downloads, people, bytes, cache hit rate), what is being
     sent now and what was active lately, and the last seven days' top files: the analytics
     queries, read once each."""
     today = queries.Period.last_days(1, tz, now)
     return {"today": queries.overview(conn, today, readable=readable),
-            "now": sending_now(conn, journal_dir, readable=readable),
+            "now": sending_now(conn, now_sending, readable=readable),
             "active": active_downloads(conn, now, readable=readable),
             "top": queries.top_files(conn, queries.Period.last_days(7, tz, now), limit=TOP,
                                      readable=readable)}

@@ -32,7 +32,7 @@ def index():
     (staff see the numbers of the files they may read only)."""
     zone = ZoneInfo(settings().analytics_timezone)
     board = dashboard(db.session.connection(), zone, datetime.now(UTC),
-                      recording.recorder(current_app).journal_dir(),
+                      recording.recorder(current_app).sending_now(),
                       readable=queries.scope_of(current_user))
     return render_template("admin/index.html", board=board, health=health_report())
 

@@ -22,6 +22,15 @@ class AnalyticsKeys:
     #: What nginx's log said about an event, until joined to it: event key -> JSON.
     nginx_sent: str
 
+    @property
+    def sending_nodes(self) -> str:
+        """The nodes that published what they send now (analytics/sending.py): node -> time."""
+        return f"{self.stream.rsplit(':', 1)[0]}:sending:nodes"
+
+    def sending(self, node: str) -> str:
+        """One node's summary of the responses it is sending now (JSON, expiring)."""
+        return f"{self.stream.rsplit(':', 1)[0]}:sending:node:{node}"
+
     def nginx_state(self, host: str, path: str) -> str:
         """How far one nginx host's event log has been read: {"inode", "offset"} (each node
         with its own nginx reads its own file)."""

@@ -34,7 +34,9 @@ instance folder), which must be on the node's local disk.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import logging
+import math
 import os
 import secrets
 import socket
@@ -50,7 +52,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from ..cache.connection import Outage
 from ..coherence import coherence
 from ..extensions import db
-from . import materialise, nginximport
+from . import materialise, nginximport, sending
 from .eventrows import (
     dump_row,
     event_row,  # noqa: F401  (portal/download calls it as recorder.event_row)
@@ -99,6 +101,7 @@ class Recorder:
         self._ends: list[dict] = []  # finished events waiting for the shipper
         self._ship_wake = threading.Event()
         self._shipper: threading.Thread | None = None
+        self._published = -math.inf  # when this process last published what is being sent
 
     # -- identity -------------------------------------------------------------------------
 
@@ -260,6 +263,7 @@ class Recorder:
             nginx = self.config["ANALYTICS_NGINX_IMPORT"] == "workers"
         self.nginx_behind = False
         self.ship_pending()
+        self.publish_sending()
         written = 0
         r = self.redis()
         token = f"{self.token}:{threading.get_ident()}"
@@ -284,6 +288,24 @@ class Recorder:
                 except redis.RedisError:
                     pass
         return written
+
+    def publish_sending(self) -> None:
+        """Tell the other nodes' overviews what this node sends now (sending.py), at most
+        every PUBLISH_SECONDS; with Redis down they show their own node and say so."""
+        now = time.monotonic()
+        if now - self._published < sending.PUBLISH_SECONDS:
+            return
+        self._published = now
+        with contextlib.suppress(redis.RedisError):
+            sending.publish(self.redis(), self.keys(), self.journal_dir())
+
+    def sending_now(self) -> sending.Sending:
+        """What every node is sending now (this one read live), for the admin overview."""
+        try:
+            keys = self.keys()
+        except redis.RedisError:
+            keys = None
+        return sending.gather(self.redis(), keys, self.journal_dir())
 
     def _flush_stream(self, r: redis.Redis, keys: AnalyticsKeys,
                       max_batches: int | None) -> int:

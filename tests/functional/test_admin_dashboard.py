@@ -104,6 +104,42 @@ def test_a_response_being_sent_is_downloading_now(world, app, client, login):
     assert _tiles(client.get("/admin/").get_data(as_text=True))["now"] == "0"
 
 
+def test_downloading_now_adds_up_every_node(world, app, client, login, make_app, tmp_path):
+    """Two nodes on one database and Redis, each with its own journals: a response being sent
+    by node B shows on node A's overview once B's flusher has published it, with the number
+    of servers; its summary expires, and once B publishes that it ended, it is gone."""
+    from portal.analytics import sending
+
+    _open_id, secret_id = world
+    node_b = make_app(ANALYTICS_JOURNAL_DIR=str(tmp_path / "node-b"))
+    browser_b = node_b.test_client()
+    token = csrf_from(browser_b.get("/login").get_data(as_text=True))
+    assert browser_b.post("/login", data={"username": "someone", "password": "password123",
+                                          "csrf_token": token}).status_code == 302
+    body = browser_b.get(f"/files/{secret_id}/download")  # not closed: being sent by B
+    assert body.status_code == 200
+    rec_b = recorder(node_b)
+    try:
+        login("boss")
+        html = client.get("/admin/").get_data(as_text=True)
+        assert _tiles(html)["now"] == "0"  # B has not published yet
+        rec_b.flush()  # (B's flusher publishes as it flushes)
+        html = client.get("/admin/").get_data(as_text=True)
+        assert _tiles(html)["now"] == "1" and 'data-servers="2"' in html
+        assert "人数 1 · 服务器 2 台" in html
+        with node_b.app_context():
+            key = rec_b.keys().sending(sending.node_of(rec_b.journal_dir()))
+        assert 0 < rec_b.redis().ttl(key) <= sending.EXPIRE_SECONDS
+        login("teacher")  # B's download is of a file the teacher may not read
+        assert _tiles(client.get("/admin/").get_data(as_text=True))["now"] == "0"
+    finally:
+        body.close()
+    with node_b.app_context():
+        sending.publish(rec_b.redis(), rec_b.keys(), rec_b.journal_dir())
+    login("boss")
+    assert _tiles(client.get("/admin/").get_data(as_text=True))["now"] == "0"
+
+
 def test_an_old_download_is_not_active(app, world, client, login):
     with app.app_context():
         for row in db.session.scalars(select(LogicalDownload)):
@@ -132,6 +168,7 @@ def test_redis_down_is_shown_not_a_500(make_app, make_user):
     html = resp.get_data(as_text=True)
     assert resp.status_code == 200
     assert "✗ 不可用" in html and "下载仍可进行" in html
+    assert "其他服务器暂时无法读取" in html  # "downloading now" counts this node only
     assert html.count("✓ 正常") == 2  # the database and the storage
 
 
