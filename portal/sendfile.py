@@ -88,6 +88,13 @@ def _tcp_state(sock) -> int | None:
         return None
 
 
+def peer_closed(sock) -> bool:
+    """True once the peer has closed its side of this TCP connection (any state but
+    ESTABLISHED); False while it is open, or where the state cannot be read."""
+    state = _tcp_state(sock)
+    return state is not None and state != _TCP_ESTABLISHED
+
+
 class Acknowledged:
     """How much of a body written to a TCP socket the peer has acknowledged.
 

@@ -19,6 +19,7 @@ from pathlib import Path
 import redis
 from sqlalchemy.exc import SQLAlchemyError
 
+from ..download import limits
 from ..download.http import RangeOutcome, select_ranges
 from . import nginxlog, pacing
 from .eventrows import event_row, load_row
@@ -70,6 +71,9 @@ def import_new_lines(r: redis.Redis, keys: AnalyticsKeys, config,
             began = time.monotonic()
             lines, state, more = nginxlog.read_new(Path(path), state)
             sent = [line for line in lines if isinstance(line, nginxlog.Sent)]
+            # Connections those responses held stop counting now, not at their expiry.
+            if leases := [s.lease for s in sent if s.lease]:
+                limits.release_handed(r, leases)
             if sent:  # kept in Redis before the offset moves past them
                 r.hset(keys.nginx_sent, mapping={
                     s.event_key: json.dumps([s.status, s.bytes_sent,

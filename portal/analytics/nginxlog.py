@@ -6,7 +6,8 @@ count as a complete download). deploy/nginx.conf therefore writes one JSON line 
 handed-off download to its own log, keyed by the event key the portal put in the
 ``X-Portal-Event`` header of its response (nginx never passes it to the client)::
 
-    {"event":"<32 hex>","status":206,"bytes":1048576,"time":"2026-11-29T23:21:29+00:00"}
+    {"event":"<32 hex>","status":206,"bytes":1048576,"time":"2026-11-29T23:21:29+00:00",
+     "lease":"<the X-Portal-Lease token, when the download held a connection lease>"}
 
 ``$body_bytes_sent`` counts the bytes nginx gave the kernel, which is more than the client
 received when it aborts with data still in the socket buffers (the portal's own sendfile
@@ -42,6 +43,7 @@ class Sent(NamedTuple):
     status: int
     bytes_sent: int
     ended_at: datetime
+    lease: str = ""  # X-Portal-Lease: the connection lease this response held (limits.py)
 
 
 class Granted(NamedTuple):
@@ -101,7 +103,9 @@ def _from_fields(data: object) -> Sent | Granted | None:
         key = data["event"]
         if not _hex_key(key):
             return None
-        return Sent(key, int(data["status"]), int(data["bytes"]), _time(data["time"]))
+        lease = data.get("lease", "")
+        return Sent(key, int(data["status"]), int(data["bytes"]), _time(data["time"]),
+                    lease if isinstance(lease, str) else "")
     except (ValueError, KeyError, TypeError, AttributeError):
         return None
 

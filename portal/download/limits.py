@@ -29,10 +29,12 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import socket
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 import redis
@@ -51,19 +53,48 @@ STATS_FIELDS = {
 }
 
 _ACQUIRE = """
-local now, expiry = tonumber(ARGV[1]), tonumber(ARGV[2])
+local now, expiry = tonumber(ARGV[1]), ARGV[2]
 local limit, budget, ttl = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
 redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
-local held = redis.call('ZCARD', KEYS[1])
-if limit > 0 and held >= limit then return {1, held} end
-if budget > 0 and redis.call('ZCARD', KEYS[2]) >= budget then return {2, held} end
+-- The same member again is the next request on one nginx client connection: the response
+-- before it is over, so its lease is this one's, not one more.
+local again = redis.call('ZSCORE', KEYS[1], ARGV[3]) and 1 or 0
+local again_node = redis.call('ZSCORE', KEYS[2], ARGV[3]) and 1 or 0
+local held = redis.call('ZCARD', KEYS[1]) - again
+local verdict = 0
+if limit > 0 and held >= limit then verdict = 1
+elseif budget > 0 and redis.call('ZCARD', KEYS[2]) - again_node >= budget then verdict = 2
+end
+if verdict > 0 then
+  redis.call('ZREM', KEYS[1], ARGV[3])
+  redis.call('ZREM', KEYS[2], ARGV[3])
+  return {verdict, held}
+end
 redis.call('ZADD', KEYS[1], expiry, ARGV[3])
 redis.call('EXPIRE', KEYS[1], ttl)
 redis.call('ZADD', KEYS[2], expiry, ARGV[3])
 redis.call('EXPIRE', KEYS[2], ttl)
 return {0, held + 1}
 """
+
+#: A lease handed to nginx ends when nginx's log says its response is over: removed from
+#: each set only while it still has the expiry it was handed over with (the same nginx
+#: connection's next response may have taken the member since).
+_RELEASE_HANDED = """
+for i = 1, #KEYS do
+  local score = redis.call('ZSCORE', KEYS[i], ARGV[1])
+  if score and tonumber(score) == tonumber(ARGV[2]) then redis.call('ZREM', KEYS[i], ARGV[1]) end
+end
+return 0
+"""
+
+#: What nginx's X-Portal-Connection may hold (deploy/nginx.conf: host, worker pid, the
+#: connection's serial number); anything else is ignored.
+_CONNECTION = re.compile(r"[A-Za-z0-9_.:-]{1,128}")
+
+#: How often a refused x-accel download asks again while nginx's log may free a lease.
+HANDED_POLL_SECONDS = 0.1
 
 
 # ---------------------------------------------------------------------------
@@ -137,13 +168,25 @@ def needs_admission(settings: Settings) -> bool:
 # ---------------------------------------------------------------------------
 
 
+def conn_key(person_key: str) -> str:
+    """The sorted set of one person's leases (all nodes)."""
+    return f"portal:download:conn:{person_key}"
+
+
+def node_key(node: str) -> str:
+    """The sorted set of one node's leases."""
+    return f"portal:download:node:{node}"
+
+
 class Lease:
     """One admitted download connection: released once when its body closes."""
 
-    __slots__ = ("id", "pacer", "person", "rate", "released", "slots")
+    __slots__ = ("id", "local", "pacer", "person", "rate", "released", "slots")
 
-    def __init__(self, slots: Slots, person: Person, lease_id: str) -> None:
+    def __init__(self, slots: Slots, person: Person, lease_id: str, *,
+                 local: bool = False) -> None:
         self.slots, self.person, self.id = slots, person, lease_id
+        self.local = local  # counted by this worker alone (Redis was down)
         self.rate: int | None = None  # this connection's share, for nginx
         self.pacer: Bucket | None = None
         self.released = False
@@ -154,10 +197,12 @@ class Lease:
             self.released = True
             self.slots._release(self)
 
-    def hand_over(self, seconds: float) -> None:
+    def hand_over(self, seconds: float) -> str:
         """nginx sends this connection's bytes: the lease stops being renewed here and
-        expires in ``seconds`` (the portal never learns when nginx finishes)."""
-        self.slots._hand_over(self, seconds)
+        expires in ``seconds`` at the latest. Returns the token for X-Portal-Lease: nginx
+        logs it when the response is over, and the log's reader ends the lease then
+        (:func:`release_handed`)."""
+        return self.slots._hand_over(self, seconds)
 
     def on_close(self, callback):
         """``callback`` preceded by this lease's release (a body's on_close)."""
@@ -215,6 +260,8 @@ class Slots:
         self.leases: dict[str, Lease] = {}
         self.local: dict[str, int] = {}  # person key -> this worker's connections
         self.local_node = 0
+        # handed to nginx while Redis was down: lease id -> (person key, expiry)
+        self.handed: dict[str, tuple[str, float]] = {}
         self.counts: dict[str, int] = {}  # person key -> all their connections (last seen)
         self.buckets: dict[str, Bucket] = {}
         self.lock = threading.Lock()
@@ -224,16 +271,19 @@ class Slots:
         self._pid = os.getpid()
 
     def _key(self, person_key: str) -> str:
-        return f"portal:download:conn:{person_key}"
+        return conn_key(person_key)
 
     def _node_key(self) -> str:
-        return f"portal:download:node:{self.node}"
+        return node_key(self.node)
 
-    def acquire(self, person: Person, settings: Settings, *, large: bool) -> Lease | Refusal:
-        """A lease for one more connection of this person, or why not."""
+    def acquire(self, person: Person, settings: Settings, *, large: bool,
+                lease_id: str | None = None, tally: bool = True) -> Lease | Refusal:
+        """A lease for one more connection of this person, or why not (counted in the
+        refusal counters unless ``tally`` is False). ``lease_id``: the nginx client
+        connection's (:func:`admit`); a lease of the same id is replaced."""
         limit = person.limit.connections or 0
         budget = settings.download_admission_connections if large else 0
-        lease_id = f"{self.worker}:{uuid.uuid4().hex[:12]}"
+        lease_id = lease_id or f"{self.worker}:{uuid.uuid4().hex[:12]}"
         seconds = settings.download_lease_seconds
         retry = settings.download_retry_after_seconds
         now = time.time()
@@ -244,12 +294,11 @@ class Slots:
             self.outage.recovered()
         except redis.RedisError as exc:
             self.outage.failed(exc)
-            verdict, held = self._acquire_locally(person, limit, budget)
-        if verdict == 1:
-            return self._refused(Refusal(429, retry))
-        if verdict == 2:
-            return self._refused(Refusal(503, retry))
-        lease = Lease(self, person, lease_id)
+            verdict, held = self._acquire_locally(person, limit, budget, lease_id)
+        if verdict in (1, 2):
+            refused = Refusal(429 if verdict == 1 else 503, retry)
+            return self._refused(refused) if tally else refused
+        lease = Lease(self, person, lease_id, local=verdict == 3)
         with self.lock:
             self.leases[lease_id] = lease
             self.local[person.key] = self.local.get(person.key, 0) + 1
@@ -263,12 +312,18 @@ class Slots:
             self.count("throttled")
         return lease
 
-    def _acquire_locally(self, person: Person, limit: int, budget: int) -> tuple[int, int]:
+    def _acquire_locally(self, person: Person, limit: int, budget: int,
+                         lease_id: str) -> tuple[int, int]:
         with self.lock:
-            held = self.local.get(person.key, 0)
+            now = time.time()
+            self.handed.pop(lease_id, None)  # that nginx connection's last response is over
+            for gone in [k for k, (_, expiry) in self.handed.items() if expiry <= now]:
+                del self.handed[gone]
+            handed = [who for who, _ in self.handed.values()]
+            held = self.local.get(person.key, 0) + handed.count(person.key)
             if limit and held >= limit:
                 return 1, held
-            if budget and self.local_node >= budget:
+            if budget and self.local_node + len(handed) >= budget:
                 return 2, held
             return 3, held + 1
 
@@ -291,17 +346,24 @@ class Slots:
             total = max(self.counts.get(person.key, 1), self.local.get(person.key, 1), 1)
             bucket.rate = person.limit.rate * self.local.get(person.key, 1) / total
 
-    def _hand_over(self, lease: Lease, seconds: float) -> None:
+    def _hand_over(self, lease: Lease, seconds: float) -> str:
         self._forget(lease)
         lease.released = True
-        expiry = time.time() + seconds
-        try:
-            pipe = self.redis.pipeline(transaction=False)
-            pipe.zadd(self._key(lease.person.key), {lease.id: expiry}, xx=True)
-            pipe.zadd(self._node_key(), {lease.id: expiry}, xx=True)
-            pipe.execute()
-        except redis.RedisError:
-            pass
+        # Millisecond text: the same number in Redis and in the token, compared exactly.
+        expiry = f"{time.time() + seconds:.3f}"
+        if lease.local:
+            with self.lock:
+                self.local_node = max(0, self.local_node - 1)
+                self.handed[lease.id] = (lease.person.key, float(expiry))
+        else:
+            try:
+                pipe = self.redis.pipeline(transaction=False)
+                pipe.zadd(self._key(lease.person.key), {lease.id: expiry}, xx=True)
+                pipe.zadd(self._node_key(), {lease.id: expiry}, xx=True)
+                pipe.execute()
+            except redis.RedisError:
+                pass
+        return f"{expiry} {self.node} {lease.person.key} {lease.id}"
 
     def _forget(self, lease: Lease) -> None:
         key = lease.person.key
@@ -320,14 +382,14 @@ class Slots:
     def _release(self, lease: Lease) -> None:
         key = lease.person.key
         self._forget(lease)
-        try:
+        if lease.local:
+            with self.lock:
+                self.local_node = max(0, self.local_node - 1)
+        with contextlib.suppress(redis.RedisError):
             pipe = self.redis.pipeline(transaction=False)
             pipe.zrem(self._key(key), lease.id)
             pipe.zrem(self._node_key(), lease.id)
             pipe.execute()
-        except redis.RedisError:
-            with self.lock:
-                self.local_node = max(0, self.local_node - 1)
 
     def count(self, field: str) -> None:
         """One more refused or throttled connection (lost while Redis is down)."""
@@ -441,28 +503,90 @@ def stats(client: redis.Redis) -> dict[str, int] | None:
 # ---------------------------------------------------------------------------
 
 
-def admit(app, planned, settings: Settings):
+def admit(app, planned, settings: Settings, connection: str | None = None,
+          gone: Callable[[], bool] | None = None):
     """``(plan, lease)`` when this download may start now (lease None: nothing counted),
     else ``(None, Refusal)``. Only plans that send a body count (``plan.person`` set: HEAD,
-    304, 412, 416 and refusals pass untouched). Under x-accel, nginx sends the bytes: the
-    plan gets X-Accel-Limit-Rate (the person's rate divided by their open connections) and
-    the lease is left to expire when the transfer at that rate would have ended."""
+    304, 412, 416 and refusals pass untouched).
+
+    Under x-accel, nginx sends the bytes and the portal does not see them end. The plan gets
+    X-Accel-Limit-Rate (the person's rate divided by their open connections) and
+    X-Portal-Lease, which nginx logs when the response is over (the log's reader then ends
+    the lease, :func:`release_handed`); the lease expires anyway when the transfer at that
+    rate would have ended, or after DOWNLOAD_LEASE_SECONDS. ``connection`` is nginx's
+    X-Portal-Connection, the client connection's name: the lease is named after it, so the
+    next request on that connection (a download manager's next segment) takes the place of
+    the response before it, which is over, instead of counting twice. ``gone`` says whether
+    nginx has stopped waiting for this answer (see :func:`_await_handed`)."""
     if not counts(planned, settings):
         return planned, None
     person = planned.person
     large = _planned_bytes(planned) >= settings.download_admission_min_bytes
-    got = slots(app).acquire(person, settings, large=large)
+    xaccel = _is_xaccel(planned)
+    lease_id = (f"x:{connection}" if xaccel and connection and _CONNECTION.fullmatch(connection)
+                else None)
+    got = slots(app).acquire(person, settings, large=large, lease_id=lease_id,
+                             tally=not xaccel)
+    if xaccel and isinstance(got, Refusal):
+        got = _await_handed(app, person, settings, large, lease_id, got, gone)
     if isinstance(got, Refusal):
         return None, got
-    if _is_xaccel(planned):
+    if xaccel:
         headers = list(planned.headers)
         seconds = settings.download_lease_seconds
         if got.rate is not None:
             headers.append(("X-Accel-Limit-Rate", str(got.rate)))
             seconds = max(seconds, _planned_bytes(planned) / got.rate + 1)
-        got.hand_over(seconds)
+        headers.append(("X-Portal-Lease", got.hand_over(seconds)))
         return replace(planned, headers=headers), None
     return planned, got
+
+
+def _await_handed(app, person: Person, settings: Settings, large: bool,
+                  lease_id: str | None, refused: Refusal,
+                  gone: Callable[[], bool] | None) -> Lease | Refusal:
+    """Under x-accel a person's leases may belong to downloads nginx has finished but whose
+    log lines the flusher has not read yet (nginx writes them within a second; the flusher
+    reads every ANALYTICS_FLUSH_SECONDS). A download manager asks for its next segment the
+    moment one ends, often on another of its connections, and aria2c gives up on a 429: so
+    the person's limit is asked again for up to that long before the refusal is sent. The
+    node's budget is not waited for (503 is retried by every client). A client that leaves
+    meanwhile (``gone``: nginx closed the request) takes no lease: nginx would never log
+    the answer, and the lease would count until it expired."""
+    deadline = time.monotonic() + settings.analytics_flush_seconds + 2.0
+    place = slots(app)
+    while refused.status == 429 and time.monotonic() < deadline:
+        time.sleep(HANDED_POLL_SECONDS)  # a cooperative sleep under gevent
+        if gone is not None and gone():
+            break
+        got = place.acquire(person, settings, large=large, lease_id=lease_id, tally=False)
+        if isinstance(got, Lease):
+            return got
+        refused = got
+    return place._refused(refused)
+
+
+def release_handed(client: redis.Redis, tokens: list[str]) -> int:
+    """End the leases nginx's log says are over (tokens of X-Portal-Lease, from lines the
+    nginx import reads): each only if the lease still has the expiry it was handed over
+    with. Returns how many tokens were well-formed; raises RedisError."""
+    script = client.register_script(_RELEASE_HANDED)
+    pipe = client.pipeline(transaction=False)
+    done = 0
+    for token in tokens:
+        parts = token.split(" ")
+        if len(parts) != 4:
+            continue
+        expiry, node, person_key, lease_id = parts
+        try:
+            float(expiry)
+        except ValueError:
+            continue
+        script(keys=[conn_key(person_key), node_key(node)], args=[lease_id, expiry], client=pipe)
+        done += 1
+    if done:
+        pipe.execute()
+    return done
 
 
 def counts(planned, settings: Settings) -> bool:

@@ -10,6 +10,7 @@ from flask import Response, abort, current_app, request
 from .. import cache
 from ..analytics import recorder as analytics
 from ..config import settings
+from ..sendfile import peer_closed
 from ..storage import StorageError
 from . import http, limits
 from .body import CountedBody, TrackedFile, can_sendfile
@@ -28,7 +29,10 @@ def response_for(plan: DownloadPlan, storage) -> Response:
         # No body argument: Response(b"") would overwrite Content-Length with 0.
         return Response(status=plan.status, headers=plan.headers)
     app = current_app._get_current_object()
-    plan, lease = limits.admit(app, plan, settings())
+    sock = request.environ.get("gunicorn.socket")
+    plan, lease = limits.admit(app, plan, settings(),
+                               connection=request.headers.get("X-Portal-Connection"),
+                               gone=lambda: peer_closed(sock))
     if plan is None:
         return refused(lease)
     # The event is recorded when the body closes (portal/analytics: journaled now, written

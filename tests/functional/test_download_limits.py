@@ -346,3 +346,77 @@ def test_curl_and_wget_wait_for_a_free_connection_when_told_to(server, site, tmp
                 stop_process(proc)
         assert client.wait(60) == 0
         assert sha256_file(tmp_path / name) == site.sha256
+
+
+
+def forget_other_servers_leases(client: redis.Redis) -> None:
+    """The leases earlier tests' servers left behind (handed to an nginx whose log nobody
+    reads now, they would count until they expire)."""
+    client.delete("portal:download:conn:ip:127.0.0.1", "portal:download:conn:ip:127.0.0.2",
+                  f"portal:download:node:{socket.gethostname()}")
+
+
+@pytest.fixture(scope="module")
+def behind_nginx(site, tmp_path_factory):
+    """The deploy nginx in x-accel mode before 2 gunicorn workers (its event log read by
+    the flusher, the client's address taken from X-Forwarded-For), with an admission
+    budget of 6 large downloads."""
+    require_tool("nginx")
+    nginx_dir = tmp_path_factory.mktemp("nginx-limits")
+    backend = Gunicorn(site.instance, sendfile="x-accel", env={
+        "PORTAL_DOWNLOAD_ADMISSION_CONNECTIONS": "6", "PORTAL_TRUSTED_PROXIES": "1",
+        "PORTAL_ANALYTICS_NGINX_LOG": str(nginx_dir / "logs" / "portal_events.log")})
+    with backend, Nginx(nginx_dir, backend) as nginx:
+        yield nginx
+
+
+def test_aria2c_through_nginx_finishes_under_the_limit_twice_in_a_row(site, behind_nginx,
+                                                                      tmp_path):
+    """nginx sends the bytes, so the portal never sees a segment end. A segment's next
+    request on the same connection takes its lease over (X-Portal-Connection), and nginx's
+    log line ends the lease when the download is over: without either, the leases of
+    finished segments held the four connections and aria2c failed (exit 22)."""
+    aria2c = require_tool("aria2c")
+    url = f"{behind_nginx.base_url}/files/{site.public_id}/download"
+    r = redis.Redis.from_url(site.instance.env["PORTAL_REDIS_URL"])
+    forget_other_servers_leases(r)
+    refused = int(r.hget("portal:download:limits", "refused_person") or 0)
+    for run_no, connections in enumerate((16, 8)):
+        out = tmp_path / str(run_no)
+        run([aria2c, f"-x{connections}", f"-s{connections}", "-k1M", "-d", out, "-q",
+             "--summary-interval=0", "--max-overall-download-limit=12M",
+             "--auto-file-renaming=false", "-U", tag("aria2c-nginx"), url])
+        assert sha256_file(out / NAME) == site.sha256
+        # the log's lines end the leases within seconds, not after the 30 s lease
+        wait_for(lambda: held(r, "ip:127.0.0.1") == 0, 10, "the leases ended by nginx's log")
+    assert int(r.hget("portal:download:limits", "refused_person") or 0) > refused
+
+
+def test_past_the_admission_budget_nginx_answers_503_and_pages_go_on(site, behind_nginx):
+    """Six large downloads held (two people with three connections each): one more of
+    either, within their limit of four, gets 503 with Retry-After through nginx, while
+    pages, sign-in and a small file answer and the six keep going; once they end (nginx's
+    log ends their leases) it is admitted again."""
+    base = behind_nginx.base_url
+    url = f"{base}/files/{site.public_id}/download"
+    r = redis.Redis.from_url(site.instance.env["PORTAL_REDIS_URL"])
+    forget_other_servers_leases(r)
+    # two people (addresses) of the portal's own: 127.0.0.1 and 127.0.0.2
+    holders = slow_curls(url, 3) + [
+        subprocess.Popen([require_tool("curl"), "-sS", "-o", os.devnull, "--limit-rate", "64K",
+                          "--interface", "127.0.0.2", url])
+        for _ in range(3)]
+    try:
+        wait_for(lambda: node_held(r) == 6, 10, "6 connections on the node")
+        status, headers, _ = request(base, "GET", f"/files/{site.public_id}/download")
+        assert status == 503 and int(headers["Retry-After"]) >= 1
+        status, _, body = request(base, "GET", f"/files/{site.small_id}/download")
+        assert status == 200 and hashlib.sha256(body).hexdigest() == site.small
+        assert request(base, "GET", "/login")[0] == 200
+        assert all(proc.poll() is None for proc in holders)
+    finally:
+        for proc in holders:
+            stop_process(proc)
+    wait_for(lambda: node_held(r) == 0, 10, "the node's connections ended by nginx's log")
+    status, _, body = request(base, "GET", f"/files/{site.public_id}/download")
+    assert status == 200 and hashlib.sha256(body).hexdigest() == site.sha256

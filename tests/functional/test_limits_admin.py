@@ -99,3 +99,68 @@ def test_the_zip_door_applies_the_same_limit(limited, app, client, make_user, lo
     assert archive.status_code == 200
     assert client.get(f"/files/{ids[1]}/download").status_code == 429  # the zip holds it
     archive.close()
+
+
+def test_leases_handed_to_nginx_end_by_its_log_unless_taken_over(limited, app):
+    """Real Redis: nginx's log line ends a handed-over lease; a line of a response whose
+    connection has since taken the lease for its next response leaves it alone."""
+    from portal.download import limits as dl
+    from portal.settings import Limit, Settings
+
+    settings = Settings(download_limits={"student": {"connections": 2}},
+                        download_lease_seconds=30)
+    client = app.extensions["portal_redis"]
+    slots = dl.Slots(app, client)
+    person = dl.Person("u:41", Limit(2, None))
+    key = "portal:download:conn:u:41"
+    first = slots.acquire(person, settings, large=True, lease_id="x:nginx:1:7")
+    old_token = first.hand_over(30)
+    # the next segment on the same nginx connection: its lease, not one more
+    again = slots.acquire(person, settings, large=True, lease_id="x:nginx:1:7")
+    assert isinstance(again, dl.Lease) and client.zcard(key) == 1
+    token = again.hand_over(31)
+    other = slots.acquire(person, settings, large=True, lease_id="x:nginx:1:8")
+    assert isinstance(other, dl.Lease)
+    other_token = other.hand_over(30)
+    assert slots.acquire(person, settings, large=True).status == 429
+    assert dl.release_handed(client, [old_token, "not a token", ""]) == 1
+    assert client.zcard(key) == 2  # the first response's line: its lease was taken over
+    dl.release_handed(client, [token, other_token])
+    assert client.zcard(key) == 0 and client.zcard(dl.node_key(slots.node)) == 0
+
+
+def test_with_redis_down_leases_handed_to_nginx_count_until_they_expire(limited, app):
+    """No Redis: a worker counts the downloads it handed to nginx against the person's
+    limit and the node's budget until their leases would have expired (they used to stop
+    counting at once, and the node's count never went down again)."""
+    import socket
+    import time
+
+    from portal.cache.connection import make_client
+    from portal.download import limits as dl
+    from portal.settings import Limit, Settings
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # nothing listens there
+    slots = dl.Slots(app, make_client(f"redis://127.0.0.1:{port}/0"))
+    settings = Settings(download_limits={"student": {"connections": 2}},
+                        download_admission_connections=3, download_lease_seconds=3)
+    student, guest = dl.Person("u:7", Limit(2, None)), dl.Person("ip:1", Limit())
+    for conn in ("x:n:1:1", "x:n:1:2"):
+        lease = slots.acquire(student, settings, large=True, lease_id=conn)
+        assert isinstance(lease, dl.Lease) and lease.local
+        lease.hand_over(3.0)
+    assert slots.local_node == 0  # handed over: counted among the handed ones instead
+    assert slots.acquire(student, settings, large=True).status == 429
+    # the same nginx connection's next request takes its lease's place
+    lease = slots.acquire(student, settings, large=True, lease_id="x:n:1:1")
+    assert isinstance(lease, dl.Lease)
+    lease.hand_over(3.0)
+    held = slots.acquire(guest, settings, large=True)  # the node's third connection
+    assert isinstance(held, dl.Lease)
+    assert slots.acquire(guest, settings, large=True).status == 503
+    time.sleep(3.1)  # the handed leases expire
+    assert isinstance(slots.acquire(student, settings, large=True), dl.Lease)
+    held.release()
+    assert slots.local_node == 1
