@@ -120,7 +120,10 @@ def post_request(worker, req, environ, resp):
 
 
 def worker_exit(server, worker):
-    """Write the download events this worker still buffers (portal/analytics/recorder.py)."""
+    """Write the download events this worker still buffers (portal/analytics/recorder.py)
+    and end the connection leases it holds (portal/download/limits.py)."""
     from portal.analytics import recorder
+    from portal.download import limits
 
     recorder.shutdown_all()
+    limits.release_all()

@@ -26,6 +26,7 @@ with one fixed number per zone, not per role.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import logging
 import os
@@ -461,13 +462,39 @@ class Slots:
             return None
 
 
+    def release_all(self) -> None:
+        """This worker is exiting: the connections it still sends stop counting now, not
+        when their leases expire (a restarted node would find its budget taken for that
+        long). Leases handed to nginx stay: nginx goes on sending them."""
+        with self.lock:
+            leases = list(self.leases.values())
+        for lease in leases:
+            lease.release()
+
+
+_LIVE: dict[int, Slots] = {}  # this process's Slots, by app
+
+
 def slots(app) -> Slots:
     """The app's Slots (made on first use in each worker process)."""
     held = app.extensions.get("portal_download_slots")
     if held is None or held._pid != os.getpid():
         held = app.extensions["portal_download_slots"] = Slots(
             app, app.extensions["portal_redis"])
+        _LIVE[id(app)] = held
     return held
+
+
+def release_all() -> None:
+    """End the leases of every connection this process still sends (gunicorn
+    ``worker_exit``, atexit)."""
+    for held in list(_LIVE.values()):
+        if held._pid == os.getpid():
+            held.release_all()
+    _LIVE.clear()
+
+
+atexit.register(release_all)
 
 
 def in_force(app, settings: Settings) -> dict:

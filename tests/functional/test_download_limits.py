@@ -213,6 +213,26 @@ def test_a_killed_workers_leases_expire(site, tmp_path):
         assert status == 200 and hashlib.sha256(body).hexdigest() == site.sha256
 
 
+def test_a_stopped_server_ends_the_leases_of_what_it_was_sending(site):
+    """gunicorn stopped while sending three downloads: its worker ends their leases on the
+    way out, so a restarted node does not find its budget taken until they expire."""
+    r = redis.Redis.from_url(site.instance.env["PORTAL_REDIS_URL"])
+    forget_other_servers_leases(r)
+    with Gunicorn(site.instance, workers=1) as g:
+        holders = slow_curls(f"{g.base_url}/files/{site.public_id}/download", 3)
+        try:
+            wait_for(lambda: held(r, "ip:127.0.0.1") == 3, 10, "3 leases")
+        except BaseException:
+            for proc in holders:
+                stop_process(proc)
+            raise
+    try:
+        assert held(r, "ip:127.0.0.1") == 0 and node_held(r) == 0
+    finally:
+        for proc in holders:
+            stop_process(proc)
+
+
 def test_redis_down_counts_per_worker_and_never_fails(tmp_path):
     with PrivateRedis(tmp_path / "redis") as private:
         instance = make_instance(tmp_path / "portal", private.url,
