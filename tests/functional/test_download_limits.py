@@ -390,8 +390,8 @@ def behind_nginx(site, tmp_path_factory):
         yield nginx
 
 
-def test_aria2c_through_nginx_finishes_under_the_limit_twice_in_a_row(site, behind_nginx,
-                                                                      tmp_path):
+def test_aria2c_wget_and_curl_through_nginx_finish_under_the_limit(site, behind_nginx,
+                                                                  tmp_path):
     """nginx sends the bytes, so the portal never sees a segment end. A segment's next
     request on the same connection takes its lease over (X-Portal-Connection), and nginx's
     log line ends the lease when the download is over: without either, the leases of
@@ -410,6 +410,13 @@ def test_aria2c_through_nginx_finishes_under_the_limit_twice_in_a_row(site, behi
         # the log's lines end the leases within seconds, not after the 30 s lease
         wait_for(lambda: held(r, "ip:127.0.0.1") == 0, 10, "the leases ended by nginx's log")
     assert int(r.hget("portal:download:limits", "refused_person") or 0) > refused
+    # and the single-connection clients resume through nginx under the same limit
+    for name, cmd in (("wget.bin", [require_tool("wget"), "-q", "-c", "-O"]),
+                      ("curl.bin", [require_tool("curl"), "-sS", "--fail", "-C", "-", "-o"])):
+        partial = tmp_path / name
+        partial.write_bytes(site.path.read_bytes()[: 5 * MiB])
+        run([*cmd, partial, url])
+        assert sha256_file(partial) == site.sha256
 
 
 def test_past_the_admission_budget_nginx_answers_503_and_pages_go_on(site, behind_nginx):
