@@ -115,6 +115,28 @@ def rebuild_command():
     click.echo(f"rebuilt {n} logical download(s)")
 
 
+@analytics_cli.command("load")
+@click.argument("source", metavar="DIR")
+@click.option("--before", type=click.DateTime(formats=["%Y-%m-%d"]), default=None,
+              help="Replace the rows of local days before this one (YYYY-MM-DD) [default: "
+                   "the day of the newest event the job saw].")
+def load_command(source, before):
+    """Put a spark_job.py run (its rollups, user_days and file_details) into the rollup
+    tables the analytics pages read, for the days before the cut-off (portal/analytics/
+    warehouse.py)."""
+    from .warehouse import LoadError, load
+
+    settings = materialise.Settings.from_config(current_app.config)
+    try:
+        with db.engine.begin() as conn:
+            report = load(conn, source, settings, before=before.date() if before else None)
+    except LoadError as exc:
+        raise click.ClickException(str(exc)) from exc
+    rows = ", ".join(f"{n} {name}" for name, n in report.rows.items())
+    local = report.before.astimezone(settings.tz)
+    click.echo(f"loaded {rows} before {local:%Y-%m-%d %H:%M} {settings.tz.key}")
+
+
 @analytics_cli.command("export")
 @click.option("--to", "where", required=True, metavar="DIR|s3://BUCKET/PREFIX",
               help="Folder or S3 prefix of the Parquet copy (day=YYYY-MM-DD/ partitions).")

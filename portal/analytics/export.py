@@ -26,10 +26,13 @@ from pathlib import Path
 
 from sqlalchemy import Connection, func, literal_column, select
 
-from ..models import DownloadEvent
+from ..models import DownloadEvent, Group, user_groups
 from . import clients
 
 MANIFEST = "_manifest.json"  # a leading underscore: Spark and Hive readers skip it
+#: Who is in which group now (user_id, grp), rewritten by every run: the warehouse's
+#: per-group rollups (spark_job.py) join it, as ``flask analytics rebuild`` reads them.
+GROUPS_FILE = "_groups/groups.parquet"
 DAY_FILE = "events.parquet"
 BATCH = 50_000  # rows per Arrow batch (and Parquet row group): bounded memory per day
 
@@ -194,6 +197,7 @@ class Report:
     written: dict[str, int] = field(default_factory=dict)  # day -> rows
     kept: list[str] = field(default_factory=list)  # days whose raw events were purged
     high_water: int = 0
+    memberships: int = 0  # rows of GROUPS_FILE
 
 
 def _utc_day(conn: Connection):
@@ -247,6 +251,18 @@ def write_day(conn: Connection, day: str, path: str) -> tuple[int, int]:
     return rows, top
 
 
+def write_groups(conn: Connection, path: str) -> int:
+    """Write every (user, group name) membership to a Parquet file; the number written."""
+    pa, pq = arrow()
+    rows = conn.execute(select(user_groups.c.user_id, Group.name)
+                        .join(Group, Group.id == user_groups.c.group_id)
+                        .order_by(user_groups.c.user_id, Group.name)).all()
+    table = pa.table({"user_id": pa.array([r[0] for r in rows], pa.int64()),
+                      "grp": pa.array([r[1] for r in rows], pa.string())})
+    pq.write_table(table, path, compression="zstd")
+    return len(rows)
+
+
 def export(conn: Connection, target, *, since: date | None = None,
            log=lambda message: None) -> Report:
     """Export every day with new events to ``target``; see the module docstring."""
@@ -275,6 +291,9 @@ def export(conn: Connection, target, *, since: date | None = None,
             target.write_manifest(manifest)
             report.written[day] = rows
             log(f"day={day}: {rows} events")
+        local = os.path.join(scratch, "groups.parquet")
+        report.memberships = write_groups(conn, local)
+        target.put_file(local, GROUPS_FILE)
     manifest["high_water"] = max(manifest["high_water"], mark)
     target.write_manifest(manifest)
     report.high_water = manifest["high_water"]

@@ -4,9 +4,11 @@ Parquet export (``flask analytics export``), for histories past one SQL database
     spark-submit portal/analytics/spark_job.py --events s3a://lake/events \\
         --out s3a://lake/rollups [--timezone Asia/Shanghai] [--idle-minutes 30] ...
 
-(``--master local[2]`` runs it on one machine.) It writes ``OUT/file_days`` (one row per
-file and local day: requests, bytes_served, downloads, completed, users) and
-``OUT/logical_downloads`` (one row per logical download), both Parquet.
+(``--master local[2]`` runs it on one machine.) It writes, as Parquet, ``OUT/file_days`` (one
+row per file and local day: requests, bytes_served, downloads, completed, users),
+``OUT/logical_downloads`` (one row per logical download) and the portal's own tables with
+their SQL columns, ``OUT/rollups``, ``OUT/user_days`` and ``OUT/file_details``, which
+``flask analytics load`` (warehouse.py) puts back into SQL for the admin pages.
 
 The rules are those of ``logical.py`` (docs/analytics.md, "The rules"), restated for a
 cluster: this file imports nothing of the portal so that ``spark-submit`` can ship it
@@ -108,8 +110,9 @@ def intervals_of(events, parts):
 
 
 def logical_downloads(events, parts, rules: JobRules):
-    """One row per logical download: who, file_id, version_id, size, started_at, last_at,
-    events, covered, counted, counted_at, completed, completion (``events`` with_asked)."""
+    """One row per logical download: who, file_id, version_id, size, user_id, ua_class,
+    started_at, last_at, events, covered, counted, counted_at, completed, completion
+    (``events`` with_asked)."""
     from pyspark.sql import Window
     from pyspark.sql import functions as F
 
@@ -143,8 +146,14 @@ def logical_downloads(events, parts, rules: JobRules):
                  "a", F.coalesce("reach", F.lit(-1)))).alias("adds"))
              .groupBy(*key).agg(F.sum("adds").alias("covered")))
     first = F.struct(*order)
+    events = events.withColumn("ua_class", F.when(F.coalesce("ua_class", F.lit("")) == "",
+                                                  "other").otherwise(F.col("ua_class")))
     sessions = (events.groupBy(*key).agg(
         F.min_by("file_id", first).alias("file_id"), F.min_by("size", first).alias("size"),
+        # the first user id seen; the client class of the response that made it count
+        F.min_by("user_id", F.when(F.col("user_id").isNotNull(), first)).alias("user_id"),
+        F.coalesce(F.min_by("ua_class", F.when(F.col("counts"), first)),
+                   F.min_by("ua_class", first)).alias("ua_class"),
         F.min("started_at").alias("started_at"), F.max("last_at").alias("last_at"),
         F.count("*").alias("events"),
         F.min(F.when(F.col("counts"), F.col("started_at"))).alias("counted_at"))
@@ -165,16 +174,32 @@ def local_day(column, timezone: str):
     return F.to_date(F.from_utc_timestamp(column, timezone))
 
 
+def sent_bytes():
+    """What a response counts in bytes_served: bytes_sent, else (unknown) its plan, 0 for an
+    orphan (``events`` with_asked)."""
+    from pyspark.sql import functions as F
+
+    return (F.when(F.col("bytes_sent") != -1, F.col("bytes_sent"))
+            .when(F.col("ended_at").isNull(), F.lit(0))
+            .when(F.col("status") == 200, F.col("size"))
+            .otherwise(F.col("asked")))
+
+
+def local_midnight(column, timezone: str):
+    """The start of an instant's local day, as a UTC instant (materialise.day_bucket)."""
+    from pyspark.sql import functions as F
+
+    return F.to_utc_timestamp(F.date_trunc("day", F.from_utc_timestamp(column, timezone)),
+                              timezone)
+
+
 def file_days(events, downloads, rules: JobRules):
     """Per file and local day: requests, bytes_served (responses, by their start; ``events``
     with_asked), downloads, completed, users (logical downloads that count, by the start of
     the response that made them count; users are distinct ``who``)."""
     from pyspark.sql import functions as F
 
-    sent = (F.when(F.col("bytes_sent") != -1, F.col("bytes_sent"))
-            .when(F.col("ended_at").isNull(), F.lit(0))
-            .when(F.col("status") == 200, F.col("size"))
-            .otherwise(F.col("asked")))
+    sent = sent_bytes()
     served = (events.withColumn("day", local_day("started_at", rules.timezone))
               .groupBy("file_id", "day")
               .agg(F.count("*").alias("requests"), F.sum(sent).alias("bytes_served")))
@@ -189,10 +214,143 @@ def file_days(events, downloads, rules: JobRules):
                      "users": 0}))
 
 
+# ---------------------------------------------------------------------------
+# The portal's own rollup tables (``flask analytics load`` puts them in SQL)
+# ---------------------------------------------------------------------------
+
+#: models.ALL_USERS and models.ALL_FILES (a test keeps them equal).
+ALL_USERS, ALL_FILES = "", 0
+COUNTERS = ("requests", "bytes_served", "cache_hits", "downloads", "completed")
+
+
+def rollups(events, downloads, groups, rules: JobRules):
+    """analytics_rollups as materialise.Deltas makes it: per grain ("h": the UTC hour, "d":
+    the local day), bucket, file (and ALL_FILES), group (ALL_USERS and each group of the
+    user; ``groups`` is (user_id, grp), None for none) the responses' requests,
+    bytes_served and cache_hits by their start, and the logical downloads that count and
+    complete by the start of the response that made them count (their user's groups)."""
+    from pyspark.sql import functions as F
+
+    zero = F.lit(0).cast("long")
+    served = (events.select(
+        "file_id", "user_id", F.col("started_at").alias("at"), zero.alias("downloads"),
+        zero.alias("completed"), F.lit(1).cast("long").alias("requests"),
+        sent_bytes().cast("long").alias("bytes_served"),
+        (F.coalesce("served_from", F.lit("")) == "cache").cast("long").alias("cache_hits")))
+    counted = downloads.where("counted").select(
+        "file_id", "user_id", F.col("counted_at").alias("at"),
+        F.lit(1).cast("long").alias("downloads"),
+        F.col("completed").cast("long").alias("completed"), zero.alias("requests"),
+        zero.alias("bytes_served"), zero.alias("cache_hits"))
+    both = (served.unionByName(counted)
+            .groupBy("file_id", "user_id", F.date_trunc("hour", "at").alias("h"),
+                     local_midnight("at", rules.timezone).alias("d"))
+            .agg(*(F.sum(c).alias(c) for c in COUNTERS)))
+    cells = _cells(both)
+    everyone = cells.withColumn("grp", F.lit(ALL_USERS))
+    if groups is not None:
+        everyone = everyone.unionByName(
+            cells.join(F.broadcast(groups.select("user_id", "grp")), "user_id"))
+    out = (everyone.groupBy("grain", "bucket", "file_id", "grp")
+           .agg(*(F.sum(c).alias(c) for c in COUNTERS)))
+    return out.where(" OR ".join(f"{c} != 0" for c in COUNTERS))
+
+
+def _cells(both):
+    """Each (file, user, hour, day) sum under its two grains and its file and ALL_FILES."""
+    from pyspark.sql import functions as F
+
+    grains = both.select(
+        "file_id", "user_id", *COUNTERS,
+        F.explode(F.array(F.struct(F.lit("h").alias("grain"), F.col("h").alias("bucket")),
+                          F.struct(F.lit("d").alias("grain"), F.col("d").alias("bucket"))))
+        .alias("g"))
+    return grains.select(
+        F.col("g.grain").alias("grain"), F.col("g.bucket").alias("bucket"), "user_id",
+        *COUNTERS, F.explode(F.array(F.col("file_id").cast("long"),
+                                     F.lit(ALL_FILES).cast("long"))).alias("file_id"))
+
+
+def user_days(downloads, rules: JobRules):
+    """analytics_user_days: each person (``who``) with a counted download of a file (and of
+    ALL_FILES) on a local day."""
+    from pyspark.sql import functions as F
+
+    counted = downloads.where("counted").select(
+        local_midnight("counted_at", rules.timezone).alias("day"), F.col("who").alias("user_key"),
+        "user_id", F.explode(F.array(F.col("file_id").cast("long"),
+                                     F.lit(ALL_FILES).cast("long"))).alias("file_id"))
+    return (counted.groupBy("day", "file_id", "user_key")
+            .agg(F.max("user_id").alias("user_id")))
+
+
+def file_details(downloads, rules: JobRules):
+    """analytics_file_details: counted logical downloads per file, local day, version, client
+    class, completion decile (9 for 90-100 %) and completed (materialise.detail_key)."""
+    from pyspark.sql import functions as F
+
+    decile = (F.when(F.col("completion") >= 1.0, 9)
+              .otherwise(F.floor(F.col("completion") * 10)).cast("int"))
+    return (downloads.where("counted")
+            .select("file_id", local_midnight("counted_at", rules.timezone).alias("day"),
+                    "version_id", "ua_class", decile.alias("decile"), "completed")
+            .groupBy("file_id", "day", "version_id", "ua_class", "decile", "completed")
+            .agg(F.count("*").alias("downloads")))
+
+
+def read_groups(spark, events_path: str):
+    """The export's group memberships (export.GROUPS_FILE), None in an export without."""
+    try:
+        return spark.read.parquet(f"{events_path.rstrip('/')}/_groups")
+    except Exception as exc:  # AnalysisException: an export written before there were any
+        if "PATH_NOT_FOUND" in str(exc) or "Path does not exist" in str(exc):
+            return None
+        raise
+
+
+TABLES = ("file_days", "logical_downloads", "rollups", "user_days", "file_details")
+
+
+def write_all(spark, events_path: str, out: str, rules: JobRules | None = None, *,
+              tables: tuple[str, ...] = TABLES) -> None:
+    """Run the job on the export at ``events_path`` and write ``tables`` under ``out`` as
+    Parquet (each overwritten), and ``_job/`` (one JSON line: the rules, the number of
+    events and the newest response start, which ``flask analytics load`` reads)."""
+    import json
+
+    from pyspark.sql import functions as F
+
+    rules = rules or JobRules()
+    days, downloads, events = _run(spark, events_path, rules)
+    made = {"file_days": lambda: days, "logical_downloads": lambda: downloads,
+            "rollups": lambda: rollups(events, downloads, read_groups(spark, events_path),
+                                       rules),
+            "user_days": lambda: user_days(downloads, rules),
+            "file_details": lambda: file_details(downloads, rules)}
+    root = out.rstrip("/")
+    for name in tables:
+        made[name]().write.mode("overwrite").parquet(f"{root}/{name}")
+    newest, count = events.agg(F.max("started_at"), F.count("*")).first()
+    job = {"newest_started_at": newest.isoformat() if newest else None, "events": count,
+           "rules": {"idle_minutes": rules.idle_minutes, "probe_max_bytes": rules.probe_max_bytes,
+                     "min_bytes": rules.min_bytes, "complete_ratio": rules.complete_ratio,
+                     "timezone": rules.timezone}}
+    spark.createDataFrame([(json.dumps(job),)], "value string").coalesce(1) \
+        .write.mode("overwrite").text(f"{root}/_job")
+
+
 def run(spark, events_path: str, rules: JobRules | None = None):
     """(file_days, logical_downloads) DataFrames of the export at ``events_path``."""
-    rules = rules or JobRules()
+    days, downloads, _ = _run(spark, events_path, rules or JobRules())
+    return days, downloads
+
+
+def _run(spark, events_path: str, rules: JobRules):
+    """(file_days, logical_downloads, events with_asked), the last two kept."""
     spark.conf.set("spark.sql.session.timeZone", "UTC")
+    # Timestamps as Parquet's UTC microseconds (not Spark's legacy INT96): what pyarrow and
+    # the loader read as instants.
+    spark.conf.set("spark.sql.parquet.outputTimestampType", "TIMESTAMP_MICROS")
     # Every join here is events with events (or their parts): broadcasting one side ran the
     # driver out of heap at 10 M events (bench/run_spark_bench.py); sort-merge joins spill.
     spark.conf.set("spark.sql.autoBroadcastJoinThreshold", "-1")
@@ -206,7 +364,7 @@ def run(spark, events_path: str, rules: JobRules | None = None):
     parts = served_parts(events).persist(keep)
     events = with_asked(events, parts).persist(keep)
     downloads = logical_downloads(events, parts, rules).persist(keep)
-    return file_days(events, downloads, rules), downloads
+    return file_days(events, downloads, rules), downloads, events
 
 
 def session(master: str | None = None, app_name: str = "portal-analytics",
@@ -237,17 +395,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--probe-max-bytes", type=int, default=PROBE_MAX_BYTES)
     parser.add_argument("--min-bytes", type=int, default=MIN_BYTES)
     parser.add_argument("--complete-ratio", type=float, default=COMPLETE_RATIO)
+    parser.add_argument("--tables", default=",".join(TABLES),
+                        help=f"which to write, comma-separated [default: {','.join(TABLES)}]")
     parser.add_argument("--no-logical", action="store_true",
-                        help="write file_days only")
+                        help="leave logical_downloads out")
     args = parser.parse_args(argv)
     rules = JobRules(args.idle_minutes, args.probe_max_bytes, args.min_bytes,
                      args.complete_ratio, args.timezone)
+    tables = tuple(t for t in args.tables.split(",") if t)
+    unknown = set(tables) - set(TABLES)
+    if unknown:
+        parser.error(f"unknown table(s): {', '.join(sorted(unknown))}")
+    if args.no_logical:
+        tables = tuple(t for t in tables if t != "logical_downloads")
     spark = session(args.master)
     try:
-        days, downloads = run(spark, args.events, rules)
-        if not args.no_logical:
-            downloads.write.mode("overwrite").parquet(f"{args.out}/logical_downloads")
-        days.write.mode("overwrite").parquet(f"{args.out}/file_days")
+        write_all(spark, args.events, args.out, rules, tables=tables)
     finally:
         spark.stop()
     return 0

@@ -43,6 +43,7 @@ def test_job_defaults_are_the_portals(app):
     assert (job.probe_max_bytes, job.min_bytes, job.complete_ratio) == (
         rules.probe_max_bytes, rules.min_bytes, rules.complete_ratio)
     assert job.timezone == app.config["ANALYTICS_TIMEZONE"]
+    assert (spark_job.ALL_USERS, spark_job.ALL_FILES) == (ALL_USERS, ALL_FILES)
 
 
 def _edge_events(app) -> None:
@@ -190,3 +191,81 @@ def test_spark_submit_writes_parquet(app, runner, tmp_path):
     with app.app_context(), db.engine.connect() as conn:
         assert downloads.num_rows == conn.execute(
             select(func.count()).select_from(LogicalDownload)).scalar()
+
+
+def _pages_tables(app) -> dict[str, set]:
+    """Every row of the tables the analytics pages read, comparable across loads."""
+    from datetime import UTC, datetime
+
+    from portal.analytics.models import FileDetailDay, FileUser, UserGap
+
+    def plain(value):
+        return value.astimezone(UTC) if isinstance(value, datetime) else value
+
+    with app.app_context(), db.engine.connect() as conn:
+        return {model.__table__.name: {tuple(plain(v) for v in row)
+                                       for row in conn.execute(select(model.__table__))}
+                for model in (Rollup, UserDay, FileUser, UserGap, FileDetailDay)}
+
+
+def test_a_spark_run_loads_into_the_tables_the_pages_read(app, runner, tmp_path, spark):
+    """``flask analytics load``: the job's rollups (hourly and daily, per group and of every
+    file), user-days and file details put in SQL give back every row the SQL path had made,
+    and the first-and-last days and gaps derived from them; by default only the days
+    before the newest one are replaced."""
+    from datetime import timedelta
+
+    from portal.analytics import warehouse
+    from portal.analytics.models import FileDetailDay, FileUser, UserGap
+
+    result = runner.invoke(args=["analytics", "simulate", "--events", "2500", "--days", "21",
+                                 "--users", "50", "--files", "10", "--seed", "11"])
+    assert result.exit_code == 0, result.output
+    _edge_events(app)
+    lake, out = tmp_path / "lake", tmp_path / "run"
+    assert runner.invoke(args=["analytics", "export", "--to", str(lake)]).exit_code == 0
+    made = _pages_tables(app)
+    assert any(row[3] != ALL_USERS for row in made["analytics_rollups"])  # groups too
+    assert made["analytics_user_gaps"] and made["analytics_file_details"]
+
+    spark_job.write_all(spark, str(lake), str(out))
+
+    def wipe():
+        with app.app_context(), db.engine.begin() as conn:
+            for model in (Rollup, UserDay, FileUser, UserGap, FileDetailDay):
+                conn.execute(model.__table__.delete())
+
+    # The default cut-off: the days before the newest response's day.
+    wipe()
+    result = runner.invoke(args=["analytics", "load", str(out)])
+    assert result.exit_code == 0, result.output
+    job = warehouse.read_job(out)
+    settings = materialise.Settings.from_config(app.config)
+    cut = warehouse.cut_off(job, settings, None)
+    loaded = _pages_tables(app)
+    time_of = {"analytics_rollups": 1, "analytics_user_days": 0, "analytics_file_details": 1}
+    for name, at in time_of.items():
+        assert loaded[name] == {row for row in made[name] if row[at] < cut}, name
+        assert loaded[name], name
+
+    # Everything, into what SQL had made: the same rows, every table.
+    wipe()
+    last = max(row[1] for row in made["analytics_rollups"]).astimezone(settings.tz).date()
+    result = runner.invoke(args=["analytics", "load", str(out),
+                                 "--before", str(last + timedelta(days=1))])
+    assert result.exit_code == 0, result.output
+    assert _pages_tables(app) == made
+
+
+def test_a_run_with_other_rules_is_refused(app, runner, tmp_path):
+    """A run counted with another idle window would not match what the flusher adds."""
+    out = tmp_path / "run"
+    (out / "_job").mkdir(parents=True)
+    rules = {"idle_minutes": 45.0, "probe_max_bytes": 2, "min_bytes": 1,
+             "complete_ratio": 0.99, "timezone": app.config["ANALYTICS_TIMEZONE"]}
+    (out / "_job" / "part-00000.txt").write_text(
+        '{"newest_started_at": "2026-11-30T08:00:00+00:00", "events": 3, "rules": '
+        + __import__("json").dumps(rules) + "}\n")
+    result = runner.invoke(args=["analytics", "load", str(out)])
+    assert result.exit_code != 0
+    assert "idle_minutes=45.0 (the portal's: 30.0)" in result.output

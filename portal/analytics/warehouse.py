@@ -1,0 +1,129 @@
+"""Loading a warehouse run into the tables the admin pages read (``flask analytics load``).
+
+The PySpark job (spark_job.py) writes, besides ``file_days``, the portal's own rollup
+tables as Parquet: ``rollups`` (analytics_rollups: hourly and daily, per file and ALL_FILES,
+everyone and each group), ``user_days`` and ``file_details``, and ``_job/`` (its rules and
+the newest response it saw). This module puts them in SQL, so that the analytics pages show
+what the cluster computed over the whole history, including days whose raw events SQL has
+purged.
+
+What is replaced: every row of those three tables *before a local day* (``before``; by
+default the day of the newest exported response, which may still be incomplete in the
+export), in one transaction; from that day on SQL keeps its own rows, which the flusher
+goes on adding to. ``analytics_file_users`` and ``analytics_user_gaps`` are then derived
+afresh from the user-days. The logical downloads stay SQL's own: the flusher continues the
+recent ones, and the pages do not read older ones.
+
+A logical download that counts before the cut-off day but completes after it (a resume a
+day later) is counted complete in that earlier day only if the job saw the resume: a run's
+edge is as fresh as its export. The job's rules must be the portal's (ANALYTICS_* settings),
+or the two halves would count differently: a mismatch is refused.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, time
+from pathlib import Path
+
+from sqlalchemy import Connection, delete
+
+from . import spans
+from .materialise import Settings, day_bucket, serialise_writers
+from .models import FileDetailDay, FileUser, Rollup, UserDay
+from .sqlbatch import insert_in_batches
+
+#: Table written by the job -> (model, its time column).
+TABLES = {"rollups": (Rollup, "bucket"), "user_days": (UserDay, "day"),
+          "file_details": (FileDetailDay, "day")}
+BATCH = 50_000
+
+
+class LoadError(Exception):
+    """The run cannot be loaded: one line for the operator."""
+
+
+@dataclass
+class LoadReport:
+    """What a load did."""
+
+    before: datetime  # rows before this instant (a local midnight) were replaced
+    rows: dict[str, int] = field(default_factory=dict)
+
+
+def read_job(root: Path) -> dict:
+    """The run's ``_job`` line: rules, events, newest_started_at."""
+    parts = sorted((root / "_job").glob("part-*"))
+    if not parts:
+        raise LoadError(f"{root} is not a spark_job.py output (no _job/ in it)")
+    return json.loads(parts[0].read_text().strip().splitlines()[0])
+
+
+def check_rules(job: dict, settings: Settings) -> None:
+    """Refuse a run made with other counting rules than the portal's."""
+    rules = settings.rules
+    ours = {"idle_minutes": rules.idle.total_seconds() / 60,
+            "probe_max_bytes": rules.probe_max_bytes, "min_bytes": rules.min_bytes,
+            "complete_ratio": rules.complete_ratio, "timezone": settings.tz.key}
+    theirs = job.get("rules", {})
+    differ = [f"{k}={theirs.get(k)!r} (the portal's: {v!r})" for k, v in ours.items()
+              if theirs.get(k) != v]
+    if differ:
+        raise LoadError("the job ran with other rules than the portal counts with: "
+                        + ", ".join(differ))
+
+
+def cut_off(job: dict, settings: Settings, before: date | None) -> datetime:
+    """The local midnight (as UTC) before which the run's rows replace SQL's."""
+    if before is None:
+        newest = job.get("newest_started_at")
+        if newest is None:
+            raise LoadError("the job saw no events: nothing to load")
+        moment = datetime.fromisoformat(newest)
+        moment = moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+        return day_bucket(moment, settings.tz)
+    return day_bucket(datetime.combine(before, time(), settings.tz), settings.tz)
+
+
+def batches(root: Path, name: str, column: str, before: datetime):
+    """The rows of one table with ``column`` before ``before``, as lists of dicts (instants
+    aware UTC: Spark writes them as UTC microseconds)."""
+    import pyarrow.dataset as ds
+
+    folder = root / name
+    if not folder.is_dir():
+        raise LoadError(f"{folder} is missing: run spark_job.py with --tables including {name}")
+    dataset = ds.dataset(folder, format="parquet")
+    for batch in dataset.to_batches(filter=ds.field(column) < before, batch_size=BATCH):
+        rows = batch.to_pylist()
+        for row in rows:
+            for key, value in row.items():
+                if isinstance(value, datetime) and value.tzinfo is None:
+                    row[key] = value.replace(tzinfo=UTC)
+        yield rows
+
+
+def load(conn: Connection, source: str, settings: Settings, *,
+         before: date | None = None) -> LoadReport:
+    """Replace the rollups, user-days and file details before the cut-off day by the run's
+    in ``source`` (a folder), in the caller's transaction; see the module docstring."""
+    if "://" in source:
+        raise LoadError(f"{source}: give a folder (copy a bucket's run down first, e.g. with "
+                        "aws s3 sync or rclone copy)")
+    root = Path(source)
+    job = read_job(root)
+    check_rules(job, settings)
+    report = LoadReport(before=cut_off(job, settings, before))
+    serialise_writers(conn)
+    for name, (model, column) in TABLES.items():
+        table = model.__table__
+        conn.execute(delete(table).where(table.c[column] < report.before))
+        report.rows[name] = 0
+        for rows in batches(root, name, column, report.before):
+            insert_in_batches(conn, table.insert(), rows)
+            report.rows[name] += len(rows)
+    conn.execute(delete(FileUser.__table__))
+    spans.file_users_from_user_days(conn)
+    spans.gaps_from_user_days(conn)
+    return report
