@@ -169,6 +169,7 @@ def prepare(args) -> None:
     from portal.analytics import export, materialise
     from portal.analytics.simulate import simulate
     from portal.extensions import db
+    from portal.storage import get_storage
 
     admin = create_engine(args.url, isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:
@@ -182,7 +183,7 @@ def prepare(args) -> None:
         with db.engine.begin() as conn:
             report = simulate(conn, materialise.Settings.from_config(app.config),
                               events=args.events, days=args.days, users=20000, files=400,
-                              seed=7)
+                              storage=get_storage(), seed=7)
         print(f"# simulate: {report} in {time.monotonic() - began:.0f}s", flush=True)
         began = time.monotonic()
         with db.engine.connect() as conn:
