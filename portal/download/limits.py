@@ -35,6 +35,7 @@ import socket
 import threading
 import time
 import uuid
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
@@ -461,7 +462,6 @@ class Slots:
         except redis.RedisError:
             return None
 
-
     def release_all(self) -> None:
         """This worker is exiting: the connections it still sends stop counting now, not
         when their leases expire (a restarted node would find its budget taken for that
@@ -472,7 +472,7 @@ class Slots:
             lease.release()
 
 
-_LIVE: dict[int, Slots] = {}  # this process's Slots, by app
+_LIVE: weakref.WeakSet[Slots] = weakref.WeakSet()  # this process's Slots (gone with the app)
 
 
 def slots(app) -> Slots:
@@ -481,17 +481,16 @@ def slots(app) -> Slots:
     if held is None or held._pid != os.getpid():
         held = app.extensions["portal_download_slots"] = Slots(
             app, app.extensions["portal_redis"])
-        _LIVE[id(app)] = held
+        _LIVE.add(held)
     return held
 
 
 def release_all() -> None:
     """End the leases of every connection this process still sends (gunicorn
     ``worker_exit``, atexit)."""
-    for held in list(_LIVE.values()):
+    for held in list(_LIVE):
         if held._pid == os.getpid():
             held.release_all()
-    _LIVE.clear()
 
 
 atexit.register(release_all)
