@@ -16,7 +16,7 @@ from dataclasses import dataclass, fields
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import Connection, bindparam, delete, select, text, update
+from sqlalchemy import Connection, bindparam, delete, func, select, text, update
 
 from ..models import DownloadEvent, Group, user_groups
 from . import clients, logical
@@ -32,7 +32,8 @@ from .models import (
 )
 from .rawevents import insert_new_events
 from .spans import (
-    gaps_from_user_days,  # noqa: F401  (bench/run_analytics_bench.py calls it from here)
+    file_users_from_user_days,
+    gaps_from_user_days,
     spans_of,
     stored_spans,
     widen_span,
@@ -244,9 +245,10 @@ def write_sessions(conn: Connection, sessions: Iterable[logical.Session]) -> Non
                       for s in changed])
 
 
-def write_deltas(conn: Connection, deltas: Deltas) -> None:
+def write_deltas(conn: Connection, deltas: Deltas, *, spans: bool = True) -> None:
     """Add the counter increments (INSERT ... ON CONFLICT DO UPDATE SET n = n + excluded.n),
-    the user-days, and the first/last days and gaps they imply.
+    the user-days, and the first/last days and gaps they imply (``spans`` False: not
+    those, for a caller that derives them from every user-day at the end).
 
     The first/last days are derived from the user-days written here (not from
     ``deltas.file_users``), so a stored first or last day is always a stored user-day: the
@@ -262,15 +264,16 @@ def write_deltas(conn: Connection, deltas: Deltas) -> None:
             set_={name: table.c[name] + stmt.excluded[name] for name in COUNTERS})
         insert_in_batches(conn, stmt, rows)
     if deltas.user_days:
-        spans = spans_of(deltas.user_days)
-        before = stored_spans(conn, list(spans))
+        pairs = spans_of(deltas.user_days) if spans else {}
+        before = stored_spans(conn, list(pairs)) if spans else {}
         rows = [{"day": d, "file_id": f, "user_key": k, "user_id": u}
                 for (d, f, k), u in deltas.user_days.items()]
         stmt = insert(UserDay.__table__).on_conflict_do_nothing(
             index_elements=["day", "file_id", "user_key"])
         insert_in_batches(conn, stmt, rows)
-        write_gaps(conn, deltas.user_days, before)
-        write_file_users(conn, spans)
+        if spans:
+            write_gaps(conn, deltas.user_days, before)
+            write_file_users(conn, pairs)
     write_details(conn, deltas.details)
 
 
@@ -386,24 +389,52 @@ def recompute(conn: Connection, settings: Settings) -> tuple[dict, set, list]:
     return rollups, set(deltas.user_days), list(sessionizer.sessions())
 
 
-def rebuild(conn: Connection, settings: Settings) -> int:
+#: Events per step of ``rebuild`` (read, grouped and written together).
+REBUILD_BATCH = 20_000
+
+
+def rebuild(conn: Connection, settings: Settings, *, batch: int = REBUILD_BATCH) -> int:
     """Replace logical downloads, rollups and user-days by a recomputation from raw events.
 
-    Only right while no raw event has been purged; returns the number of logical downloads.
+    The events are read in time order, ``batch`` at a time, through the grouping the
+    flusher uses; a logical download is written once no later event can join it (idle past
+    the window), and each step's counters are added to the tables as the flusher adds them;
+    the first-and-last days and gaps are derived from all the user-days at the end. So
+    memory holds one step and the downloads still open, not the history (holding every
+    event and download took 2.5 GiB per million events). Only right while no raw event has
+    been purged; returns the number of logical downloads.
     """
-    rollups, _days, sessions = recompute(conn, settings)
-    deltas = Deltas(settings)
-    for key, values in rollups.items():
-        deltas.rollups[key] = Counters(**values)
-    for session in sessions:
-        if session.counted:
-            deltas.user_day(day_bucket(session.counted_at, settings.tz), session.file_id,
-                            session.key, session.user_id)
-    deltas.details.update(details_of(sessions, settings.tz))
+    serialise_writers(conn)
     for table in (LogicalDownload, Rollup, UserDay, FileUser, UserGap, FileDetailDay):
         conn.execute(delete(table))
+    events = DownloadEvent.__table__
+    ordered = (select(events)
+               .order_by(events.c.started_at,
+                         func.coalesce(events.c.ended_at, events.c.started_at), events.c.id))
+    sessionizer = logical.Sessionizer(settings.rules)
+    written = 0
+    # Streamed (a server-side cursor on PostgreSQL) for this statement only: the writes in
+    # between go on the same connection.
+    result = conn.execute(ordered.execution_options(stream_results=True, yield_per=batch))
+    for part in result.partitions():
+        step = [to_event(dict(row._mapping)) for row in part]
+        deltas = replay(conn, step, sessionizer, settings)
+        written += _write_final(conn, sessionizer.forget_before(step[-1].started_at), deltas,
+                                settings)
+    written += _write_final(conn, list(sessionizer.sessions()), Deltas(settings), settings)
+    file_users_from_user_days(conn)
+    gaps_from_user_days(conn)
+    return written
+
+
+def _write_final(conn: Connection, sessions: list[logical.Session], deltas: Deltas,
+                 settings: Settings) -> int:
+    """Write a rebuild step: its counters, and the logical downloads no event can change
+    any more (with their file-detail cells)."""
+    for key, n in details_of(sessions, settings.tz).items():
+        deltas.details[key] += n
     write_sessions(conn, sessions)
-    write_deltas(conn, deltas)
+    write_deltas(conn, deltas, spans=False)
     return len(sessions)
 
 
