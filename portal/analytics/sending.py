@@ -20,6 +20,7 @@ from pathlib import Path
 
 import redis
 
+from .clients import who_key
 from .eventrows import load_row
 from .journal import live_open_starts
 from .keys import AnalyticsKeys
@@ -37,15 +38,16 @@ def node_of(journal_dir: Path) -> str:
 
 def responses(journal_dir: Path) -> list[tuple[int, str]]:
     """(file id, person) of each file body this node is sending now: GET answered 200 or 206,
-    not a 304 or a HEAD. The person is the user id, else the client's address and agent."""
+    not a 304 or a HEAD. The person is whom analytics counts the download for
+    (``clients.who_key``: the user, else the signed link, else a hash of the client)."""
     found = []
     for record in live_open_starts(journal_dir):
         row = load_row(record)
         if (row.get("method") == "GET" and row.get("status") in (200, 206)
                 and isinstance(row.get("file_id"), int)):
-            who = row.get("user_id")
-            found.append((row["file_id"], f"u{who}" if who else
-                          f"{row.get('client_ip')} {row.get('user_agent')}"))
+            found.append((row["file_id"], who_key(
+                row.get("user_id"), row.get("link_id"), row.get("client_ip") or "",
+                row.get("user_agent") or "")))
     return found
 
 

@@ -57,6 +57,14 @@ def file_users_from_user_days(conn: Connection) -> None:
                func.max(u.c.day)).group_by(u.c.file_id, u.c.user_key)))
 
 
+def derive_from_user_days(conn: Connection) -> None:
+    """Replace every first-and-last day and every gap by those the stored user-days imply
+    (after a rebuild or a load wrote the user-days alone)."""
+    conn.execute(delete(FileUser.__table__))
+    file_users_from_user_days(conn)
+    gaps_from_user_days(conn)
+
+
 def spans_of(user_days: dict[tuple, int | None]) -> dict[tuple, list]:
     """{(file, person): [user id, first day, last day]} of some user-days."""
     spans: dict[tuple, list] = {}

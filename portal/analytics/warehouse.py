@@ -31,7 +31,7 @@ from sqlalchemy import Connection, delete
 
 from . import spans
 from .materialise import Settings, day_bucket, serialise_writers
-from .models import FileDetailDay, FileUser, Rollup, UserDay
+from .models import FileDetailDay, Rollup, UserDay
 from .sqlbatch import insert_in_batches
 
 #: Table written by the job -> (model, its time column).
@@ -123,7 +123,5 @@ def load(conn: Connection, source: str, settings: Settings, *,
         for rows in batches(root, name, column, report.before):
             insert_in_batches(conn, table.insert(), rows)
             report.rows[name] += len(rows)
-    conn.execute(delete(FileUser.__table__))
-    spans.file_users_from_user_days(conn)
-    spans.gaps_from_user_days(conn)
+    spans.derive_from_user_days(conn)
     return report
