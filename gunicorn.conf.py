@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 from gevent import sleep as _gevent_sleep
+from gunicorn.workers.ggevent import GeventWorker as GunicornGeventWorker
 
 from portal.config import ConfigError, from_environ
 
@@ -33,7 +34,10 @@ except ConfigError as exc:  # a clear line, as wsgi.py gives, not gunicorn's tra
     sys.exit(f"portal: configuration error: {exc}")
 
 bind = _settings.bind
-worker_class = _settings.gunicorn_worker_class
+# "gevent" is the portal's gevent worker: gunicorn's, with the warm download answered in a
+# leaner request cycle (portal/worker.py). Any other value is gunicorn's to resolve.
+worker_class = ("portal.worker.GeventWorker" if _settings.gunicorn_worker_class == "gevent"
+                else _settings.gunicorn_worker_class)
 # One process per core (the default): greenlets give the concurrency, processes give the CPU.
 workers = _settings.gunicorn_workers
 worker_connections = _settings.gunicorn_connections
@@ -115,7 +119,7 @@ def post_request(worker, req, environ, resp):
     "The stalls"). A timer, not sleep(0): sleep(0) only runs callbacks, a timer makes the
     loop poll I/O first, so every ready connection gets its turn, in order.
     """
-    if worker.cfg.worker_class_str == "gevent":
+    if isinstance(worker, GunicornGeventWorker):
         _gevent_sleep(1e-6)
 
 

@@ -251,6 +251,17 @@ def gunicorn_sendfile(self, respiter) -> bool:
         self.send_headers()
         return True
 
+    self.sent += send_file_body(self.sock, self.send_headers, filelike, fileno, offset,
+                                self.response_length)
+    return True
+
+
+def send_file_body(sock, send_head, filelike, fileno: int, offset: int, length: int) -> int:
+    """Send the response head (``send_head()``) and ``length`` bytes of the file from
+    ``offset``; return the body bytes sent. ``filelike.bytes_sent`` follows what the client
+    received (see send_range); ``filelike.pacer``, if set, paces it. Shared by gunicorn's
+    cycle (above) and the lean one (portal/worker.py)."""
+
     def progress(n: int) -> None:
         filelike.bytes_sent = n
 
@@ -258,16 +269,14 @@ def gunicorn_sendfile(self, respiter) -> bool:
     # Corked: the headers leave in the same segment as the file's first bytes, so the
     # client's TCP is woken once per response, not twice (nginx does the same with
     # tcp_nopush). Uncorked whatever happens, which sends what is queued.
-    corked = _cork(self.sock, True)
+    corked = _cork(sock, True)
     try:
-        self.send_headers()
-        sent = send_range(self.sock, fileno, offset, self.response_length, progress,
+        send_head()
+        return send_range(sock, fileno, offset, length, progress,
                           getattr(filelike, "pacer", None))
     finally:
         if corked:
-            _cork(self.sock, False)
-    self.sent += sent
-    return True
+            _cork(sock, False)
 
 
 def _cork(sock, on: bool) -> bool:

@@ -45,6 +45,12 @@ log = logging.getLogger(__name__)
 
 _PATH = re.compile(r"/files/([0-9]{1,9})/download")
 
+#: Set in the environ by the lean request cycle (portal/worker.py): a request this door does
+#: not answer is then not handed to Flask here but returned as DECLINED, and the worker gives
+#: it to gunicorn's own cycle, which calls the whole app again.
+LEAN = "portal.lean"  # the same name as in portal/worker.py
+DECLINED: list[bytes] = []
+
 #: Verified session cookies and decoded cache entries kept per worker (then started afresh).
 _MEMO_LIMIT = 10_000
 
@@ -58,6 +64,12 @@ class FastDownloads:
         self.served = 0  # downloads this path answered (tests)
         self._sessions: dict[str, tuple[dict, float]] = {}
         self._decoded: dict[str, tuple] = {}
+        self.proxied = bool(settings(app).trusted_proxies)  # ProxyFix wraps this door
+        app.extensions["portal_fast_door"] = self
+
+    def enabled(self) -> bool:
+        """False when PORTAL_FAST_DOWNLOADS=0: the view answers every download."""
+        return bool(settings(self.app).fast_downloads)
 
     def __call__(self, environ, start_response):
         if environ.get("REQUEST_METHOD") == "GET":
@@ -75,6 +87,8 @@ class FastDownloads:
                 status, headers, body = answer
                 start_response(status, headers)
                 return body
+        if LEAN in environ:
+            return DECLINED  # portal/worker.py hands the request to gunicorn's cycle
         return self.wsgi_app(environ, start_response)
 
     def answer(self, environ: dict, file_id: int):

@@ -198,10 +198,11 @@ def gunicorn_conf(monkeypatch, **env) -> dict:
 def test_gunicorn_conf_takes_its_values_from_the_settings(monkeypatch):
     conf = gunicorn_conf(monkeypatch)
     built = from_environ()
+    assert (conf["bind"], conf["workers"], built.gunicorn_worker_class) == (
+        built.bind, built.gunicorn_workers, "gevent")
+    # "gevent" is the portal's own gevent worker (portal/worker.py)
     assert (conf["bind"], conf["workers"], conf["worker_class"]) == (
-        built.bind, built.gunicorn_workers, built.gunicorn_worker_class)
-    assert (conf["bind"], conf["workers"], conf["worker_class"]) == (
-        "127.0.0.1:5000", os.cpu_count(), "gevent")
+        "127.0.0.1:5000", os.cpu_count(), "portal.worker.GeventWorker")
     assert (conf["worker_connections"], conf["accesslog"]) == (2000, "-")
     assert conf["control_socket_disable"] is True
     assert built.analytics_flusher == "process" == os.environ["PORTAL_ANALYTICS_FLUSHER"]

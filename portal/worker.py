@@ -1,0 +1,303 @@
+"""gunicorn's gevent worker, with the warm download answered before gunicorn's request cycle.
+
+Why by hand: a signed-in 64 KiB download cost the worker about 410 µs of CPU under wrk, and
+copyparty ``-j 2`` about 240 µs (bench/run_cpu_per_request.py). The portal's own part, the
+fast door (download/fast.py), is about a third of it; most of the rest is gunicorn's cycle
+around it: its parser, a full WSGI environ, a Response object that validates every header,
+the access log's request object. A gevent loop that reads a request head and sends a file
+with sendfile(2) costs well under 50 µs, so this worker reads each request head itself and,
+when it is a plain one, asks the fast door with a small environ; what the door answers goes
+out with the same status line, Server, Date and Connection fields as gunicorn writes, and
+the same access line. Nothing is re-implemented for anything else: a request the door
+declines, and anything not plainly a GET without a body (other methods, a body, Expect,
+Upgrade, a repeated or unusual field, a percent-encoded path, X-Forwarded-* behind trusted
+proxies, a request head of more than 8 KiB), is handed over with the bytes already read to
+gunicorn's own parser and cycle, on the same connection, which then comes back to this
+loop for its next request. TLS, HTTP/2, the PROXY protocol, a SCRIPT_NAME or keepalive=0
+leave every connection to gunicorn.
+
+What differs from gunicorn for lean-served requests, on purpose: the ``pre_request`` and
+``post_request`` hooks are not called (gunicorn.conf.py's post_request is the fair turn,
+which this loop takes itself), and the environ holds only what the door reads plus the
+keys of the access log (``portal.lean`` among them, which tests look at).
+``PORTAL_FAST_DOWNLOADS=0`` or ``PORTAL_GUNICORN_WORKER_CLASS=gunicorn.workers.ggevent.
+GeventWorker`` gives gunicorn's worker unchanged.
+"""
+
+from __future__ import annotations
+
+import errno
+import io
+import os
+import re
+import sys
+import time
+from datetime import datetime
+
+import gevent
+from gunicorn import SERVER, SERVER_SOFTWARE, http, util
+from gunicorn.http import wsgi as gunicorn_wsgi
+from gunicorn.http2 import negotiation
+from gunicorn.workers.ggevent import GeventWorker as GunicornGeventWorker
+
+# Nothing of the app is imported here: gunicorn's master imports this module before the worker
+# monkey-patches (gevent), and the app's modules are loaded after it, in load_wsgi.
+LEAN = "portal.lean"  # download/fast.py reads it from the environ
+
+#: A request head longer than this goes to gunicorn's parser (which enforces its limits).
+HEAD_LIMIT = 8192
+_TOKEN = re.compile(r"[!#$%&'*+\-.^`|~0-9A-Za-z]+")
+#: Fields whose presence means the request is not plainly a GET without a body.
+_NOT_LEAN = frozenset({"CONTENT-LENGTH", "TRANSFER-ENCODING", "EXPECT", "UPGRADE",
+                       "HTTP2-SETTINGS", "TE", "TRAILER"})
+_FORWARDED = ("HTTP_X_FORWARDED_FOR", "HTTP_X_FORWARDED_PROTO", "HTTP_FORWARDED")
+
+
+class GeventWorker(GunicornGeventWorker):
+    """gunicorn's gevent worker; warm downloads are answered by the lean cycle below."""
+
+    def load_wsgi(self):
+        super().load_wsgi()
+        from .download.fast import DECLINED
+        from .sendfile import send_file_body
+
+        self.declined, self.send_file_body = DECLINED, send_file_body
+        app = self.wsgi
+        door = getattr(app, "extensions", {}).get("portal_fast_door")
+        self.lean_app = app.wsgi_app if door is not None and door.enabled() else None
+        self.lean_proxied = bool(door is not None and door.proxied)
+        self._date = (0, "")
+
+    def handle(self, listener, client, addr):
+        cfg = self.cfg
+        if (self.lean_app is None or cfg.is_ssl or not cfg.keepalive
+                or not isinstance(addr, tuple) or negotiation.prior_knowledge_allowed(cfg, addr)
+                or os.environ.get("SCRIPT_NAME") or cfg.env.get("SCRIPT_NAME")
+                or _proxy_protocol_on(cfg)):
+            return super().handle(listener, client, addr)
+        client.setblocking(1)
+        try:
+            self._serve(listener, client, addr)
+        except http.errors.NoMoreData as e:
+            self.log.debug("Ignored premature client disconnection. %s", e)
+        except StopIteration as e:
+            self.log.debug("Closing connection. %s", e)
+        except OSError as e:
+            if e.errno not in (errno.EPIPE, errno.ECONNRESET, errno.ENOTCONN):
+                self.log.exception("Socket error processing request.")
+        except Exception as e:  # as gunicorn's handle: an error page where one can still go
+            self.handle_error(None, client, addr, e)
+        finally:
+            util.close(client)
+
+    def _serve(self, listener, client, addr) -> None:
+        """Serve the connection's requests until it closes or the worker stops."""
+        listener_name = listener.getsockname()
+        pending = b""
+        keepalive = self.cfg.keepalive
+        while True:
+            pending, end = _read_head(client, pending, keepalive)
+            if pending is None:
+                return
+            environ = None
+            if end > 0:
+                environ = self._environ(pending[:end], client, addr, listener_name)
+            answer = None if environ is None else self._ask(environ)
+            if answer is None:
+                pending = self._gunicorn(listener, listener_name, client, addr, pending)
+                if pending is None:
+                    return
+                continue
+            pending = pending[end + 4:]
+            if not self._send(client, environ, answer):
+                return
+            # The fair turn gunicorn.conf.py's post_request takes in gunicorn's cycle.
+            gevent.sleep(1e-6)
+            if not self.alive:
+                return
+
+    def _ask(self, environ: dict):
+        """(status, headers, body) from the fast door, None when it declines."""
+        answered = []
+
+        def start_response(status, headers, exc_info=None):
+            answered[:] = [status, headers]
+
+        body = self.lean_app(environ, start_response)
+        if body is self.declined or not answered:
+            return None
+        return answered[0], answered[1], body
+
+    def _environ(self, head: bytes, client, addr, listener_name) -> dict | None:
+        """A small WSGI environ for a plain GET, None for anything gunicorn must parse."""
+        lines = head.decode("latin-1").split("\r\n")
+        parts = lines[0].split(" ")
+        if len(parts) != 3:
+            return None
+        method, target, protocol = parts
+        if (method != "GET" or protocol not in ("HTTP/1.1", "HTTP/1.0")
+                or not target.startswith("/") or "%" in target or "#" in target):
+            return None
+        path, _, query = target.partition("?")
+        fields = []
+        environ = {
+            LEAN: "1",
+            "REQUEST_METHOD": "GET",
+            "PATH_INFO": path,
+            "QUERY_STRING": query,
+            "RAW_URI": target,
+            "SCRIPT_NAME": "",
+            "SERVER_PROTOCOL": protocol,
+            "SERVER_SOFTWARE": SERVER_SOFTWARE,
+            "REMOTE_ADDR": addr[0],
+            "REMOTE_PORT": str(addr[1]),
+            "SERVER_NAME": str(listener_name[0]),
+            "SERVER_PORT": str(listener_name[1]),
+            "wsgi.url_scheme": "http",
+            "wsgi.version": (1, 0),
+            "wsgi.multithread": True,
+            "wsgi.multiprocess": self.cfg.workers > 1,
+            "wsgi.run_once": False,
+            "wsgi.input": io.BytesIO(),
+            "wsgi.errors": sys.stderr,
+            "wsgi.file_wrapper": gunicorn_wsgi.FileWrapper,
+            "gunicorn.socket": client,
+            "portal.fields": fields,
+        }
+        close = protocol == "HTTP/1.0"
+        for line in lines[1:]:
+            name, colon, value = line.partition(":")
+            if not colon or not _TOKEN.fullmatch(name) or "\n" in value or "\0" in value:
+                return None  # obs-fold, a bad name, a bare LF: gunicorn's parser judges
+            upper = name.upper()
+            key = "HTTP_" + upper.replace("-", "_")
+            if upper in _NOT_LEAN or key in environ:
+                return None
+            value = value.strip(" \t")
+            if upper == "CONNECTION":
+                token = value.lower()
+                if token == "close":
+                    close = True
+                elif token == "keep-alive":
+                    close = False
+                else:
+                    return None
+            fields.append((upper, value))
+            environ[key] = value
+        if self.lean_proxied and any(key in environ for key in _FORWARDED):
+            return None  # ProxyFix's rules are gunicorn-side work here: not lean
+        environ["portal.close"] = close
+        return environ
+
+    def _send(self, client, environ: dict, answer) -> bool:
+        """Write the door's answer; True when the connection may serve another request."""
+        started = datetime.now()
+        status, headers, body = answer
+        length = None
+        for name, value in headers:
+            if name.lower() == "content-length":
+                length = int(value)
+        self.nr += 1
+        if self.nr >= self.max_requests and self.alive:
+            self.log.info("Autorestarting worker after current request.")
+            self.alive = False
+        close = environ["portal.close"] or length is None or not self.alive
+        head = "".join([
+            f"{environ['SERVER_PROTOCOL']} {status}\r\nServer: {SERVER}\r\n"
+            f"Date: {self._http_date()}\r\nConnection: {'close' if close else 'keep-alive'}"
+            "\r\n", *[f"{name}: {value}\r\n" for name, value in headers], "\r\n"]).encode(
+                "latin-1")
+        sent = _Sent(status, headers)
+        try:
+            filelike = getattr(body, "filelike", None)
+            if (isinstance(body, gunicorn_wsgi.FileWrapper) and length is not None
+                    and util.has_fileno(filelike)):
+                fileno = filelike.fileno()
+                sent.sent = self.send_file_body(client, lambda: client.sendall(head), filelike,
+                                           fileno, os.lseek(fileno, 0, os.SEEK_CUR), length)
+            else:
+                chunks = [head]
+                for chunk in body:
+                    chunks.append(chunk)
+                    sent.sent += len(chunk)
+                client.sendall(b"".join(chunks))
+        finally:
+            close_body = getattr(body, "close", None)
+            if close_body is not None:
+                close_body()
+            self.log.access(sent, _Fields(environ["portal.fields"]), environ,
+                            datetime.now() - started)
+        return not close
+
+    def _gunicorn(self, listener, listener_name, client, addr, data: bytes) -> bytes | None:
+        """Serve one request with gunicorn's own cycle from the bytes already read; the bytes
+        read past it, or None when the connection is done."""
+        parser = http.get_parser(self.cfg, client, addr)
+        parser.unreader.unread(data)
+        req = None
+        with self.timeout_ctx():
+            req = next(parser, None)
+        if not req:
+            return None
+        if self._try_h2c_upgrade(listener, req, parser, client, addr):
+            return None
+        try:
+            self.handle_request(listener_name, req, client, addr)
+        except StopIteration:
+            return None
+        if req.should_close() or not parser.finish_body():
+            return None
+        return parser.unreader.take_buffered()
+
+    def _http_date(self) -> str:
+        now = int(time.time())
+        if self._date[0] != now:
+            self._date = (now, util.http_date(now))
+        return self._date[1]
+
+
+def _proxy_protocol_on(cfg) -> bool:
+    """True when gunicorn expects a PROXY protocol header first ("off" is the default)."""
+    return cfg.proxy_protocol not in ("off", False, None)
+
+
+def _read_head(client, pending: bytes, keepalive: float) -> tuple[bytes | None, int]:
+    """(the bytes read, where the request head's blank line starts in them); (None, -1) when
+    the client closed or stayed silent ``keepalive`` seconds; (data, -1) when no head ends
+    within HEAD_LIMIT bytes (gunicorn's parser then answers it)."""
+    end = pending.find(b"\r\n\r\n")
+    if end < 0:
+        client.settimeout(keepalive)
+        try:
+            while end < 0:
+                if len(pending) > HEAD_LIMIT:
+                    return pending, -1
+                try:
+                    data = client.recv(65536)
+                except TimeoutError:
+                    return None, -1
+                if not data:
+                    return None, -1
+                pending += data
+                end = pending.find(b"\r\n\r\n")
+        finally:
+            client.settimeout(None)
+    return pending, end
+
+
+class _Sent:
+    """What the access log reads of a response (gunicorn's Response has these too)."""
+
+    __slots__ = ("headers", "sent", "status")
+
+    def __init__(self, status: str, headers) -> None:
+        self.status, self.headers, self.sent = status, headers, 0
+
+
+class _Fields:
+    """What the access log reads of a request: its fields, upper-cased as gunicorn's."""
+
+    __slots__ = ("headers",)
+
+    def __init__(self, headers) -> None:
+        self.headers = headers
