@@ -10,6 +10,7 @@ escaping of double quotes, computed on lookup. ``gunicorn.conf.py`` selects it.
 
 from __future__ import annotations
 
+import logging
 import os
 import traceback
 from collections.abc import Iterator, Mapping
@@ -25,10 +26,34 @@ class AccessLogger(Logger):
         if not self.access_log_enabled:
             return
         try:
-            self.access_log.info(self.cfg.access_log_format,
-                                 LazyAtoms(self, resp, req, environ, request_time))
+            atoms = LazyAtoms(self, resp, req, environ, request_time)
+            streams = self._plain_streams()
+            if streams is None:
+                self.access_log.info(self.cfg.access_log_format, atoms)
+                return
+            line = self.cfg.access_log_format % atoms
+            for handler in streams:
+                with handler.lock:
+                    handler.stream.write(line + handler.terminator)
+                    handler.flush()
         except Exception:
             self.error(traceback.format_exc())
+
+    def _plain_streams(self) -> list[logging.StreamHandler] | None:
+        """The access log's handlers when each only writes the message to a stream (what
+        gunicorn sets up for a file or stdout), so the line can be written without a
+        LogRecord (6 % of a worker's time per download under wrk); None otherwise (syslog,
+        filters, a custom format), and logging writes it."""
+        log = self.access_log
+        if log.filters or not log.isEnabledFor(logging.INFO):
+            return None
+        handlers = log.handlers
+        for handler in handlers:
+            if (type(handler) not in (logging.StreamHandler, logging.FileHandler)
+                    or handler.filters or handler.stream is None or handler.level > logging.INFO
+                    or getattr(handler.formatter, "_fmt", None) != "%(message)s"):
+                return None
+        return handlers if handlers and not log.propagate else None
 
 
 class LazyAtoms(Mapping):

@@ -256,27 +256,41 @@ def gunicorn_sendfile(self, respiter) -> bool:
     return True
 
 
-def send_file_body(sock, send_head, filelike, fileno: int, offset: int, length: int) -> int:
-    """Send the response head (``send_head()``) and ``length`` bytes of the file from
-    ``offset``; return the body bytes sent. ``filelike.bytes_sent`` follows what the client
-    received (see send_range); ``filelike.pacer``, if set, paces it. Shared by gunicorn's
-    cycle (above) and the lean one (portal/worker.py)."""
+def send_file_body(sock, head, filelike, fileno: int, offset: int, length: int) -> int:
+    """Send the response head and ``length`` bytes of the file from ``offset``; return the
+    body bytes sent. ``head`` is the head's bytes, or a function that sends it (gunicorn's
+    ``send_headers``). ``filelike.bytes_sent`` follows what the client received (see
+    send_range); ``filelike.pacer``, if set, paces it. Shared by gunicorn's cycle (above)
+    and the lean one (portal/worker.py).
+
+    The head leaves in the same segment as the file's first bytes, so the client's TCP is
+    woken once per response, not twice (nginx does the same with tcp_nopush): bytes are
+    sent with MSG_MORE, which holds them until sendfile's last page; a function (or a paced
+    body, whose first bytes may wait) is run corked (TCP_CORK, which the kernel flushes
+    after 200 ms at the latest), uncorked whatever happens, which sends what is queued.
+    """
 
     def progress(n: int) -> None:
         filelike.bytes_sent = n
 
+    pacer = getattr(filelike, "pacer", None)
     progress(0)
-    # Corked: the headers leave in the same segment as the file's first bytes, so the
-    # client's TCP is woken once per response, not twice (nginx does the same with
-    # tcp_nopush). Uncorked whatever happens, which sends what is queued.
+    if isinstance(head, bytes) and _MSG_MORE and pacer is None:  # a pacer may wait: cork
+        sock.sendall(head, _MSG_MORE)
+        return send_range(sock, fileno, offset, length, progress, pacer)
     corked = _cork(sock, True)
     try:
-        send_head()
-        return send_range(sock, fileno, offset, length, progress,
-                          getattr(filelike, "pacer", None))
+        if isinstance(head, bytes):
+            sock.sendall(head)
+        else:
+            head()
+        return send_range(sock, fileno, offset, length, progress, pacer)
     finally:
         if corked:
             _cork(sock, False)
+
+
+_MSG_MORE = getattr(socket, "MSG_MORE", 0)  # Linux
 
 
 def _cork(sock, on: bool) -> bool:

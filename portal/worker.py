@@ -213,7 +213,7 @@ class GeventWorker(GunicornGeventWorker):
             if (isinstance(body, gunicorn_wsgi.FileWrapper) and length is not None
                     and util.has_fileno(filelike)):
                 fileno = filelike.fileno()
-                sent.sent = self.send_file_body(client, lambda: client.sendall(head), filelike,
+                sent.sent = self.send_file_body(client, head, filelike,
                                            fileno, os.lseek(fileno, 0, os.SEEK_CUR), length)
             else:
                 chunks = [head]

@@ -7,10 +7,11 @@ The row's columns are ``rawevents.EVENT_COLUMNS``; ``recorder.open_event`` recor
 
 from __future__ import annotations
 
-import json
 import uuid
 from datetime import UTC, datetime
 from urllib.parse import urlsplit
+
+import orjson
 
 from . import clients, logical
 
@@ -23,14 +24,15 @@ def new_event_key() -> str:
 
 
 def dump_row(row: dict) -> str:
-    """An event row as the JSON of the journal, the stream and the nginx hashes."""
-    return json.dumps({k: (v.isoformat() if isinstance(v, datetime) else v)
-                       for k, v in row.items()}, separators=(",", ":"), ensure_ascii=False)
+    """An event row as the JSON of the journal, the stream and the nginx hashes (compact
+    UTF-8; datetimes as ISO 8601, as ``datetime.isoformat`` writes them). orjson, not json:
+    every download writes its row twice, and json's encoder was 5 % of a worker's time."""
+    return orjson.dumps(row).decode()
 
 
 def load_row(raw: bytes | str) -> dict:
     """The inverse of ``dump_row`` (datetimes back as datetimes)."""
-    row = json.loads(raw)
+    row = orjson.loads(raw)
     for name in _DATES:
         if row.get(name):
             row[name] = datetime.fromisoformat(row[name])
