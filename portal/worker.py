@@ -67,6 +67,10 @@ class GeventWorker(GunicornGeventWorker):
         self.lean_app = app.wsgi_app if door is not None and door.enabled() else None
         self.lean_proxied = bool(door is not None and door.proxied)
         self._date = (0, "")
+        # gunicorn's limits (0: none), less a margin: a head near one goes to its parser.
+        cfg = self.cfg
+        self.head_limits = tuple((limit or HEAD_LIMIT) - 2 for limit in (
+            cfg.limit_request_line, cfg.limit_request_field_size, cfg.limit_request_fields))
 
     def handle(self, listener, client, addr):
         cfg = self.cfg
@@ -130,7 +134,12 @@ class GeventWorker(GunicornGeventWorker):
 
     def _environ(self, head: bytes, client, addr, listener_name) -> dict | None:
         """A small WSGI environ for a plain GET, None for anything gunicorn must parse."""
+        if len(head) > HEAD_LIMIT:
+            return None
         lines = head.decode("latin-1").split("\r\n")
+        line_limit, field_limit, fields_limit = self.head_limits
+        if len(lines[0]) >= line_limit or len(lines) > fields_limit:
+            return None  # gunicorn's parser judges the limits, from the same bytes
         parts = lines[0].split(" ")
         if len(parts) != 3:
             return None
@@ -167,7 +176,8 @@ class GeventWorker(GunicornGeventWorker):
         close = protocol == "HTTP/1.0"
         for line in lines[1:]:
             name, colon, value = line.partition(":")
-            if not colon or not _TOKEN.fullmatch(name) or "\n" in value or "\0" in value:
+            if (len(line) >= field_limit or not colon or not _TOKEN.fullmatch(name)
+                    or "\n" in value or "\0" in value):
                 return None  # obs-fold, a bad name, a bare LF: gunicorn's parser judges
             upper = name.upper()
             key = "HTTP_" + upper.replace("-", "_")

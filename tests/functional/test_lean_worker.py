@@ -1,0 +1,216 @@
+"""The portal's gevent worker (portal/worker.py) answers on the wire exactly as gunicorn's own.
+
+Two real gunicorns on one instance: ``lean`` with the portal's worker (the default) and
+``plain`` with gunicorn's GeventWorker. The same raw bytes go to both over a socket, some
+pipelined on one connection; every response's status line, fields (Date aside, Set-Cookie by
+name) and body must be equal, and so must whether the server closed the connection. The access
+log names which requests the lean cycle answered (``%({portal.lean}e)s``): the warm plain GETs,
+and nothing it should have handed to gunicorn's cycle.
+"""
+
+from __future__ import annotations
+
+import re
+import socket
+import time
+
+import pytest
+from servers import Browser, Gunicorn, wait_for, write_random
+
+pytestmark = pytest.mark.slow
+
+PLAIN = "gunicorn.workers.ggevent.GeventWorker"
+# Which case sent a line, and whether the lean cycle answered it ("1") or gunicorn ("-").
+LOG_FORMAT = "ACCESS %(a)s %({portal.lean}e)s %(s)s %(B)s"
+
+
+@pytest.fixture(scope="module")
+def servers(portal_instance, tmp_path_factory):
+    root = tmp_path_factory.mktemp("lean")
+    write_random(root / "private.bin", 70_000)
+    write_random(root / "public.bin", 5_000)
+    ids = {"private": portal_instance.add_file(root / "private.bin", title="private",
+                                               access="login"),
+           "public": portal_instance.add_file(root / "public.bin", title="public")}
+    env = {"GUNICORN_CMD_ARGS": f"--access-logformat '{LOG_FORMAT}'"}
+    lean = Gunicorn(portal_instance, workers=1, env=env).start()
+    plain = Gunicorn(portal_instance, workers=1,
+                     env={**env, "PORTAL_GUNICORN_WORKER_CLASS": PLAIN}).start()
+    try:
+        cookie = None
+        for server in (lean, plain):
+            browser = Browser(server.base_url).login("alice")
+            cookie = "; ".join(f"{c.name}={c.value}" for c in browser.jar)
+        yield lean, plain, ids, cookie
+    finally:
+        lean.stop()
+        plain.stop()
+
+
+def exchange(server: Gunicorn, raw: bytes, expect: int) -> tuple[list, bool]:
+    """Send ``raw`` on one connection; read up to ``expect`` responses (each: status line,
+    fields, body) and whether the server then closed the connection. A HEAD is only ever
+    sent alone here: its response has no body whatever its Content-Length says."""
+    head_only = raw.startswith(b"HEAD ")
+    sock = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+    buf, responses, closed = b"", [], False
+    try:
+        sock.sendall(raw)
+
+        def more() -> bool:
+            nonlocal buf
+            data = sock.recv(65536)
+            buf += data
+            return bool(data)
+
+        while len(responses) < expect:
+            while b"\r\n\r\n" not in buf:
+                if not more():
+                    return responses, True
+            head, buf = buf.split(b"\r\n\r\n", 1)
+            status, *lines = head.decode("latin-1").split("\r\n")
+            fields = [tuple(line.split(": ", 1)) for line in lines]
+            length = next((int(v) for k, v in fields if k.lower() == "content-length"), None)
+            if head_only or status.split()[1][0] == "1" or status.split()[1] in ("204", "304"):
+                length = 0
+            if length is None:
+                while more():
+                    pass
+                body, buf, closed = buf, b"", True
+            else:
+                while len(buf) < (length or 0):
+                    if not more():
+                        break
+                body, buf = buf[:length or 0], buf[length or 0:]
+            boundary = re.search(r"boundary=(\w+)", head.decode("latin-1"))
+            if boundary:  # random per response
+                body = body.replace(boundary.group(1).encode(), b"BOUNDARY")
+                fields = [(k, v.replace(boundary.group(1), "BOUNDARY")) for k, v in fields]
+            # A page's CSRF token is signed afresh for each response.
+            body = re.sub(rb'(name="csrf[-_]token" (?:content|value)=")[^"]*', rb"\1T", body)
+            responses.append((status, normalised(fields), body))
+        if not closed:
+            sock.settimeout(0.5)
+            try:
+                closed = sock.recv(1) == b""
+            except TimeoutError:
+                closed = False
+        return responses, closed
+    finally:
+        sock.close()
+
+
+def normalised(fields: list) -> list:
+    """The fields without Date, Set-Cookie by cookie name only (their values are signed)."""
+    out = []
+    for name, value in fields:
+        if name.lower() == "date":
+            continue
+        if name.lower() == "set-cookie":
+            value = value.split("=", 1)[0]
+        out.append((name, value))
+    return out
+
+
+def req(case: str, path: str, *extra: str, method: str = "GET", version: str = "HTTP/1.1",
+        body: bytes = b"") -> bytes:
+    lines = [f"{method} {path} {version}", "Host: portal.test", f"User-Agent: case-{case}",
+             *extra]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
+
+
+def lean_lines(server: Gunicorn) -> dict[str, list[str]]:
+    """{case: ["1" or "-" for each of its requests, in order]} from the access log."""
+    found: dict[str, list[str]] = {}
+    for match in re.finditer(r"ACCESS case-(\S+) (\S+) ", server.log.read_text("utf-8")):
+        found.setdefault(match.group(1), []).append(match.group(2))
+    return found
+
+
+def cases(ids: dict, cookie: str) -> list[tuple[str, bytes, int, list[str]]]:
+    """(case, raw bytes, responses expected, lean-served flags of its requests)."""
+    private, public = f"/files/{ids['private']}/download", f"/files/{ids['public']}/download"
+    signed = f"Cookie: {cookie}"
+    return [
+        ("full", req("full", private, signed), 1, ["1"]),
+        ("range", req("range", private, signed, "Range: bytes=10-99"), 1, ["1"]),
+        ("suffix", req("suffix", private, signed, "Range: bytes=-7"), 1, ["1"]),
+        ("multi", req("multi", private, signed, "Range: bytes=0-1,5-6"), 1, ["-"]),
+        ("unsatisfiable", req("unsatisfiable", private, signed, "Range: bytes=999999-"), 1,
+         ["-"]),
+        ("head", req("head", private, signed, method="HEAD"), 1, ["-"]),
+        ("anonymous", req("anonymous", private), 1, ["-"]),
+        ("public", req("public", public), 1, ["1"]),
+        ("query", req("query", public + "?version=1"), 1, ["-"]),
+        ("percent", req("percent", public.replace("/download", "/%64ownload")), 1, ["-"]),
+        ("http10", req("http10", public, version="HTTP/1.0") + req("http10", public), 1,
+         ["1"]),
+        ("http10-keepalive", req("http10-keepalive", public, "Connection: keep-alive",
+                                 version="HTTP/1.0") * 2, 2, ["1", "1"]),
+        ("close", req("close", public, "Connection: close") + req("close", public), 1, ["1"]),
+        ("pipelined", req("pipelined", private, signed) + req("pipelined", public)
+         + req("pipelined", private, signed, "Range: bytes=0-0"), 3, ["1", "1", "1"]),
+        # gunicorn's cycle in between: a POST with a body, then the lean one again
+        ("mixed", req("mixed", public) + req("mixed", "/login", "Content-Length: 9",
+                                             "Content-Type: application/x-www-form-urlencoded",
+                                             method="POST", body=b"username=")
+         + req("mixed", public, "X_Weird: 1") + req("mixed", public), 4,
+         ["1", "-", "-", "1"]),
+        ("repeated", req("repeated", public, "Accept: a", "Accept: b"), 1, ["-"]),
+        ("page", req("page", "/healthz"), 1, ["-"]),
+        ("expect", req("expect", public, "Expect: 100-continue"), 2, ["-"]),
+        ("big-head", req("big-head", public, "X-Filler: " + "a" * 9000), 1, None),
+        # gunicorn's parser judges these (flags None: whatever it logs)
+        ("bad-line", b"GET /x\r\nUser-Agent: case-bad-line\r\n\r\n", 1, None),
+        ("lowercase", req("lowercase", public, method="get"), 1, None),
+        ("bare-lf", req("bare-lf", public).replace(b"\r\nUser", b"\nUser"), 1, None),
+    ]
+
+
+def test_the_lean_cycle_answers_as_gunicorn_does(servers):
+    lean, plain, ids, cookie = servers
+    for server in (lean, plain):  # warm: the workers' copies hold the files and the user
+        for case, raw, expect, _ in cases(ids, cookie):
+            if case in ("full", "public"):
+                exchange(server, raw, expect)
+                exchange(server, raw, expect)
+    before = {server.port: len(server.log.read_text("utf-8")) for server in (lean, plain)}
+    for case, raw, expect, _ in cases(ids, cookie):
+        got = exchange(lean, raw, expect)
+        want = exchange(plain, raw, expect)
+        for i, (a, b) in enumerate(zip(got[0], want[0], strict=False)):
+            assert a[:2] == b[:2], (case, i)
+            assert a == b, (case, i, "body")
+        assert got == want, case
+        assert len(got[0]) == expect, (case, got[0])
+        assert got[0][0][0].split()[1] not in ("500", "502"), (case, got[0][0][0])
+
+    wait_for(lambda: lean_lines(lean).get("mixed"), 10, "the access lines")
+    time.sleep(0.3)
+    seen = {}
+    for match in re.finditer(r"ACCESS case-(\S+) (\S+) ",
+                             lean.log.read_text("utf-8")[before[lean.port]:]):
+        seen.setdefault(match.group(1), []).append(match.group(2))
+    for case, _, _, flags in cases(ids, cookie):
+        if flags is not None:
+            assert seen.get(case, []) == flags, case
+        else:
+            assert "1" not in seen.get(case, []), case
+    # The plain worker answered nothing in the lean cycle.
+    plain_seen = plain.log.read_text("utf-8")[before[plain.port]:]
+    assert re.findall(r"ACCESS case-\S+ (\S+) ", plain_seen)
+    assert set(re.findall(r"ACCESS case-\S+ (\S+) ", plain_seen)) == {"-"}
+
+
+def test_lean_downloads_are_recorded_with_the_bytes_sent(servers, portal_instance):
+    lean, _, ids, cookie = servers
+    private = f"/files/{ids['private']}/download"
+    before = len(portal_instance.events(file_id=ids["private"]))
+    raw = req("rec", private, f"Cookie: {cookie}") + req(
+        "rec", private, f"Cookie: {cookie}", "Range: bytes=100-199")
+    responses, _ = exchange(lean, raw, 2)
+    assert [r[0] for r in responses] == ["HTTP/1.1 200 OK", "HTTP/1.1 206 PARTIAL CONTENT"]
+    events = portal_instance.wait_events(before + 2, file_id=ids["private"])
+    assert len(events) == before + 2
+    assert sorted(e["bytes_sent"] for e in events[before:]) == [100, 70_000]
+    assert {e["user_id"] for e in events[before:]} != {None}
