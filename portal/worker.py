@@ -10,8 +10,8 @@ when it is a plain one, asks the fast door with a small environ; what the door a
 out with the same status line, Server, Date and Connection fields as gunicorn writes, and
 the same access line. Nothing is re-implemented for anything else: a request the door
 declines, and anything not plainly a GET without a body (other methods, a body, Expect,
-Upgrade, a repeated or unusual field, a percent-encoded path, X-Forwarded-* behind trusted
-proxies, a request head of more than 8 KiB), is handed over with the bytes already read to
+Upgrade, a repeated or unusual field, a percent-encoded path, a request head near
+gunicorn's limits), is handed over with the bytes already read to
 gunicorn's own parser and cycle, on the same connection, which then comes back to this
 loop for its next request. TLS, HTTP/2, the PROXY protocol, a SCRIPT_NAME or keepalive=0
 leave every connection to gunicorn.
@@ -37,6 +37,7 @@ from datetime import datetime
 import gevent
 from gunicorn import SERVER, SERVER_SOFTWARE, http, util
 from gunicorn.http import wsgi as gunicorn_wsgi
+from gunicorn.http.message import _ip_in_allow_list
 from gunicorn.http2 import negotiation
 from gunicorn.workers.ggevent import GeventWorker as GunicornGeventWorker
 
@@ -50,7 +51,6 @@ _TOKEN = re.compile(r"[!#$%&'*+\-.^`|~0-9A-Za-z]+")
 #: Fields whose presence means the request is not plainly a GET without a body.
 _NOT_LEAN = frozenset({"CONTENT-LENGTH", "TRANSFER-ENCODING", "EXPECT", "UPGRADE",
                        "HTTP2-SETTINGS", "TE", "TRAILER"})
-_FORWARDED = ("HTTP_X_FORWARDED_FOR", "HTTP_X_FORWARDED_PROTO", "HTTP_FORWARDED")
 
 
 class GeventWorker(GunicornGeventWorker):
@@ -65,8 +65,9 @@ class GeventWorker(GunicornGeventWorker):
         app = self.wsgi
         door = getattr(app, "extensions", {}).get("portal_fast_door")
         self.lean_app = app.wsgi_app if door is not None and door.enabled() else None
-        self.lean_proxied = bool(door is not None and door.proxied)
         self._date = (0, "")
+        self._trust = ("", False)
+        self.secure_headers = dict(self.cfg.secure_scheme_headers)
         # gunicorn's limits (0: none), less a margin: a head near one goes to its parser.
         cfg = self.cfg
         self.head_limits = tuple((limit or HEAD_LIMIT) - 2 for limit in (
@@ -174,6 +175,9 @@ class GeventWorker(GunicornGeventWorker):
             "portal.fields": fields,
         }
         close = protocol == "HTTP/1.0"
+        # gunicorn's rule for the scheme: X-Forwarded-Proto and the other secure-scheme
+        # fields count only from forwarded_allow_ips (ProxyFix then applies its own rule).
+        trusted, secure_scheme = self._trusted_peer(addr), False
         for line in lines[1:]:
             name, colon, value = line.partition(":")
             if (len(line) >= field_limit or not colon or not _TOKEN.fullmatch(name)
@@ -192,12 +196,27 @@ class GeventWorker(GunicornGeventWorker):
                     close = False
                 else:
                     return None
+            if upper in self.secure_headers and trusted:
+                secure_scheme = True
             fields.append((upper, value))
             environ[key] = value
-        if self.lean_proxied and any(key in environ for key in _FORWARDED):
-            return None  # ProxyFix's rules are gunicorn-side work here: not lean
+        if secure_scheme:
+            scheme = {"https" if value == self.secure_headers[name] else "http"
+                      for name, value in fields if name in self.secure_headers}
+            if len(scheme) > 1:
+                return None  # gunicorn refuses the request (InvalidSchemeHeaders)
+            environ["wsgi.url_scheme"] = scheme.pop()
         environ["portal.close"] = close
         return environ
+
+    def _trusted_peer(self, addr) -> bool:
+        """gunicorn's forwarded_allow_ips check (the same function as its parser's)."""
+        held = self._trust
+        if held[0] != addr[0]:
+            cfg = self.cfg
+            held = self._trust = (addr[0], _ip_in_allow_list(
+                addr[0], cfg.forwarded_allow_ips, cfg.forwarded_allow_networks()))
+        return held[1]
 
     def _send(self, client, environ: dict, answer) -> bool:
         """Write the door's answer; True when the connection may serve another request."""

@@ -64,7 +64,6 @@ class FastDownloads:
         self.served = 0  # downloads this path answered (tests)
         self._sessions: dict[str, tuple[dict, float]] = {}
         self._decoded: dict[str, tuple] = {}
-        self.proxied = bool(settings(app).trusted_proxies)  # ProxyFix wraps this door
         app.extensions["portal_fast_door"] = self
 
     def enabled(self) -> bool:

@@ -17,11 +17,14 @@ import time
 import pytest
 from servers import Browser, Gunicorn, wait_for, write_random
 
+from portal.analytics import clients
+
 pytestmark = pytest.mark.slow
 
 PLAIN = "gunicorn.workers.ggevent.GeventWorker"
 # Which case sent a line, and whether the lean cycle answered it ("1") or gunicorn ("-").
 LOG_FORMAT = "ACCESS %(a)s %({portal.lean}e)s %(s)s %(B)s"
+LOG_ENV = {"GUNICORN_CMD_ARGS": f"--access-logformat '{LOG_FORMAT}'"}
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +35,7 @@ def servers(portal_instance, tmp_path_factory):
     ids = {"private": portal_instance.add_file(root / "private.bin", title="private",
                                                access="login"),
            "public": portal_instance.add_file(root / "public.bin", title="public")}
-    env = {"GUNICORN_CMD_ARGS": f"--access-logformat '{LOG_FORMAT}'"}
+    env = dict(LOG_ENV)
     lean = Gunicorn(portal_instance, workers=1, env=env).start()
     plain = Gunicorn(portal_instance, workers=1,
                      env={**env, "PORTAL_GUNICORN_WORKER_CLASS": PLAIN}).start()
@@ -157,6 +160,11 @@ def cases(ids: dict, cookie: str) -> list[tuple[str, bytes, int, list[str]]]:
          + req("mixed", public, "X_Weird: 1") + req("mixed", public), 4,
          ["1", "-", "-", "1"]),
         ("repeated", req("repeated", public, "Accept: a", "Accept: b"), 1, ["-"]),
+        # nginx's fields (gunicorn trusts 127.0.0.1 for the scheme by default)
+        ("forwarded", req("forwarded", private, signed, "X-Forwarded-For: 203.0.113.7",
+                          "X-Forwarded-Proto: https"), 1, ["1"]),
+        ("scheme-conflict", req("scheme-conflict", public, "X-Forwarded-Proto: https",
+                                "X-Forwarded-Ssl: off"), 1, None),
         ("page", req("page", "/healthz"), 1, ["-"]),
         ("expect", req("expect", public, "Expect: 100-continue"), 2, ["-"]),
         ("big-head", req("big-head", public, "X-Filler: " + "a" * 9000), 1, None),
@@ -214,3 +222,23 @@ def test_lean_downloads_are_recorded_with_the_bytes_sent(servers, portal_instanc
     assert len(events) == before + 2
     assert sorted(e["bytes_sent"] for e in events[before:]) == [100, 70_000]
     assert {e["user_id"] for e in events[before:]} != {None}
+
+
+def test_behind_a_trusted_proxy_the_lean_cycle_takes_the_forwarded_client(
+        portal_instance, servers):
+    _, _, ids, _ = servers
+    public = f"/files/{ids['public']}/download"
+    with Gunicorn(portal_instance, workers=1, env={"PORTAL_TRUSTED_PROXIES": "1",
+                                                    **LOG_ENV}) as proxied:
+        raw = req("proxied", public, "X-Forwarded-For: 198.51.100.23",
+                  "X-Forwarded-Proto: https")
+        for _ in range(3):  # the first may go to the view (cold copies); the rest are lean
+            responses, _ = exchange(proxied, raw, 1)
+            assert responses[0][0] == "HTTP/1.1 200 OK"
+        wait_for(lambda: len(lean_lines(proxied).get("proxied", [])) == 3, 10, "access lines")
+        assert lean_lines(proxied)["proxied"][1:] == ["1", "1"]
+        events = portal_instance.wait_events(3, file_id=ids["public"],
+                                             user_agent="case-proxied")
+        # ProxyFix ran in the lean cycle too: the client is the proxy's entry, not 127.0.0.1
+        assert {e["client_ip"] for e in events} == {
+            clients.truncate_ip("198.51.100.23")}
