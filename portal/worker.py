@@ -43,7 +43,6 @@ from gunicorn.workers.ggevent import GeventWorker as GunicornGeventWorker
 
 # Nothing of the app is imported here: gunicorn's master imports this module before the worker
 # monkey-patches (gevent), and the app's modules are loaded after it, in load_wsgi.
-LEAN = "portal.lean"  # download/fast.py reads it from the environ
 
 #: A request head longer than this goes to gunicorn's parser (which enforces its limits).
 HEAD_LIMIT = 8192
@@ -58,10 +57,10 @@ class GeventWorker(GunicornGeventWorker):
 
     def load_wsgi(self):
         super().load_wsgi()
-        from .download.fast import DECLINED
+        from .download.fast import DECLINED, LEAN
         from .sendfile import send_file_body
 
-        self.declined, self.send_file_body = DECLINED, send_file_body
+        self.declined, self.lean_key, self.send_file_body = DECLINED, LEAN, send_file_body
         app = self.wsgi
         door = getattr(app, "extensions", {}).get("portal_fast_door")
         self.lean_app = app.wsgi_app if door is not None and door.enabled() else None
@@ -151,7 +150,7 @@ class GeventWorker(GunicornGeventWorker):
         path, _, query = target.partition("?")
         fields = []
         environ = {
-            LEAN: "1",
+            self.lean_key: "1",
             "REQUEST_METHOD": "GET",
             "PATH_INFO": path,
             "QUERY_STRING": query,
@@ -242,9 +241,10 @@ class GeventWorker(GunicornGeventWorker):
             if (isinstance(body, gunicorn_wsgi.FileWrapper) and length is not None
                     and util.has_fileno(filelike)):
                 fileno = filelike.fileno()
-                sent.sent = self.send_file_body(client, head, filelike,
-                                           fileno, os.lseek(fileno, 0, os.SEEK_CUR), length)
-            else:
+                sent.sent = self.send_file_body(client, head, filelike, fileno,
+                                                os.lseek(fileno, 0, os.SEEK_CUR), length)
+                close = close or sent.sent < length  # the file was shorter than promised
+            else:  # the door's other answers are a few bytes (a refusal) or none (a grant)
                 chunks = [head]
                 for chunk in body:
                     chunks.append(chunk)

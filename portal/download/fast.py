@@ -48,7 +48,7 @@ _PATH = re.compile(r"/files/([0-9]{1,9})/download")
 #: Set in the environ by the lean request cycle (portal/worker.py): a request this door does
 #: not answer is then not handed to Flask here but returned as DECLINED, and the worker gives
 #: it to gunicorn's own cycle, which calls the whole app again.
-LEAN = "portal.lean"  # the same name as in portal/worker.py
+LEAN = "portal.lean"
 DECLINED: list[bytes] = []
 
 #: Verified session cookies and decoded cache entries kept per worker (then started afresh).
