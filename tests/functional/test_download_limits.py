@@ -34,6 +34,8 @@ from servers import (
     write_random,
 )
 
+from portal.download import limits
+
 pytestmark = pytest.mark.slow
 
 MiB = 1 << 20
@@ -65,14 +67,14 @@ def slow_curls(url: str, count: int, cookie: str | None = None) -> list[subproce
 
 def held(client: redis.Redis, person: str) -> int:
     """Live leases of a person in Redis."""
-    key = f"portal:download:conn:{person}"
+    key = limits.conn_key(person)
     client.zremrangebyscore(key, "-inf", time.time())
     return client.zcard(key)
 
 
 def node_held(client: redis.Redis) -> int:
     """Live leases of this node (the only one here)."""
-    key = f"portal:download:node:{socket.gethostname()}"
+    key = limits.node_key(socket.gethostname())
     client.zremrangebyscore(key, "-inf", time.time())
     return client.zcard(key)
 
@@ -155,7 +157,7 @@ def test_aria2c_finishes_under_a_limit_of_four(server, site, alice, tmp_path, co
     url = alice.mint_link(site.login_id)["url"]
     agent = tag(f"aria2c-x{connections}")
     r = redis.Redis.from_url(site.instance.env["PORTAL_REDIS_URL"])
-    refused = int(r.hget("portal:download:limits", "refused_person") or 0)
+    refused = int(r.hget(limits.STATS_KEY, "refused_person") or 0)
     # Nothing to pass: aria2c drops each connection refused with 429 and fetches every
     # segment over the ones it was given (docs/limits.md). Its overall rate is capped so
     # that its connections stay open together: on loopback a fast machine fetches 24 MiB
@@ -167,7 +169,7 @@ def test_aria2c_finishes_under_a_limit_of_four(server, site, alice, tmp_path, co
     events = site.instance.wait_events(user_agent=agent)
     assert sum(e["bytes_sent"] for e in events) >= site.size
     # it really was held to 4: the others were refused (429) and retried
-    assert int(r.hget("portal:download:limits", "refused_person") or 0) > refused
+    assert int(r.hget(limits.STATS_KEY, "refused_person") or 0) > refused
     assert held(r, f"u:{alice_id(site)}") == 0
 
 
@@ -273,8 +275,8 @@ RATE = 4 * MiB
 def test_direct_mode_paces_a_person_to_their_rate(site, tmp_path):
     """Loose functional check (the bench measures it closely): one connection, then two at
     once, each time the person's bytes per second near the limit."""
-    limits = json.dumps({"anonymous": {"rate": "4MB"}})
-    with Gunicorn(site.instance, env={"PORTAL_DOWNLOAD_LIMITS": limits}) as g:
+    rules = json.dumps({"anonymous": {"rate": "4MB"}})
+    with Gunicorn(site.instance, env={"PORTAL_DOWNLOAD_LIMITS": rules}) as g:
         url = f"{g.base_url}/files/{site.public_id}/download"
         seconds = timed_download(url, tmp_path / "one.bin")
         assert sha256_file(tmp_path / "one.bin") == site.sha256
@@ -321,9 +323,9 @@ def test_nginx_carries_the_rate_and_the_portal_counts(site, tmp_path_factory):
     connection and hands nginx X-Accel-Limit-Rate; nginx sends at that rate."""
     require_tool("nginx")
     nginx_dir = tmp_path_factory.mktemp("nginx")
-    limits = json.dumps({"anonymous": {"connections": 2, "rate": "4MB"}})
+    rules = json.dumps({"anonymous": {"connections": 2, "rate": "4MB"}})
     backend = Gunicorn(site.instance, workers=1, sendfile="x-accel", env={
-        "PORTAL_DOWNLOAD_LIMITS": limits,
+        "PORTAL_DOWNLOAD_LIMITS": rules,
         "PORTAL_ANALYTICS_NGINX_LOG": str(nginx_dir / "logs" / "portal_events.log")})
     with backend, Nginx(nginx_dir, backend) as nginx:
         url = f"{nginx.base_url}/files/{site.public_id}/download"
@@ -334,7 +336,7 @@ def test_nginx_carries_the_rate_and_the_portal_counts(site, tmp_path_factory):
         head = Path(str(out) + ".head").read_text().lower()
         assert head.startswith("http/1.1 200") and "x-accel" not in head  # nginx's own
         r = redis.Redis.from_url(site.instance.env["PORTAL_REDIS_URL"])
-        r.delete("portal:download:conn:ip:127.0.0.1")  # the finished one's lease runs on
+        r.delete(limits.conn_key("ip:127.0.0.1"))  # the finished one's lease runs on
         holders = slow_curls(url, 2)
         try:
             wait_for(lambda: held(r, "ip:127.0.0.1") == 2, 10, "2 leases")
@@ -372,8 +374,8 @@ def test_curl_and_wget_wait_for_a_free_connection_when_told_to(server, site, tmp
 def forget_other_servers_leases(client: redis.Redis) -> None:
     """The leases earlier tests' servers left behind (handed to an nginx whose log nobody
     reads now, they would count until they expire)."""
-    client.delete("portal:download:conn:ip:127.0.0.1", "portal:download:conn:ip:127.0.0.2",
-                  f"portal:download:node:{socket.gethostname()}")
+    client.delete(limits.conn_key("ip:127.0.0.1"), limits.conn_key("ip:127.0.0.2"),
+                  limits.node_key(socket.gethostname()))
 
 
 @pytest.fixture(scope="module")
@@ -400,7 +402,7 @@ def test_aria2c_wget_and_curl_through_nginx_finish_under_the_limit(site, behind_
     url = f"{behind_nginx.base_url}/files/{site.public_id}/download"
     r = redis.Redis.from_url(site.instance.env["PORTAL_REDIS_URL"])
     forget_other_servers_leases(r)
-    refused = int(r.hget("portal:download:limits", "refused_person") or 0)
+    refused = int(r.hget(limits.STATS_KEY, "refused_person") or 0)
     for run_no, connections in enumerate((16, 8)):
         out = tmp_path / str(run_no)
         run([aria2c, f"-x{connections}", f"-s{connections}", "-k1M", "-d", out, "-q",
@@ -409,7 +411,7 @@ def test_aria2c_wget_and_curl_through_nginx_finish_under_the_limit(site, behind_
         assert sha256_file(out / NAME) == site.sha256
         # the log's lines end the leases within seconds, not after the 30 s lease
         wait_for(lambda: held(r, "ip:127.0.0.1") == 0, 10, "the leases ended by nginx's log")
-    assert int(r.hget("portal:download:limits", "refused_person") or 0) > refused
+    assert int(r.hget(limits.STATS_KEY, "refused_person") or 0) > refused
     # and the single-connection clients resume through nginx under the same limit
     for name, cmd in (("wget.bin", [require_tool("wget"), "-q", "-c", "-O"]),
                       ("curl.bin", [require_tool("curl"), "-sS", "--fail", "-C", "-", "-o"])):
