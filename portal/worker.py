@@ -61,23 +61,23 @@ class GeventWorker(GunicornGeventWorker):
         from .sendfile import send_file_body
 
         self.declined, self.lean_key, self.send_file_body = DECLINED, LEAN, send_file_body
-        app = self.wsgi
+        app, cfg = self.wsgi, self.cfg
         door = getattr(app, "extensions", {}).get("portal_fast_door")
-        self.lean_app = app.wsgi_app if door is not None and door.enabled() else None
+        # Settings under which every connection is gunicorn's (see the module's docstring).
+        lean = (door is not None and door.enabled() and not cfg.is_ssl and cfg.keepalive
+                and not (os.environ.get("SCRIPT_NAME") or cfg.env.get("SCRIPT_NAME"))
+                and cfg.proxy_protocol in ("off", False, None))
+        self.lean_app = app.wsgi_app if lean else None
         self._date = (0, "")
         self._trust = ("", False)
-        self.secure_headers = dict(self.cfg.secure_scheme_headers)
+        self.secure_headers = dict(cfg.secure_scheme_headers)
         # gunicorn's limits (0: none), less a margin: a head near one goes to its parser.
-        cfg = self.cfg
         self.head_limits = tuple((limit or HEAD_LIMIT) - 2 for limit in (
             cfg.limit_request_line, cfg.limit_request_field_size, cfg.limit_request_fields))
 
     def handle(self, listener, client, addr):
-        cfg = self.cfg
-        if (self.lean_app is None or cfg.is_ssl or not cfg.keepalive
-                or not isinstance(addr, tuple) or negotiation.prior_knowledge_allowed(cfg, addr)
-                or os.environ.get("SCRIPT_NAME") or cfg.env.get("SCRIPT_NAME")
-                or _proxy_protocol_on(cfg)):
+        if (self.lean_app is None or not isinstance(addr, tuple)
+                or negotiation.prior_knowledge_allowed(self.cfg, addr)):
             return super().handle(listener, client, addr)
         client.setblocking(1)
         try:
@@ -283,11 +283,6 @@ class GeventWorker(GunicornGeventWorker):
         if self._date[0] != now:
             self._date = (now, util.http_date(now))
         return self._date[1]
-
-
-def _proxy_protocol_on(cfg) -> bool:
-    """True when gunicorn expects a PROXY protocol header first ("off" is the default)."""
-    return cfg.proxy_protocol not in ("off", False, None)
 
 
 def _read_head(client, pending: bytes, keepalive: float) -> tuple[bytes | None, int]:
