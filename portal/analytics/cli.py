@@ -116,7 +116,7 @@ def rebuild_command():
 
 
 @analytics_cli.command("load")
-@click.argument("source", metavar="DIR")
+@click.argument("source", metavar="DIR|s3://BUCKET/PREFIX")
 @click.option("--before", type=click.DateTime(formats=["%Y-%m-%d"]), default=None,
               help="Replace the rows of local days before this one (YYYY-MM-DD) [default: "
                    "the day of the newest event the job saw].")

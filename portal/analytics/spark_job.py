@@ -1,14 +1,20 @@
 """The logical-download rules and the per-file, per-day rollups as a PySpark job over the
 Parquet export (``flask analytics export``), for histories past one SQL database.
 
-    spark-submit portal/analytics/spark_job.py --events s3a://lake/events \\
-        --out s3a://lake/rollups [--timezone Asia/Shanghai] [--idle-minutes 30] ...
+    spark-submit --packages org.apache.hadoop:hadoop-aws:3.5.0 \\
+        portal/analytics/spark_job.py --events s3://lake/events \\
+        --out s3://lake/rollups [--timezone Asia/Shanghai] [--idle-minutes 30] ...
 
-(``--master local[2]`` runs it on one machine.) It writes, as Parquet, ``OUT/file_days`` (one
-row per file and local day: requests, bytes_served, downloads, completed, users),
-``OUT/logical_downloads`` (one row per logical download) and the portal's own tables with
-their SQL columns, ``OUT/rollups``, ``OUT/user_days`` and ``OUT/file_details``, which
-``flask analytics load`` (warehouse.py) puts back into SQL for the admin pages.
+(``--master local[2]`` runs it on one machine; folders work as well as buckets.) ``s3://``
+paths are read and written through Spark's S3A connector, hadoop-aws, whose version must be
+the Hadoop Spark runs on (3.5.0 for the pyspark 4.3 wheel); endpoint and keys come from the
+AWS variables the portal reads (``s3a_conf``).
+
+It writes, as Parquet, ``OUT/file_days`` (one row per file and local day: requests,
+bytes_served, downloads, completed, users), ``OUT/logical_downloads`` (one row per logical
+download) and the portal's own tables with their SQL columns, ``OUT/rollups``,
+``OUT/user_days`` and ``OUT/file_details``, which ``flask analytics load`` (warehouse.py)
+puts back into SQL for the admin pages.
 
 The rules are those of ``logical.py`` (docs/analytics.md, "The rules"), restated for a
 cluster: this file imports nothing of the portal so that ``spark-submit`` can ship it
@@ -37,7 +43,9 @@ rollups and the DuckDB query (duckdb_rollups.py) agree on a simulated term.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 #: The defaults of logical.Rules and ANALYTICS_TIMEZONE (a test keeps them equal).
@@ -357,9 +365,12 @@ def _run(spark, events_path: str, rules: JobRules):
     spark.conf.set("spark.sql.adaptive.autoBroadcastJoinThreshold", "-1")
     from pyspark import StorageLevel
 
-    # Kept (memory, spilling to disk) because several branches read them: without it every
-    # branch re-reads and re-parses the Parquet.
-    keep = StorageLevel.MEMORY_AND_DISK
+    # Kept because several branches read them: without it every branch re-reads and
+    # re-parses the Parquet. On local disk only: kept in memory and disk, a block that had
+    # gone to disk was read back into one heap buffer of its size, which ran a 4 GiB
+    # driver out of heap at 48 M events (bench/run_spark_bench.py); the page cache keeps
+    # the disk copy fast while memory lasts.
+    keep = StorageLevel.DISK_ONLY
     events = read_events(spark, events_path).drop("day")
     parts = served_parts(events).persist(keep)
     events = with_asked(events, parts).persist(keep)
@@ -382,12 +393,42 @@ def session(master: str | None = None, app_name: str = "portal-analytics",
     return builder.getOrCreate()
 
 
+def s3a(path: str) -> str:
+    """``s3://bucket/key`` as Spark's S3A connector (hadoop-aws) names it; others as given."""
+    return "s3a://" + path.removeprefix("s3://") if path.startswith("s3://") else path
+
+
+def s3a_conf(env: Mapping[str, str] = os.environ) -> dict[str, str]:
+    """Spark settings that send S3A where the portal's own S3 clients go: the endpoint of
+    AWS_ENDPOINT_URL_S3 (else AWS_ENDPOINT_URL), path-style as the portal addresses
+    buckets, and the keys of AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (with
+    AWS_SESSION_TOKEN, temporary ones). What is unset is left to the cluster's own settings
+    (an instance role, core-site.xml); what is set wins over them."""
+    conf: dict[str, str] = {}
+    endpoint = env.get("AWS_ENDPOINT_URL_S3") or env.get("AWS_ENDPOINT_URL")
+    if endpoint:
+        conf |= {"endpoint": endpoint, "path.style.access": "true",
+                 "connection.ssl.enabled": str(endpoint.startswith("https:")).lower(),
+                 "endpoint.region": (env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION")
+                                     or "us-east-1")}
+    if env.get("AWS_ACCESS_KEY_ID") and env.get("AWS_SECRET_ACCESS_KEY"):
+        provider = "Temporary" if env.get("AWS_SESSION_TOKEN") else "Simple"
+        conf |= {"aws.credentials.provider":
+                 f"org.apache.hadoop.fs.s3a.{provider}AWSCredentialsProvider",
+                 "access.key": env["AWS_ACCESS_KEY_ID"],
+                 "secret.key": env["AWS_SECRET_ACCESS_KEY"]}
+        if env.get("AWS_SESSION_TOKEN"):
+            conf["session.token"] = env["AWS_SESSION_TOKEN"]
+    return {f"spark.hadoop.fs.s3a.{name}": value for name, value in conf.items()}
+
+
 def main(argv: list[str] | None = None) -> int:
     """spark-submit entry: read the export, write the rollups and logical downloads."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--events", required=True, help="the export's root (DIR, s3a://...)")
-    parser.add_argument("--out", required=True, help="where to write file_days/ and "
-                        "logical_downloads/ (Parquet, overwritten)")
+    parser.add_argument("--events", required=True,
+                        help="the export's root (DIR, s3://bucket/prefix, hdfs://...)")
+    parser.add_argument("--out", required=True, help="where to write the tables "
+                        "(Parquet, overwritten; DIR, s3://..., hdfs://...)")
     parser.add_argument("--master", default=None, help="e.g. local[2]; spark-submit's own "
                         "--master wins when omitted")
     parser.add_argument("--timezone", default=TIMEZONE)
@@ -408,9 +449,11 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unknown table(s): {', '.join(sorted(unknown))}")
     if args.no_logical:
         tables = tuple(t for t in tables if t != "logical_downloads")
-    spark = session(args.master)
+    events, out = s3a(args.events), s3a(args.out)
+    on_s3 = any(path.startswith("s3a://") for path in (events, out))
+    spark = session(args.master, conf=s3a_conf() if on_s3 else None)
     try:
-        write_all(spark, args.events, args.out, rules, tables=tables)
+        write_all(spark, events, out, rules, tables=tables)
     finally:
         spark.stop()
     return 0

@@ -18,6 +18,10 @@ A logical download that counts before the cut-off day but completes after it (a 
 day later) is counted complete in that earlier day only if the job saw the resume: a run's
 edge is as fresh as its export. The job's rules must be the portal's (ANALYTICS_* settings),
 or the two halves would count differently: a mismatch is refused.
+
+The run is read from a folder or from ``s3://bucket/prefix`` (where a cluster's job writes
+it), through pyarrow's filesystems: S3 with the endpoint and keys the S3 storage backend
+uses (the usual AWS variables, read by boto3).
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ import json
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from sqlalchemy import Connection, delete
 
@@ -38,6 +43,9 @@ from .sqlbatch import insert_in_batches
 TABLES = {"rollups": (Rollup, "bucket"), "user_days": (UserDay, "day"),
           "file_details": (FileDetailDay, "day")}
 BATCH = 50_000
+
+if TYPE_CHECKING:
+    from pyarrow.fs import FileSystem
 
 
 class LoadError(Exception):
@@ -52,12 +60,75 @@ class LoadReport:
     rows: dict[str, int] = field(default_factory=dict)
 
 
-def read_job(root: Path) -> dict:
+@dataclass(frozen=True)
+class Run:
+    """Where a job's output lies: a pyarrow filesystem and the root path in it."""
+
+    fs: FileSystem
+    root: str
+    name: str  # as the operator gave it, for messages
+
+    def path(self, *parts: str) -> str:
+        return "/".join((self.root, *parts))
+
+    def exists(self, *parts: str) -> bool:
+        from pyarrow.fs import FileType
+
+        return self.fs.get_file_info(self.path(*parts)).type != FileType.NotFound
+
+
+def s3_filesystem():
+    """pyarrow's S3 filesystem with boto3's view of the endpoint, region and keys (the
+    variables and files the S3 storage backend reads)."""
+    import boto3
+    from pyarrow.fs import S3FileSystem
+
+    from ..storage.s3 import client_config
+
+    session = boto3.session.Session()
+    client = session.client("s3", config=client_config())
+    credentials = session.get_credentials()
+    keys = credentials.get_frozen_credentials() if credentials else None
+    scheme, _, host = client.meta.endpoint_url.partition("://")
+    return S3FileSystem(access_key=keys.access_key if keys else None,
+                        secret_key=keys.secret_key if keys else None,
+                        session_token=keys.token if keys else None,
+                        region=client.meta.region_name or "us-east-1",
+                        endpoint_override=host, scheme=scheme)
+
+
+def open_run(source: str) -> Run:
+    """The run at ``source``: a folder, or s3://bucket/prefix (s3a:// as Spark names it)."""
+    from pyarrow.fs import LocalFileSystem
+
+    scheme, sep, rest = source.partition("://")
+    if not sep:
+        return Run(LocalFileSystem(), str(Path(source).resolve()), source)
+    if scheme not in ("s3", "s3a"):
+        raise LoadError(f"{source}: give a folder or s3://bucket/prefix")
+    if not rest.split("/", 1)[0]:
+        raise LoadError(f"{source}: an S3 source needs a bucket: s3://bucket/prefix")
+    try:
+        return Run(s3_filesystem(), rest.strip("/"), source)
+    except Exception as exc:  # botocore's configuration errors, pyarrow's ArrowInvalid
+        raise LoadError(f"cannot configure S3 for {source}: {exc}") from exc
+
+
+def read_job(run: Run) -> dict:
     """The run's ``_job`` line: rules, events, newest_started_at."""
-    parts = sorted((root / "_job").glob("part-*"))
-    if not parts:
-        raise LoadError(f"{root} is not a spark_job.py output (no _job/ in it)")
-    return json.loads(parts[0].read_text().strip().splitlines()[0])
+    from pyarrow.fs import FileSelector
+
+    try:
+        parts = sorted(info.path for info in run.fs.get_file_info(
+            FileSelector(run.path("_job"), allow_not_found=True))
+            if info.base_name.startswith("part-"))
+        if not parts:
+            raise LoadError(f"{run.name} is not a spark_job.py output (no _job/ in it)")
+        with run.fs.open_input_stream(parts[0]) as stream:
+            text = stream.read().decode()
+    except OSError as exc:
+        raise LoadError(f"cannot read {run.name}/_job: {exc}") from exc
+    return json.loads(text.strip().splitlines()[0])
 
 
 def check_rules(job: dict, settings: Settings) -> None:
@@ -86,15 +157,15 @@ def cut_off(job: dict, settings: Settings, before: date | None) -> datetime:
     return day_bucket(datetime.combine(before, time(), settings.tz), settings.tz)
 
 
-def batches(root: Path, name: str, column: str, before: datetime):
+def batches(run: Run, name: str, column: str, before: datetime):
     """The rows of one table with ``column`` before ``before``, as lists of dicts (instants
     aware UTC: Spark writes them as UTC microseconds)."""
     import pyarrow.dataset as ds
 
-    folder = root / name
-    if not folder.is_dir():
-        raise LoadError(f"{folder} is missing: run spark_job.py with --tables including {name}")
-    dataset = ds.dataset(folder, format="parquet")
+    if not run.exists(name):
+        raise LoadError(f"{run.name}/{name} is missing: run spark_job.py with --tables "
+                        f"including {name}")
+    dataset = ds.dataset(run.path(name), filesystem=run.fs, format="parquet")
     for batch in dataset.to_batches(filter=ds.field(column) < before, batch_size=BATCH):
         rows = batch.to_pylist()
         for row in rows:
@@ -107,12 +178,10 @@ def batches(root: Path, name: str, column: str, before: datetime):
 def load(conn: Connection, source: str, settings: Settings, *,
          before: date | None = None) -> LoadReport:
     """Replace the rollups, user-days and file details before the cut-off day by the run's
-    in ``source`` (a folder), in the caller's transaction; see the module docstring."""
-    if "://" in source:
-        raise LoadError(f"{source}: give a folder (copy a bucket's run down first, e.g. with "
-                        "aws s3 sync or rclone copy)")
-    root = Path(source)
-    job = read_job(root)
+    in ``source`` (a folder or s3://bucket/prefix), in the caller's transaction; see the
+    module docstring."""
+    run = open_run(source)
+    job = read_job(run)
     check_rules(job, settings)
     report = LoadReport(before=cut_off(job, settings, before))
     serialise_writers(conn)
@@ -120,8 +189,11 @@ def load(conn: Connection, source: str, settings: Settings, *,
         table = model.__table__
         conn.execute(delete(table).where(table.c[column] < report.before))
         report.rows[name] = 0
-        for rows in batches(root, name, column, report.before):
-            insert_in_batches(conn, table.insert(), rows)
-            report.rows[name] += len(rows)
+        try:
+            for rows in batches(run, name, column, report.before):
+                insert_in_batches(conn, table.insert(), rows)
+                report.rows[name] += len(rows)
+        except OSError as exc:  # pyarrow's S3 and file errors; the transaction rolls back
+            raise LoadError(f"cannot read {run.name}/{name}: {exc}") from exc
     spans.derive_from_user_days(conn)
     return report

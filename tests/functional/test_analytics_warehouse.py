@@ -14,13 +14,18 @@ from collections import defaultdict
 from datetime import timedelta
 from pathlib import Path
 
+import hadoop_aws
 import pytest
+import s3server
 from sqlalchemy import func, select
 
 from portal.analytics import duckdb_rollups, logical, materialise, spark_job
 from portal.analytics.models import ALL_FILES, ALL_USERS, LogicalDownload, Rollup, UserDay
 from portal.extensions import db
 from portal.models import DownloadEvent
+
+s3_server = s3server.s3_server  # the fixtures, used by name
+s3_env = s3server.s3_env
 
 COUNTERS = ("requests", "bytes_served", "downloads", "completed", "users")
 
@@ -44,6 +49,29 @@ def test_job_defaults_are_the_portals(app):
         rules.probe_max_bytes, rules.min_bytes, rules.complete_ratio)
     assert job.timezone == app.config["ANALYTICS_TIMEZONE"]
     assert (spark_job.ALL_USERS, spark_job.ALL_FILES) == (ALL_USERS, ALL_FILES)
+
+
+def test_s3a_settings_follow_the_portals_aws_variables():
+    """The job reads s3:// through S3A, pointed where boto3 would go; nothing set, nothing
+    overridden (a cluster's instance role and core-site.xml apply)."""
+    assert spark_job.s3a("s3://lake/events") == "s3a://lake/events"
+    assert [spark_job.s3a(p) for p in ("/data/lake", "hdfs://nn/lake", "s3a://l/e")] == [
+        "/data/lake", "hdfs://nn/lake", "s3a://l/e"]
+    assert spark_job.s3a_conf({}) == {}
+    conf = spark_job.s3a_conf({"AWS_ENDPOINT_URL": "https://minio.campus:9000",
+                               "AWS_REGION": "cn-north-1", "AWS_ACCESS_KEY_ID": "k",
+                               "AWS_SECRET_ACCESS_KEY": "s", "AWS_SESSION_TOKEN": "t"})
+    prefix = "spark.hadoop.fs.s3a."
+    assert {k.removeprefix(prefix): v for k, v in conf.items()} == {
+        "endpoint": "https://minio.campus:9000", "path.style.access": "true",
+        "connection.ssl.enabled": "true", "endpoint.region": "cn-north-1",
+        "aws.credentials.provider": "org.apache.hadoop.fs.s3a.TemporaryAWSCredentialsProvider",
+        "access.key": "k", "secret.key": "s", "session.token": "t"}
+    s3_only = spark_job.s3a_conf({"AWS_ENDPOINT_URL_S3": "http://127.0.0.1:9000",
+                                  "AWS_ENDPOINT_URL": "https://elsewhere"})
+    assert s3_only[prefix + "endpoint"] == "http://127.0.0.1:9000"
+    assert s3_only[prefix + "connection.ssl.enabled"] == "false"
+    assert prefix + "access.key" not in s3_only
 
 
 def _edge_events(app) -> None:
@@ -161,29 +189,40 @@ def test_spark_duckdb_and_sql_agree_per_file_and_day(app, runner, tmp_path, spar
     assert tuple(int(x) for x in got) == tuple(int(x) for x in stored)
 
 
+def _spark_submit(cwd: Path, *job_args: str, jars: list[Path] = (),
+                  conf: dict[str, str] | None = None) -> None:
+    """Run spark_job.py as a cluster does: spark-submit (the pyspark wheel's), the file alone."""
+    import pyspark
+
+    options = ["--master", "local[1]", "--conf", "spark.ui.enabled=false",
+               "--conf", "spark.sql.shuffle.partitions=2"]
+    for name, value in (conf or {}).items():
+        options += ["--conf", f"{name}={value}"]
+    if jars:
+        options += ["--jars", ",".join(str(jar) for jar in jars)]
+    submit = Path(sys.executable).parent / "spark-submit"
+    done = subprocess.run(
+        [str(submit), *options, spark_job.__file__, *job_args],
+        capture_output=True, text=True, timeout=300, cwd=cwd,
+        # The wheel's spark-submit finds its Spark and Python through these.
+        env={**os.environ, "SPARK_HOME": os.path.dirname(pyspark.__file__),
+             "PYSPARK_PYTHON": sys.executable,
+             "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"})
+    assert done.returncode == 0, done.stderr[-3000:]
+
+
 # Once (SQLite): a second JVM costs tens of seconds, and the database is not what it tests.
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 def test_spark_submit_writes_parquet(app, runner, tmp_path):
     """The job as a cluster runs it: spark-submit (the pyspark wheel's) with the file alone."""
     import pyarrow.dataset as ds
-    import pyspark
 
     result = runner.invoke(args=["analytics", "simulate", "--events", "600", "--days", "5",
                                  "--users", "20", "--files", "4", "--seed", "2"])
     assert result.exit_code == 0, result.output
     lake, out = tmp_path / "lake", tmp_path / "out"
     assert runner.invoke(args=["analytics", "export", "--to", str(lake)]).exit_code == 0
-    submit = Path(sys.executable).parent / "spark-submit"
-    done = subprocess.run(
-        [str(submit), "--master", "local[1]", "--conf", "spark.ui.enabled=false",
-         "--conf", "spark.sql.shuffle.partitions=2", spark_job.__file__,
-         "--events", str(lake), "--out", str(out)],
-        capture_output=True, text=True, timeout=300, cwd=tmp_path,
-        # The wheel's spark-submit finds its Spark and Python through these.
-        env={**os.environ, "SPARK_HOME": os.path.dirname(pyspark.__file__),
-             "PYSPARK_PYTHON": sys.executable,
-             "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"})
-    assert done.returncode == 0, done.stderr[-3000:]
+    _spark_submit(tmp_path, "--events", str(lake), "--out", str(out))
     written = ds.dataset(out / "file_days", format="parquet").to_table().to_pylist()
     assert _rows([(r["file_id"], r["day"], *(r[c] for c in COUNTERS)) for r in written]) \
         == _sql_path(app)
@@ -208,6 +247,14 @@ def _pages_tables(app) -> dict[str, set]:
                 for model in (Rollup, UserDay, FileUser, UserGap, FileDetailDay)}
 
 
+def _wipe_pages_tables(app) -> None:
+    from portal.analytics.models import FileDetailDay, FileUser, UserGap
+
+    with app.app_context(), db.engine.begin() as conn:
+        for model in (Rollup, UserDay, FileUser, UserGap, FileDetailDay):
+            conn.execute(model.__table__.delete())
+
+
 def test_a_spark_run_loads_into_the_tables_the_pages_read(app, runner, tmp_path, spark):
     """``flask analytics load``: the job's rollups (hourly and daily, per group and of every
     file), user-days and file details put in SQL give back every row the SQL path had made,
@@ -216,7 +263,6 @@ def test_a_spark_run_loads_into_the_tables_the_pages_read(app, runner, tmp_path,
     from datetime import timedelta
 
     from portal.analytics import warehouse
-    from portal.analytics.models import FileDetailDay, FileUser, UserGap
 
     result = runner.invoke(args=["analytics", "simulate", "--events", "2500", "--days", "21",
                                  "--users", "50", "--files", "10", "--seed", "11"])
@@ -230,16 +276,11 @@ def test_a_spark_run_loads_into_the_tables_the_pages_read(app, runner, tmp_path,
 
     spark_job.write_all(spark, str(lake), str(out))
 
-    def wipe():
-        with app.app_context(), db.engine.begin() as conn:
-            for model in (Rollup, UserDay, FileUser, UserGap, FileDetailDay):
-                conn.execute(model.__table__.delete())
-
     # The default cut-off: the days before the newest response's day.
-    wipe()
+    _wipe_pages_tables(app)
     result = runner.invoke(args=["analytics", "load", str(out)])
     assert result.exit_code == 0, result.output
-    job = warehouse.read_job(out)
+    job = warehouse.read_job(warehouse.open_run(str(out)))
     settings = materialise.Settings.from_config(app.config)
     cut = warehouse.cut_off(job, settings, None)
     loaded = _pages_tables(app)
@@ -249,7 +290,7 @@ def test_a_spark_run_loads_into_the_tables_the_pages_read(app, runner, tmp_path,
         assert loaded[name], name
 
     # Everything, into what SQL had made: the same rows, every table.
-    wipe()
+    _wipe_pages_tables(app)
     last = max(row[1] for row in made["analytics_rollups"]).astimezone(settings.tz).date()
     result = runner.invoke(args=["analytics", "load", str(out),
                                  "--before", str(last + timedelta(days=1))])
@@ -269,3 +310,57 @@ def test_a_run_with_other_rules_is_refused(app, runner, tmp_path):
     result = runner.invoke(args=["analytics", "load", str(out)])
     assert result.exit_code != 0
     assert "idle_minutes=45.0 (the portal's: 30.0)" in result.output
+
+
+# Once (SQLite), as the other spark-submit test.
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_the_warehouse_round_trip_through_s3(app, runner, tmp_path, s3_env):
+    """Export to a bucket, spark-submit reading it as s3:// (S3A, a real rclone S3 server),
+    the run in the bucket, ``flask analytics load s3://...``: the same rows the SQL path
+    made, in every table the pages read."""
+    import boto3
+    import pyarrow.dataset as ds
+
+    from portal.storage.s3 import client_config
+
+    result = runner.invoke(args=["analytics", "simulate", "--events", "800", "--days", "6",
+                                 "--users", "20", "--files", "5", "--seed", "5"])
+    assert result.exit_code == 0, result.output
+    lake, run = f"{s3_env['url']}/lake", f"{s3_env['url']}/run"
+    result = runner.invoke(args=["analytics", "export", "--to", lake])
+    assert result.exit_code == 0, result.output
+    made = _pages_tables(app)
+
+    out = tmp_path / "run"
+    _spark_submit(tmp_path, "--events", lake, "--out", str(out), jars=hadoop_aws.jars(),
+                  conf=hadoop_aws.OLD_JAR_CONF)
+    written = ds.dataset(out / "file_days", format="parquet").to_table().to_pylist()
+    assert _rows([(r["file_id"], r["day"], *(r[c] for c in COUNTERS)) for r in written]) \
+        == _sql_path(app)
+
+    # The run goes into the bucket as a cluster's job leaves it there. Uploaded here, not
+    # written by the job: rclone serve s3 keeps objects as files and folders, so S3A's
+    # directory markers (empty "run/x/" objects) collide with the files under them.
+    client = boto3.session.Session().client("s3", config=client_config())
+    prefix = run.removeprefix(f"s3://{s3_env['bucket']}/")
+    for path in out.rglob("*"):
+        if path.is_file() and not path.name.endswith(".crc"):
+            client.upload_file(str(path), s3_env["bucket"],
+                               f"{prefix}/{path.relative_to(out).as_posix()}")
+    client.close()
+
+    _wipe_pages_tables(app)
+    last = max(row[1] for row in made["analytics_rollups"]).astimezone(
+        materialise.Settings.from_config(app.config).tz).date()
+    result = runner.invoke(args=["analytics", "load", run, "--before",
+                                 str(last + timedelta(days=1))])
+    assert result.exit_code == 0, result.output
+    assert _pages_tables(app) == made
+
+    # A prefix with no run in it, and no bucket at all: one line each, nothing loaded.
+    for source, said in ((f"{s3_env['url']}/nothing", "is not a spark_job.py output"),
+                         ("s3:///run", "needs a bucket"), ("ftp://host/run", "give a folder")):
+        result = runner.invoke(args=["analytics", "load", source])
+        assert result.exit_code != 0 and said in result.output, (source, result.output)
+        assert "Traceback" not in result.output
+    assert _pages_tables(app) == made
