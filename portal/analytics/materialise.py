@@ -245,14 +245,27 @@ def write_sessions(conn: Connection, sessions: Iterable[logical.Session]) -> Non
                       for s in changed])
 
 
-def write_deltas(conn: Connection, deltas: Deltas, *, spans: bool = True) -> None:
-    """Add the counter increments (INSERT ... ON CONFLICT DO UPDATE SET n = n + excluded.n),
-    the user-days, and the first/last days and gaps they imply (``spans`` False: not
-    those, for a caller that derives them from every user-day at the end).
+def write_deltas(conn: Connection, deltas: Deltas) -> None:
+    """Add the counters and user-days (``write_counts``) and the first/last days and gaps
+    they imply.
 
     The first/last days are derived from the user-days written here (not from
     ``deltas.file_users``), so a stored first or last day is always a stored user-day: the
     gaps rely on that."""
+    if not deltas.user_days:
+        write_counts(conn, deltas)
+        return
+    pairs = spans_of(deltas.user_days)
+    before = stored_spans(conn, list(pairs))
+    write_counts(conn, deltas)
+    write_gaps(conn, deltas.user_days, before)
+    write_file_users(conn, pairs)
+
+
+def write_counts(conn: Connection, deltas: Deltas) -> None:
+    """Add the counter increments (INSERT ... ON CONFLICT DO UPDATE SET n = n + excluded.n),
+    the user-days and the file-detail cells; not the spans (``write_deltas``), which a bulk
+    writer derives from every user-day at the end instead."""
     insert = upsert(conn)
     if deltas.rollups:
         rows = [{"grain": g, "bucket": b, "file_id": f, "grp": grp, **counters.as_dict()}
@@ -264,16 +277,11 @@ def write_deltas(conn: Connection, deltas: Deltas, *, spans: bool = True) -> Non
             set_={name: table.c[name] + stmt.excluded[name] for name in COUNTERS})
         insert_in_batches(conn, stmt, rows)
     if deltas.user_days:
-        pairs = spans_of(deltas.user_days) if spans else {}
-        before = stored_spans(conn, list(pairs)) if spans else {}
         rows = [{"day": d, "file_id": f, "user_key": k, "user_id": u}
                 for (d, f, k), u in deltas.user_days.items()]
         stmt = insert(UserDay.__table__).on_conflict_do_nothing(
             index_elements=["day", "file_id", "user_key"])
         insert_in_batches(conn, stmt, rows)
-        if spans:
-            write_gaps(conn, deltas.user_days, before)
-            write_file_users(conn, pairs)
     write_details(conn, deltas.details)
 
 
@@ -433,7 +441,7 @@ def _write_final(conn: Connection, sessions: list[logical.Session], deltas: Delt
     for key, n in details_of(sessions, settings.tz).items():
         deltas.details[key] += n
     write_sessions(conn, sessions)
-    write_deltas(conn, deltas, spans=False)
+    write_counts(conn, deltas)
     return len(sessions)
 
 
