@@ -208,7 +208,18 @@ def replicate(source: str, lake: str, copies: int) -> int:
         f"COPY (SELECT * REPLACE (id + k * {top} AS id, who || '#' || k AS who) "
         f"FROM {base}, range({copies}) AS r(k)) TO '{lake}' "
         "(FORMAT parquet, PARTITION_BY (day), COMPRESSION zstd, OVERWRITE_OR_IGNORE)")
-    return conn.execute(f"SELECT count(*) FROM {duckdb_rollups.source(lake)}").fetchone()[0]
+    conn.close()
+    return lake_events(lake)
+
+
+def lake_events(lake: str) -> int:
+    """The number of events in an earlier run's export (from the Parquet footers)."""
+    import duckdb
+
+    from portal.analytics import duckdb_rollups
+
+    with duckdb.connect() as conn:
+        return conn.execute(f"SELECT count(*) FROM {duckdb_rollups.source(lake)}").fetchone()[0]
 
 
 def main() -> int:
@@ -245,6 +256,8 @@ def main() -> int:
             skip.add("sql")
         elif not args.reuse:
             prepare(args)
+        else:
+            args.events = lake_events(args.lake)
         results = [measure(name, args) for name in CONTENDERS if name not in skip]
     reference = next((r["cells"] for r in results if r["cells"] is not None), None)
     print(f"| contender ({args.events:,} events) | seconds | peak RSS (MiB) | agrees |")

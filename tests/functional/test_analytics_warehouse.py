@@ -314,7 +314,7 @@ def test_a_run_with_other_rules_is_refused(app, runner, tmp_path):
 
 # Once (SQLite), as the other spark-submit test.
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
-def test_the_warehouse_round_trip_through_s3(app, runner, tmp_path, s3_env):
+def test_the_warehouse_round_trip_through_s3(app, runner, tmp_path, s3_env, monkeypatch):
     """Export to a bucket, spark-submit reading it as s3:// (S3A, a real rclone S3 server),
     the run in the bucket, ``flask analytics load s3://...``: the same rows the SQL path
     made, in every table the pages read."""
@@ -363,4 +363,9 @@ def test_the_warehouse_round_trip_through_s3(app, runner, tmp_path, s3_env):
         result = runner.invoke(args=["analytics", "load", source])
         assert result.exit_code != 0 and said in result.output, (source, result.output)
         assert "Traceback" not in result.output
+    # The endpoint down: the same.
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3",
+                       f"http://127.0.0.1:{s3server.free_port_for_dead_endpoint()}")
+    result = runner.invoke(args=["analytics", "load", run])
+    assert result.exit_code != 0 and f"cannot read {run}/_job" in result.output, result.output
     assert _pages_tables(app) == made
