@@ -659,8 +659,9 @@ def test_a_reader_behind_keeps_waiting_and_a_paced_one_pauses(make_app, tmp_path
     real_sleep, this_thread = time.sleep, threading.get_ident()
 
     def sleep(seconds):
-        # time.sleep is everyone's: other threads (pyspark's, left by an earlier module,
-        # sleep 1 s in a loop) sleep for real and are not the import's pauses.
+        # time.sleep is everyone's: other threads sleep for real and are not the import's
+        # pauses (py4j's finalizer thread, left by the warehouse module's Spark, sleeps
+        # 1 s in a loop).
         if threading.get_ident() != this_thread:
             return real_sleep(seconds)
         pauses.append((time.monotonic(), seconds))

@@ -189,7 +189,7 @@ def test_spark_duckdb_and_sql_agree_per_file_and_day(app, runner, tmp_path, spar
     assert tuple(int(x) for x in got) == tuple(int(x) for x in stored)
 
 
-def _spark_submit(cwd: Path, *job_args: str, jars: list[Path] = (),
+def _spark_submit(cwd: Path, *job_args: str, jars: tuple[Path, ...] | list[Path] = (),
                   conf: dict[str, str] | None = None) -> None:
     """Run spark_job.py as a cluster does: spark-submit (the pyspark wheel's), the file alone."""
     import pyspark
