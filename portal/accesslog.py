@@ -6,6 +6,11 @@ then a second, escaped copy of it -- and the portal's format uses six of them. U
 was 15 % of a gevent worker's samples (py-spy, docs/performance.md, "The stalls"). This logger
 gives the format the same values gunicorn would, including ``-`` for what is missing and the
 escaping of double quotes, computed on lookup. ``gunicorn.conf.py`` selects it.
+
+One difference on purpose: a byte outside printable ASCII in a value (a control character
+or obs-text in a header the parser let through, such as a tab or 0x9b, a terminal's CSI)
+is written as ``\\xHH``, as nginx writes it, so that no line can carry a terminal escape or
+forge a second line; gunicorn's Logger writes it raw.
 """
 
 from __future__ import annotations
@@ -70,7 +75,11 @@ class LazyAtoms(Mapping):
 
     def __getitem__(self, key: str):
         value = self._value(key)
-        return value.replace('"', '\\"') if isinstance(value, str) else value
+        if not isinstance(value, str):
+            return value
+        if not (value.isascii() and value.isprintable()):
+            value = value.translate(_ESCAPES)
+        return value.replace('"', '\\"')
 
     # logging formats ``msg % args`` with a non-empty Mapping: these two only make it one.
     def __len__(self) -> int:
@@ -143,3 +152,5 @@ class LazyAtoms(Mapping):
 #: Atoms that are one environ value each.
 _ENVIRON = {"m": "REQUEST_METHOD", "U": "PATH_INFO", "q": "QUERY_STRING", "H": "SERVER_PROTOCOL"}
 _ENVIRON_OR_DASH = {"f": "HTTP_REFERER", "a": "HTTP_USER_AGENT"}
+#: What a value's bytes outside printable ASCII become in a line (values are latin-1 text).
+_ESCAPES = {code: f"\\x{code:02X}" for code in (*range(0x20), *range(0x7F, 0x100))}

@@ -10,11 +10,19 @@ when it is a plain one, asks the fast door with a small environ; what the door a
 out with the same status line, Server, Date and Connection fields as gunicorn writes, and
 the same access line. Nothing is re-implemented for anything else: a request the door
 declines, and anything not plainly a GET without a body (other methods, a body, Expect,
-Upgrade, a repeated or unusual field, a percent-encoded path, a request head near
-gunicorn's limits), is handed over with the bytes already read to
-gunicorn's own parser and cycle, on the same connection, which then comes back to this
-loop for its next request. TLS, HTTP/2, the PROXY protocol, a SCRIPT_NAME or keepalive=0
-leave every connection to gunicorn.
+Upgrade, a repeated or unusual field, a percent-encoded path), is handed over with the
+bytes already read to gunicorn's own parser and cycle, on the same connection, which then
+comes back to this loop for its next request. TLS, HTTP/2, the PROXY protocol, a
+SCRIPT_NAME, keepalive=0 or gunicorn's Python parser leave every connection to gunicorn.
+
+The head is parsed by the very parser gunicorn uses, gunicorn_h1c's ``parse_request``, with
+gunicorn's own limits; every head it refuses goes to gunicorn's cycle, which refuses it the
+same way (400 and close). So a bare CR, a control character, obs-fold or a bare LF can never
+be read differently here than there. What gunicorn checks in Python after that parser (the
+request target's characters, field names with ``_``, repeated singleton fields, the scheme
+fields) is either checked here the same way or makes the request gunicorn's. A head has
+``keepalive`` seconds to arrive whole, counted from when this loop starts waiting for it:
+gunicorn's deadline for ``next(parser)``.
 
 What differs from gunicorn for lean-served requests, on purpose: the ``pre_request`` and
 ``post_request`` hooks are not called (gunicorn.conf.py's post_request is the fair turn,
@@ -27,26 +35,31 @@ GeventWorker`` gives gunicorn's worker unchanged.
 from __future__ import annotations
 
 import errno
+import functools
 import io
 import os
-import re
 import sys
 import time
 from datetime import datetime
 
 import gevent
 from gunicorn import SERVER, SERVER_SOFTWARE, http, util
+from gunicorn.http import message as gunicorn_message
 from gunicorn.http import wsgi as gunicorn_wsgi
-from gunicorn.http.message import _ip_in_allow_list
+from gunicorn.http.message import RFC9112_TARGET_INVALID, _ip_in_allow_list
 from gunicorn.http2 import negotiation
 from gunicorn.workers.ggevent import GeventWorker as GunicornGeventWorker
+
+try:
+    import gunicorn_h1c
+except ImportError:  # gunicorn then parses in Python, and so every connection is its own
+    gunicorn_h1c = None
 
 # Nothing of the app is imported here: gunicorn's master imports this module before the worker
 # monkey-patches (gevent), and the app's modules are loaded after it, in load_wsgi.
 
-#: A request head longer than this goes to gunicorn's parser (which enforces its limits).
+#: A request head not whole within this many bytes goes to gunicorn's cycle to be read on.
 HEAD_LIMIT = 8192
-_TOKEN = re.compile(r"[!#$%&'*+\-.^`|~0-9A-Za-z]+")
 #: Fields whose presence means the request is not plainly a GET without a body.
 _NOT_LEAN = frozenset({"CONTENT-LENGTH", "TRANSFER-ENCODING", "EXPECT", "UPGRADE",
                        "HTTP2-SETTINGS", "TE", "TRAILER"})
@@ -66,14 +79,14 @@ class GeventWorker(GunicornGeventWorker):
         # Settings under which every connection is gunicorn's (see the module's docstring).
         lean = (door is not None and door.enabled() and not cfg.is_ssl and cfg.keepalive
                 and not (os.environ.get("SCRIPT_NAME") or cfg.env.get("SCRIPT_NAME"))
-                and cfg.proxy_protocol in ("off", False, None))
+                and cfg.proxy_protocol in ("off", False, None)
+                and gunicorn_message._check_fast_parser(cfg))
         self.lean_app = app.wsgi_app if lean else None
         self._date = (0, "")
         self._trust = ("", False)
         self.secure_headers = dict(cfg.secure_scheme_headers)
-        # gunicorn's limits (0: none), less a margin: a head near one goes to its parser.
-        self.head_limits = tuple((limit or HEAD_LIMIT) - 2 for limit in (
-            cfg.limit_request_line, cfg.limit_request_field_size, cfg.limit_request_fields))
+        if lean:
+            self.parse_head = head_parser(cfg)
 
     def handle(self, listener, client, addr):
         if (self.lean_app is None or not isinstance(addr, tuple)
@@ -100,19 +113,20 @@ class GeventWorker(GunicornGeventWorker):
         pending = b""
         keepalive = self.cfg.keepalive
         while True:
-            pending, end = _read_head(client, pending, keepalive)
+            pending, head, deadline = _read_head(client, pending, keepalive, self.parse_head)
             if pending is None:
                 return
             environ = None
-            if end > 0:
-                environ = self._environ(pending[:end], client, addr, listener_name)
+            if head is not None and pending[:2] != b"\r\n":  # (an empty line first: gunicorn's)
+                environ = self._environ(head, client, addr, listener_name)
             answer = None if environ is None else self._ask(environ)
             if answer is None:
-                pending = self._gunicorn(listener, listener_name, client, addr, pending)
+                pending = self._gunicorn(listener, listener_name, client, addr, pending,
+                                         deadline)
                 if pending is None:
                     return
                 continue
-            pending = pending[end + 4:]
+            pending = pending[head["consumed"]:]
             if not self._send(client, environ, answer):
                 return
             # The fair turn gunicorn.conf.py's post_request takes in gunicorn's cycle.
@@ -132,21 +146,19 @@ class GeventWorker(GunicornGeventWorker):
             return None
         return answered[0], answered[1], body
 
-    def _environ(self, head: bytes, client, addr, listener_name) -> dict | None:
-        """A small WSGI environ for a plain GET, None for anything gunicorn must parse."""
-        if len(head) > HEAD_LIMIT:
+    def _environ(self, head: dict, client, addr, listener_name) -> dict | None:
+        """A small WSGI environ for a plain GET from the parsed head, None for anything
+        gunicorn's cycle must answer."""
+        minor = head["minor_version"]
+        if head["method"] != b"GET" or minor not in (0, 1):
             return None
-        lines = head.decode("latin-1").split("\r\n")
-        line_limit, field_limit, fields_limit = self.head_limits
-        if len(lines[0]) >= line_limit or len(lines) > fields_limit:
-            return None  # gunicorn's parser judges the limits, from the same bytes
-        parts = lines[0].split(" ")
-        if len(parts) != 3:
+        target = head["path"].decode("latin-1")
+        # gunicorn refuses a target with a byte outside 0x21-0x7e after the C parser;
+        # percent-encoding and fragments are its to decode.
+        if (not target.startswith("/") or RFC9112_TARGET_INVALID.search(target)
+                or "%" in target or "#" in target):
             return None
-        method, target, protocol = parts
-        if (method != "GET" or protocol not in ("HTTP/1.1", "HTTP/1.0")
-                or not target.startswith("/") or "%" in target or "#" in target):
-            return None
+        protocol = "HTTP/1.1" if minor else "HTTP/1.0"
         path, _, query = target.partition("?")
         fields = []
         environ = {
@@ -177,16 +189,13 @@ class GeventWorker(GunicornGeventWorker):
         # gunicorn's rule for the scheme: X-Forwarded-Proto and the other secure-scheme
         # fields count only from forwarded_allow_ips (ProxyFix then applies its own rule).
         trusted, secure_scheme = self._trusted_peer(addr), False
-        for line in lines[1:]:
-            name, colon, value = line.partition(":")
-            if (len(line) >= field_limit or not colon or not _TOKEN.fullmatch(name)
-                    or "\n" in value or "\0" in value):
-                return None  # obs-fold, a bad name, a bare LF: gunicorn's parser judges
-            upper = name.upper()
+        for raw_name, raw_value in head["headers"]:
+            upper = raw_name.decode("latin-1").upper()
             key = "HTTP_" + upper.replace("-", "_")
-            if upper in _NOT_LEAN or key in environ:
+            # "_" in a name: gunicorn refuses, drops or maps it by its header_map setting.
+            if upper in _NOT_LEAN or key in environ or "_" in upper:
                 return None
-            value = value.strip(" \t")
+            value = raw_value.decode("latin-1")
             if upper == "CONNECTION":
                 token = value.lower()
                 if token == "close":
@@ -258,13 +267,18 @@ class GeventWorker(GunicornGeventWorker):
                             datetime.now() - started)
         return not close
 
-    def _gunicorn(self, listener, listener_name, client, addr, data: bytes) -> bytes | None:
-        """Serve one request with gunicorn's own cycle from the bytes already read; the bytes
-        read past it, or None when the connection is done."""
+    def _gunicorn(self, listener, listener_name, client, addr, data: bytes,
+                  deadline: float | None) -> bytes | None:
+        """Serve one request with gunicorn's own cycle from the bytes already read, its head
+        due by ``deadline`` (monotonic; None: gunicorn's keepalive from now); the bytes read
+        past it, or None when the connection is done."""
         parser = http.get_parser(self.cfg, client, addr)
         parser.unreader.unread(data)
         req = None
-        with self.timeout_ctx():
+        left = self.cfg.keepalive if deadline is None else deadline - time.monotonic()
+        if left <= 0:
+            return None  # as gunicorn's timeout_ctx: the head's time is up, the connection ends
+        with gevent.Timeout(left, False):
             req = next(parser, None)
         if not req:
             return None
@@ -285,28 +299,59 @@ class GeventWorker(GunicornGeventWorker):
         return self._date[1]
 
 
-def _read_head(client, pending: bytes, keepalive: float) -> tuple[bytes | None, int]:
-    """(the bytes read, where the request head's blank line starts in them); (None, -1) when
-    the client closed or stayed silent ``keepalive`` seconds; (data, -1) when no head ends
-    within HEAD_LIMIT bytes (gunicorn's parser then answers it)."""
-    end = pending.find(b"\r\n\r\n")
-    if end < 0:
-        client.settimeout(keepalive)
+def head_parser(cfg):
+    """gunicorn_h1c's ``parse_request`` with the limits gunicorn's Request gives it."""
+    # gunicorn's Request works these out in its constructor, not in a function of its own.
+    line = cfg.limit_request_line
+    if line < 0 or line >= gunicorn_message.MAX_REQUEST_LINE:
+        line = gunicorn_message.MAX_REQUEST_LINE
+    elif line == 0:
+        line = 1024 * 1024
+    fields = cfg.limit_request_fields
+    if fields <= 0 or fields > gunicorn_message.MAX_HEADERS:
+        fields = gunicorn_message.MAX_HEADERS
+    field_size = cfg.limit_request_field_size
+    if field_size <= 0:
+        field_size = gunicorn_message.DEFAULT_MAX_HEADERFIELD_SIZE
+    return functools.partial(
+        gunicorn_h1c.parse_request, limit_request_line=line, limit_request_fields=fields,
+        limit_request_field_size=field_size,
+        permit_unconventional_http_method=cfg.permit_unconventional_http_method,
+        permit_unconventional_http_version=cfg.permit_unconventional_http_version)
+
+
+def _read_head(client, pending: bytes, keepalive: float, parse) -> tuple:
+    """(the bytes read, the parsed head or None, the head's deadline or None) for the next
+    request: the head is None when gunicorn's parser refuses it or it is not whole within
+    HEAD_LIMIT bytes (gunicorn's cycle then answers it); the deadline (monotonic) is set
+    once this had to wait. (None, None, None) when the client closed, or did not send a
+    whole head within ``keepalive`` seconds of this starting to wait for it."""
+    last, deadline = 0, None
+    while True:
+        if pending:
+            try:
+                return pending, parse(pending, last_len=last), deadline
+            except gunicorn_h1c.IncompleteError:
+                last = len(pending)
+            except gunicorn_h1c.ParseError:
+                return pending, None, deadline
+            if len(pending) > HEAD_LIMIT:
+                return pending, None, deadline
+        if deadline is None:
+            deadline = time.monotonic() + keepalive
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return None, None, None
+        client.settimeout(left)
         try:
-            while end < 0:
-                if len(pending) > HEAD_LIMIT:
-                    return pending, -1
-                try:
-                    data = client.recv(65536)
-                except TimeoutError:
-                    return None, -1
-                if not data:
-                    return None, -1
-                pending += data
-                end = pending.find(b"\r\n\r\n")
+            data = client.recv(65536)
+        except TimeoutError:
+            return None, None, None
         finally:
             client.settimeout(None)
-    return pending, end
+        if not data:
+            return None, None, None
+        pending += data
 
 
 class _Sent:

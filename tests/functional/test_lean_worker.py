@@ -10,126 +10,21 @@ and nothing it should have handed to gunicorn's cycle.
 
 from __future__ import annotations
 
-import re
-import socket
 import time
 
 import pytest
-from servers import Browser, Gunicorn, wait_for, write_random
+from servers import Gunicorn, wait_for
+from wire import LOG_ENV, exchange, lean_and_plain, lean_lines, req
 
 from portal.analytics import clients
 
 pytestmark = pytest.mark.slow
 
-PLAIN = "gunicorn.workers.ggevent.GeventWorker"
-# Which case sent a line, and whether the lean cycle answered it ("1") or gunicorn ("-").
-LOG_FORMAT = "ACCESS %(a)s %({portal.lean}e)s %(s)s %(B)s"
-LOG_ENV = {"GUNICORN_CMD_ARGS": f"--access-logformat '{LOG_FORMAT}'"}
-
 
 @pytest.fixture(scope="module")
 def servers(portal_instance, tmp_path_factory):
-    root = tmp_path_factory.mktemp("lean")
-    write_random(root / "private.bin", 70_000)
-    write_random(root / "public.bin", 5_000)
-    ids = {"private": portal_instance.add_file(root / "private.bin", title="private",
-                                               access="login"),
-           "public": portal_instance.add_file(root / "public.bin", title="public")}
-    env = dict(LOG_ENV)
-    lean = Gunicorn(portal_instance, workers=1, env=env).start()
-    plain = Gunicorn(portal_instance, workers=1,
-                     env={**env, "PORTAL_GUNICORN_WORKER_CLASS": PLAIN}).start()
-    try:
-        cookie = None
-        for server in (lean, plain):
-            browser = Browser(server.base_url).login("alice")
-            cookie = "; ".join(f"{c.name}={c.value}" for c in browser.jar)
-        yield lean, plain, ids, cookie
-    finally:
-        lean.stop()
-        plain.stop()
-
-
-def exchange(server: Gunicorn, raw: bytes, expect: int) -> tuple[list, bool]:
-    """Send ``raw`` on one connection; read up to ``expect`` responses (each: status line,
-    fields, body) and whether the server then closed the connection. A HEAD is only ever
-    sent alone here: its response has no body whatever its Content-Length says."""
-    head_only = raw.startswith(b"HEAD ")
-    sock = socket.create_connection(("127.0.0.1", server.port), timeout=10)
-    buf, responses, closed = b"", [], False
-    try:
-        sock.sendall(raw)
-
-        def more() -> bool:
-            nonlocal buf
-            data = sock.recv(65536)
-            buf += data
-            return bool(data)
-
-        while len(responses) < expect:
-            while b"\r\n\r\n" not in buf:
-                if not more():
-                    return responses, True
-            head, buf = buf.split(b"\r\n\r\n", 1)
-            status, *lines = head.decode("latin-1").split("\r\n")
-            fields = [tuple(line.split(": ", 1)) for line in lines]
-            length = next((int(v) for k, v in fields if k.lower() == "content-length"), None)
-            if head_only or status.split()[1][0] == "1" or status.split()[1] in ("204", "304"):
-                length = 0
-            if length is None:
-                while more():
-                    pass
-                body, buf, closed = buf, b"", True
-            else:
-                while len(buf) < (length or 0):
-                    if not more():
-                        break
-                body, buf = buf[:length or 0], buf[length or 0:]
-            boundary = re.search(r"boundary=(\w+)", head.decode("latin-1"))
-            if boundary:  # random per response
-                body = body.replace(boundary.group(1).encode(), b"BOUNDARY")
-                fields = [(k, v.replace(boundary.group(1), "BOUNDARY")) for k, v in fields]
-            # A page's CSRF token is signed afresh for each response.
-            body = re.sub(rb'(name="csrf[-_]token" (?:content|value)=")[^"]*', rb"\1T", body)
-            responses.append((status, normalised(fields), body))
-        if not closed:
-            sock.settimeout(0.5)
-            try:
-                closed = sock.recv(1) == b""
-            except TimeoutError:
-                closed = False
-        return responses, closed
-    finally:
-        sock.close()
-
-
-def normalised(fields: list) -> list:
-    """The fields without Date, Set-Cookie by cookie name only (their values are signed)."""
-    out = []
-    for name, value in fields:
-        if name.lower() == "date":
-            continue
-        if name.lower() == "set-cookie":
-            value = value.split("=", 1)[0]
-        out.append((name, value))
-    return out
-
-
-def req(case: str, path: str, *extra: str, method: str = "GET", version: str = "HTTP/1.1",
-        body: bytes = b"") -> bytes:
-    lines = [f"{method} {path} {version}", "Host: portal.test", f"User-Agent: case-{case}",
-             *extra]
-    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
-
-
-def lean_lines(server: Gunicorn, since: int = 0) -> dict[str, list[str]]:
-    """{case: ["1" or "-" for each of its requests, in order]} from the access log (from
-    character ``since`` on)."""
-    found: dict[str, list[str]] = {}
-    for match in re.finditer(r"ACCESS case-(\S+) (\S+) ",
-                             server.log.read_text("utf-8")[since:]):
-        found.setdefault(match.group(1), []).append(match.group(2))
-    return found
+    with lean_and_plain(portal_instance, tmp_path_factory.mktemp("lean")) as pair:
+        yield pair
 
 
 def cases(ids: dict, cookie: str) -> list[tuple[str, bytes, int, list[str]]]:

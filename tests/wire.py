@@ -1,0 +1,185 @@
+"""Raw HTTP/1.1 on a socket, for the tests that hold the portal's worker to gunicorn's own.
+
+``lean_and_plain`` starts the two real gunicorns on one instance: ``lean`` with the portal's
+worker (the default) and ``plain`` with gunicorn's GeventWorker. ``exchange`` sends the same
+bytes to either and reads back what a client would see: each response's status line, fields
+(Date aside, Set-Cookie by name) and body, and whether the server closed the connection.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import re
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+from servers import Browser, Gunicorn, Instance, write_random
+
+PLAIN_WORKER = "gunicorn.workers.ggevent.GeventWorker"
+# Which case sent a line, and whether the lean cycle answered it ("1") or gunicorn ("-").
+LOG_FORMAT = "ACCESS %(a)s %({portal.lean}e)s %(s)s %(B)s"
+LOG_ENV = {"GUNICORN_CMD_ARGS": f"--access-logformat '{LOG_FORMAT}'"}
+#: Longest a server may take to answer or close in these tests (a loaded machine's worst).
+PATIENCE = 30
+
+
+@contextlib.contextmanager
+def lean_and_plain(instance: Instance, root: Path) -> Iterator[tuple]:
+    """(lean, plain, {"private": id, "public": id}, a signed-in cookie valid on both): two
+    one-worker gunicorns on ``instance``, its access lines in LOG_FORMAT."""
+    write_random(root / "private.bin", 70_000)
+    write_random(root / "public.bin", 5_000)
+    ids = {"private": instance.add_file(root / "private.bin", title="private", access="login"),
+           "public": instance.add_file(root / "public.bin", title="public")}
+    lean = Gunicorn(instance, workers=1, env=dict(LOG_ENV)).start()
+    plain = None
+    try:
+        plain = Gunicorn(instance, workers=1,
+                         env={**LOG_ENV, "PORTAL_GUNICORN_WORKER_CLASS": PLAIN_WORKER}).start()
+        cookie = None
+        for server in (lean, plain):
+            browser = Browser(server.base_url).login("alice")
+            cookie = "; ".join(f"{c.name}={c.value}" for c in browser.jar)
+        yield lean, plain, ids, cookie
+    finally:
+        lean.stop()
+        if plain is not None:
+            plain.stop()
+
+
+def req(case: str, path: str, *extra: str, method: str = "GET", version: str = "HTTP/1.1",
+        body: bytes = b"") -> bytes:
+    """One request's bytes; ``case`` goes into its User-Agent (and so into the access line)."""
+    lines = [f"{method} {path} {version}", "Host: portal.test", f"User-Agent: case-{case}",
+             *extra]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
+
+
+def exchange(server: Gunicorn, raw: bytes, expect: int) -> tuple[list, bool]:
+    """Send ``raw`` on one connection; read up to ``expect`` responses (each: status line,
+    fields, body) and whether the server then closed the connection. A HEAD is only ever
+    sent alone here: its response has no body whatever its Content-Length says."""
+    sock = socket.create_connection(("127.0.0.1", server.port), timeout=PATIENCE)
+    try:
+        sock.sendall(raw)
+        reader = _Responses(sock, head_only=raw.startswith(b"HEAD "))
+        responses = []
+        while len(responses) < expect:
+            response = reader.next()
+            if response is None:
+                return responses, True
+            responses.append(response)
+        closed = reader.closed
+        if not closed:
+            sock.settimeout(0.5)
+            try:
+                closed = sock.recv(1) == b""
+            except TimeoutError:
+                closed = False
+            except ConnectionResetError:
+                closed = True
+        return responses, closed
+    finally:
+        sock.close()
+
+
+def exchange_all(server: Gunicorn, pieces: list[bytes], pause: float = 0.002) -> tuple:
+    """Send ``pieces`` one TCP segment each (a short pause between them), then end the
+    sending side (FIN); read every response until the server closes. (responses, the bytes
+    after the last whole response, whether the server closed within PATIENCE seconds)."""
+    sock = socket.create_connection(("127.0.0.1", server.port), timeout=PATIENCE)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    try:
+        for i, piece in enumerate(pieces):
+            if i:
+                time.sleep(pause)
+            try:
+                sock.sendall(piece)
+            except OSError as e:  # the server refused the head and closed meanwhile
+                if e.errno not in (errno.EPIPE, errno.ECONNRESET):
+                    raise
+                break
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_WR)
+        reader = _Responses(sock, head_only=b"".join(pieces).startswith(b"HEAD "))
+        responses = []
+        try:
+            while (response := reader.next()) is not None:
+                responses.append(response)
+        except TimeoutError:
+            return responses, reader.buf, False
+        return responses, reader.buf, True
+    finally:
+        sock.close()
+
+
+class _Responses:
+    """Responses read off a socket one at a time, normalised for comparison."""
+
+    def __init__(self, sock: socket.socket, head_only: bool) -> None:
+        self.sock, self.head_only = sock, head_only
+        self.buf, self.closed = b"", False
+
+    def _more(self) -> bool:
+        if self.closed:
+            return False
+        try:
+            data = self.sock.recv(65536)
+        except ConnectionResetError:  # a close with unread bytes: what was sent is read first
+            data = b""
+        self.buf += data
+        self.closed = not data
+        return bool(data)
+
+    def next(self) -> tuple | None:
+        """The next (status, fields, body), None once the server closed before one."""
+        while b"\r\n\r\n" not in self.buf:
+            if not self._more():
+                return None
+        head, self.buf = self.buf.split(b"\r\n\r\n", 1)
+        status, *lines = head.decode("latin-1").split("\r\n")
+        fields = [tuple(line.split(": ", 1)) for line in lines]
+        length = next((int(v) for k, v in fields if k.lower() == "content-length"), None)
+        code = status.split()[1] if len(status.split()) > 1 else ""
+        if self.head_only or code[:1] == "1" or code in ("204", "304"):
+            length = 0
+        if length is None:
+            while self._more():
+                pass
+            body, self.buf = self.buf, b""
+        else:
+            while len(self.buf) < length and self._more():
+                pass
+            body, self.buf = self.buf[:length], self.buf[length:]
+        boundary = re.search(r"boundary=(\w+)", head.decode("latin-1"))
+        if boundary:  # random per response
+            body = body.replace(boundary.group(1).encode(), b"BOUNDARY")
+            fields = [(k, v.replace(boundary.group(1), "BOUNDARY")) for k, v in fields]
+        # A page's CSRF token is signed afresh for each response.
+        body = re.sub(rb'(name="csrf[-_]token" (?:content|value)=")[^"]*', rb"\1T", body)
+        return status, normalised(fields), body
+
+
+def normalised(fields: list) -> list:
+    """The fields without Date, Set-Cookie by cookie name only (their values are signed)."""
+    out = []
+    for name, value in fields:
+        if name.lower() == "date":
+            continue
+        if name.lower() == "set-cookie":
+            value = value.split("=", 1)[0]
+        out.append((name, value))
+    return out
+
+
+def lean_lines(server: Gunicorn, since: int = 0) -> dict[str, list[str]]:
+    """{case: ["1" or "-" for each of its requests, in order]} from the access log (from
+    character ``since`` on)."""
+    found: dict[str, list[str]] = {}
+    for match in re.finditer(r"ACCESS case-(\S+) (\S+) ",
+                             server.log.read_text("utf-8")[since:]):
+        found.setdefault(match.group(1), []).append(match.group(2))
+    return found
