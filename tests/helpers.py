@@ -97,6 +97,18 @@ def wait_until(predicate, timeout: float = 5.0) -> None:
         time.sleep(0.01)
 
 
+@contextlib.contextmanager
+def clock_off_by(seconds: float):
+    """This process's wall clock (``time.time``) runs ``seconds`` off inside the block: what
+    a node whose clock disagrees with the others' would read."""
+    real = time.time
+    time.time = lambda: real() + seconds
+    try:
+        yield
+    finally:
+        time.time = real
+
+
 def screenshot(page, name: str) -> Path:
     """Save a full-page screenshot under docs/screenshots/NAME.png."""
     SHOTS.mkdir(parents=True, exist_ok=True)

@@ -14,9 +14,10 @@ the most generous of them, each dimension on its own; a person matching none is 
 limited.
 
 Connections are leases in Redis (a sorted set per person and one per node, scored by
-expiry): the worker that holds a lease renews it every third of DOWNLOAD_LEASE_SECONDS
-while the body is sent, so a worker that dies (SIGKILL, OOM) stops renewing and its
-connections stop counting after at most that long. With Redis down the count is this
+expiry on Redis's own clock, so that nodes whose clocks disagree agree on them): the
+worker that holds a lease renews it every third of DOWNLOAD_LEASE_SECONDS while the body
+is sent, so a worker that dies (SIGKILL, OOM) stops renewing and its connections stop
+counting after at most that long. With Redis down the count is this
 worker's own (looser across workers, never a 500).
 
 Why by hand: Flask-Limiter (already used for sign-in) counts requests per window, not
@@ -54,30 +55,68 @@ STATS_FIELDS = {
     "throttled": "Download connections paced to their person's rate",
 }
 
-_ACQUIRE = """
-local now, expiry = tonumber(ARGV[1]), ARGV[2]
-local limit, budget, ttl = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
+#: Every expiry in Redis is counted on Redis's clock (TIME inside the scripts), never on
+#: a node's: nodes whose clocks disagree would otherwise expire each other's leases early
+#: (a node running minutes ahead would remove every other node's live leases). Scripts
+#: that write after TIME need effects replication: the default from Redis 5, the only
+#: mode from Redis 7.
+_NOW = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+"""
+
+_ACQUIRE = _NOW + """
+local expiry = now + tonumber(ARGV[1])
+local limit, budget, ttl = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
 redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
 -- The same member again is the next request on one nginx client connection: the response
 -- before it is over, so its lease is this one's, not one more.
-local again = redis.call('ZSCORE', KEYS[1], ARGV[3]) and 1 or 0
-local again_node = redis.call('ZSCORE', KEYS[2], ARGV[3]) and 1 or 0
+local again = redis.call('ZSCORE', KEYS[1], ARGV[2]) and 1 or 0
+local again_node = redis.call('ZSCORE', KEYS[2], ARGV[2]) and 1 or 0
 local held = redis.call('ZCARD', KEYS[1]) - again
 local verdict = 0
 if limit > 0 and held >= limit then verdict = 1
 elseif budget > 0 and redis.call('ZCARD', KEYS[2]) - again_node >= budget then verdict = 2
 end
 if verdict > 0 then
-  redis.call('ZREM', KEYS[1], ARGV[3])
-  redis.call('ZREM', KEYS[2], ARGV[3])
+  redis.call('ZREM', KEYS[1], ARGV[2])
+  redis.call('ZREM', KEYS[2], ARGV[2])
   return {verdict, held}
 end
-redis.call('ZADD', KEYS[1], expiry, ARGV[3])
+redis.call('ZADD', KEYS[1], expiry, ARGV[2])
 redis.call('EXPIRE', KEYS[1], ttl)
-redis.call('ZADD', KEYS[2], expiry, ARGV[3])
+redis.call('ZADD', KEYS[2], expiry, ARGV[2])
 redis.call('EXPIRE', KEYS[2], ttl)
 return {0, held + 1}
+"""
+
+#: Renewal: the leases ARGV[2..] (each in the person's set KEYS[i - 1] and the node's set,
+#: the last key) expire ARGV[1] seconds from Redis's now, if they are still held.
+_RENEW = _NOW + """
+local expiry = now + tonumber(ARGV[1])
+local node = KEYS[#KEYS]
+for i = 2, #ARGV do
+  redis.call('ZADD', KEYS[i - 1], 'XX', expiry, ARGV[i])
+  redis.call('ZADD', node, 'XX', expiry, ARGV[i])
+end
+return 0
+"""
+
+#: Hand-over to nginx: the lease ARGV[1] expires ARGV[2] seconds from Redis's now, written
+#: as millisecond text, which is returned: the same number in Redis and in the token,
+#: compared exactly by _RELEASE_HANDED.
+_HAND_OVER = _NOW + """
+local expiry = string.format('%.3f', now + tonumber(ARGV[2]))
+redis.call('ZADD', KEYS[1], 'XX', expiry, ARGV[1])
+redis.call('ZADD', KEYS[2], 'XX', expiry, ARGV[1])
+return expiry
+"""
+
+#: A node's live leases: the expired ones go first.
+_NODE_ACTIVE = _NOW + """
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+return redis.call('ZCARD', KEYS[1])
 """
 
 #: A lease handed to nginx ends when nginx's log says its response is over: removed from
@@ -269,6 +308,9 @@ class Slots:
         self.lock = threading.Lock()
         self.outage = Outage(log, "download connection limits (counted per worker)")
         self._script = client.register_script(_ACQUIRE)
+        self._renew_script = client.register_script(_RENEW)
+        self._hand_over_script = client.register_script(_HAND_OVER)
+        self._node_active_script = client.register_script(_NODE_ACTIVE)
         self._renewer: threading.Thread | None = None
         self._pid = os.getpid()
 
@@ -288,11 +330,10 @@ class Slots:
         lease_id = lease_id or f"{self.worker}:{uuid.uuid4().hex[:12]}"
         seconds = settings.download_lease_seconds
         retry = settings.download_retry_after_seconds
-        now = time.time()
         try:
             verdict, held = self._script(
                 keys=[self._key(person.key), self._node_key()],
-                args=[now, now + seconds, lease_id, limit, budget, seconds * 2])
+                args=[seconds, lease_id, limit, budget, seconds * 2])
             self.outage.recovered()
         except redis.RedisError as exc:
             self.outage.failed(exc)
@@ -351,20 +392,21 @@ class Slots:
     def _hand_over(self, lease: Lease, seconds: float) -> str:
         self._forget(lease)
         lease.released = True
-        # Millisecond text: the same number in Redis and in the token, compared exactly.
-        expiry = f"{time.time() + seconds:.3f}"
         if lease.local:
+            # Counted here alone, on this worker's clock (Redis is down).
+            expiry = f"{time.time() + seconds:.3f}"
             with self.lock:
                 self.local_node = max(0, self.local_node - 1)
                 self.handed[lease.id] = (lease.person.key, float(expiry))
         else:
             try:
-                pipe = self.redis.pipeline(transaction=False)
-                pipe.zadd(self._key(lease.person.key), {lease.id: expiry}, xx=True)
-                pipe.zadd(self._node_key(), {lease.id: expiry}, xx=True)
-                pipe.execute()
+                expiry = self._hand_over_script(
+                    keys=[self._key(lease.person.key), self._node_key()],
+                    args=[lease.id, seconds]).decode()
             except redis.RedisError:
-                pass
+                # The lease keeps its last expiry in Redis; a token that matches none
+                # ends nothing, and the lease expires by itself.
+                expiry = "0.000"
         return f"{expiry} {self.node} {lease.person.key} {lease.id}"
 
     def _forget(self, lease: Lease) -> None:
@@ -438,10 +480,10 @@ class Slots:
         try:
             pipe = self.redis.pipeline(transaction=False)
             if seconds is not None:
-                expiry = time.time() + seconds
-                for lease in leases:
-                    pipe.zadd(self._key(lease.person.key), {lease.id: expiry}, xx=True)
-                    pipe.zadd(self._node_key(), {lease.id: expiry}, xx=True)
+                self._renew_script(
+                    keys=[*(self._key(lease.person.key) for lease in leases),
+                          self._node_key()],
+                    args=[seconds, *(lease.id for lease in leases)], client=pipe)
             for key in people:
                 pipe.zcard(self._key(key))
             replies = pipe.execute()
@@ -457,8 +499,7 @@ class Slots:
     def node_active(self) -> int | None:
         """The node's download connections now (None: Redis down)."""
         try:
-            self.redis.zremrangebyscore(self._node_key(), "-inf", time.time())
-            return int(self.redis.zcard(self._node_key()))
+            return int(self._node_active_script(keys=[self._node_key()]))
         except redis.RedisError:
             return None
 
