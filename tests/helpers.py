@@ -196,3 +196,107 @@ def warm(app, client, url: str) -> None:
     client.get(url)  # starts this app's listener
     wait_until(lambda: copies.ready)
     client.get(url)  # stores the copies
+
+
+ANALYTICS_PAGE_MODELS = ("Rollup", "UserDay", "FileUser", "UserGap", "FileDetailDay")
+
+
+def analytics_tables(app) -> dict[str, set]:
+    """Every row of the tables the analytics pages read, comparable across loads."""
+    from datetime import UTC, datetime
+
+    from sqlalchemy import select
+
+    from portal.analytics import models
+
+    def plain(value):
+        return value.astimezone(UTC) if isinstance(value, datetime) else value
+
+    with app.app_context(), _db.engine.connect() as conn:
+        return {model.__table__.name: {tuple(plain(v) for v in row)
+                                       for row in conn.execute(select(model.__table__))}
+                for model in (getattr(models, name) for name in ANALYTICS_PAGE_MODELS)}
+
+
+def wipe_analytics_tables(app) -> None:
+    """Empty the tables the analytics pages read."""
+    from portal.analytics import models
+
+    with app.app_context(), _db.engine.begin() as conn:
+        for name in ANALYTICS_PAGE_MODELS:
+            conn.execute(getattr(models, name).__table__.delete())
+
+
+def store_event(app, started_at) -> str:
+    """Store one whole 200 response starting at ``started_at``, through the flusher's path,
+    copying a stored event's file, version and client; returns its event_key."""
+    from datetime import timedelta
+
+    from sqlalchemy import select
+
+    from portal.analytics import materialise
+    from portal.models import DownloadEvent
+
+    with app.app_context(), _db.engine.begin() as conn:
+        some = conn.execute(select(DownloadEvent.__table__).limit(1)).mappings().one()
+        key = uuid.uuid4().hex
+        row = {**{c: some[c] for c in ("file_id", "version_id", "user_id", "size", "link_id",
+                                       "client_ip", "user_agent", "ua_class", "via_link")},
+               "event_key": key, "method": "GET", "status": 200, "range_header": "",
+               "served_ranges": f"0-{some['size'] - 1}", "bytes_sent": some["size"],
+               "referrer": "", "served_from": "origin",
+               "started_at": started_at, "ended_at": started_at + timedelta(seconds=5)}
+        assert materialise.store(conn, [row], materialise.Settings.from_config(app.config)) == 1
+    return key
+
+
+def write_run(app, out: Path, *, job: dict | None = None, rows=None, types=None) -> Path:
+    """A warehouse run as spark_job.py lays it out (``rollups``, ``user_days``,
+    ``file_details`` as Parquet with the job's column types, and ``_job/``), made from SQL's
+    own rollup tables, without Spark. To tamper with it: ``job`` replaces fields of the
+    ``_job`` line; ``rows(table, rows)`` returns the rows to write (oldest first);
+    ``types`` maps (table, column) to another Arrow type (the values cast to it)."""
+    import json
+    from datetime import UTC, datetime
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from sqlalchemy import Boolean, Integer, func, select
+
+    from portal.analytics import materialise, warehouse
+    from portal.models import DownloadEvent, UTCDateTime
+
+    def spark_type(column):
+        if isinstance(column.type, UTCDateTime):
+            return pa.timestamp("us", tz="UTC")
+        if isinstance(column.type, Boolean):
+            return pa.bool_()
+        if isinstance(column.type, Integer):
+            return pa.int32() if column.name == "decile" else pa.int64()
+        return pa.string()
+
+    settings = materialise.Settings.from_config(app.config)
+    with app.app_context(), _db.engine.connect() as conn:
+        for name, (model, at) in warehouse.TABLES.items():
+            table = model.__table__
+            found = [dict(r) for r in conn.execute(select(table).order_by(table.c[at]))
+                     .mappings()]
+            found = rows(name, found) if rows else found
+            written = pa.Table.from_pylist(found, schema=pa.schema(
+                [pa.field(c.name, spark_type(c)) for c in table.columns]))
+            for (which, column), kind in (types or {}).items():
+                if which == name:
+                    index = written.schema.get_field_index(column)
+                    written = written.set_column(index, column, written.column(column).cast(kind))
+            (out / name).mkdir(parents=True, exist_ok=True)
+            pq.write_table(written, out / name / "part-00000.parquet")
+        newest = conn.execute(select(func.max(DownloadEvent.started_at))).scalar()
+        events = conn.execute(select(func.count()).select_from(DownloadEvent)).scalar()
+    line = {"newest_started_at": newest.astimezone(UTC).isoformat() if newest else None,
+            "events": events, "rules": warehouse.job_rules(settings)}
+    line.update(job or {})
+    (out / "_job").mkdir(parents=True, exist_ok=True)
+    (out / "_job" / "part-00000.txt").write_text(
+        json.dumps(line, default=lambda v: v.isoformat() if isinstance(v, datetime) else v)
+        + "\n")
+    return out

@@ -119,17 +119,20 @@ def rebuild_command():
 @click.argument("source", metavar="DIR|s3://BUCKET/PREFIX")
 @click.option("--before", type=click.DateTime(formats=["%Y-%m-%d"]), default=None,
               help="Replace the rows of local days before this one (YYYY-MM-DD) [default: "
-                   "the day of the newest event the job saw].")
+                   "the day of the newest event the job saw; at the latest today, or the "
+                   "day after that event's].")
 def load_command(source, before):
     """Put a spark_job.py run (its rollups, user_days and file_details) into the rollup
     tables the analytics pages read, for the days before the cut-off (portal/analytics/
-    warehouse.py)."""
+    warehouse.py); a run whose cut-off or rows do not fit what SQL holds is refused in one
+    line, the tables unchanged (loadcheck.py)."""
     from .warehouse import LoadError, load
 
     settings = materialise.Settings.from_config(current_app.config)
     try:
         with db.engine.begin() as conn:
-            report = load(conn, source, settings, before=before.date() if before else None)
+            report = load(conn, source, settings, now=datetime.now(UTC),
+                          before=before.date() if before else None)
     except LoadError as exc:
         raise click.ClickException(str(exc)) from exc
     rows = ", ".join(f"{n} {name}" for name, n in report.rows.items())

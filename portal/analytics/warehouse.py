@@ -19,6 +19,11 @@ day later) is counted complete in that earlier day only if the job saw the resum
 edge is as fresh as its export. The job's rules must be the portal's (ANALYTICS_* settings),
 or the two halves would count differently: a mismatch is refused.
 
+Nothing is taken on the run's word (loadcheck.py): the cut-off is bounded by the newest
+response SQL holds and by today, and every row to be loaded is checked (types, ranges, the
+files, versions, users and groups SQL knows) before a row is deleted; a run that fails is
+refused in one line and the tables stay as they were.
+
 The run is read from a folder or from ``s3://bucket/prefix`` (where a cluster's job writes
 it), through pyarrow's filesystems: S3 with the endpoint and keys the S3 storage backend
 uses (the usual AWS variables, read by boto3).
@@ -33,8 +38,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from sqlalchemy import Connection, delete
+from sqlalchemy.exc import DBAPIError
 
 from . import spans
+from .loadcheck import LoadError, RunCheck, newest_of
 from .materialise import Settings, day_bucket, serialise_writers
 from .models import FileDetailDay, Rollup, UserDay
 from .sqlbatch import insert_in_batches
@@ -45,11 +52,8 @@ TABLES = {"rollups": (Rollup, "bucket"), "user_days": (UserDay, "day"),
 BATCH = 50_000
 
 if TYPE_CHECKING:
+    import pyarrow.dataset
     from pyarrow.fs import FileSystem
-
-
-class LoadError(Exception):
-    """The run cannot be loaded: one line for the operator."""
 
 
 @dataclass
@@ -128,16 +132,28 @@ def read_job(run: Run) -> dict:
             text = stream.read().decode()
     except OSError as exc:
         raise LoadError(f"cannot read {run.name}/_job: {exc}") from exc
-    return json.loads(text.strip().splitlines()[0])
+    try:
+        job = json.loads((text.strip().splitlines() or [""])[0])
+    except ValueError:
+        job = None
+    if not isinstance(job, dict):
+        raise LoadError(f"{run.name}/_job is not a spark_job.py line (one JSON object)")
+    return job
+
+
+def job_rules(settings: Settings) -> dict:
+    """The portal's counting rules as a run's ``_job`` line names them."""
+    rules = settings.rules
+    return {"idle_minutes": rules.idle.total_seconds() / 60,
+            "probe_max_bytes": rules.probe_max_bytes, "min_bytes": rules.min_bytes,
+            "complete_ratio": rules.complete_ratio, "timezone": settings.tz.key}
 
 
 def check_rules(job: dict, settings: Settings) -> None:
     """Refuse a run made with other counting rules than the portal's."""
-    rules = settings.rules
-    ours = {"idle_minutes": rules.idle.total_seconds() / 60,
-            "probe_max_bytes": rules.probe_max_bytes, "min_bytes": rules.min_bytes,
-            "complete_ratio": rules.complete_ratio, "timezone": settings.tz.key}
-    theirs = job.get("rules", {})
+    ours = job_rules(settings)
+    theirs = job.get("rules")
+    theirs = theirs if isinstance(theirs, dict) else {}
     differ = [f"{k}={theirs.get(k)!r} (the portal's: {v!r})" for k, v in ours.items()
               if theirs.get(k) != v]
     if differ:
@@ -148,25 +164,38 @@ def check_rules(job: dict, settings: Settings) -> None:
 def cut_off(job: dict, settings: Settings, before: date | None) -> datetime:
     """The local midnight (as UTC) before which the run's rows replace SQL's."""
     if before is None:
-        newest = job.get("newest_started_at")
+        newest = newest_of(job)
         if newest is None:
             raise LoadError("the job saw no events: nothing to load")
-        moment = datetime.fromisoformat(newest)
-        moment = moment if moment.tzinfo else moment.replace(tzinfo=UTC)
-        return day_bucket(moment, settings.tz)
+        return day_bucket(newest, settings.tz)
     return day_bucket(datetime.combine(before, time(), settings.tz), settings.tz)
 
 
-def batches(run: Run, name: str, column: str, before: datetime):
-    """The rows of one table with ``column`` before ``before``, as lists of dicts (instants
-    aware UTC: Spark writes them as UTC microseconds)."""
+def dataset_of(run: Run, name: str) -> pyarrow.dataset.Dataset:
+    """One table of the run, as a pyarrow dataset."""
     import pyarrow.dataset as ds
 
     if not run.exists(name):
         raise LoadError(f"{run.name}/{name} is missing: run spark_job.py with --tables "
                         f"including {name}")
-    dataset = ds.dataset(run.path(name), filesystem=run.fs, format="parquet")
-    for batch in dataset.to_batches(filter=ds.field(column) < before, batch_size=BATCH):
+    return ds.dataset(run.path(name), filesystem=run.fs, format="parquet")
+
+
+def arrow_batches(dataset: pyarrow.dataset.Dataset, model, column: str, before: datetime):
+    """The Arrow batches of the rows with ``column`` before ``before``, in the SQL table's
+    columns (only those)."""
+    import pyarrow.dataset as ds
+
+    kind = dataset.schema.field(column).type
+    edge = before if kind.tz else before.astimezone(UTC).replace(tzinfo=None)
+    yield from dataset.to_batches(columns=[c.name for c in model.__table__.columns],
+                                  filter=ds.field(column) < edge, batch_size=BATCH)
+
+
+def batches(dataset: pyarrow.dataset.Dataset, model, column: str, before: datetime):
+    """The rows of one table with ``column`` before ``before``, as lists of dicts (instants
+    aware UTC: Spark writes them as UTC microseconds)."""
+    for batch in arrow_batches(dataset, model, column, before):
         rows = batch.to_pylist()
         for row in rows:
             for key, value in row.items():
@@ -175,25 +204,44 @@ def batches(run: Run, name: str, column: str, before: datetime):
         yield rows
 
 
-def load(conn: Connection, source: str, settings: Settings, *,
+def load(conn: Connection, source: str, settings: Settings, *, now: datetime,
          before: date | None = None) -> LoadReport:
     """Replace the rollups, user-days and file details before the cut-off day by the run's
-    in ``source`` (a folder or s3://bucket/prefix), in the caller's transaction; see the
-    module docstring."""
+    in ``source`` (a folder or s3://bucket/prefix), in the caller's transaction, once the
+    cut-off and every row to load have passed loadcheck.py at ``now``; see the module
+    docstring."""
+    import pyarrow as pa
+
     run = open_run(source)
     job = read_job(run)
     check_rules(job, settings)
     report = LoadReport(before=cut_off(job, settings, before))
+    check = RunCheck(conn, settings.tz)
+    check.cut_off(report.before, newest_of(job), now)
+    datasets = {}
+    for name, (model, column) in TABLES.items():
+        where = f"{run.name}/{name}"
+        try:
+            datasets[name] = dataset = dataset_of(run, name)
+            check.schema(where, model, dataset.schema)
+            for batch in arrow_batches(dataset, model, column, report.before):
+                check.rows(where, model, batch)
+        except (OSError, pa.ArrowException) as exc:  # pyarrow's S3, file and Parquet errors
+            raise LoadError(f"cannot read {where}: {exc}") from exc
     serialise_writers(conn)
     for name, (model, column) in TABLES.items():
         table = model.__table__
         conn.execute(delete(table).where(table.c[column] < report.before))
         report.rows[name] = 0
         try:
-            for rows in batches(run, name, column, report.before):
+            for rows in batches(datasets[name], model, column, report.before):
                 insert_in_batches(conn, table.insert(), rows)
                 report.rows[name] += len(rows)
-        except OSError as exc:  # pyarrow's S3 and file errors; the transaction rolls back
+        except (OSError, pa.ArrowException) as exc:  # the transaction rolls back
             raise LoadError(f"cannot read {run.name}/{name}: {exc}") from exc
+        except DBAPIError as exc:  # two rows of one key: the transaction rolls back
+            first = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
+            raise LoadError(f"{run.name}/{name}: SQL refused its rows ({first}); "
+                            "nothing loaded") from exc
     spans.derive_from_user_days(conn)
     return report

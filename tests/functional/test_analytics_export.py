@@ -4,8 +4,7 @@ real S3 server (rclone serve s3), incremental and idempotent."""
 from __future__ import annotations
 
 import io
-import uuid
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 
 import pyarrow as pa
 import pyarrow.dataset as ds
@@ -14,11 +13,11 @@ import pytest
 import s3server
 from sqlalchemy import func, select
 
-from portal.analytics import clients, materialise
-from portal.analytics.cli import _settings
+from portal.analytics import clients
 from portal.analytics.export import MANIFEST
 from portal.extensions import db
 from portal.models import DownloadEvent
+from tests.helpers import store_event
 
 s3_server = s3server.s3_server  # the fixtures, used by name
 s3_env = s3server.s3_env
@@ -57,21 +56,6 @@ def _check_same(table, stored: dict[str, dict]) -> None:
         assert str(row["day"]) == want["started_at"].astimezone(UTC).date().isoformat()
 
 
-def _late_event(app, day: datetime) -> str:
-    """Store one event that started on an already exported day (through the flusher's path)."""
-    with app.app_context(), db.engine.begin() as conn:
-        some = conn.execute(select(DownloadEvent.__table__).limit(1)).mappings().one()
-        key = uuid.uuid4().hex
-        row = {**{c: some[c] for c in ("file_id", "version_id", "user_id", "size", "link_id",
-                                       "client_ip", "user_agent", "ua_class", "via_link")},
-               "event_key": key, "method": "GET", "status": 200, "range_header": "",
-               "served_ranges": f"0-{some['size'] - 1}", "bytes_sent": some["size"],
-               "referrer": "", "served_from": "origin",
-               "started_at": day, "ended_at": day + timedelta(seconds=5)}
-        assert materialise.store(conn, [row], _settings()) == 1
-    return key
-
-
 def test_export_to_a_folder_is_incremental_and_idempotent(app, runner, tmp_path):
     _simulate(runner)
     out = tmp_path / "lake"
@@ -92,7 +76,7 @@ def test_export_to_a_folder_is_incremental_and_idempotent(app, runner, tmp_path)
     oldest = files[0]
     day = datetime.fromisoformat(oldest.parent.name.removeprefix("day=")).replace(
         hour=12, tzinfo=UTC)
-    key = _late_event(app, day)
+    key = store_event(app, day)  # a late event
     assert "exported" in _export(runner, "--to", str(out))
     changed = [f for f in files if f.stat().st_mtime_ns != stamps[f]]
     assert changed == [oldest]
