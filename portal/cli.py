@@ -14,6 +14,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from .access import NAME, normalize_access
 from .auth.forms import MIN_PASSWORD
+from .auth.sso.mapping import DIRECTORY_METHODS
 from .extensions import db
 from .files import add_version, discard
 from .models import ROLES, Group, User
@@ -48,21 +49,45 @@ def check_password(password: str | None) -> None:
         fail(f"password must have at least {MIN_PASSWORD} characters")
 
 
+def set_method(user: User, method: str, password: str | None, where: str = "") -> None:
+    """Make ``user`` an account of ``method``: local with a password, or a directory's
+    without one (its first sign-in by that method binds it). A user already bound to a
+    directory account, or with a password of its own, is not moved: ``user link`` is the
+    way."""
+    if method != "local" and password:
+        fail(f"{where}{method} users have no portal password")
+    if user.id is not None and method != user.auth_source and (
+            user.identities or user.has_usable_password()):
+        fail(f"{where}user {user.username!r} is a {user.auth_source} account already: "
+             "use user link")
+    user.auth_source = method
+    if method != "local":
+        user.set_unusable_password()
+
+
 @user_cli.command("create")
 @click.argument("name")
-@click.option("--password", required=True, help="At least 8 characters.")
+@click.option("--password", help="At least 8 characters (a local user's).")
+@click.option("--method", type=click.Choice(("local", *DIRECTORY_METHODS)), default="local",
+              show_default=True,
+              help="A directory's user has no password: its first sign-in by that method "
+                   "binds it.")
 @click.option("--role", type=click.Choice(ROLES), default="student", show_default=True)
 @click.option("--group", "groups", multiple=True, help="Group to join (repeatable).")
 @click.option("--display-name", default="", help="Name shown on pages.")
-def user_create(name, password, role, groups, display_name):
-    """Create a user."""
+def user_create(name, password, method, role, groups, display_name):
+    """Create a user: local with a password, or reserved for one directory's sign-in."""
     if not NAME.match(name):
         fail(f"invalid username {name!r}")
+    if method == "local" and not password:
+        fail("a local user needs --password")
     check_password(password)
     if db.session.scalar(select(User).where(User.username == name)) is not None:
         fail(f"user {name!r} already exists")
     user = User(username=name, role=role, display_name=display_name or name)
-    user.set_password(password)
+    if method == "local":
+        user.set_password(password)
+    set_method(user, method, password)
     user.groups = groups_by_name(list(groups))
     db.session.add(user)
     _commit()
@@ -72,10 +97,13 @@ def user_create(name, password, role, groups, display_name):
 @user_cli.command("import")
 @click.argument("path", type=click.Path(dir_okay=False))
 def user_import(path):
-    """Create or update users from a CSV (username, display_name, role, groups, password).
+    """Create or update users from a CSV (username, display_name, role, groups, password,
+    and optionally method).
 
     groups are separated by ';' or spaces; an empty password keeps an existing one
-    (a new user without a password cannot sign in until an admin sets one).
+    (a new user without a password cannot sign in until an admin sets one). method
+    (local, ldap, cas, oidc; empty: local for a new user, unchanged for an existing one)
+    reserves a user without a password for that directory's sign-in.
     """
     try:
         with open(path, newline="", encoding="utf-8-sig") as fh:
@@ -93,6 +121,9 @@ def user_import(path):
         password = (row.get("password") or "").strip() or None
         if password is not None and len(password) < MIN_PASSWORD:
             fail(f"{path}:{line}: password must have at least {MIN_PASSWORD} characters")
+        method = (row.get("method") or "").strip() or None
+        if method not in (None, "local", *DIRECTORY_METHODS):
+            fail(f"{path}:{line}: unknown method {method!r}")
         user = db.session.scalar(select(User).where(User.username == name))
         if user is None:
             user = User(username=name)
@@ -104,6 +135,8 @@ def user_import(path):
         user.role = role
         if password is not None:
             user.set_password(password)
+        if method is not None:
+            set_method(user, method, password, f"{path}:{line}: ")
         groups = (row.get("groups") or "").replace(";", " ").split()
         user.groups = groups_by_name(groups)
     _commit()
@@ -129,8 +162,8 @@ def user_sync_ldap(dry_run):
         accounts = ldap.all_accounts(cfg, cfg.sso_role_map)
     except ldap.DirectoryUnavailable as exc:
         fail(f"the directory cannot be read: {exc}")
-    report = sync_accounts(db.session, accounts, source="ldap", role_map=cfg.sso_role_map,
-                           default_role=cfg.sso_default_role)
+    report = sync_accounts(db.session, accounts, source="ldap", issuer=ldap.issuer(cfg),
+                           role_map=cfg.sso_role_map, default_role=cfg.sso_default_role)
     for line in report.skipped:
         click.echo(f"skipped {line}", err=True)
     if dry_run:
@@ -140,6 +173,86 @@ def user_sync_ldap(dry_run):
     audit(db.session, "user.sync_ldap", detail=str(report))
     _commit()
     click.echo(str(report))
+
+
+def _directory_user(name: str) -> User:
+    user = db.session.scalar(select(User).where(User.username == name))
+    if user is None:
+        fail(f"no user {name!r}")
+    return user
+
+
+def _issuer(method: str, given: str | None) -> str:
+    """The issuer given, else this portal's own for ``method``."""
+    from .auth.sso import cas, ldap, oidc
+    from .auth.sso.mapping import issuer_id
+    from .config import settings
+
+    if given:
+        return given if method == "ldap" else issuer_id(given)
+    cfg = settings()
+    configured = {"ldap": cfg.ldap_user_base, "cas": cfg.cas_server_url,
+                  "oidc": cfg.oidc_issuer}[method]
+    if not configured:
+        fail(f"no {method} issuer is configured here: give --issuer")
+    return {"ldap": ldap.issuer, "cas": cas.issuer, "oidc": oidc.issuer}[method](cfg)
+
+
+@user_cli.command("link")
+@click.argument("name")
+@click.option("--method", type=click.Choice(DIRECTORY_METHODS), required=True)
+@click.option("--issuer", help="OIDC: the issuer (iss); CAS: the server URL; LDAP: "
+                               "ldap:///USER-BASE. Default: this portal's own.")
+@click.option("--subject", help="OIDC: the sub; CAS: the CAS user id (default NAME); LDAP: "
+                                "the entry's subject (default: looked up by NAME).")
+def user_link(name, method, issuer, subject):
+    """Let a directory account sign in as user NAME, whatever name it brings (audited).
+
+    The login.failure entry of a refused sign-in names the method, issuer and subject."""
+    from .auth.sso import ldap
+    from .auth.sso.mapping import LinkRefused, link
+    from .config import settings
+
+    user = _directory_user(name)
+    issuer = _issuer(method, issuer)
+    if not subject and method == "cas":
+        subject = name
+    elif not subject and method == "ldap":
+        try:
+            subject = ldap.subject_of(settings(), name)
+        except ldap.DirectoryUnavailable as exc:
+            fail(f"the directory cannot be read: {exc}")
+        if subject is None:
+            fail(f"the directory has no one entry named {name!r}: give --subject")
+    elif not subject:
+        fail("an OIDC link needs --subject (the sub)")
+    try:
+        made = link(db.session, user, method=method, issuer=issuer, subject=subject)
+    except LinkRefused as exc:
+        fail(str(exc))
+    _commit()
+    click.echo(f"{'linked' if made else 'already linked'} {name}: method={method} "
+               f"issuer={issuer} subject={subject}")
+
+
+@user_cli.command("unlink")
+@click.argument("name")
+@click.option("--method", type=click.Choice(DIRECTORY_METHODS), required=True)
+@click.option("--issuer", help="Default: this portal's own for the method.")
+@click.option("--subject", help="Only this subject's link (default: every one at the issuer).")
+def user_unlink(name, method, issuer, subject):
+    """Remove directory accounts' links to user NAME and end the user's sessions (audited).
+
+    A user of that method left with no link is bound again by its name's next sign-in."""
+    from .auth.sso.mapping import unlink
+
+    user = _directory_user(name)
+    removed = unlink(db.session, user, method=method, issuer=_issuer(method, issuer),
+                     subject=subject)
+    if not removed:
+        fail(f"user {name!r} has no such link")
+    _commit()
+    click.echo(f"unlinked {removed} from {name}")
 
 
 @file_cli.command("add")

@@ -108,12 +108,18 @@ class User(Roles, db.Model):
     #: all of the user's sessions and signed links (end_sessions).
     session_gen: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     #: Where the account lives: "local" (a portal password) or the directory it came from
-    #: ("ldap", "cas", "oidc"), whose users never have a usable password here.
+    #: ("ldap", "cas", "oidc"), whose users never have a usable password here. Which
+    #: directory account it is lies in ``identities``; a directory user without an identity
+    #: of its own method is unbound, and the first sign-in of its name by that method binds it.
     auth_source: Mapped[str] = mapped_column(String(8), default="local", server_default="local")
 
     groups: Mapped[list[Group]] = relationship(
         secondary=user_groups, back_populates="members", order_by="Group.name"
     )
+    #: The directory accounts that sign in as this user (portal/auth/sso/mapping.py).
+    identities: Mapped[list[UserIdentity]] = relationship(
+        back_populates="user", order_by="UserIdentity.id", cascade="all, delete-orphan",
+        passive_deletes=True)
 
     def set_password(self, password: str | None) -> None:
         """Store a scrypt hash, or no password at all (the account cannot sign in).
@@ -353,6 +359,28 @@ class SsoSession(db.Model):
     nonce: Mapped[str] = mapped_column(String(32))
     user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+
+
+class UserIdentity(db.Model):
+    """A directory account bound to a portal user: the sign-in method, the provider that
+    vouches for it (``issuer``: the OIDC issuer, the CAS server, the LDAP user base) and the
+    provider's stable id for the person (``subject``: OIDC ``sub``, the CAS user id, the LDAP
+    entry's entryUUID or DN). A sign-in is matched by these three, never by name alone;
+    ``name`` is the user id the provider gave at the last sign-in."""
+
+    __tablename__ = "user_identities"
+    __table_args__ = (UniqueConstraint("method", "issuer", "subject",
+                                       name="uq_user_identities_method_issuer_subject"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    method: Mapped[str] = mapped_column(String(8))  # "ldap", "cas" or "oidc"
+    issuer: Mapped[str] = mapped_column(String(255))
+    subject: Mapped[str] = mapped_column(String(512))
+    name: Mapped[str] = mapped_column(String(255), default="")
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+    user: Mapped[User] = relationship(back_populates="identities")
 
 
 @event.listens_for(PortalState.__table__, "after_create")

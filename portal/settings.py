@@ -369,6 +369,8 @@ class Settings:
     ldap_user_filter: str = setting("(objectClass=inetOrgPerson)", text())
     ldap_uid_attribute: str = setting("uid", text())
     ldap_name_attribute: str = setting("displayName", text())
+    # The entry's stable id, what binds it to its portal user (an entry without it: its DN).
+    ldap_subject_attribute: str = setting("entryUUID", text())
     ldap_group_source: str = setting("search", choice("search", "memberOf"))
     ldap_group_base: str | None = setting(None, text(optional=True))  # None: LDAP_USER_BASE's
     ldap_group_filter: str = setting("(objectClass=groupOfNames)", text())

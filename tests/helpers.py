@@ -14,11 +14,12 @@ import uuid
 from pathlib import Path
 
 from flask.testing import FlaskClient
-from sqlalchemy import text
+from sqlalchemy import select, text
 from sqlalchemy.engine import make_url
 
 from portal.extensions import db as _db
 from portal.files import add_version
+from portal.models import AuditEntry, User
 from portal.storage import get_storage
 
 PG_URL = os.environ.get("PORTAL_TEST_DATABASE_URL", "")
@@ -86,6 +87,32 @@ def add_file(app, data: bytes, access: str = "login", *, filename: str = "n.bin"
                               title=filename, access=access)
         _db.session.commit()
         return version.file_id
+
+
+def form_sign_in(client: FlaskClient, username: str, password: str, next_url=None):
+    """Post the sign-in form (local or LDAP) with the login page's CSRF token; the answer."""
+    token = csrf_from(client.get("/login").get_data(as_text=True))
+    path = "/login" + (f"?next={next_url}" if next_url else "")
+    return client.post(path, data={"username": username, "password": password,
+                                   "csrf_token": token})
+
+
+def audit_details(app, action: str) -> list[str]:
+    """The details of the audit log's ``action`` entries, oldest first."""
+    with app.app_context():
+        return [e.detail for e in _db.session.scalars(
+            select(AuditEntry).where(AuditEntry.action == action).order_by(AuditEntry.id))]
+
+
+def user_named(app, name: str) -> dict | None:
+    """What the database holds of user ``name`` (None: no such user)."""
+    with app.app_context():
+        user = _db.session.scalar(select(User).where(User.username == name))
+        if user is None:
+            return None
+        return {"id": user.id, "display": user.display_name, "role": user.role,
+                "active": user.active, "groups": sorted(user.group_names),
+                "source": user.auth_source, "hash": user.password_hash}
 
 
 def wait_until(predicate, timeout: float = 5.0) -> None:

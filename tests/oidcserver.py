@@ -20,7 +20,7 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urljoin
+from urllib.parse import urljoin, urlsplit
 
 import pytest
 import requests
@@ -59,6 +59,15 @@ class Provider:
     issuer: str
     proc: subprocess.Popen
     log: object
+    accounts_file: Path
+
+    def set_accounts(self, accounts: dict) -> None:
+        """Change the accounts (id -> claims, the id is the ``sub``): the provider reads
+        them again at every sign-in."""
+        staged = self.accounts_file.with_suffix(".tmp")
+        staged.write_text(json.dumps(accounts))
+        staged.replace(self.accounts_file)  # whole, never half-written, for the provider
+
 
     def settings(self) -> dict:
         """The portal settings for this issuer."""
@@ -88,6 +97,14 @@ class Provider:
             answer = session.post(url, data=fields, allow_redirects=False, timeout=10)
         raise AssertionError("the provider did not send the browser back")
 
+    def portal_sign_in(self, client, login: str, next_url: str | None = None):
+        """Sign in to the portal (a Flask test client) as account ``login`` of this provider,
+        as a browser would: the portal's answer to the provider's redirect back."""
+        begun = client.get("/login/oidc" + (f"?next={next_url}" if next_url else ""))
+        assert begun.status_code == 302, begun.get_data(as_text=True)[:300]
+        back = urlsplit(self.sign_in(begun.headers["Location"], login, TEST_CLIENT_CALLBACK))
+        return client.get(f"{back.path}?{back.query}")
+
     def stop(self) -> None:
         """Stop the process."""
         self.proc.terminate()
@@ -95,17 +112,21 @@ class Provider:
         self.log.close()
 
 
-def start_provider(folder: Path, redirect_uris: list[str], clock_offset: int = 0) -> Provider:
-    """Start a provider on a free port (its clock ``clock_offset`` seconds off)."""
+def start_provider(folder: Path, redirect_uris: list[str], clock_offset: int = 0,
+                   accounts: dict | None = None) -> Provider:
+    """Start a provider on a free port (its clock ``clock_offset`` seconds off) with
+    ``accounts`` (id -> claims; default ACCOUNTS)."""
     node_modules()
     port = free_port()
     log = open(folder / f"oidc-{port}.log", "w")  # noqa: SIM115 - open while it runs
-    env = {**os.environ, "ACCOUNTS": json.dumps(ACCOUNTS),
+    accounts_file = folder / f"oidc-{port}-accounts.json"
+    accounts_file.write_text(json.dumps(ACCOUNTS if accounts is None else accounts))
+    env = {**os.environ, "ACCOUNTS_FILE": str(accounts_file),
            "CLOCK_OFFSET_SECONDS": str(clock_offset)}
     proc = subprocess.Popen(["node", "provider.mjs", str(port), *redirect_uris], cwd=FOLDER,
                             env=env, stdout=log, stderr=subprocess.STDOUT)
     issuer = f"http://127.0.0.1:{port}"
-    provider = Provider(issuer, proc, log)
+    provider = Provider(issuer, proc, log, accounts_file)
     deadline = time.monotonic() + 30
     while True:
         try:

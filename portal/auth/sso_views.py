@@ -55,7 +55,7 @@ def finish(method: str, account: DirectoryAccount, verdict: throttle.Verdict, nx
         db.session.flush()
     except SignInRefused as refused:
         db.session.rollback()
-        return failed(method, refused.reason, target=account.uid)
+        return failed(method, refused.reason, target=account.uid, detail=refused.detail)
     throttle.succeeded(verdict)
     sign_in(user)
     if ticket is not None:

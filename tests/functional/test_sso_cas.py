@@ -12,11 +12,11 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 from casserver import USERS, cas_server
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from portal.extensions import db
-from portal.models import UNUSABLE_PASSWORD, AuditEntry, User
-from tests.helpers import add_file, free_port
+from portal.models import UNUSABLE_PASSWORD, User
+from tests.helpers import add_file, audit_details, free_port
 
 __all__ = ["cas_server"]
 
@@ -43,9 +43,7 @@ def back(client, location):
 
 
 def failures(app):
-    with app.app_context():
-        return [e.detail for e in db.session.scalars(
-            select(AuditEntry).where(AuditEntry.action == "login.failure"))]
+    return audit_details(app, "login.failure")
 
 
 def test_login_page_offers_cas(cas_app):
@@ -105,6 +103,10 @@ def test_auto_create_off_and_disabled_users_are_refused(cas_app, cas_server, mak
     resp = back(client, cas_server.ticket_for(start(client), "2023101", USERS["2023101"][0]))
     assert resp.status_code == 403 and "unknown_user" in failures(cas_app)[-1]
     make_user("t900", password=None, active=False)
+    with cas_app.app_context():  # an account reserved for CAS (user create --method cas)
+        db.session.execute(update(User).where(User.username == "t900").values(
+            auth_source="cas"))
+        db.session.commit()
     resp = back(client, cas_server.ticket_for(start(client), "t900", USERS["t900"][0]))
     assert resp.status_code == 403 and "disabled" in failures(cas_app)[-1]
 

@@ -7,13 +7,11 @@ from __future__ import annotations
 
 import pytest
 from ldapserver import ADMIN_DN, BASE, STUDENTS, class_of, directory, display_name, uid
-from sqlalchemy import select
 
 from portal import create_app
 from portal.config import ConfigError
-from portal.extensions import db
-from portal.models import UNUSABLE_PASSWORD, AuditEntry, User
-from tests.helpers import add_file, csrf_from
+from portal.models import UNUSABLE_PASSWORD
+from tests.helpers import add_file, audit_details, csrf_from, form_sign_in, user_named
 
 __all__ = ["directory"]
 
@@ -25,29 +23,6 @@ def ldap_config(config, directory):
     """The test config with LDAP and local sign-in on."""
     config.update(directory.settings(AUTH_METHODS=["local", "ldap"], SSO_ROLE_MAP=ROLE_MAP))
     return config
-
-
-def post_login(client, username, password, next_url=None):
-    token = csrf_from(client.get("/login").get_data(as_text=True))
-    path = "/login" + (f"?next={next_url}" if next_url else "")
-    return client.post(path, data={"username": username, "password": password,
-                                   "csrf_token": token})
-
-
-def user_named(app, name):
-    with app.app_context():
-        user = db.session.scalar(select(User).where(User.username == name))
-        if user is None:
-            return None
-        return {"display": user.display_name, "role": user.role, "active": user.active,
-                "groups": sorted(user.group_names), "source": user.auth_source,
-                "hash": user.password_hash}
-
-
-def audit_details(app, action):
-    with app.app_context():
-        return [e.detail for e in db.session.scalars(
-            select(AuditEntry).where(AuditEntry.action == action).order_by(AuditEntry.id))]
 
 
 def test_auth_methods_are_checked_at_start_up(config):
@@ -72,7 +47,7 @@ def test_ldap_bind_sign_in_maps_the_account(make_app, ldap_config, directory, tr
     class_file = add_file(app, b"dept notes", access="group:dept-cs", filename="dept.txt")
     own_file = add_file(app, b"transcript", access=f"user:{student}", filename="mine.txt")
     client = app.test_client()
-    resp = post_login(client, student, f"pw-{student}", next_url=f"/files/{own_file}")
+    resp = form_sign_in(client, student, f"pw-{student}", next_url=f"/files/{own_file}")
     assert resp.status_code == 302, resp.get_data(as_text=True)[:400]
     assert resp.headers["Location"] == f"/files/{own_file}"
     seen = user_named(app, student)
@@ -87,8 +62,8 @@ def test_ldap_bind_sign_in_maps_the_account(make_app, ldap_config, directory, tr
 def test_wrong_password_unknown_name_and_empty_bind_are_refused(make_app, ldap_config):
     app = make_app()
     client = app.test_client()
-    assert post_login(client, uid(5), "wrong").status_code == 200
-    assert post_login(client, "nobody", "whatever1").status_code == 200
+    assert form_sign_in(client, uid(5), "wrong").status_code == 200
+    assert form_sign_in(client, "nobody", "whatever1").status_code == 200
     assert user_named(app, uid(5)) is None
     details = audit_details(app, "login.failure")
     assert len(details) == 2 and all("method=ldap" in d for d in details)
@@ -98,7 +73,7 @@ def test_throttle_applies_to_ldap(make_app, ldap_config):
     ldap_config["LOGIN_LIMIT_ACCOUNT"] = "3 per minute"
     app = make_app()
     client = app.test_client()
-    codes = [post_login(client, uid(6), "wrong").status_code for _ in range(4)]
+    codes = [form_sign_in(client, uid(6), "wrong").status_code for _ in range(4)]
     assert codes == [200, 200, 200, 429]
 
 
@@ -106,12 +81,12 @@ def test_role_map_and_nested_groups_by_member_of(make_app, ldap_config):
     ldap_config["LDAP_GROUP_SOURCE"] = "memberOf"
     app = make_app()
     client = app.test_client()
-    assert post_login(client, uid(7), f"pw-{uid(7)}").status_code == 302
+    assert form_sign_in(client, uid(7), f"pw-{uid(7)}").status_code == 302
     admin = user_named(app, uid(7))
     assert admin["role"] == "admin"
     assert admin["groups"] == sorted([class_of(7), "dept-cs", "portal-admins"])
     teacher_client = app.test_client()
-    assert post_login(teacher_client, "t001", "pw-t001").status_code == 302
+    assert form_sign_in(teacher_client, "t001", "pw-t001").status_code == 302
     assert user_named(app, "t001")["role"] == "staff"
     assert user_named(app, "t001")["display"] == "钱老师"
 
@@ -121,7 +96,7 @@ def test_directory_down_is_a_clear_page(make_app, ldap_config):
 
     ldap_config["LDAP_URL"] = f"ldap://127.0.0.1:{free_port()}"
     app = make_app()
-    resp = post_login(app.test_client(), uid(8), f"pw-{uid(8)}")
+    resp = form_sign_in(app.test_client(), uid(8), f"pw-{uid(8)}")
     assert resp.status_code == 503
     assert "cannot be reached" in resp.get_data(as_text=True) or "无法连接" in resp.get_data(
         as_text=True)
@@ -132,15 +107,15 @@ def test_local_account_is_not_taken_over_and_break_glass_works(make_app, ldap_co
     app = make_app()
     make_user(uid(9), role="admin", password="break-glass-pw")
     client = app.test_client()
-    assert post_login(client, uid(9), f"pw-{uid(9)}").status_code == 200  # directory pw
-    assert post_login(client, uid(9), "break-glass-pw").status_code == 302
+    assert form_sign_in(client, uid(9), f"pw-{uid(9)}").status_code == 200  # directory pw
+    assert form_sign_in(client, uid(9), "break-glass-pw").status_code == 302
     assert user_named(app, uid(9))["source"] == "local"
 
 
 def test_auto_create_off_refuses_unknown_users(make_app, ldap_config):
     ldap_config["SSO_AUTO_CREATE"] = False
     app = make_app()
-    resp = post_login(app.test_client(), uid(10), f"pw-{uid(10)}")
+    resp = form_sign_in(app.test_client(), uid(10), f"pw-{uid(10)}")
     assert resp.status_code == 403 and user_named(app, uid(10)) is None
     assert "unknown_user" in audit_details(app, "login.failure")[-1]
 
@@ -157,7 +132,7 @@ def test_sync_ldap_creates_updates_and_disables(make_app, ldap_config, directory
         ["dept-cs"] if class_of(20) != "math2023" else []))
     # the student who will leave signs in and holds a signed link
     client = app.test_client()
-    assert post_login(client, gone, f"pw-{gone}").status_code == 302
+    assert form_sign_in(client, gone, f"pw-{gone}").status_code == 302
     file_id = add_file(app, b"for logged-in users", filename="all.txt")
     token = csrf_from(client.get("/").get_data(as_text=True))
     link = client.post(f"/api/files/{file_id}/links", headers={"X-CSRFToken": token}).json["url"]
@@ -174,12 +149,12 @@ def test_sync_ldap_creates_updates_and_disables(make_app, ldap_config, directory
         assert result.exit_code == 0, result.output
         assert "created 0, updated 1, disabled 2" in result.output
         assert user_named(app, graduate)["active"] is False
-        assert post_login(app.test_client(), graduate, f"pw-{graduate}").status_code == 200
+        assert form_sign_in(app.test_client(), graduate, f"pw-{graduate}").status_code == 200
         assert user_named(app, gone)["active"] is False
         assert user_named(app, renamed)["display"] == "改名同学"
         assert client.get(f"/files/{file_id}/download").status_code in (302, 401)
         assert app.test_client().get(link).status_code == 403
-        assert post_login(app.test_client(), renamed, f"pw-{renamed}").status_code == 302
+        assert form_sign_in(app.test_client(), renamed, f"pw-{renamed}").status_code == 302
         assert audit_details(app, "user.sync_ldap")[-1].startswith("created 0, updated 1")
         # listed again, the graduate stays disabled until an admin enables the account
         directory.modify(f"dn: uid={graduate},ou=people,{BASE}\nchangetype: modify\n"

@@ -12,8 +12,8 @@ from oidcserver import TEST_CLIENT_CALLBACK, oidc_provider, start_provider
 from sqlalchemy import select
 
 from portal.extensions import db
-from portal.models import UNUSABLE_PASSWORD, AuditEntry, User
-from tests.helpers import add_file, free_port
+from portal.models import UNUSABLE_PASSWORD, User
+from tests.helpers import add_file, audit_details, free_port
 
 __all__ = ["oidc_provider"]
 
@@ -39,9 +39,7 @@ def back(client, location):
 
 
 def failures(app):
-    with app.app_context():
-        return [e.detail for e in db.session.scalars(
-            select(AuditEntry).where(AuditEntry.action == "login.failure"))]
+    return audit_details(app, "login.failure")
 
 
 def test_oidc_sign_in_with_pkce_maps_claims_and_keeps_next(oidc_app, oidc_provider):
@@ -60,7 +58,7 @@ def test_oidc_sign_in_with_pkce_maps_claims_and_keeps_next(oidc_app, oidc_provid
         assert (user.display_name, user.role, user.auth_source) == ("李雷", "student", "oidc")
         assert user.group_names == {"cs2023b"} and user.password_hash == UNUSABLE_PASSWORD
     teacher = oidc_app.test_client()
-    back(teacher, oidc_provider.sign_in(begin(teacher), "t901", TEST_CLIENT_CALLBACK))
+    oidc_provider.portal_sign_in(teacher, "t901")
     with oidc_app.app_context():
         assert db.session.scalar(select(User.role).where(User.username == "t901")) == "staff"
 
@@ -94,7 +92,7 @@ def test_provider_clock_an_hour_ahead_is_a_clear_page(make_app, config, tmp_path
         config.update(AUTH_METHODS=["oidc"], **skewed.settings())
         app = make_app()
         client = app.test_client()
-        resp = back(client, skewed.sign_in(begin(client), "2023201", TEST_CLIENT_CALLBACK))
+        resp = skewed.portal_sign_in(client, "2023201")
         assert resp.status_code == 400
         assert "clock_skew" in failures(app)[-1]
         assert "时钟" in resp.get_data(as_text=True)
@@ -113,5 +111,5 @@ def test_provider_down_is_a_clear_page(make_app, config):
 def test_auto_create_off_is_refused(oidc_app, oidc_provider):
     oidc_app.config["SSO_AUTO_CREATE"] = False
     client = oidc_app.test_client()
-    resp = back(client, oidc_provider.sign_in(begin(client), "2023201", TEST_CLIENT_CALLBACK))
+    resp = oidc_provider.portal_sign_in(client, "2023201")
     assert resp.status_code == 403 and "unknown_user" in failures(oidc_app)[-1]

@@ -1,7 +1,9 @@
 // A real OpenID Connect provider for the portal's tests (oidc-provider, node).
-// node provider.mjs PORT REDIRECT_URI... ; accounts from ACCOUNTS (JSON: id -> claims).
+// node provider.mjs PORT REDIRECT_URI... ; accounts from ACCOUNTS_FILE, read again at every
+// sign-in so that a test can change them (else ACCOUNTS; JSON: id -> claims, sub is the id).
 // The development login form (devInteractions) takes any listed account id; the portal
 // must use the authorization code flow with PKCE (S256).
+import { readFileSync } from 'node:fs';
 import Provider from 'oidc-provider';
 
 const [port, ...redirectUris] = process.argv.slice(2);
@@ -12,7 +14,8 @@ if (offset) {
   const realNow = Date.now;
   Date.now = () => realNow() + offset;
 }
-const accounts = JSON.parse(process.env.ACCOUNTS || '{}');
+const accounts = () => JSON.parse(process.env.ACCOUNTS_FILE
+  ? readFileSync(process.env.ACCOUNTS_FILE, 'utf8') : (process.env.ACCOUNTS || '{}'));
 
 const provider = new Provider(`http://127.0.0.1:${port}`, {
   clients: [{
@@ -29,8 +32,9 @@ const provider = new Provider(`http://127.0.0.1:${port}`, {
   cookies: { keys: ['portal-test-cookie-key'] },
   features: { devInteractions: { enabled: true } },
   async findAccount(ctx, id) {
-    if (!(id in accounts)) return undefined;
-    return { accountId: id, async claims() { return { sub: id, ...accounts[id] }; } };
+    const claims = accounts()[id];
+    if (claims === undefined) return undefined;
+    return { accountId: id, async claims() { return { sub: id, ...claims }; } };
   },
 });
 provider.listen(Number(port), '127.0.0.1', () => console.log(`listening ${port}`));

@@ -10,7 +10,7 @@ import requests
 from cas import CASClient, CASClientV3
 
 from ...settings import Settings
-from .mapping import DirectoryAccount, group_names, values
+from .mapping import DirectoryAccount, group_names, issuer_id, values
 
 
 class CasUnavailable(Exception):
@@ -33,6 +33,11 @@ class _TimedSession(requests.Session):
 def _client(cfg: Settings, service_url: str) -> CASClient:
     return CASClient(version=cfg.cas_version, service_url=service_url,
                      server_url=cfg.cas_server_url, session=_TimedSession(10))
+
+
+def issuer(cfg: Settings) -> str:
+    """The issuer of CAS accounts in their bindings: the CAS server's URL."""
+    return issuer_id(cfg.cas_server_url or "")
 
 
 def login_url(cfg: Settings, service_url: str) -> str:
@@ -60,7 +65,8 @@ def validate(cfg: Settings, service_url: str, ticket: str) -> DirectoryAccount |
     attrs = {k: values(v) for k, v in (attributes or {}).items()}
     name = attrs.get(cfg.cas_name_attribute, ())
     return DirectoryAccount("cas", uid, name[0] if name else uid,
-                            group_names(attrs.get(cfg.cas_groups_attribute, ())), attrs)
+                            group_names(attrs.get(cfg.cas_groups_attribute, ())), attrs,
+                            issuer=issuer(cfg), subject=uid)
 
 
 def logout_tickets(logout_request: str) -> list[str]:

@@ -11,6 +11,9 @@ FAILURES = {
     "disabled": (_l("This account is disabled. Please ask the portal's administrators."), 403),
     "local_account": (_l("This name belongs to a local portal account: sign in with its "
                          "password."), 403),
+    "other_source": (_l("This user name belongs to a portal account that signs in another "
+                        "way, so your campus account cannot use it. Please ask the portal's "
+                        "administrators to link the two accounts."), 403),
     "bad_uid": (_l("This campus account's user id cannot be used here. Please ask the "
                    "portal's administrators."), 403),
     "bad_ticket": (_l("The sign-in could not be confirmed: it has expired or is not valid. "

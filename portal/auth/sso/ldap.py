@@ -9,6 +9,7 @@ the user's DN) or from the user's ``memberOf``; nested groups are followed eithe
 from __future__ import annotations
 
 import math
+import re
 import ssl
 from collections.abc import Iterable
 
@@ -68,8 +69,30 @@ def _service(cfg: Settings) -> ldap3.Connection:
     return conn
 
 
+def issuer(cfg: Settings) -> str:
+    """The issuer of this directory's accounts in their bindings: the user base as an LDAP
+    URL without host or port (``ldap:///ou=people,dc=campus,dc=edu``), so that moving to
+    LDAPS, another port or another replica keeps every binding; the subject (entryUUID)
+    tells the entries apart."""
+    base = re.sub(r"\s*([,=+])\s*", r"\1", (cfg.ldap_user_base or "").strip()).lower()
+    return f"ldap:///{base}"
+
+
+def _subject(entry: dict, cfg: Settings) -> str:
+    """The entry's stable id: LDAP_SUBJECT_ATTRIBUTE's value (text, or hex for a binary one
+    such as Active Directory's objectGUID), else its DN."""
+    wanted = cfg.ldap_subject_attribute.lower()
+    for name, raw in entry.get("raw_attributes", {}).items():
+        if name.lower() == wanted and raw:
+            try:
+                return raw[0].decode("utf-8")
+            except UnicodeDecodeError:
+                return raw[0].hex()
+    return entry["dn"]
+
+
 def _attributes(cfg: Settings, role_map: tuple) -> list[str]:
-    wanted = {cfg.ldap_uid_attribute, cfg.ldap_name_attribute}
+    wanted = {cfg.ldap_uid_attribute, cfg.ldap_name_attribute, cfg.ldap_subject_attribute}
     if cfg.ldap_group_source == "memberOf":
         wanted.add("memberOf")
     for _role, rules in role_map:
@@ -138,7 +161,8 @@ def _account(entry: dict, cfg: Settings, groups: Groups) -> DirectoryAccount | N
     direct = attrs.get("memberOf", ()) if cfg.ldap_group_source == "memberOf" else ()
     name = attrs.get(cfg.ldap_name_attribute, ())
     return DirectoryAccount("ldap", uid[0], name[0] if name else uid[0],
-                            groups.of(entry["dn"], direct), attrs)
+                            groups.of(entry["dn"], direct), attrs, issuer=issuer(cfg),
+                            subject=_subject(entry, cfg))
 
 
 def _user_query(cfg: Settings, username: str | None) -> str:
@@ -200,3 +224,15 @@ def all_accounts(cfg: Settings, role_map: tuple = ()) -> list[DirectoryAccount]:
         return [a for a in (_account(e, cfg, groups) for e in found) if a is not None]
     finally:
         conn.unbind()
+
+
+def subject_of(cfg: Settings, username: str) -> str | None:
+    """The subject of the directory's one entry named ``username`` (``user link`` binds
+    it), or None when the directory has no such entry or several."""
+    conn = _service(cfg)
+    try:
+        found = _entries(_search(conn, cfg.ldap_user_base, _user_query(cfg, username),
+                                 [cfg.ldap_uid_attribute, cfg.ldap_subject_attribute]))
+    finally:
+        conn.unbind()
+    return _subject(found[0], cfg) if len(found) == 1 else None

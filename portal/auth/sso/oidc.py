@@ -16,7 +16,7 @@ from flask import Flask
 from joserfc.errors import ExpiredTokenError, InvalidTokenError, JoseError
 
 from ...settings import Settings
-from .mapping import DirectoryAccount, group_names, values
+from .mapping import DirectoryAccount, group_names, issuer_id, values
 
 #: Seconds an HTTP exchange with the issuer may take.
 TIMEOUT = 10
@@ -46,6 +46,12 @@ def client(app: Flask, cfg: Settings):
     return found[1]
 
 
+def issuer(cfg: Settings) -> str:
+    """The issuer of this portal's OIDC accounts in their bindings (the ``iss`` of their ID
+    tokens, which Authlib holds to the issuer's discovery document)."""
+    return issuer_id(cfg.oidc_issuer or "")
+
+
 def authorize_redirect(remote, redirect_uri: str):
     """The redirect to the issuer's authorization endpoint (state, nonce and PKCE kept in
     the session), or OidcFailed("unavailable")."""
@@ -73,7 +79,11 @@ def account(remote, cfg: Settings, error: str | None) -> DirectoryAccount:
     uid = values(claims.get(cfg.oidc_uid_claim))
     if not uid:
         raise OidcFailed("bad_uid", f"no {cfg.oidc_uid_claim} claim")
+    subject, iss = values(claims.get("sub")), values(claims.get("iss"))
+    if not subject or not iss:  # both required in an ID token (OIDC Core 2)
+        raise OidcFailed("bad_ticket", "no sub or iss claim")
     name = values(claims.get(cfg.oidc_name_claim))
     attributes = {k: values(v) for k, v in claims.items() if isinstance(v, str | list)}
     return DirectoryAccount("oidc", uid[0], name[0] if name else uid[0],
-                            group_names(values(claims.get(cfg.oidc_groups_claim))), attributes)
+                            group_names(values(claims.get(cfg.oidc_groups_claim))), attributes,
+                            issuer=issuer_id(iss[0]), subject=subject[0])
