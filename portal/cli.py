@@ -15,6 +15,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from .access import NAME, normalize_access
 from .auth.forms import MIN_PASSWORD
 from .auth.sso.mapping import DIRECTORY_METHODS
+from .coherence import commit_everywhere
 from .extensions import db
 from .files import add_version, discard
 from .models import ROLES, Group, User
@@ -149,7 +150,8 @@ def user_sync_ldap(dry_run):
     """Create, update and disable the LDAP users and their groups from the directory.
 
     A user the directory disables or no longer lists is disabled as on the admin pages: their
-    sessions and signed links stop working within COHERENCE_SECONDS."""
+    sessions, remember-me cookies and signed links end for good, refused everywhere by the
+    time the command returns."""
     from .audit import audit
     from .auth.sso import ldap
     from .auth.sso.mapping import sync_accounts
@@ -171,7 +173,7 @@ def user_sync_ldap(dry_run):
         click.echo(f"dry run: {report}")
         return
     audit(db.session, "user.sync_ldap", detail=str(report))
-    _commit()
+    _commit(everywhere=bool(report.disabled))
     click.echo(str(report))
 
 
@@ -305,9 +307,14 @@ def file_add(paths, title, category, access, owner):
         click.echo(line)
 
 
-def _commit() -> None:
+def _commit(*, everywhere: bool = False) -> None:
+    """Commit, or fail with the database's error; ``everywhere``: return only once every
+    worker decides by the commit (coherence.commit_everywhere)."""
     try:
-        db.session.commit()
+        if everywhere:
+            commit_everywhere(db.session)
+        else:
+            db.session.commit()
     except SQLAlchemyError as exc:
         fail(f"database error: {exc.__class__.__name__}: {getattr(exc, 'orig', exc)}")
 

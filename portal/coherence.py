@@ -27,7 +27,9 @@ How, without SQL on a warm download:
 
 A worker that just committed applies its own changes at once (``note_commit``), and Redis
 pub/sub still drops the other workers' copies within milliseconds: the confirmation is the
-bound, not the usual speed.
+bound, not the usual speed. Where an answer promises that a right is gone for good (logout,
+ended sessions, a disabled user), ``commit_everywhere`` waits out that bound before it
+returns.
 """
 
 from __future__ import annotations
@@ -152,6 +154,15 @@ class Coherence:
             self._apply(None, [(s, generation) for s in subjects])
         self.confirm(force=True)
 
+    def wait_until_seen_everywhere(self, committed_at: float) -> None:
+        """Return once every worker, of this node and any other, decides by a view confirmed
+        after a commit that had ended at ``committed_at`` (``time.monotonic()``): a view
+        confirmed before it is trusted for at most ``interval``, so wait until that much has
+        passed since. A cooperative sleep under gunicorn's gevent workers."""
+        remaining = committed_at + self.interval - time.monotonic()
+        if remaining > 0:
+            time.sleep(remaining)
+
     # -- confirming ----------------------------------------------------------------------
 
     def confirm(self, *, force: bool = False) -> bool:
@@ -261,6 +272,14 @@ class Coherence:
         log.warning("database generation went backwards: new identity %s (was %s)",
                     current, identity)
         return current
+
+
+def commit_everywhere(session) -> None:
+    """Commit ``session`` and return only once no worker anywhere still honours what the
+    commit took away (a logout, ended sessions, a disabled user): the answer that says it
+    is done is then true on every worker, not only on this one."""
+    session.commit()
+    coherence().wait_until_seen_everywhere(time.monotonic())
 
 
 def coherence(app=None) -> Coherence:

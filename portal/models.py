@@ -20,7 +20,7 @@ from sqlalchemy import (
     UniqueConstraint,
     event,
 )
-from sqlalchemy.orm import Mapped, mapped_column, relationship
+from sqlalchemy.orm import Mapped, mapped_column, relationship, validates
 from werkzeug.security import check_password_hash, generate_password_hash
 
 from .config import Settings, settings
@@ -138,6 +138,15 @@ class User(Roles, db.Model):
         """End every session, remember-me token and signed link of this user (password
         change, disable, "sign out everywhere"); committed with the change itself."""
         self.session_gen = (self.session_gen or 0) + 1
+
+    @validates("active")
+    def _disabling_ends_sessions(self, _key: str, active: bool) -> bool:
+        """Every path that disables an account (the admin pages, ``user sync-ldap``, any
+        other) ends its sessions, remember-me tokens and signed links here, for good: they
+        carry the old generation, so enabling the account again revives none of them."""
+        if not active and self.active is not False:
+            self.end_sessions()
+        return active
 
     def set_unusable_password(self) -> None:
         """A hash no password matches (a directory account: the directory checks passwords).

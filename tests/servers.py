@@ -140,6 +140,21 @@ class Instance:
                         f"{result.stdout}\n{result.stderr}")
         return result.stdout
 
+    def node_app(self, redis_url: str, **settings: object):
+        """Another node's app on this instance's database and storage, with its own Redis
+        URL (an unreachable one stands for a node that cannot reach Redis when it commits:
+        only the database's change log then tells the other nodes) and ``settings``."""
+        from portal import create_app
+
+        env = self.env
+        return create_app({
+            "DATABASE_URL": env["PORTAL_DATABASE_URL"], "STORAGE_URL": env["PORTAL_STORAGE_URL"],
+            "REDIS_URL": redis_url, "RATELIMIT_STORAGE_URI": "memory://",
+            "SECRET_KEY": env["PORTAL_SECRET_KEY"], "INSTANCE_PATH": env["PORTAL_INSTANCE_PATH"],
+            "PASSWORD_HASH_METHOD": "scrypt:1024:8:1", "ANALYTICS_BACKGROUND_FLUSH": False,
+            **settings,
+        })
+
     def create_user(self, name: str, role: str = "student", password: str = PASSWORD) -> None:
         """``flask user create``."""
         self.flask("user", "create", name, "--password", password, "--role", role)
@@ -545,13 +560,19 @@ class Postgres:
 # ---------------------------------------------------------------------------
 
 
+def dead_redis_url() -> str:
+    """A Redis URL nothing listens at."""
+    return f"redis://127.0.0.1:{free_port()}/0"
+
+
 def request(base_url: str, method: str, path: str, headers: dict | None = None,
-            timeout: float = 30) -> tuple[int, http.client.HTTPMessage, bytes]:
+            timeout: float = 30, body: bytes | None = None
+            ) -> tuple[int, http.client.HTTPMessage, bytes]:
     """One request on a fresh connection: (status, headers, body)."""
     parts = urllib.parse.urlsplit(base_url)
     conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=timeout)
     try:
-        conn.request(method, path, headers=headers or {})
+        conn.request(method, path, body=body, headers=headers or {})
         response = conn.getresponse()
         body = response.read()
         return response.status, response.headers, body

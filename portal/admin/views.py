@@ -15,6 +15,7 @@ from sqlalchemy import func, select
 from ..analytics import queries
 from ..analytics import recorder as recording
 from ..audit import audit
+from ..coherence import commit_everywhere
 from ..config import settings
 from ..download import limits
 from ..extensions import db
@@ -76,7 +77,9 @@ def users():
 
 @bp.route("/users/<id:user_id>", methods=["GET", "POST"])
 def edit_user(user_id: int):
-    """Change a user's role, groups, state, or reset the password."""
+    """Change a user's role, groups, state, or reset the password. The answer comes once
+    every worker decides by the change: a disabled user (their sessions, remember-me
+    cookies and signed links ended for good) is then refused everywhere."""
     require_admin()
     user = db.session.get(User, user_id) or abort(404)
     form = UserForm(obj=user)
@@ -90,7 +93,7 @@ def edit_user(user_id: int):
                       display_name=form.display_name.data or "", role=form.role.data,
                       groups=(form.groups.data or "").split(), password=form.password.data,
                       active=form.active.data, ip=request.remote_addr or "")
-            db.session.commit()
+            commit_everywhere(db.session)
             flash(_("Saved."), "info")
             return redirect(url_for("admin.edit_user", user_id=user.id))
     status = 400 if request.method == "POST" else 200

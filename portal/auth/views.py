@@ -22,7 +22,7 @@ from sqlalchemy import select
 from werkzeug.exceptions import TooManyRequests
 
 from ..audit import audit
-from ..coherence import coherence
+from ..coherence import coherence, commit_everywhere
 from ..config import settings
 from ..extensions import db, login_manager
 from ..models import RevokedToken, User
@@ -90,7 +90,8 @@ def safe_next(target: str | None) -> str:
 
 
 def authenticate(username: str, password: str) -> User | None:
-    """The active user with this name and password, or None; same work either way."""
+    """The user with this name and password, or None; same work either way. A disabled
+    user is returned too: only someone who knows the password learns it is disabled."""
     global _DUMMY_HASH
     user = db.session.scalar(select(User).where(User.username == username))
     if user is None or not user.password_hash:
@@ -100,7 +101,7 @@ def authenticate(username: str, password: str) -> User | None:
             _DUMMY_HASH = probe
         _DUMMY_HASH.check_password(password)
         return None
-    if not user.check_password(password) or not user.active:
+    if not user.check_password(password):
         return None
     return user
 
@@ -179,8 +180,10 @@ def password_sign_in(username: str, password: str, ip: str) -> tuple[User | None
         local.has_usable_password() or "ldap" not in cfg.auth_methods)
     if own_password or "ldap" not in cfg.auth_methods:
         # authenticate also spends a hash's time on unknown names
-        return (authenticate(username, password) if "local" in cfg.auth_methods else None,
-                "local", "")
+        user = authenticate(username, password) if "local" in cfg.auth_methods else None
+        if user is not None and not user.active:
+            return None, "local", "disabled"
+        return user, "local", ""
     try:
         account = ldap.authenticate(cfg, username, password, cfg.sso_role_map)
         if account is None:
@@ -201,7 +204,9 @@ def password_sign_in(username: str, password: str, ip: str) -> tuple[User | None
 def logout():
     """End this session on the server too: its token is revoked, so the old cookie (and its
     remember-me cookie) is refused everywhere from then on. ``everywhere=1`` ends every
-    session of the user (and their signed links)."""
+    session of the user (and their signed links). The answer comes once every worker
+    refuses them (coherence.commit_everywhere), so a cookie replayed right after it is
+    refused too."""
     if current_user.is_authenticated:
         if request.form.get("everywhere") == "1":
             user = db.session.get(User, current_user.id)
@@ -210,7 +215,7 @@ def logout():
                   client_ip=request.remote_addr or "")
         else:
             end_session(session.get("_user_id"))
-        db.session.commit()
+        commit_everywhere(db.session)
     logout_user()
     return redirect(url_for("catalog.index"))
 
@@ -218,7 +223,8 @@ def logout():
 @bp.route("/account/password", methods=["GET", "POST"])
 @login_required
 def change_password():
-    """Users change their own password (the current one is asked again)."""
+    """Users change their own password (the current one is asked again); the answer comes
+    once every worker refuses the user's other sessions and links."""
     form = PasswordChangeForm()
     if form.validate_on_submit():
         if not current_user.check_password(form.current.data):
@@ -228,7 +234,7 @@ def change_password():
             user.set_password(form.new.data)  # a new session generation: the others end
             audit(db.session, "user.password_changed", actor=user,
                   target=user.username, client_ip=request.remote_addr or "")
-            db.session.commit()
+            commit_everywhere(db.session)
             sign_in(user)  # this session goes on, under the new generation
             flash(_("Your password has been changed."), "info")
             return redirect(url_for("catalog.index"))

@@ -6,7 +6,7 @@ from sqlalchemy import select
 from portal import create_app
 from portal.extensions import db
 from portal.models import AuditEntry, User
-from tests.helpers import csrf_from, free_port
+from tests.helpers import close_app, csrf_from, free_port
 
 
 def post_login(client, username, password, **extra):
@@ -133,6 +133,34 @@ def test_sign_ins_are_audited(app, client, make_user):
         actions = [(e.action, e.target) for e in db.session.scalars(
             select(AuditEntry).order_by(AuditEntry.id))]
     assert actions == [("login.failure", "alice"), ("login.success", "alice")]
+
+
+def test_a_disabled_account_is_told_so_only_with_its_password(config):
+    config["LOGIN_LIMIT_ACCOUNT"] = "3 per minute"
+    app = app_with_alice(config)
+    with app.app_context():
+        db.session.scalar(select(User).where(User.username == "alice")).active = False
+        db.session.commit()
+    client = app.test_client()
+    right = post_login(client, "alice", "password123")
+    page = right.get_data(as_text=True)
+    assert right.status_code == 403 and "此账号已被停用" in page and "密码错误" not in page
+    token = csrf_from(client.get("/login").get_data(as_text=True))
+    english = client.post("/login", headers={"Accept-Language": "en"}, data={
+        "username": "alice", "password": "password123", "csrf_token": token})
+    assert english.status_code == 403
+    assert "This account is disabled." in english.get_data(as_text=True)
+    wrong = post_login(client, "alice", "wrong-password")  # nothing said without it
+    page = wrong.get_data(as_text=True)
+    assert wrong.status_code == 200 and "用户名或密码错误" in page and "停用" not in page
+    # all three were failures for the throttle: the fourth is refused, right password or not
+    assert post_login(client, "alice", "password123").status_code == 429
+    with app.app_context():
+        details = [e.detail for e in db.session.scalars(
+            select(AuditEntry).where(AuditEntry.action == "login.failure")
+            .order_by(AuditEntry.id))]
+    close_app(app)
+    assert details == ["method=local; disabled"] * 2 + ["method=local"]
 
 
 def test_change_own_password(app, client, make_user, login):

@@ -1,7 +1,9 @@
 """Sessions the server can end: logout revokes the session's token (the old cookie is refused
 afterwards), a password change ends the user's other sessions and signed links, "sign out
-everywhere" ends them all, remember-me tokens are new at each sign-in, expire, and die with
-the session generation, and the CSRF token is new after sign-in."""
+everywhere" ends them all, disabling a user ends them for good (enabling the account again
+revives none), remember-me tokens are new at each sign-in, expire, and die with the session
+generation, and the CSRF token is new after sign-in. On a real gunicorn, right after the
+answer: test_final_logout.py."""
 
 from __future__ import annotations
 
@@ -168,3 +170,63 @@ def test_revocations_are_rows_in_the_change_log(app, doc):
     with app.app_context():
         subjects = [row.subject for row in db.session.query(ChangeLog)]
     assert f"token:{token.nonce}" in subjects
+
+
+def set_active(app, how: str, active: bool) -> None:
+    """Disable or enable amy: by an admin on the admin page, or by the ORM directly (as
+    ``user sync-ldap`` and every other path that sets the column)."""
+    if how == "admin page":
+        admin = sign_in(app, "root")
+        csrf = csrf_from(admin.get("/").get_data(as_text=True))
+        with app.app_context():
+            amy = db.session.query(User).filter_by(username="amy").one().id
+        form = {"username": "amy", "display_name": "amy", "role": "student", "groups": "",
+                "csrf_token": csrf, **({"active": "y"} if active else {})}
+        resp = admin.post(f"/admin/users/{amy}", data=form)
+        assert resp.status_code == 302, resp.get_data(as_text=True)[:500]
+        return
+    with app.app_context():
+        db.session.query(User).filter_by(username="amy").one().active = active
+        db.session.commit()
+
+
+@pytest.mark.parametrize("how", ["admin page", "orm"])
+def test_disabling_ends_sessions_remember_me_and_links_for_good(app, make_user, doc, how):
+    make_user("root", role="admin")
+    browser, remembered = sign_in(app, "amy"), sign_in(app, "amy", remember=True)
+    csrf = csrf_from(browser.get("/").get_data(as_text=True))
+    link = browser.post(doc.replace("/files/", "/api/files/").replace("/download", "/links"),
+                        headers={"X-CSRFToken": csrf}).json["url"]
+    link_path = "/" + link.split("/", 3)[3]
+    old_session = cookie(browser, "session")
+    old_remember = cookie(remembered, "remember_token")
+    assert with_cookies(app, session=old_session).get(doc).status_code == 200
+    assert with_cookies(app, remember_token=old_remember).get(doc).status_code == 200
+    assert app.test_client().get(link_path, headers={"Range": "bytes=0-9"}).status_code == 206
+
+    set_active(app, how, False)
+    set_active(app, how, True)  # re-enabled: nothing of before comes back
+    assert with_cookies(app, session=old_session).get(doc).status_code == 302
+    assert with_cookies(app, remember_token=old_remember).get(doc).status_code == 302
+    assert app.test_client().get(link_path, headers={"Range": "bytes=0-9"}).status_code == 403
+    assert app.test_client().get(link_path).status_code == 403
+    assert sign_in(app, "amy").get(doc).status_code == 200  # a new sign-in works again
+
+
+def test_saving_a_disabled_user_again_ends_nothing_more(app, make_user):
+    """Only the change to disabled moves the generation: a disabled user edited again (or a
+    user enabled) keeps it, so an enabled user's fresh sessions are not ended by chance."""
+    make_user("amy", active=False)
+    with app.app_context():
+        amy = db.session.query(User).filter_by(username="amy").one()
+        generation = amy.session_gen
+        amy.active = False
+        amy.display_name = "Amy"
+        db.session.commit()
+        assert amy.session_gen == generation
+        amy.active = True
+        db.session.commit()
+        assert amy.session_gen == generation
+        amy.active = False
+        db.session.commit()
+        assert amy.session_gen == generation + 1

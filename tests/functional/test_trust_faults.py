@@ -19,9 +19,16 @@ import urllib.parse
 import uuid
 
 import pytest
-from servers import PASSWORD, Browser, Gunicorn, PrivateRedis, make_instance, request
+from servers import (
+    PASSWORD,
+    Browser,
+    Gunicorn,
+    PrivateRedis,
+    dead_redis_url,
+    make_instance,
+    request,
+)
 
-from portal import create_app
 from portal.download import links
 from portal.extensions import db
 from portal.files import add_version
@@ -54,19 +61,7 @@ def world(tmp_path_factory):
 def node(instance, redis_url: str):
     """Another node's app on the same database (its own Redis URL: a dead one stands for a
     node that cannot reach Redis when it commits)."""
-    env = instance.env
-    return create_app({
-        "DATABASE_URL": env["PORTAL_DATABASE_URL"], "STORAGE_URL": env["PORTAL_STORAGE_URL"],
-        "REDIS_URL": redis_url, "RATELIMIT_STORAGE_URI": "memory://",
-        "SECRET_KEY": env["PORTAL_SECRET_KEY"], "INSTANCE_PATH": env["PORTAL_INSTANCE_PATH"],
-        "PASSWORD_HASH_METHOD": "scrypt:1024:8:1", "ANALYTICS_BACKGROUND_FLUSH": False,
-    })
-
-
-def dead_redis_url() -> str:
-    from servers import free_port
-
-    return f"redis://127.0.0.1:{free_port()}/0"
+    return instance.node_app(redis_url)
 
 
 def prepare(instance, server, redis_url: str, name: str) -> dict:
