@@ -10,7 +10,9 @@ escaping of double quotes, computed on lookup. ``gunicorn.conf.py`` selects it.
 One difference on purpose: a byte outside printable ASCII in a value (a control character
 or obs-text in a header the parser let through, such as a tab or 0x9b, a terminal's CSI)
 is written as ``\\xHH``, as nginx writes it, so that no line can carry a terminal escape or
-forge a second line; gunicorn's Logger writes it raw.
+forge a second line; gunicorn's Logger writes it raw. And a second: a CAS ticket in any
+value (the callback's ``?ticket=ST-...`` in the request line, the query, a Referer) is
+written as ``ticket=[redacted]``, and so it is in gunicorn's error log (portal/redact.py).
 """
 
 from __future__ import annotations
@@ -22,9 +24,18 @@ from collections.abc import Iterator, Mapping
 
 from gunicorn.glogging import Logger
 
+from .redact import RedactTickets, redact_tickets
+
+_REDACT = RedactTickets()  # one instance: a reload's setup does not add a second
+
 
 class AccessLogger(Logger):
     """gunicorn's Logger, whose access line computes only the atoms its format names."""
+
+    def setup(self, cfg) -> None:
+        """gunicorn's setup; its error log then redacts CAS tickets."""
+        super().setup(cfg)
+        self.error_log.addFilter(_REDACT)
 
     def access(self, resp, req, environ, request_time):
         """One access line (the same text gunicorn's own Logger writes)."""
@@ -77,6 +88,8 @@ class LazyAtoms(Mapping):
         value = self._value(key)
         if not isinstance(value, str):
             return value
+        if "ticket" in value:
+            value = redact_tickets(value)
         if not (value.isascii() and value.isprintable()):
             value = value.translate(_ESCAPES)
         return value.replace('"', '\\"')

@@ -16,6 +16,7 @@ import zoneinfo
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
+from urllib.parse import urlsplit
 
 
 class ConfigError(Exception):
@@ -99,6 +100,39 @@ def text(*, optional: bool = False, blank_is_none: bool = False) -> Check:
         if not isinstance(value, str):
             raise ConfigError(f"{name} must be text, not {value!r}")
         return value
+    return check
+
+
+#: A host as PORTAL_PUBLIC_URL may name it: a DNS name or an IP (v6 in brackets), a port.
+_HOST_AND_PORT = re.compile(
+    r"(?:[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)*"
+    r"|\[[0-9A-Fa-f:.]+\])(?::[0-9]{1,5})?")
+
+
+def site_url() -> Check:
+    """The address of a site's root: http or https, a host and maybe a port, no user, path,
+    query or fragment (a trailing slash is dropped); None (or empty) too."""
+    def check(name: str, value: Any) -> str | None:
+        if value in (None, ""):
+            return None
+        example = "such as https://files.example.edu"
+        if not isinstance(value, str) or not value.isprintable() or " " in value:
+            raise ConfigError(f"{name} must be a URL {example}, not {value!r}")
+        parts = urlsplit(value)
+        try:
+            port_ok = parts.port != 0
+        except ValueError:  # past 65535
+            port_ok = False
+        if (parts.scheme.lower() not in ("http", "https")
+                or not _HOST_AND_PORT.fullmatch(parts.netloc) or not port_ok):
+            raise ConfigError(f"{name} must be an http or https URL of a host {example}, "
+                              f"not {value!r}")
+        if "?" in value or "#" in value:
+            raise ConfigError(f"{name} must have no query or fragment, not {value!r}")
+        if parts.path not in ("", "/"):
+            raise ConfigError(f"{name} must name the root of its host (the portal is served "
+                              f"at /, not under a path such as {parts.path!r}), not {value!r}")
+        return f"{parts.scheme.lower()}://{parts.netloc}"
     return check
 
 
@@ -290,6 +324,11 @@ class Settings:
 
     # -- the site -------------------------------------------------------------------------
     env: str = setting("development", text())  # "production" requires PORTAL_SECRET_KEY
+    # The address the portal is reached at, from which every absolute URL it hands out is
+    # built (signed links, CAS's service URL, OIDC's redirect URI, the API's download_url),
+    # never from the request's Host header. None: the request's own (development); required
+    # in production when AUTH_METHODS has cas or oidc.
+    public_url: str | None = setting(None, site_url())
     testing: bool = setting(False, flag())  # Flask's TESTING
     # None: a random key kept in instance/ (config.finalize), refused in production
     secret_key: str | bytes | None = setting(None, secret(), repr=False)
@@ -502,6 +541,12 @@ class Settings:
             if missing:
                 raise ConfigError(f"PORTAL_AUTH_METHODS lists {method!r}, which needs "
                                   f"{' and '.join(missing)}")
+        returning = [m for m in self.auth_methods if m in ("cas", "oidc")]
+        if self.env == "production" and returning and self.public_url is None:
+            raise ConfigError(f"PORTAL_AUTH_METHODS lists {returning[0]!r}, which needs "
+                              "PORTAL_PUBLIC_URL in production (such as https://files.example."
+                              "edu): the address sign-in returns to is never taken from the "
+                              "request's Host header")
         if self.s3_delivery == "redirect" and not str(self.storage_url).startswith("s3://"):
             raise ConfigError("PORTAL_S3_DELIVERY=redirect needs an s3:// PORTAL_STORAGE_URL")
 

@@ -327,3 +327,11 @@ def write_run(app, out: Path, *, job: dict | None = None, rows=None, types=None)
         json.dumps(line, default=lambda v: v.isoformat() if isinstance(v, datetime) else v)
         + "\n")
     return out
+
+
+def cas_logout_request(ticket: str, name_id: str = "someone") -> str:
+    """A CAS single-logout request (SAML LogoutRequest) naming ``ticket``, as CAS posts it."""
+    return ('<samlp:LogoutRequest xmlns:samlp="urn:oasis:names:tc:SAML:2.0:protocol" '
+            'xmlns:saml="urn:oasis:names:tc:SAML:2.0:assertion" ID="x" Version="2.0" '
+            f'IssueInstant="2026-01-01T00:00:00Z"><saml:NameID>{name_id}</saml:NameID>'
+            f'<samlp:SessionIndex>{ticket}</samlp:SessionIndex></samlp:LogoutRequest>')

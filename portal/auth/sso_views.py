@@ -14,6 +14,7 @@ from ..audit import audit
 from ..config import settings
 from ..extensions import db
 from ..models import RevokedToken, SsoSession
+from ..urls import absolute_url
 from . import bp, throttle
 from .sso import cas, oidc
 from .sso.failures import FAILURES
@@ -81,7 +82,9 @@ def _throttled(method: str) -> throttle.Verdict:
 
 
 def _service_url(nxt: str) -> str:
-    return url_for("auth.cas_callback", next=nxt, _external=True)
+    """The service URL CAS sends the ticket to, and the portal validates it for: under
+    PORTAL_PUBLIC_URL, never the request's Host (urls.py)."""
+    return absolute_url("auth.cas_callback", next=nxt)
 
 
 @bp.route("/login/cas")
@@ -138,7 +141,7 @@ def oidc_login():
     session["oidc_next"] = safe_next(request.args.get("next"))
     remote = oidc.client(current_app._get_current_object(), settings())
     try:
-        return oidc.authorize_redirect(remote, url_for("auth.oidc_callback", _external=True))
+        return oidc.authorize_redirect(remote, absolute_url("auth.oidc_callback"))
     except oidc.OidcFailed as failure:
         current_app.logger.warning("OIDC: %s", failure)
         return failed("oidc", failure.reason, detail=failure.detail[:200])

@@ -7,6 +7,7 @@ from flask_login import current_user, login_required
 
 from ..extensions import db
 from ..models import File
+from ..urls import absolute_url
 from . import bp
 from .service import (
     SORTS,
@@ -32,7 +33,7 @@ def file_json(file: File) -> dict:
         "mime_type": latest.mime_type if latest else None,
         "filename": latest.original_filename if latest else None,
         "updated_at": file.updated_at.isoformat(),
-        "download_url": url_for("download.download", file_id=file.id, _external=True),
+        "download_url": absolute_url("download.download", file_id=file.id),
         "versions": [
             {"number": v.number, "size": v.size, "sha256": v.sha256,
              "filename": v.original_filename, "created_at": v.created_at.isoformat()}

@@ -14,7 +14,6 @@ from flask import (
     render_template,
     request,
     session,
-    url_for,
 )
 from flask_login import current_user, login_required
 
@@ -29,6 +28,7 @@ from ..extensions import db
 from ..models import File, FileVersion
 from ..security import bad_request, json_object
 from ..storage import get_storage
+from ..urls import absolute_url
 from . import bp, links
 from .body import can_sendfile
 from .plan import Principal, Refused, RequestFacts, plan, version_number
@@ -118,8 +118,7 @@ def mint_link(file_id: int):
                                 current_app.config["LINK_TTL_SECONDS"],
                                 user_id=current_user.id, file_id=file.id, version_id=version.id,
                                 generation=current_user.session_gen)
-    url = url_for("download.by_link", token=token, name=version.original_filename,
-                  _external=True)
+    url = absolute_url("download.by_link", token=token, name=version.original_filename)
     return jsonify(url=url, expires_at=expires.isoformat().replace("+00:00", "Z"),
                    version=version.number, filename=version.original_filename,
                    size=version.size, sha256=version.sha256), 201

@@ -16,7 +16,7 @@ from sqlalchemy import select, update
 
 from portal.extensions import db
 from portal.models import UNUSABLE_PASSWORD, User
-from tests.helpers import add_file, audit_details, free_port
+from tests.helpers import add_file, audit_details, cas_logout_request, free_port
 
 __all__ = ["cas_server"]
 
@@ -117,10 +117,7 @@ def test_single_logout_ends_that_session(cas_app, cas_server):
     back(client, location)
     assert client.get("/login").status_code == 302  # signed in
     ticket = parse_qs(urlsplit(location).query)["ticket"][0]
-    saml = ('<samlp:LogoutRequest xmlns:samlp="urn:oasis:names:tc:SAML:2.0:protocol" '
-            'xmlns:saml="urn:oasis:names:tc:SAML:2.0:assertion" ID="x" Version="2.0" '
-            'IssueInstant="2026-01-01T00:00:00Z"><saml:NameID>2023101</saml:NameID>'
-            f'<samlp:SessionIndex>{ticket}</samlp:SessionIndex></samlp:LogoutRequest>')
+    saml = cas_logout_request(ticket, "2023101")
     resp = cas_app.test_client().post("/login/cas/callback", data={"logoutRequest": saml})
     assert resp.status_code == 204
     assert client.get("/login").status_code == 200  # the session is refused now

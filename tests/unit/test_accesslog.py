@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from datetime import timedelta
 from types import SimpleNamespace
 
@@ -72,3 +73,29 @@ def test_no_line_when_the_access_log_is_off(monkeypatch):
     monkeypatch.setattr(logger.access_log, "info", lambda *a: pytest.fail("logged"))
     req, resp, environ = _request(None, None, None)
     logger.access(resp, req, environ, timedelta(0))
+
+
+def test_cas_tickets_are_redacted_from_the_access_and_error_logs(monkeypatch):
+    """The sign-in callback's ``?ticket=ST-...`` reaches neither log, whatever atom shows it
+    (the request line, the query, a Referer, an environ field); the line says one came."""
+    cfg = Config()
+    cfg.set("accesslog", "-")
+    cfg.set("access_log_format", PORTAL_FORMAT + ' %(q)s "%(f)s" %({raw_uri}e)s')
+    logger = AccessLogger(cfg)
+    lines = []
+    monkeypatch.setattr(logger.access_log, "info", lambda fmt, atoms: lines.append(fmt % atoms))
+    req, resp, environ = _request("Mozilla/5.0", "https://portal.test/x?ticket=ST-3-old", None)
+    environ.update(RAW_URI="/login/cas/callback?next=%2F&ticket=ST-1-abc",
+                   QUERY_STRING="ticket=ST-1-abc&next=%2F")
+    logger.access(resp, req, environ, timedelta(microseconds=640))
+    assert lines == ['10.0.0.9 "GET /login/cas/callback?next=%2F&ticket=[redacted] HTTP/1.1" '
+                     '206 1024 640us "Mozilla/5.0" ticket=[redacted]&next=%2F '
+                     '"https://portal.test/x?ticket=[redacted]" '
+                     "/login/cas/callback?next=%2F&ticket=[redacted]"]
+    records = []
+    handler = logging.Handler()
+    handler.emit = lambda record: records.append(record.getMessage())
+    logger.error_log.addHandler(handler)
+    logger.error("Error handling request %s", "/login/cas/callback?ticket=ST-2-def")
+    assert records == ["Error handling request /login/cas/callback?ticket=[redacted]"]
+    assert "ST-" not in " ".join(lines + records)

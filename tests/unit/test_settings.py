@@ -109,11 +109,46 @@ def test_the_object_is_frozen_and_has_no_dict():
     ("LANGUAGES", "en", "PORTAL_LANGUAGES must be a list of text such as "
                         "[\"zh_CN\", \"en\"], not 'en'"),
     ("GUNICORN_WORKERS", 0, "PORTAL_GUNICORN_WORKERS must be a whole number >= 1, not 0"),
+    ("PUBLIC_URL", "files.example.edu", "PORTAL_PUBLIC_URL must be an http or https URL of a "
+                                        "host such as https://files.example.edu, not "
+                                        "'files.example.edu'"),
+    ("PUBLIC_URL", "ftp://files.example.edu", "PORTAL_PUBLIC_URL must be an http or https URL "
+                                              "of a host such as https://files.example.edu, "
+                                              "not 'ftp://files.example.edu'"),
+    ("PUBLIC_URL", "https://me:pw@files.example.edu", "PORTAL_PUBLIC_URL must be an http or "
+     "https URL of a host such as https://files.example.edu, not "
+     "'https://me:pw@files.example.edu'"),
+    ("PUBLIC_URL", "https://files.example.edu/?next=/", "PORTAL_PUBLIC_URL must have no query "
+                                                        "or fragment, not "
+                                                        "'https://files.example.edu/?next=/'"),
+    ("PUBLIC_URL", "https://files.example.edu/portal", "PORTAL_PUBLIC_URL must name the root "
+     "of its host (the portal is served at /, not under a path such as '/portal'), not "
+     "'https://files.example.edu/portal'"),
+    ("PUBLIC_URL", "https://files.example.edu\r\nX: y", "PORTAL_PUBLIC_URL must be a URL such "
+     "as https://files.example.edu, not 'https://files.example.edu\\r\\nX: y'"),
 ])
 def test_a_bad_value_is_refused_with_one_clear_line(key, value, message):
     with pytest.raises(ConfigError) as refused:
         Settings.from_config({key: value})
     assert str(refused.value) == message
+
+
+def test_the_public_url_is_kept_plain_and_required_with_sign_in_services_in_production():
+    assert Settings(public_url="HTTPS://files.example.edu/").public_url == \
+        "https://files.example.edu"
+    assert Settings(public_url="http://[::1]:8443").public_url == "http://[::1]:8443"
+    assert Settings(public_url="").public_url is None
+    cas = {"auth_methods": ["local", "cas"], "cas_server_url": "https://cas.example.edu/cas/"}
+    oidc = {"auth_methods": ["oidc"], "oidc_issuer": "https://id.example.edu",
+            "oidc_client_id": "portal"}
+    for methods, shown in ((cas, "'cas'"), (oidc, "'oidc'")):
+        with pytest.raises(ConfigError) as refused:
+            Settings(env="production", **methods)
+        assert str(refused.value).startswith(f"PORTAL_AUTH_METHODS lists {shown}, which needs "
+                                             "PORTAL_PUBLIC_URL in production")
+        Settings(env="production", public_url="https://files.example.edu", **methods)
+        Settings(**methods)  # development: the request's own address, as the demo needs
+    Settings(env="production")  # passwords only: nothing is sent back to the portal
 
 
 def test_a_secret_key_is_never_shown():

@@ -9,6 +9,7 @@ from __future__ import annotations
 import requests
 from cas import CASClient, CASClientV3
 
+from ...redact import redact_tickets
 from ...settings import Settings
 from .mapping import DirectoryAccount, group_names, issuer_id, values
 
@@ -56,8 +57,8 @@ def validate(cfg: Settings, service_url: str, ticket: str) -> DirectoryAccount |
     answer."""
     try:
         uid, attributes, _pgtiou = _client(cfg, service_url).verify_ticket(ticket)
-    except requests.RequestException as exc:
-        raise CasUnavailable(str(exc)) from exc
+    except requests.RequestException as exc:  # its text names the URL, the ticket in it
+        raise CasUnavailable(redact_tickets(str(exc))) from None
     except Exception as exc:  # python-cas parses with ElementTree: a non-XML answer
         raise CasUnavailable(f"not a CAS answer: {exc.__class__.__name__}") from exc
     if not uid:
