@@ -12,7 +12,9 @@ import socket
 import time
 import uuid
 from pathlib import Path
+from typing import NoReturn
 
+import pytest
 from flask.testing import FlaskClient
 from sqlalchemy import select, text
 from sqlalchemy.engine import make_url
@@ -32,6 +34,51 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+# ---------------------------------------------------------------------------
+# What a test needs from the machine
+# ---------------------------------------------------------------------------
+
+#: The system packages the tests use, by the program that shows each is installed.
+TEST_PACKAGES = Path(__file__).resolve().parent.parent / "scripts" / "test-packages.txt"
+
+
+def in_ci() -> bool:
+    """A CI run (CI=true): its set-up installs everything the tests use."""
+    return os.environ.get("CI", "").lower() not in ("", "0", "false", "no")
+
+
+def unavailable(reason: str) -> NoReturn:
+    """This test cannot have what it needs here: skipped with ``reason`` (pytest's summary
+    lists it), or failed under CI, so that nothing is skipped there unseen."""
+    if in_ci():
+        pytest.fail(reason, pytrace=False)
+    pytest.skip(reason)
+
+
+def system_package(program: str) -> str:
+    """The Debian package that brings ``program`` (scripts/test-packages.txt)."""
+    for line in TEST_PACKAGES.read_text().splitlines():
+        fields = line.split("#", 1)[0].split()
+        if fields and fields[0] == program:
+            return fields[1]
+    raise KeyError(f"{program} is not listed in scripts/test-packages.txt")
+
+
+def package_missing(program: str, reason: str) -> NoReturn:
+    """``unavailable``, saying which package brings ``program`` and how to install it."""
+    unavailable(f"{reason}: apt-get install {system_package(program)} "
+                "(bash scripts/test-packages.sh installs every package the tests use)")
+
+
+def require_tool(name: str) -> str:
+    """The path of a program of scripts/test-packages.txt (on PATH or in an sbin folder);
+    a test without it is skipped, or failed under CI."""
+    path = shutil.which(name) or shutil.which(name, path="/usr/sbin:/usr/local/sbin:/sbin")
+    if path:
+        return path
+    package_missing(name, f"{name} is not installed")
 
 
 def redis_binary() -> str:

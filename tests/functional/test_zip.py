@@ -12,7 +12,6 @@ import hashlib
 import io
 import os
 import re
-import shutil
 import socket
 import subprocess
 import threading
@@ -97,7 +96,7 @@ def test_two_files_with_chinese_names(client, docs, login, tmp_path):
 
     saved = tmp_path / "saved.zip"
     saved.write_bytes(body)
-    unzip = shutil.which("unzip") or require_tool("unzip")
+    unzip = require_tool("unzip")
     env = {**os.environ, "LC_ALL": "C.UTF-8"}
     tested = subprocess.run([unzip, "-t", str(saved)], capture_output=True, text=True, env=env,
                             check=False)

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import io
 import os
-import shutil
 import struct
 import subprocess
 import zipfile
@@ -38,6 +37,7 @@ from portal.download.zipplan import (
     plan_zip,
 )
 from portal.filenames import clean_filename
+from tests.helpers import require_tool
 
 WHEN = datetime(2024, 9, 1, 8, 30, 15, tzinfo=UTC)
 U32 = 0xFFFFFFFF
@@ -553,9 +553,7 @@ def test_an_offset_exactly_at_the_sentinel_uses_zip64():
 
 
 def test_info_zip_lists_and_tests_a_sparse_zip64_archive(tmp_path):
-    unzip = shutil.which("unzip")
-    if unzip is None:
-        pytest.skip("unzip is not installed (apt-get install unzip)")
+    unzip = require_tool("unzip")
     plan, _, store = huge_plan()
     path = tmp_path / "huge.zip"
     with open(path, "wb") as out:  # literal and small members written; zeros left as holes
