@@ -47,6 +47,7 @@ import redis
 from sqlalchemy import func, select, update
 from sqlalchemy.exc import SQLAlchemyError
 
+from .config import settings
 from .extensions import db
 from .models import ChangeLog, PortalState, RevokedToken
 
@@ -154,12 +155,13 @@ class Coherence:
             self._apply(None, [(s, generation) for s in subjects])
         self.confirm(force=True)
 
-    def wait_until_seen_everywhere(self, committed_at: float) -> None:
+    def wait_until_seen_everywhere(self, committed_at: float, grants: float = 0) -> None:
         """Return once every worker, of this node and any other, decides by a view confirmed
         after a commit that had ended at ``committed_at`` (``time.monotonic()``): a view
         confirmed before it is trusted for at most ``interval``, so wait until that much has
-        passed since. A cooperative sleep under gunicorn's gevent workers."""
-        remaining = committed_at + self.interval - time.monotonic()
+        passed since; and once every decision nginx keeps ``grants`` seconds (x-accel) was
+        made after that. A cooperative sleep under gunicorn's gevent workers."""
+        remaining = committed_at + self.interval + grants - time.monotonic()
         if remaining > 0:
             time.sleep(remaining)
 
@@ -275,11 +277,17 @@ class Coherence:
 
 
 def commit_everywhere(session) -> None:
-    """Commit ``session`` and return only once no worker anywhere still honours what the
-    commit took away (a logout, ended sessions, a disabled user): the answer that says it
-    is done is then true on every worker, not only on this one."""
+    """Commit ``session`` and return only once no worker anywhere, and no grant nginx keeps
+    (x-accel), still honours what the commit took away (a logout, ended sessions, a disabled
+    user): the answer that says it is done is then true everywhere, not only here."""
     session.commit()
-    coherence().wait_until_seen_everywhere(time.monotonic())
+    committed = time.monotonic()
+    cfg = settings()
+    # nginx keeps a grant until the end of the whole second after its X-Accel-Expires: one
+    # second more than the setting.
+    grants = cfg.nginx_grant_seconds + 1 if cfg.sendfile == "x-accel" and \
+        cfg.nginx_grant_seconds else 0
+    coherence().wait_until_seen_everywhere(committed, grants)
 
 
 def coherence(app=None) -> Coherence:

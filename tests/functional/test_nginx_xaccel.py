@@ -356,6 +356,35 @@ def test_signed_links_are_granted_too(site):
     assert status == 403 and site.secret not in body
 
 
+def test_logout_is_final_through_nginx_too(site):
+    """A logout answers once the grants nginx made before it have expired: the old cookie,
+    replayed right after the answer, gets no download from a grant nginx kept."""
+    site.instance.flask("user", "create", "carol", "--password", PASSWORD)
+    notes = write_random(site.src / "signed-in only.pdf", 40_000)
+    file_id = site.instance.add_file(site.src / "signed-in only.pdf", access="login")
+    path = f"/files/{file_id}/download"
+    browser = Browser(site.nginx).login("carol")
+    cookie = "; ".join(f"{c.name}={c.value}" for c in browser.jar)
+    headers = {"Cookie": cookie, "User-Agent": f"Python-urllib/{urllib.request.__version__}"}
+    granted(site, path, headers, 200)
+    # Log out just after nginx took a fresh grant, so that it would still hold it for most
+    # of its second after an answer that did not wait for it.
+    deadline = time.monotonic() + 60
+    while True:
+        mark = len(site.backend_log.read_text(errors="replace"))
+        assert request(site.nginx, "GET", path, headers)[:3:2] == (200, notes)
+        time.sleep(0.02)
+        if portal_requests(site, mark)[0]:
+            break
+        assert time.monotonic() < deadline, "nginx never refreshed its grant"
+    body = urllib.parse.urlencode({"csrf_token": browser.csrf}).encode()
+    status, _, _ = request(site.nginx, "POST", "/logout", body=body, headers={
+        **headers, "Content-Type": "application/x-www-form-urlencoded"})
+    assert status == 302
+    replays = [request(site.nginx, "GET", path, headers)[0] for _ in range(10)]
+    assert 200 not in replays, replays
+
+
 def test_importer_follows_the_log_until_stopped(site, tmp_path):
     """``flask analytics flush --follow`` (PORTAL_ANALYTICS_NGINX_IMPORT=external): records
     the downloads nginx logs as they come, and stops cleanly on SIGTERM."""
