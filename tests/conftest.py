@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import time
 
 import pytest
 import redis
@@ -19,7 +18,15 @@ from sqlalchemy import create_engine
 from portal import create_app
 from portal.extensions import db as _db
 from portal.models import Group, User
-from tests.helpers import PG_URL, close_app, csrf_from, free_port, redis_binary, temporary_schema
+from tests.helpers import (
+    PG_URL,
+    close_app,
+    csrf_from,
+    free_port,
+    redis_binary,
+    temporary_schema,
+    wait_for,
+)
 
 BACKENDS = ["sqlite"] + (["postgresql"] if PG_URL else [])
 
@@ -41,16 +48,20 @@ def redis_url(tmp_path_factory):
     )
     url = f"redis://127.0.0.1:{port}/0"
     client = redis.Redis.from_url(url)
-    for _ in range(100):
+
+    def answers() -> bool:
         try:
-            client.ping()
-            break
+            return client.ping()
         except redis.ConnectionError:
-            time.sleep(0.05)
-    else:
+            return False
+
+    try:
+        wait_for(answers, what=f"the private redis-server on port {port}")
+    except BaseException:
         proc.kill()
-        pytest.fail("could not start redis-server")
-    client.close()
+        raise
+    finally:
+        client.close()
     yield url
     proc.terminate()
     proc.wait(5)

@@ -12,13 +12,12 @@ self-signed certificate made with openssl. Test modules import the fixture from 
 from __future__ import annotations
 
 import subprocess
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from tests.helpers import free_port, require_tool
+from tests.helpers import free_port, require_tool, wait_for
 
 BASE = "dc=campus,dc=test"
 ADMIN_DN = f"cn=admin,{BASE}"
@@ -132,17 +131,14 @@ overlay memberof
     proc = subprocess.Popen([slapd, "-d", "0", "-f", str(folder / "slapd.conf"),
                              "-h", f"{url}/ {ldaps_url}/"],
                             stdout=subprocess.DEVNULL, stderr=log)
+    def answers() -> bool:
+        if proc.poll() is not None:
+            pytest.fail("slapd exited: " + (folder / "slapd.log").read_text()[-2000:])
+        return subprocess.run(["ldapsearch", "-x", "-H", url, "-b", "", "-s", "base"],
+                              capture_output=True).returncode == 0
+
     try:
-        for _ in range(100):
-            probe = subprocess.run(["ldapsearch", "-x", "-H", url, "-b", "", "-s", "base"],
-                                   capture_output=True)
-            if probe.returncode == 0:
-                break
-            if proc.poll() is not None:
-                pytest.fail("slapd exited: " + (folder / "slapd.log").read_text()[-2000:])
-            time.sleep(0.1)
-        else:
-            pytest.fail("slapd did not answer")
+        wait_for(answers, what=f"slapd on {url}", interval=0.1)
         subprocess.run(["ldapadd", "-x", "-H", url, "-D", ADMIN_DN, "-w", ADMIN_PASSWORD],
                        input=_ldif().encode(), check=True, capture_output=True)
         yield Directory(url, ldaps_url, str(cert), folder)

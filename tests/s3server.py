@@ -13,7 +13,6 @@ import shutil
 import socket
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 import uuid
@@ -23,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import unavailable
+from tests.helpers import unavailable, wait_for
 
 ACCESS_KEY = "portal-test-access"
 SECRET_KEY = "portal-test-secret-key"
@@ -106,15 +105,18 @@ class S3Server:
                  "--force-path-style", "--vfs-cache-mode", "off",
                  "--config", "/dev/null", "--log-level", "ERROR"],
                 stdin=subprocess.DEVNULL, stdout=out, stderr=out)
-        deadline = time.monotonic() + 20
-        while not self._answers():
+
+        def answers() -> bool:
             if self.proc.poll() is not None:
                 pytest.fail(f"rclone serve s3 exited {self.proc.returncode}: "
                             f"{log.read_text(errors='replace')[-2000:]}")
-            if time.monotonic() > deadline:
-                self.stop()
-                pytest.fail("rclone serve s3 did not answer within 20 s")
-            time.sleep(0.05)
+            return self._answers()
+
+        try:
+            wait_for(answers, what=f"rclone serve s3 on port {self.port}")
+        except BaseException:
+            self.stop()
+            raise
         return self
 
     def _answers(self) -> bool:

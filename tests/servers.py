@@ -30,7 +30,7 @@ import tempfile
 import time
 import urllib.parse
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -39,11 +39,13 @@ import redis
 
 from bench.nginx_conf import DEPLOY_CONF, render_deploy_conf
 from tests.helpers import (
+    DEADLINE,
     csrf_from,
     free_port,
     package_missing,
     redis_binary,
     require_tool,
+    wait_for,
 )
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -71,19 +73,6 @@ def write_random(path: Path, size: int) -> bytes:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(data)
     return data
-
-
-def wait_for(predicate: Callable[[], object], timeout: float, what: str,
-             interval: float = 0.05) -> object:
-    """Poll until ``predicate()`` is truthy and return its value; fail after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(interval)
 
 
 def stop_process(proc: subprocess.Popen, sig: int = signal.SIGTERM, timeout: float = 10) -> None:
@@ -173,7 +162,7 @@ class Instance:
             rows = conn.execute(sql + " ORDER BY id", tuple(where.values())).fetchall()
         return [dict(row) for row in rows]
 
-    def wait_events(self, count: int = 1, timeout: float = 15, settle: float = 0.6,
+    def wait_events(self, count: int = 1, timeout: float = DEADLINE, settle: float = 0.6,
                     **where: object) -> list[dict]:
         """Wait until at least ``count`` matching events are recorded and no more arrive for
         ``settle`` seconds. Events are written when the server closes the response body, a
@@ -264,7 +253,7 @@ class Gunicorn:
     def wait_ready(self) -> Gunicorn:
         """Wait until /healthz answers 200; stop the process if it never does."""
         try:
-            wait_for(self._healthy, 30, f"gunicorn on {self.base_url}/healthz", interval=0.1)
+            wait_for(self._healthy, what=f"gunicorn on {self.base_url}/healthz", interval=0.1)
         except BaseException:
             self.stop()
             raise
@@ -330,7 +319,7 @@ class Nginx:
         self.proc = subprocess.Popen([*base, "-g", "daemon off;"], stdin=subprocess.DEVNULL,
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
-            wait_for(self._healthy, 15, f"nginx on {self.base_url}", interval=0.05)
+            wait_for(self._healthy, what=f"nginx on {self.base_url}")
         except BaseException:
             self.stop()
             raise
@@ -712,7 +701,7 @@ class PrivateRedis:
             except redis.RedisError:
                 return False
 
-        wait_for(answers, 10, f"redis-server on port {self.port}", interval=0.05)
+        wait_for(answers, what=f"redis-server on port {self.port}")
         return self
 
     def stop(self) -> None:

@@ -15,7 +15,9 @@ import subprocess
 import time
 
 import pytest
-from servers import Gunicorn, make_instance, request, require_tool, wait_for, write_random
+from servers import Gunicorn, make_instance, request, require_tool, write_random
+
+from tests.helpers import wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -46,10 +48,10 @@ def logical(server, file_id: int) -> list[dict]:
     return [dict(r) for r in rows]
 
 
-def settled(server, file_id: int, covered: int, timeout: float = 20) -> list[dict]:
+def settled(server, file_id: int, covered: int) -> list[dict]:
     """Wait until the flusher has written a logical download that covers ``covered`` bytes."""
-    wait_for(lambda: any(r["covered"] >= covered for r in logical(server, file_id)), timeout,
-             f"a logical download of file {file_id} covering {covered} bytes")
+    wait_for(lambda: any(r["covered"] >= covered for r in logical(server, file_id)),
+             what=f"a logical download of file {file_id} covering {covered} bytes")
     time.sleep(1.5)  # late connections (aria2c closes some last) get flushed too
     return logical(server, file_id)
 
@@ -75,7 +77,7 @@ def test_interrupted_wget_resumed_with_c_is_one_download(server, tmp_path):
     # children with SIGINT ignored), so wget gets the default disposition back.
     proc = subprocess.Popen([wget, "-q", "--limit-rate=2m", "-O", str(out), url],
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-    wait_for(lambda: out.exists() and out.stat().st_size > 2 * 1024 * 1024, 30, "2 MB")
+    wait_for(lambda: out.exists() and out.stat().st_size > 2 * 1024 * 1024, what="2 MB")
     proc.send_signal(signal.SIGINT)
     proc.wait(10)
     partial = out.stat().st_size
@@ -120,7 +122,7 @@ def test_killed_worker_loses_no_started_download(server):
             proc.wait()
     [event] = server.instance.wait_events(1, timeout=30, file_id=file_id)
     assert event["ended_at"] is None and event["bytes_sent"] == -1
-    wait_for(lambda: logical(server, file_id), 10, "its logical download")
+    wait_for(lambda: logical(server, file_id), what="its logical download")
     [row] = logical(server, file_id)
     assert row["counted"]  # it had started: counted, bytes unknown (docs/analytics.md)
-    wait_for(lambda: request(server.base_url, "GET", "/healthz")[0] == 200, 30, "new workers")
+    wait_for(lambda: request(server.base_url, "GET", "/healthz")[0] == 200, what="new workers")

@@ -30,11 +30,11 @@ from servers import (
     require_tool,
     sha256_file,
     stop_process,
-    wait_for,
     write_random,
 )
 
 from portal.download import limits
+from tests.helpers import wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -131,7 +131,7 @@ def test_the_fifth_connection_gets_429_with_retry_after(server, site):
     r = redis.Redis.from_url(site.instance.env["PORTAL_REDIS_URL"])
     holders = slow_curls(url, 4)
     try:
-        wait_for(lambda: held(r, "ip:127.0.0.1") == 4, 10, "4 leases")
+        wait_for(lambda: held(r, "ip:127.0.0.1") == 4, what="4 leases")
         refused_agent = tag("refused")
         status, headers, body = request(server.base_url, "GET",
                                         f"/files/{site.public_id}/download",
@@ -143,7 +143,7 @@ def test_the_fifth_connection_gets_429_with_retry_after(server, site):
     finally:
         for proc in holders:
             stop_process(proc)
-    wait_for(lambda: held(r, "ip:127.0.0.1") == 0, 10, "the leases released on close")
+    wait_for(lambda: held(r, "ip:127.0.0.1") == 0, what="the leases released on close")
     agent = tag("after")
     assert request(server.base_url, "GET", f"/files/{site.small_id}/download",
                    headers={"User-Agent": agent})[0] == 200
@@ -204,13 +204,13 @@ def test_a_killed_workers_leases_expire(site, tmp_path):
         url = f"{g.base_url}/files/{site.public_id}/download"
         holders = slow_curls(url, 4)
         try:
-            wait_for(lambda: held(r, "ip:127.0.0.1") == 4, 10, "4 leases")
+            wait_for(lambda: held(r, "ip:127.0.0.1") == 4, what="4 leases")
             os.kill(web_worker(g.proc.pid), signal.SIGKILL)
-            wait_for(lambda: held(r, "ip:127.0.0.1") == 0, 8, "the dead worker's leases expire")
+            wait_for(lambda: held(r, "ip:127.0.0.1") == 0, what="the dead worker's leases expire")
         finally:
             for proc in holders:
                 stop_process(proc)
-        wait_for(lambda: request(g.base_url, "GET", "/healthz")[0] == 200, 20, "a new worker")
+        wait_for(lambda: request(g.base_url, "GET", "/healthz")[0] == 200, what="a new worker")
         status, _, body = request(g.base_url, "GET", f"/files/{site.public_id}/download")
         assert status == 200 and hashlib.sha256(body).hexdigest() == site.sha256
 
@@ -223,7 +223,7 @@ def test_a_stopped_server_ends_the_leases_of_what_it_was_sending(site):
     with Gunicorn(site.instance, workers=1) as g:
         holders = slow_curls(f"{g.base_url}/files/{site.public_id}/download", 3)
         try:
-            wait_for(lambda: held(r, "ip:127.0.0.1") == 3, 10, "3 leases")
+            wait_for(lambda: held(r, "ip:127.0.0.1") == 3, what="3 leases")
         except BaseException:
             for proc in holders:
                 stop_process(proc)
@@ -256,7 +256,7 @@ def test_redis_down_counts_per_worker_and_never_fails(tmp_path):
                 for proc in holders:
                     stop_process(proc)
             wait_for(lambda: request(g.base_url, "GET", f"/files/{file_id}/download")[0]
-                     == 200, 10, "the worker's own count released")
+                     == 200, what="the worker's own count released")
 
 
 
@@ -301,7 +301,7 @@ def test_past_the_admission_budget_new_large_downloads_get_503(site):
         r = redis.Redis.from_url(site.instance.env["PORTAL_REDIS_URL"])
         holders = slow_curls(url, 2)
         try:
-            wait_for(lambda: node_held(r) == 2, 10, "2 connections on the node")
+            wait_for(lambda: node_held(r) == 2, what="2 connections on the node")
             status, headers, _ = request(g.base_url, "GET", f"/files/{site.public_id}/download")
             assert status == 503 and int(headers["Retry-After"]) >= 1
             # small files, pages and sign-in still answer; those downloading keep going
@@ -313,7 +313,7 @@ def test_past_the_admission_budget_new_large_downloads_get_503(site):
         finally:
             for proc in holders:
                 stop_process(proc)
-        wait_for(lambda: node_held(r) == 0, 10, "the node's connections released")
+        wait_for(lambda: node_held(r) == 0, what="the node's connections released")
         status, _, body = request(g.base_url, "GET", f"/files/{site.public_id}/download")
         assert status == 200 and hashlib.sha256(body).hexdigest() == site.sha256
 
@@ -339,7 +339,7 @@ def test_nginx_carries_the_rate_and_the_portal_counts(site, tmp_path_factory):
         r.delete(limits.conn_key("ip:127.0.0.1"))  # the finished one's lease runs on
         holders = slow_curls(url, 2)
         try:
-            wait_for(lambda: held(r, "ip:127.0.0.1") == 2, 10, "2 leases")
+            wait_for(lambda: held(r, "ip:127.0.0.1") == 2, what="2 leases")
             status, headers, _ = request(nginx.base_url, "GET",
                                          f"/files/{site.public_id}/download")
             assert status == 429 and int(headers["Retry-After"]) >= 1
@@ -359,7 +359,7 @@ def test_curl_and_wget_wait_for_a_free_connection_when_told_to(server, site, tmp
                                     "-t", "20", "-O"])):
         holders = slow_curls(url, 4)
         try:
-            wait_for(lambda: held(r, "ip:127.0.0.1") == 4, 10, "4 leases")
+            wait_for(lambda: held(r, "ip:127.0.0.1") == 4, what="4 leases")
             client = subprocess.Popen([*cmd, str(tmp_path / name), url])
             time.sleep(3)
             assert client.poll() is None, "the client gave up instead of waiting"
@@ -410,7 +410,7 @@ def test_aria2c_wget_and_curl_through_nginx_finish_under_the_limit(site, behind_
              "--auto-file-renaming=false", "-U", tag("aria2c-nginx"), url])
         assert sha256_file(out / NAME) == site.sha256
         # the log's lines end the leases within seconds, not after the 30 s lease
-        wait_for(lambda: held(r, "ip:127.0.0.1") == 0, 10, "the leases ended by nginx's log")
+        wait_for(lambda: held(r, "ip:127.0.0.1") == 0, what="the leases ended by nginx's log")
     assert int(r.hget(limits.STATS_KEY, "refused_person") or 0) > refused
     # and the single-connection clients resume through nginx under the same limit
     for name, cmd in (("wget.bin", [require_tool("wget"), "-q", "-c", "-O"]),
@@ -436,7 +436,7 @@ def test_past_the_admission_budget_nginx_answers_503_and_pages_go_on(site, behin
                           "--interface", "127.0.0.2", url])
         for _ in range(3)]
     try:
-        wait_for(lambda: node_held(r) == 6, 10, "6 connections on the node")
+        wait_for(lambda: node_held(r) == 6, what="6 connections on the node")
         status, headers, _ = request(base, "GET", f"/files/{site.public_id}/download")
         assert status == 503 and int(headers["Retry-After"]) >= 1
         status, _, body = request(base, "GET", f"/files/{site.small_id}/download")
@@ -446,6 +446,6 @@ def test_past_the_admission_budget_nginx_answers_503_and_pages_go_on(site, behin
     finally:
         for proc in holders:
             stop_process(proc)
-    wait_for(lambda: node_held(r) == 0, 10, "the node's connections ended by nginx's log")
+    wait_for(lambda: node_held(r) == 0, what="the node's connections ended by nginx's log")
     status, _, body = request(base, "GET", f"/files/{site.public_id}/download")
     assert status == 200 and hashlib.sha256(body).hexdigest() == site.sha256

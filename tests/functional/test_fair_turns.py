@@ -14,7 +14,9 @@ import threading
 import time
 
 import pytest
-from servers import Gunicorn, request, wait_for, write_random
+from servers import Gunicorn, request, write_random
+
+from tests.helpers import wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -48,7 +50,7 @@ def test_a_pipelining_client_does_not_hold_the_worker(portal_instance, tmp_path)
         one = f"GET {target} HTTP/1.1\r\nHost: portal.test\r\n\r\n".encode()
         try:
             busy.sendall(one * PIPELINED)
-            wait_for(lambda: answered["count"] > 0, 10, "the first pipelined answer")
+            wait_for(lambda: answered["count"] > 0, what="the first pipelined answer")
             started = time.monotonic()
             status, _, _ = request(server.base_url, "GET", target, timeout=30)
             waited, behind = time.monotonic() - started, answered["count"]

@@ -20,7 +20,7 @@ from portal import cache
 from portal.analytics.recorder import recorder
 from portal.extensions import db
 from portal.models import DownloadEvent, File, User
-from tests.helpers import add_file, csrf_from, fetch, signed_in, wait_until, warm
+from tests.helpers import add_file, csrf_from, fetch, signed_in, wait_for, warm
 
 DATA = bytes(range(256)) * 256  # 64 KiB
 
@@ -142,14 +142,14 @@ def test_a_disabled_user_or_a_changed_rule_stops_the_fast_path(app, view, world)
     with view.app_context():  # another worker or node changes the rule
         db.session.get(File, world["login"]).access = "user:nobody"
         db.session.commit()
-    wait_until(lambda: meta not in copies._values)
+    wait_for(lambda: meta not in copies._values)
     assert client.get(url).status_code == 404
     with view.app_context():
         db.session.get(File, world["login"]).access = "login"
         user = db.session.query(User).filter_by(username="amy").one()
         user.active = False
         db.session.commit()
-    wait_until(lambda: not any(":user:" in k and k.endswith(":auth") for k in copies._values))
+    wait_for(lambda: not any(":user:" in k and k.endswith(":auth") for k in copies._values))
     assert client.get(url).status_code == 302  # signed out
     assert client.get(url).status_code == 302
 

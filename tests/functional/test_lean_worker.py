@@ -13,10 +13,11 @@ from __future__ import annotations
 import time
 
 import pytest
-from servers import Gunicorn, wait_for
+from servers import Gunicorn
 from wire import LOG_ENV, exchange, lean_and_plain, lean_lines, req
 
 from portal.analytics import clients
+from tests.helpers import wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -90,7 +91,7 @@ def test_the_lean_cycle_answers_as_gunicorn_does(servers):
         assert len(got[0]) == expect, (case, got[0])
         assert got[0][0][0].split()[1] not in ("500", "502"), (case, got[0][0][0])
 
-    wait_for(lambda: lean_lines(lean).get("mixed"), 10, "the access lines")
+    wait_for(lambda: lean_lines(lean).get("mixed"), what="the access lines")
     time.sleep(0.3)
     seen = lean_lines(lean, before[lean.port])
     for case, _, _, flags in cases(ids, cookie):
@@ -129,7 +130,7 @@ def test_behind_a_trusted_proxy_the_lean_cycle_takes_the_forwarded_client(
         for _ in range(3):  # the first may go to the view (cold copies); the rest are lean
             responses, _ = exchange(proxied, raw, 1)
             assert responses[0][0] == "HTTP/1.1 200 OK"
-        wait_for(lambda: len(lean_lines(proxied).get("proxied", [])) == 3, 10, "access lines")
+        wait_for(lambda: len(lean_lines(proxied).get("proxied", [])) == 3, what="access lines")
         assert lean_lines(proxied)["proxied"][1:] == ["1", "1"]
         events = portal_instance.wait_events(3, file_id=ids["public"],
                                              user_agent="case-proxied")

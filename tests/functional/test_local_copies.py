@@ -13,7 +13,7 @@ import redis
 from portal import cache
 from portal.extensions import db
 from portal.models import File, User
-from tests.helpers import add_file, csrf_from, free_port, wait_until
+from tests.helpers import add_file, csrf_from, free_port, wait_for
 
 
 @pytest.fixture
@@ -42,7 +42,7 @@ def mgets(r) -> int:
 def warm(app, client, url: str) -> cache.LocalCopies:
     copies = app.extensions["portal_local_copies"]
     client.get(url)  # starts the listener
-    wait_until(lambda: copies.ready)
+    wait_for(lambda: copies.ready)
     assert client.get(url).status_code == 200  # stores the copies
     return copies
 
@@ -72,18 +72,18 @@ def test_change_in_another_app_reaches_the_copies(app, other, client, make_user,
     with other.app_context():  # an admin on another node makes the file personal to amy
         db.session.get(File, file_id).access = "user:amy"
         db.session.commit()
-    wait_until(lambda: meta not in copies._values)
+    wait_for(lambda: meta not in copies._values)
     assert client.get(url).status_code == 404
     with other.app_context():  # ... and gives it back, then disables ben
         db.session.get(File, file_id).access = "login"
         db.session.commit()
-    wait_until(lambda: meta not in copies._values)
+    wait_for(lambda: meta not in copies._values)
     assert client.get(url).status_code == 200
     assert client.get(url).status_code == 200  # copies stored again
     with other.app_context():
         db.session.get(User, user_id).active = False
         db.session.commit()
-    wait_until(lambda: cache.user_keys(user_id, namespace(app))[0] not in copies._values)
+    wait_for(lambda: cache.user_keys(user_id, namespace(app))[0] not in copies._values)
     assert client.get(url).status_code == 302  # signed out: to the login page
 
 
@@ -103,7 +103,7 @@ def test_a_read_that_raced_an_invalidation_is_not_kept(app):
     copies = app.extensions["portal_local_copies"]
     with app.test_request_context():
         copies.get_many(["k"])
-    wait_until(lambda: copies.ready)
+    wait_for(lambda: copies.ready)
     epoch = copies.epoch  # a reader starts its round trip here ...
     copies.drop(["k"])  # ... an invalidation arrives before its answer
     copies.put_many(["k"], [b"old"], epoch)
@@ -121,9 +121,9 @@ def test_lost_subscription_clears_the_copies_and_resubscribes(app, client, make_
     assert copies._values
     epoch = copies.epoch
     r.client_kill_filter(_type="pubsub")  # Redis drops the listener's connection
-    wait_until(lambda: copies.epoch != epoch)
+    wait_for(lambda: copies.epoch != epoch)
     assert not copies._values  # a message may have been missed: nothing is trusted
-    wait_until(lambda: copies.ready)  # subscribed again
+    wait_for(lambda: copies.ready)  # subscribed again
     assert client.get(url).status_code == 200
 
 
@@ -167,7 +167,7 @@ def test_revocation_elsewhere_reaches_the_copies(app, other, client, make_user, 
         links.revoke(db.session, claims, 3600)
         db.session.commit()
     revoked_at = time.monotonic()
-    wait_until(lambda: manager.get(path).status_code == 403, timeout=2.0)
+    wait_for(lambda: manager.get(path).status_code == 403, what="the revocation", interval=0.01)
     # this worker learnt it from the database's change log, within its confirmation interval
     assert time.monotonic() - revoked_at <= app.config["COHERENCE_SECONDS"] + 0.5
 

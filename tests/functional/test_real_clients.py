@@ -26,9 +26,10 @@ from servers import (
     require_tool,
     sha256_file,
     stop_process,
-    wait_for,
     write_random,
 )
+
+from tests.helpers import wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -48,7 +49,7 @@ def interrupt_when(proc: subprocess.Popen, path: Path, min_bytes: int,
     try:
         wait_for(lambda: proc.poll() is not None
                  or (path.exists() and path.stat().st_size >= min_bytes),
-                 30, f"{min_bytes} bytes in {path.name}")
+                 what=f"{min_bytes} bytes in {path.name}")
         assert proc.poll() is None, f"the client ended ({proc.returncode}) before the interrupt"
     finally:
         stop_process(proc, sig)
@@ -181,7 +182,7 @@ def test_aria2c_resumes_eight_connections(portal_server, lecture, alice, tmp_pat
     first = subprocess.Popen([str(c) for c in
                               [*common, "-U", cut, "--max-overall-download-limit=8M", url]])
     try:
-        wait_for(lambda: control.exists() or first.poll() is not None, 20, "aria2c to start")
+        wait_for(lambda: control.exists() or first.poll() is not None, what="aria2c to start")
         time.sleep(1.5)
         assert first.poll() is None, "aria2c finished before it could be interrupted"
     finally:

@@ -48,12 +48,12 @@ from servers import (
     require_tool,
     sha256_file,
     stop_process,
-    wait_for,
     write_random,
 )
 
 from portal.analytics import logical
 from portal.storage.base import CHUNK
+from tests.helpers import wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -169,8 +169,8 @@ def _interrupted(command: list[str], out: Path, total: int, url: str) -> tuple[i
     proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     try:
-        wait_for(lambda: out.exists() and out.stat().st_size >= STOP_AT, 30,
-                 f"{STOP_AT} bytes from {command[0]}")
+        wait_for(lambda: out.exists() and out.stat().st_size >= STOP_AT,
+                 what=f"{STOP_AT} bytes from {command[0]}")
         unread = _unread(url)
     finally:
         stop_process(proc, signal.SIGTERM)
@@ -240,7 +240,7 @@ def _run_browser(url: str, ua: str, tmp: Path, total: int, chromium) -> list[int
             return max((p.stat().st_size for p in folder.iterdir() if p.is_file()),
                        default=0)
 
-        wait_for(lambda: held() >= STOP_AT, 30, f"{STOP_AT} bytes in chromium")
+        wait_for(lambda: held() >= STOP_AT, what=f"{STOP_AT} bytes in chromium")
         kept, unread = held(), _unread(url)
         download.cancel()
         assert download.failure() == "canceled"
@@ -298,7 +298,7 @@ def test_recorded_bytes_are_what_the_client_received(sites, mode, client, tmp_pa
                                          user_agent=ua, file_id=file_id),
                     key=lambda e: e["started_at"])
     assert all(e["ended_at"] is not None for e in events), events
-    new = wait_for(lambda: _logical_ids(instance, file_id) - before, 15, "its logical download")
+    new = wait_for(lambda: _logical_ids(instance, file_id) - before, what="its logical download")
     [row] = _logical(instance, new)
     counted = [e["bytes_sent"] for e in events]
     print(f"{mode:10} {client:8} received {kept:>9} recorded {counted} "

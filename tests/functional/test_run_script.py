@@ -10,9 +10,9 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from servers import ROOT, request, stop_process, tail, wait_for
+from servers import ROOT, request, stop_process, tail
 
-from tests.helpers import free_port
+from tests.helpers import free_port, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -37,7 +37,7 @@ def run_portal(instance: Path, redis_url: str, log: Path) -> tuple[subprocess.Po
         except OSError:
             return False
 
-    wait_for(up, 120, f"scripts/run.sh on {base}", interval=0.5)
+    wait_for(up, 300, f"scripts/run.sh on {base}", interval=0.5)
     return proc, base
 
 
