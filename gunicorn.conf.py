@@ -17,10 +17,20 @@ import threading
 import time
 from pathlib import Path
 
+from gevent import monkey
 from gevent import sleep as _gevent_sleep
 from gunicorn.workers.ggevent import GeventWorker as GunicornGeventWorker
 
-from portal.config import ConfigError, from_environ
+# A gevent worker patches the standard library when it starts, after the fork; by then this
+# master has imported the app (just below, and again for the worker class), and with it
+# modules that took the unpatched ssl.SSLContext by name (redis.asyncio.connection), which
+# gevent reported at every worker's start ("MonkeyPatchWarning: Monkey-patching ssl after ssl
+# has already been imported"). ssl patched here, before the app, every later import binds
+# gevent's SSLContext. The master makes no TLS connection itself; a worker class other than
+# gevent gets gevent's ssl, which blocks as the standard one does outside a gevent loop.
+monkey.patch_ssl()
+
+from portal.config import ConfigError, from_environ  # noqa: E402 - after the patch, on purpose
 
 # The flush of download events to SQL runs beside the workers, in a process of its own at a
 # lower CPU priority, not in them: in a worker it held the event loop for the length of each

@@ -3,14 +3,15 @@
 # on first start, and serve the portal with gunicorn on PORTAL_BIND (http://127.0.0.1:5000).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PY=${PYTHON:-python3}
-[ -x .venv/bin/python ] || "$PY" -m venv .venv
-.venv/bin/python -m pip install -q --disable-pip-version-check -e . 2>&1 | grep -v '^WARNING: Location' || true
+. scripts/venv.sh
+install_into_venv run.sh
 export FLASK_APP=wsgi
 # The embedded default's folder: PORTAL_INSTANCE_PATH when set (as the app reads it), else ./instance.
 instance=${PORTAL_INSTANCE_PATH:-instance}
 .venv/bin/flask db upgrade
 if [ ! -e "$instance/.demo-seeded" ]; then
+  echo "run.sh: seeding the demo: users, documents, a 100 MB recording, 60 days of downloads" \
+       "(first start only: about half a minute)..."
   .venv/bin/flask demo && mkdir -p "$instance" && touch "$instance/.demo-seeded"
 fi
 bind=${PORTAL_BIND:-127.0.0.1:5000}

@@ -7,8 +7,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/test-packages.sh
-PY=${PYTHON:-python3}
-[ -x .venv/bin/python ] || "$PY" -m venv .venv
-.venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test]' 2>&1 | grep -v '^WARNING: Location' || true
+. scripts/venv.sh
+install_into_venv test.sh test
 .venv/bin/ruff check .
 exec .venv/bin/python -m pytest "$@"
