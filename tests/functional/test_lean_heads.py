@@ -22,7 +22,7 @@ import time
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from servers import wait_for
+from tests.helpers import wait_for
 from wire import PATIENCE, exchange_all, lean_and_plain, lean_lines, req
 
 pytestmark = pytest.mark.slow
