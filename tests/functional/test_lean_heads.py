@@ -22,8 +22,9 @@ import time
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from tests.helpers import wait_for
 from wire import PATIENCE, exchange_all, lean_and_plain, lean_lines, req
+
+from tests.helpers import wait_for
 
 pytestmark = pytest.mark.slow
 
