@@ -11,7 +11,7 @@ instance=${PORTAL_INSTANCE_PATH:-instance}
 .venv/bin/flask db upgrade
 if [ ! -e "$instance/.demo-seeded" ]; then
   echo "run.sh: seeding the demo: users, documents, a 100 MB recording, 60 days of downloads" \
-       "(first start only: about half a minute)..."
+       "(first start only: a few seconds)..."
   .venv/bin/flask demo && mkdir -p "$instance" && touch "$instance/.demo-seeded"
 fi
 bind=${PORTAL_BIND:-127.0.0.1:5000}

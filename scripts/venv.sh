@@ -22,7 +22,7 @@ install_into_venv() {
     echo "$who: pyproject.toml changed since .venv was installed: updating it..."
   elif [ -n "$extra" ]; then
     echo "$who: installing the portal and its test dependencies into .venv" \
-         "(first time: 2-3 minutes, pyspark and playwright are large)..."
+         "(first time: about 2 minutes and 1.3 GB, pyspark and playwright are large)..."
   else
     echo "$who: installing the portal and its dependencies into .venv" \
          "(first start: about a minute)..."
