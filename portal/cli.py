@@ -15,6 +15,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from .access import NAME, normalize_access
 from .auth.forms import MIN_PASSWORD
 from .auth.sso.mapping import DIRECTORY_METHODS
+from .backup.cli import backup_cli
 from .coherence import commit_everywhere
 from .extensions import db
 from .files import add_version, discard
@@ -301,7 +302,7 @@ def file_add(paths, title, category, access, owner):
     except (OSError, StorageError, SQLAlchemyError, ValueError) as exc:
         db.session.rollback()
         for obj in stored:
-            discard(storage, obj)
+            discard(db.session, storage, obj)
         fail(f"cannot add files: {exc}")
     for line in lines:
         click.echo(line)
@@ -397,5 +398,6 @@ def register(app: Flask) -> None:
     app.cli.add_command(file_cli)
     app.cli.add_command(demo_command)
     app.cli.add_command(storage_cli)
+    app.cli.add_command(backup_cli)
 
 

@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import mimetypes
 from typing import BinaryIO
 
 from sqlalchemy import func, select
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from .access import normalize_access
+from .backup.guard import deletion_window
 from .models import File, FileVersion, User, utcnow
 from .storage import Storage, StorageError, StoredObject
+
+log = logging.getLogger(__name__)
 
 
 def guess_mime(filename: str) -> str:
@@ -48,15 +53,25 @@ def add_version(session: Session, storage: Storage, stream: BinaryIO, *, filenam
         file.updated_at = utcnow()
         session.flush()
     except Exception:
-        discard(storage, stored)
+        discard(session, storage, stored)
         raise
     version.stored = stored  # remembered for discard() after a failed commit
     return version
 
 
-def discard(storage: Storage, stored: StoredObject) -> None:
-    """Undo a put whose database record did not land: delete content only this put created."""
+def discard(session: Session, storage: Storage, stored: StoredObject) -> None:
+    """Undo a put whose database record did not land: delete content only this put created,
+    and only while no committed version refers to it (another upload of the same bytes may
+    have committed meanwhile) and no backup runs (``backup/guard.py``). When in doubt (a
+    backup, a database that cannot answer) the object stays: an orphan costs only space."""
     if not stored.created:
         return
-    with contextlib.suppress(StorageError):
-        storage.delete(stored.key)
+    with contextlib.suppress(StorageError, SQLAlchemyError, OSError), \
+            deletion_window(session.get_bind()) as conn:
+        if conn is None:
+            log.info("kept object %s: a backup is running", stored.key)
+            return
+        used = conn.execute(select(FileVersion.id).where(FileVersion.storage_key == stored.key)
+                            .limit(1)).first()
+        if used is None:
+            storage.delete(stored.key)

@@ -126,6 +126,32 @@ def temporary_schema(admin, prefix: str):
             conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
 
 
+def wipe_database(url: str, admin) -> None:
+    """Lose a test's database, as a restore finds it: a SQLite file removed, a PostgreSQL
+    schema dropped and made again, empty, under its name."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        for suffix in ("", "-wal", "-shm", ".objects-lock"):
+            Path(f"{parsed.database}{suffix}").unlink(missing_ok=True)
+        return
+    schema = parsed.query["options"].removeprefix("-csearch_path=")
+    with admin.connect() as conn:
+        conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
+
+
+def every_row(app) -> dict[str, list[tuple]]:
+    """Every row of every table of the app's database, in a stable order: two databases
+    compared table by table."""
+    from sqlalchemy import MetaData
+
+    with app.app_context(), _db.engine.connect() as conn:
+        tables = MetaData()
+        tables.reflect(conn)
+        return {name: sorted((tuple(row) for row in conn.execute(select(table))), key=repr)
+                for name, table in tables.tables.items()}
+
+
 def close_app(app) -> None:
     """Release what a test app holds: its journal, listener, connections."""
     app.extensions["portal_analytics"].close_journal()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 import zlib
 from collections.abc import Iterator
@@ -40,6 +41,26 @@ def shard_path(key: str) -> str:
     and a grant's object URI: ``ab/cd/abcd...`` (two levels, so no folder holds more than
     a few hundred entries at a campus's size)."""
     return f"{key[:2]}/{key[2:4]}/{key}"
+
+
+def read_chunks(stream: BinaryIO, limit: int) -> Iterator[bytes]:
+    """At most ``limit`` bytes of a binary stream from where it stands, in chunks."""
+    left = limit
+    while left > 0:
+        chunk = stream.read(min(CHUNK, left))
+        if not chunk:
+            return
+        left -= len(chunk)
+        yield chunk
+
+
+def fsync_path(path: str | os.PathLike) -> None:
+    """fsync a file, or a folder (which makes a rename into it durable), by its path."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 class Hasher:

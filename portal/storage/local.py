@@ -9,7 +9,16 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
-from .base import CHUNK, Hasher, StorageError, StoredObject, check_key, shard_path
+from .base import (
+    CHUNK,
+    Hasher,
+    StorageError,
+    StoredObject,
+    check_key,
+    fsync_path,
+    read_chunks,
+    shard_path,
+)
 
 
 class LocalStorage:
@@ -53,7 +62,7 @@ class LocalStorage:
             else:
                 final.parent.mkdir(parents=True, exist_ok=True)
                 os.replace(tmp, final)
-                _fsync_dir(final.parent)
+                fsync_path(final.parent)  # the rename, durable
         except OSError as exc:
             with contextlib.suppress(OSError):
                 tmp.unlink()
@@ -116,19 +125,4 @@ class LocalStorage:
 def _read_slice(fh: BinaryIO, start: int, stop: int) -> Iterator[bytes]:
     with fh:
         fh.seek(start)
-        remaining = stop - start
-        while remaining > 0:
-            chunk = fh.read(min(CHUNK, remaining))
-            if not chunk:
-                return
-            remaining -= len(chunk)
-            yield chunk
-
-
-def _fsync_dir(path: Path) -> None:
-    """Make the rename durable: fsync the folder entry as well as the file."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+        yield from read_chunks(fh, stop - start)

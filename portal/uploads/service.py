@@ -506,6 +506,6 @@ def _complete(session: Session, storage: Storage, upload_id: str, user: User, da
         session.commit()
     except Exception:
         session.rollback()
-        discard(storage, version.stored)
+        discard(session, storage, version.stored)
         raise
     return upload
