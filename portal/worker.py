@@ -275,10 +275,10 @@ class GeventWorker(GunicornGeventWorker):
         parser = http.get_parser(self.cfg, client, addr)
         parser.unreader.unread(data)
         req = None
+        # What is left of the head's time (gunicorn's timeout_ctx); a head already read whole
+        # is parsed without waiting, so even none left lets gunicorn answer it.
         left = self.cfg.keepalive if deadline is None else deadline - time.monotonic()
-        if left <= 0:
-            return None  # as gunicorn's timeout_ctx: the head's time is up, the connection ends
-        with gevent.Timeout(left, False):
+        with gevent.Timeout(max(left, 0.001), False):
             req = next(parser, None)
         if not req:
             return None
