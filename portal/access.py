@@ -84,21 +84,32 @@ def unknown_names(session: Session, rule: str) -> list[str]:
 
 
 def can_read(user: User | None, file: File) -> bool:
-    """True when this user (None or anonymous for nobody) may see and download the file."""
+    """True when this user (None or anonymous for nobody) may see and download the file.
+
+    A draft (an upload not yet published) is read only by those who manage it, whatever
+    audience its rule names: nothing reaches that audience before someone publishes it."""
     if file.deleted_at is not None:
         return False
     kind, names = parse_access(file.access)
-    if kind == "public":
+    if is_public(file):
         return True
     if user is None or not getattr(user, "is_authenticated", False) or not user.is_active:
         return False
     if manageable(user, file):  # admins and the owner read what they manage
         return True
+    if file.draft:
+        return False
     if kind == "login":
         return True
     if kind == "group":
         return bool(user.group_names.intersection(names))
     return user.username == names[0]
+
+
+def is_public(file: File) -> bool:
+    """True when anyone, signed in or not, may read the file, so that shared caches may keep
+    it: a live, published file whose rule is ``public``."""
+    return file.access == "public" and not file.draft and file.deleted_at is None
 
 
 def manageable(user: User, file: File) -> bool:
@@ -111,21 +122,23 @@ def escape_like(text: str) -> str:
     return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
+def names_group(name: str) -> ColumnElement[bool]:
+    """SQL filter selecting the files whose (canonical) rule names this group."""
+    esc = escape_like(name)
+    return or_(File.access == f"group:{name}",
+               File.access.like(f"group:{esc},%", escape="\\"),
+               File.access.like(f"group:%,{esc}", escape="\\"),
+               File.access.like(f"group:%,{esc},%", escape="\\"))
+
+
 def readable_clause(user: User | None) -> ColumnElement[bool]:
     """SQL filter selecting exactly the files can_read allows, for the catalog and search."""
     live = File.deleted_at.is_(None)
+    published = File.draft.is_(False)
     if user is None or not getattr(user, "is_authenticated", False) or not user.is_active:
-        return live & (File.access == "public")
+        return live & published & (File.access == "public")
     if user.is_admin:
         return live & true()
-    allowed = [File.access.in_(("public", "login", f"user:{user.username}")),
-               File.owner_id == user.id]
-    for name in user.group_names:
-        esc = escape_like(name)
-        allowed += [
-            File.access == f"group:{name}",
-            File.access.like(f"group:{esc},%", escape="\\"),
-            File.access.like(f"group:%,{esc}", escape="\\"),
-            File.access.like(f"group:%,{esc},%", escape="\\"),
-        ]
-    return live & or_(false(), *allowed)
+    allowed = [File.access.in_(("public", "login", f"user:{user.username}"))]
+    allowed += [names_group(name) for name in user.group_names]
+    return live & or_(File.owner_id == user.id, published & or_(false(), *allowed))

@@ -19,6 +19,7 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     event,
+    false,
 )
 from sqlalchemy.orm import Mapped, mapped_column, relationship, validates
 from werkzeug.security import check_password_hash, generate_password_hash
@@ -199,6 +200,9 @@ class File(db.Model):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
     deleted_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    #: An upload not yet published: only those who manage it see it (``access.can_read``);
+    #: ``access`` already holds the audience it will have once published.
+    draft: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
 
     owner: Mapped[User | None] = relationship()
     versions: Mapped[list[FileVersion]] = relationship(
@@ -307,6 +311,11 @@ class Upload(db.Model):
     description: Mapped[str] = mapped_column(Text, default="")
     file_id: Mapped[int | None] = mapped_column(ForeignKey("files.id", ondelete="CASCADE"))
     raw_metadata: Mapped[str] = mapped_column(Text, default="")  # echoed on HEAD, as tus asks
+    #: A new document it creates stays a draft until published (the upload page asks this).
+    draft: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    #: Completed even when a document's newest version has the same content already.
+    allow_duplicate: Mapped[bool] = mapped_column(Boolean, default=False,
+                                                  server_default=false())
     version_id: Mapped[int | None] = mapped_column(
         ForeignKey("file_versions.id", ondelete="SET NULL"))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

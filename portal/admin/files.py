@@ -120,6 +120,22 @@ def edit_file(file_id: int):
                            **upload_context()), status
 
 
+@bp.route("/files/<id:file_id>/publish", methods=["POST"])
+def publish_file(file_id: int):
+    """Publish a draft: from now on the audience its access rule names may read it."""
+    file = managed_file(file_id)
+    if file.draft:
+        file.draft = False
+        file.updated_at = utcnow()
+        audit(db.session, "file.published", actor=current_user,
+              target=f"{file.id} {file.title}", detail=file.access,
+              client_ip=request.remote_addr or "")
+        db.session.commit()
+        flash(_("Published: %(title)s can now be read by the people its access names.",
+                title=file.title), "info")
+    return redirect(url_for("admin.edit_file", file_id=file.id))
+
+
 @bp.route("/files/<id:file_id>/delete", methods=["POST"])
 def delete_file(file_id: int):
     """Soft delete: the file disappears for everyone; admins can restore it."""

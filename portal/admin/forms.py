@@ -5,7 +5,7 @@ from flask_babel import lazy_gettext as _l
 from flask_wtf import FlaskForm
 from wtforms import BooleanField, PasswordField, SelectField, StringField
 from wtforms.fields.choices import SelectChoice
-from wtforms.validators import DataRequired, Length, Optional, Regexp
+from wtforms.validators import DataRequired, InputRequired, Length, Optional, Regexp
 
 from ..access import KINDS, NAME, compose_access, unknown_names
 from ..auth.forms import MIN_PASSWORD
@@ -49,9 +49,11 @@ class AccessPickerForm(FlaskForm):
     """Who may read a file, picked rather than typed: a kind, and the group(s) or the
     person it names, checked to exist. ``self.access`` is the rule once validated."""
 
+    # No default: a request without the picker (a script, a stale form) must not fall back
+    # to any audience; it is refused and the rule stays as it was.
     access_kind = SelectField(_l("Who may read it"),
                               choices=[SelectChoice(k, ACCESS_LABELS[k]) for k in KINDS],
-                              default="login")
+                              validators=[InputRequired(_l("Choose who may read it."))])
     access_group = StringField(_l("Group"), validators=[Optional(), Length(max=300)])
     access_user = StringField(_l("Person (username)"), validators=[Optional(), Length(max=64)])
 
@@ -61,6 +63,14 @@ class AccessPickerForm(FlaskForm):
             return False
         kind = self.access_kind.data
         field = self.access_group if kind == "group" else self.access_user
+        stray = [f for f in (self.access_group, self.access_user)
+                 if f is not field or kind in ("public", "login")]
+        if any((f.data or "").strip() for f in stray):
+            self.access_kind.errors.append(
+                _("You chose “%(kind)s” but also filled in a group or person for another "
+                  "kind of access: clear that field, or choose its kind.",
+                  kind=ACCESS_LABELS[kind]))
+            return False
         try:
             self.access = compose_access(kind, field.data or "")
         except ValueError:

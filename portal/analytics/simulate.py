@@ -167,7 +167,8 @@ def ensure_population(conn: Connection, *, users: int = 0, files: int = 0,
     readers = [p.id for p in people if p.role != "admin"]
     admins = [p.id for p in people if p.role == "admin"]
     by_name = {p.username: p.id for p in people}
-    live = conn.execute(select(File.id, File.access).where(File.deleted_at.is_(None))).all()
+    live = conn.execute(select(File.id, File.access).where(  # (drafts reach no reader)
+        File.deleted_at.is_(None), File.draft.is_(False))).all()
     eligible: dict[int, list[int]] = {}
     for file_id, rule in live:
         try:

@@ -16,6 +16,7 @@ import redis.client
 from flask import current_app
 from sqlalchemy.exc import SQLAlchemyError
 
+from ..access import is_public
 from ..coherence import Coherence, coherence
 from ..config import settings
 from .connection import STATS_KEY, client
@@ -33,6 +34,7 @@ class FileSnapshot:
     access: str
     deleted_at: datetime | None
     owner_id: int | None
+    draft: bool
 
 
 @dataclass(frozen=True)
@@ -53,7 +55,7 @@ class VersionSnapshot:
 def snapshot(file, version) -> tuple[FileSnapshot, VersionSnapshot | None]:
     """Plain copies of an ORM File and (its newest) FileVersion."""
     fs = FileSnapshot(id=file.id, access=file.access, deleted_at=file.deleted_at,
-                      owner_id=file.owner_id)
+                      owner_id=file.owner_id, draft=bool(file.draft))
     return fs, version_snapshot_of(version)
 
 
@@ -196,7 +198,7 @@ def remember_public(app, file_id: int, found) -> None:
     """Note what a download found of a file: kept while the file is public (the fast path
     and the view both call this)."""
     seen = app.extensions.setdefault("portal_public_meta", {})
-    if found is not None and found[0].access == "public" and found[0].deleted_at is None:
+    if found is not None and is_public(found[0]):
         if len(seen) >= _PUBLIC_LIMIT:
             seen.clear()
         seen[int(file_id)] = found
@@ -219,7 +221,7 @@ def _last_public(file_id: int):
     if entry is None or entry[2] is MISSING:
         return None
     file, version = entry[2]
-    return (file, version) if file.access == "public" and file.deleted_at is None else None
+    return (file, version) if is_public(file) else None
 
 
 # A version never changes once stored (a new upload is a new version), so its snapshot needs

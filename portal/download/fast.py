@@ -33,6 +33,7 @@ from itsdangerous import BadSignature
 from werkzeug.http import HTTP_STATUS_CODES, parse_cookie
 
 from .. import cache
+from ..access import is_public
 from ..analytics import recorder as analytics
 from ..auth.tokens import parse_token
 from ..auth.users import SnapshotUser, session_user
@@ -252,7 +253,7 @@ class WarmReader:
                 or not self.co.valid(f"file:{file_id}", entry[1])):
             raise NotAtHand
         found = entry[2]
-        if found[0].access == "public":
+        if is_public(found[0]):
             cache.remember_public(self.door.app, file_id, found)
         return found
 

@@ -19,7 +19,7 @@ from datetime import UTC
 from functools import lru_cache
 from typing import Any, Protocol
 
-from ..access import can_read
+from ..access import can_read, is_public
 from ..cache.metadata import FileSnapshot, VersionSnapshot
 from ..settings import Settings
 from ..storage.base import shard_path
@@ -249,7 +249,7 @@ def plan(facts: RequestFacts, principal: Principal, reader: Reader, settings: Se
 
     rep = representation(version)
     decision, headers, early = answer_headers(facts.method, facts.headers, rep,
-                                              public=file.access == "public",
+                                              public=is_public(file),
                                               max_ranges=settings.max_ranges)
     if early is not None:
         return DownloadPlan(decision.status, headers, early, version=version)
@@ -299,7 +299,7 @@ def plan_zip(facts: RequestFacts, files, settings: Settings, *, user=None) -> Do
     rep = http.Representation(size=archive.size, etag=archive.etag, last_modified=last_modified,
                               content_type="application/zip")
     decision, headers, early = answer_headers(
-        facts.method, facts.headers, rep, public=all(f.access == "public" for f in files),
+        facts.method, facts.headers, rep, public=all(is_public(f) for f in files),
         max_ranges=settings.max_ranges)
     if early is not None:
         return DownloadPlan(decision.status, headers, early)

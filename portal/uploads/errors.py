@@ -44,6 +44,7 @@ class ErrorKind(Enum):
     CHECKSUM_MISMATCH = "checksum_mismatch"  # the body does not match its checksum
     STORAGE_FULL = "storage_full"  # the disk or quota is full; try again later
     WRITE_FAILED = "write_failed"  # any other failure to write (logged)
+    DUPLICATE = "duplicate"  # a document's newest version has this content already
 
 
 class UploadError(WordedError):

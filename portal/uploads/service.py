@@ -41,15 +41,15 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import BinaryIO
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 from werkzeug.exceptions import ClientDisconnected
 
-from ..access import manageable, normalize_access, unknown_names
+from ..access import can_read, manageable, normalize_access, unknown_names
 from ..audit import audit
 from ..filenames import clean_filename, has_hidden_characters
 from ..files import add_version, discard
-from ..models import File, Upload, User, utcnow
+from ..models import File, FileVersion, Upload, User, utcnow
 from ..storage import Storage, StorageError
 from . import tus
 from .errors import N_, ErrorKind, UploadError
@@ -73,6 +73,8 @@ class Metadata:
     access: str = "login"
     description: str = ""
     file_id: int | None = None
+    draft: bool = False
+    allow_duplicate: bool = False
 
 
 @dataclass
@@ -162,7 +164,8 @@ def validate_metadata(session: Session, user: User, pairs: dict[str, bytes | Non
             raise UploadError(ErrorKind.BAD_REQUEST,
                               N_("there is no such file that you may add a version to"))
         return Metadata(filename=filename, title=target.title, category=target.category,
-                        access=target.access, description=description, file_id=target.id)
+                        access=target.access, description=description, file_id=target.id,
+                        allow_duplicate=_flag(pairs, "duplicate", "allow"))
 
     title = _text(pairs, "title") or os.path.splitext(filename)[0] or filename
     category = _text(pairs, "category")
@@ -193,7 +196,13 @@ def validate_metadata(session: Session, user: User, pairs: dict[str, bytes | Non
                                                     "file you may not change; choose another "
                                                     "title"))
     return Metadata(filename=filename, title=title, category=category, access=access,
-                    description=description)
+                    description=description, draft=_flag(pairs, "draft", "1", "true", "yes"),
+                    allow_duplicate=_flag(pairs, "duplicate", "allow"))
+
+
+def _flag(pairs: dict[str, bytes | None], key: str, *yes: str) -> bool:
+    """Whether a metadata flag (``draft``, ``duplicate``) holds one of the ``yes`` words."""
+    return (pairs.get(key) or b"").decode("ascii", "replace").strip().lower() in yes
 
 
 # --- lifecycle -------------------------------------------------------------------------------
@@ -208,6 +217,7 @@ def create_upload(session: Session, area: Path, user: User, *, size: int, max_si
         id=uuid.uuid4().hex, user_id=user.id, size=size, received=0, filename=metadata.filename,
         title=metadata.title, category=metadata.category, access=metadata.access,
         description=metadata.description, file_id=metadata.file_id, raw_metadata=raw_metadata,
+        draft=metadata.draft, allow_duplicate=metadata.allow_duplicate,
         created_at=now, updated_at=now,
     )
     path = data_path(area, upload.id)
@@ -228,7 +238,12 @@ def create_upload(session: Session, area: Path, user: User, *, size: int, max_si
 
 
 def check_size(size: int, max_size: int) -> None:
-    """Refuse an upload longer than the size limit (TOO_LARGE, with the limit)."""
+    """Refuse an empty upload (there is nothing to publish) and one longer than the size
+    limit (TOO_LARGE, with the limit)."""
+    if size == 0:
+        raise UploadError(ErrorKind.BAD_REQUEST,
+                          N_("The file is empty (0 bytes), so there is nothing to share. "
+                             "Check that you chose the right file."))
     if size > max_size:
         raise UploadError(ErrorKind.TOO_LARGE,
                           N_("the upload is larger than the limit of %(limit)d bytes"),
@@ -325,7 +340,8 @@ def append(session: Session, storage: Storage, area: Path, upload: Upload, user:
             upload = _complete(session, storage, upload_id, user, out, client_ip=client_ip,
                                now=now)
         except UploadError as exc:
-            if exc.kind is ErrorKind.GONE:  # the upload was terminated: its bytes go too
+            if exc.kind in (ErrorKind.GONE, ErrorKind.DUPLICATE):  # the upload is gone: its
+                # bytes go too
                 path.unlink(missing_ok=True)
             else:
                 _cut_back(out, acknowledged)
@@ -473,6 +489,23 @@ def _data_missing(session: Session, area: Path, upload_id: str, offset: int,
                       N_("the upload's data was lost; please start the upload again"))
 
 
+def duplicate_of(session: Session, user: User, version: FileVersion) -> FileVersion | None:
+    """The newest version of a live document this user may read (the same document before
+    ``version``, or another) whose content is ``version``'s, or None."""
+    others = FileVersion.id != version.id
+    newest = (select(FileVersion.file_id, func.max(FileVersion.number).label("number"))
+              .where(others, FileVersion.file_id.in_(
+                  select(FileVersion.file_id).where(FileVersion.sha256 == version.sha256)))
+              .group_by(FileVersion.file_id).subquery())
+    found = session.scalars(
+        select(FileVersion).join(File, File.id == FileVersion.file_id)
+        .join(newest, (newest.c.file_id == FileVersion.file_id)
+              & (newest.c.number == FileVersion.number))
+        .where(others, FileVersion.sha256 == version.sha256, File.deleted_at.is_(None))
+        .order_by((FileVersion.file_id == version.file_id).desc(), FileVersion.id)).all()
+    return next((v for v in found if can_read(user, v.file)), None)
+
+
 def _complete(session: Session, storage: Storage, upload_id: str, user: User, data: BinaryIO,
               *, client_ip: str, now: datetime) -> Upload:
     """Turn the finished data file into a file version, audit it, commit; return the upload."""
@@ -494,6 +527,18 @@ def _complete(session: Session, storage: Storage, upload_id: str, user: User, da
     except StorageError as exc:
         session.rollback()
         raise _write_failure(exc, upload.received) from exc
+    same = None if upload.allow_duplicate else duplicate_of(session, user, version)
+    if same is not None:
+        found = {"number": same.number, "title": same.file.title, "file_id": same.file_id}
+        session.rollback()
+        discard(session, storage, version.stored)
+        session.delete(_reload(session, upload_id))
+        session.commit()
+        raise UploadError(ErrorKind.DUPLICATE,
+                          N_("This file is identical to version %(number)d of “%(title)s”, "
+                             "so it was not uploaded again."), **found)
+    if upload.draft and version.number == 1:  # a new document: it waits to be published
+        version.file.draft = True
     upload.received = upload.size
     upload.completed_at = now
     upload.updated_at = now

@@ -27,7 +27,7 @@ STATUS = {
     ErrorKind.BAD_REQUEST: 400, ErrorKind.NOT_FOUND: 404, ErrorKind.OFFSET_MISMATCH: 409,
     ErrorKind.GONE: 410, ErrorKind.TOO_LARGE: 413, ErrorKind.BUSY: 423,
     ErrorKind.CHECKSUM_MISMATCH: tus.CHECKSUM_MISMATCH, ErrorKind.WRITE_FAILED: 500,
-    ErrorKind.STORAGE_FULL: 507,
+    ErrorKind.STORAGE_FULL: 507, ErrorKind.DUPLICATE: 409,
 }
 # The "error" member of a JSON refusal, by status.
 TITLES = {
@@ -65,9 +65,11 @@ def tus_headers(response: Response) -> Response:
     return response
 
 
-def tus_error(status: int, message: str, headers: dict[str, str] | None = None) -> Response:
-    """A JSON refusal with the given status and extra headers."""
-    response = jsonify(error=TITLES.get(status, "error"), message=message)
+def tus_error(status: int, message: str, headers: dict[str, str] | None = None,
+              **extra: object) -> Response:
+    """A JSON refusal with the given status, extra headers and extra JSON members (an
+    ``error`` among them replaces the status's title)."""
+    response = jsonify(**{"error": TITLES.get(status, "error"), "message": message, **extra})
     response.status = f"{status} {REASONS[status]}" if status in REASONS else status
     response.headers.update(headers or {})
     return response
@@ -81,6 +83,11 @@ def refusal(exc: UploadError, *, with_offset: bool = True) -> Response:
         headers["Upload-Offset"] = str(exc.offset)
     if exc.max_size is not None:
         headers["Tus-Max-Size"] = str(exc.max_size)
+    if exc.kind is ErrorKind.DUPLICATE:  # which document it repeats, for the page to offer
+        file_id = exc.values["file_id"]
+        return tus_error(409, words(exc), headers, error="duplicate", duplicate={
+            "file_id": file_id, "version": exc.values["number"], "title": exc.values["title"],
+            "url": url_for("catalog.file_page", file_id=file_id)})
     return tus_error(STATUS[exc.kind], words(exc), headers)
 
 

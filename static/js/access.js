@@ -1,5 +1,5 @@
 // The access picker (templates/admin/_access.html): only the input the chosen kind needs is
-// shown, and the people list follows what is typed (GET /admin/people?q=...), so a campus
+// shown (and sent), and the people list follows what is typed (GET /admin/people?q=...), so a campus
 // of thousands is not sent with every page. The server validates whatever is submitted.
 (() => {
   const picker = document.getElementById("access-picker");
@@ -8,6 +8,9 @@
   const show = () => {
     for (const label of picker.querySelectorAll("label[data-kind]")) {
       label.hidden = label.dataset.kind !== kind.value;
+      // A hidden field is not sent: the server refuses a group or person named beside
+      // another kind of access rather than guess which was meant.
+      for (const input of label.querySelectorAll("input")) input.disabled = label.hidden;
     }
   };
   kind.addEventListener("change", show);

@@ -1,6 +1,7 @@
 // Upload page: drag and drop several files; each goes up with tus (resumable across network
 // failures and page reloads: tus-js-client keeps each upload's URL in localStorage, keyed by
-// the file's fingerprint, and continues from the server's offset).
+// the file's fingerprint, and continues from the server's offset). New documents arrive as
+// drafts (only their owner and the administrators see them) and are published by a button.
 (function () {
   "use strict";
   const form = document.getElementById("upload-form");
@@ -12,12 +13,10 @@
   const drop = document.getElementById("drop-zone");
   const picker = document.getElementById("file-picker");
   const list = document.getElementById("upload-list");
+  const hint = document.getElementById("upload-hint");
   const text = JSON.parse(document.getElementById("upload-text").textContent);
-
-  function stem(name) {
-    const dot = name.lastIndexOf(".");
-    return dot > 0 ? name.slice(0, dot) : name;
-  }
+  const urls = JSON.parse(document.getElementById("upload-urls").textContent);
+  const newVersions = Boolean(form.dataset.fileId);
 
   function human(n) {
     const units = ["B", "KB", "MB", "GB", "TB"];
@@ -26,36 +25,77 @@
     return (i ? n.toFixed(1) : n) + " " + units[i];
   }
 
+  function button(label, onClick) {
+    const b = document.createElement("button");
+    b.type = "button";
+    b.textContent = label;
+    b.addEventListener("click", onClick);
+    return b;
+  }
+
   function row(file) {
     const li = document.createElement("li");
     li.className = "upload";
     li.innerHTML = '<div class="name"></div><progress max="100" value="0"></progress>' +
-      '<span class="status"></span> <button type="button" class="cancel"></button>';
+      '<span class="status"></span> <span class="actions"></span>';
     li.querySelector(".name").textContent = file.name + " · " + human(file.size);
-    li.querySelector(".cancel").textContent = text.cancel;
     list.appendChild(li);
     return li;
   }
 
-  function start(file) {
-    const li = row(file);
+  function publishForm(fileId) {
+    const publish = document.createElement("form");
+    publish.method = "post";
+    publish.action = urls.publish.replace("/0/", "/" + encodeURIComponent(fileId) + "/");
+    const token = document.createElement("input");
+    token.type = "hidden";
+    token.name = "csrf_token";
+    token.value = csrf;
+    const submit = document.createElement("button");
+    submit.type = "submit";
+    submit.className = "primary";
+    submit.textContent = text.publish;
+    publish.append(token, submit);
+    return publish;
+  }
+
+  // What the server said, in its words (a JSON refusal's message), or a plain sentence.
+  function refusal(error) {
+    const response = error.originalResponse;
+    if (!response || !response.getStatus()) return {message: text.network};
+    try {
+      const parsed = JSON.parse(response.getBody());
+      return {message: parsed.message || parsed.error, duplicate: parsed.duplicate};
+    } catch (_) {
+      return {message: text.network};
+    }
+  }
+
+  function start(file, metadata, li) {
+    li = li || row(file);
+    li.className = "upload";
     const bar = li.querySelector("progress");
     const status = li.querySelector(".status");
-    const metadata = {
-      filename: file.name,
-      title: form.dataset.fileId ? "" : stem(file.name),
-      category: form.elements.category ? form.elements.category.value : "",
-      access: form.dataset.fileId ? "" : accessRule(form),
-      description: form.elements.description ? form.elements.description.value : "",
-    };
-    if (form.dataset.fileId) metadata.file_id = form.dataset.fileId;
-    const upload = new tus.Upload(file, {
+    const actions = li.querySelector(".actions");
+    let upload = null;
+    actions.replaceChildren(button(text.cancel, () => {
+      upload.abort(true).then(() => {
+        status.textContent = text.cancelled;
+        actions.replaceChildren();
+      });
+    }));
+    upload = new tus.Upload(file, {
       endpoint: form.dataset.endpoint,
       chunkSize: 8 * 1024 * 1024,
       retryDelays: [0, 1000, 3000, 5000, 10000, 20000],
       removeFingerprintOnSuccess: true,
       headers: {"X-CSRFToken": csrf},
       metadata: metadata,
+      onShouldRetry(error) {  // a refusal is final; only a lost connection is retried
+        const response = error.originalResponse;
+        const code = response ? response.getStatus() : 0;
+        return !code || code >= 500 || code === 423;
+      },
       onProgress(sent, total) {
         const pct = total ? Math.floor((sent / total) * 100) : 100;
         bar.value = pct;
@@ -63,31 +103,40 @@
       },
       onError(error) {
         li.classList.add("failed");
-        const response = error.originalResponse;
-        let detail = response ? response.getBody() : String(error);
-        try {
-          const parsed = JSON.parse(detail);
-          detail = parsed.message || parsed.error || detail;
-        } catch (_) { /* plain text */ }
-        status.textContent = text.failed + ": " + detail;
+        const said = refusal(error);
+        status.textContent = text.failed + ": " + said.message;
+        if (said.duplicate) {
+          const open = document.createElement("a");
+          open.href = said.duplicate.url;
+          open.textContent = " " + text.open;
+          status.appendChild(open);
+          actions.replaceChildren(
+            button(text.skip, () => {
+              li.classList.remove("failed");
+              status.textContent = text.skipped;
+              actions.replaceChildren();
+            }),
+            button(text.anyway, () => start(file, {...metadata, duplicate: "allow"}, li)));
+          return;
+        }
+        actions.replaceChildren(button(text.retry, () => start(file, metadata, li)));
       },
       onSuccess(payload) {
         bar.value = 100;
         li.classList.add("done");
-        li.querySelector(".cancel").hidden = true;
         const response = payload && payload.lastResponse;
         const url = response && response.getHeader("Upload-File-Url");
-        status.textContent = text.done;
+        const fileId = response && response.getHeader("Upload-File-Id");
+        status.textContent = newVersions ? text.done : text.draft;
+        actions.replaceChildren();
         if (url) {
           const a = document.createElement("a");
           a.href = url;
-          a.textContent = " " + text.open;
-          status.appendChild(a);
+          a.textContent = text.open;
+          actions.appendChild(a);
         }
+        if (fileId && !newVersions) actions.appendChild(publishForm(fileId));
       },
-    });
-    li.querySelector(".cancel").addEventListener("click", () => {
-      upload.abort(true).then(() => { status.textContent = text.cancelled; });
     });
     upload.findPreviousUploads().then((previous) => {
       if (previous.length) upload.resumeFromPreviousUpload(previous[0]);
@@ -95,8 +144,41 @@
     });
   }
 
+  // The metadata every file of this choice goes up with, or null (and a hint) when the
+  // audience is not chosen yet.
+  function chosen(count) {
+    if (newVersions) return {file_id: form.dataset.fileId};
+    const kind = form.elements.access_kind.value;
+    if (!kind) {
+      hint.textContent = text.chooseAccess;
+      hint.hidden = false;
+      form.elements.access_kind.focus();
+      return null;
+    }
+    hint.hidden = true;
+    return {
+      title: count === 1 ? form.elements.title.value.trim() : "",
+      category: form.elements.category.value,
+      access: accessRule(form),
+      description: form.elements.description.value,
+      draft: "1",
+    };
+  }
+
   function take(files) {
-    for (const file of files) start(file);
+    const common = chosen(files.length);
+    if (!common) return;
+    for (const file of files) {
+      if (file.size === 0) {
+        const li = row(file);
+        li.classList.add("failed");
+        li.querySelector(".status").textContent = text.failed + ": " + text.empty;
+        continue;
+      }
+      const metadata = {filename: file.name, ...common};
+      if (!metadata.title) delete metadata.title;
+      start(file, metadata);
+    }
   }
 
   picker.addEventListener("change", () => { take(picker.files); picker.value = ""; });

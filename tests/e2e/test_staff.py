@@ -28,7 +28,42 @@ def test_upload_two_files_with_progress(page, demo_server, tmp_path):
     assert rows.count() == 2 and page.locator("li.upload.failed").count() == 0
     screenshot(page, "admin-upload-done")
     # the new file is in the catalog for a CS2023 student, with the right bytes
-    page.click("li.upload:nth-child(2) .status a")
+    assert page.locator("li.upload.done .status").first.inner_text() == (
+        "已作为草稿上传：只有您和管理员能看到。")
+    page.click("li.upload:nth-child(2) .actions a")
     page.wait_for_url("**/files/*")
     assert page.locator("#sha256").inner_text().strip() == hashlib.sha256(
         big.read_bytes()).hexdigest()
+
+
+def test_an_upload_is_a_draft_until_published(page, browser, demo_server, tmp_path):
+    notes = tmp_path / "期中复习-草稿.pdf"
+    notes.write_bytes(b"%PDF-1.4 draft notes " * 500)
+    sign_in(page, "staff")
+    page.goto("/admin/upload")
+    # files chosen before the audience do not go up
+    page.set_input_files("#file-picker", [str(notes)])
+    assert page.locator("#upload-hint").inner_text() == "请先选择谁可以查看这些文件，再选择文件。"
+    assert page.locator("li.upload").count() == 0
+    page.select_option("select[name=access_kind]", "login")
+    page.fill("input[name=title]", "期中复习提纲（草稿测试）")
+    page.set_input_files("#file-picker", [str(notes)])
+    page.wait_for_selector("li.upload.done")
+    screenshot(page, "admin-upload-draft")
+
+    student = browser.new_context(locale="zh-CN", base_url=demo_server.base_url)
+    try:
+        other = student.new_page()
+        sign_in(other, "student")
+        other.goto("/?q=期中复习提纲")
+        assert "期中复习提纲（草稿测试）" not in other.content()
+
+        page.click("li.upload.done .actions button[type=submit]")  # 发布
+        page.wait_for_url("**/admin/files/*")
+        assert page.locator("#draft-notice").count() == 0
+        screenshot(page, "admin-file-published")
+
+        other.goto("/?q=期中复习提纲")
+        assert "期中复习提纲（草稿测试）" in other.content()
+    finally:
+        student.close()

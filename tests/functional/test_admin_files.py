@@ -133,9 +133,13 @@ def test_the_access_picker_offers_groups_and_people_and_checks_them(app, client,
     assert rule() == "group:MATH"
     assert post(access_kind="user", access_user="student1").status_code == 302
     assert rule() == "user:student1"
-    assert post(access_kind="public", access_group="ignored").status_code == 302
+    assert post(access_kind="public").status_code == 302
     assert rule() == "public"
     for fields, message in [
+            ({}, "Choose who may read it."),
+            ({"access_kind": "login", "access_group": "MATH"}, "but also filled in"),
+            ({"access_kind": "group", "access_group": "MATH", "access_user": "student1"},
+             "but also filled in"),
             ({"access_kind": "group", "access_group": "CS, NOPE"},
              "There is no group named NOPE."),
             ({"access_kind": "group", "access_group": ""}, "Choose a group from the list."),

@@ -248,21 +248,21 @@ def test_checksum_with_a_cut_body_keeps_nothing(app, staff):
 def test_identical_content_is_stored_once(app, staff):
     data = payload(1500)
     _, first = staff.send(data, title="A")
-    _, second = staff.send(data, title="B")
+    _, second = staff.send(data, title="B", duplicate="allow")
     assert first.headers["Upload-File-Id"] != second.headers["Upload-File-Id"]
     assert len(stored_objects(app)) == 1
     assert stored_objects(app)[0].name == hashlib.sha256(data).hexdigest()
 
 
-def test_zero_byte_upload_completes_at_creation(app, staff):
+def test_zero_byte_upload_is_refused_in_the_request_language(app, staff):
     resp = staff.create(0, filename="empty.txt")
-    assert resp.status_code == 201
-    assert resp.headers["Upload-Offset"] == "0"
-    file_id = resp.headers["Upload-File-Id"]
-    assert staff.head(resp.headers["Location"]).headers["Upload-File-Id"] == file_id
-    info = staff.client.get(f"/api/files/{file_id}").get_json()
-    assert info["size"] == 0 and info["sha256"] == hashlib.sha256(b"").hexdigest()
-    assert not any(area(app).iterdir())
+    assert resp.status_code == 400 and "Location" not in resp.headers
+    assert "empty (0 bytes)" in resp.get_json()["message"]
+    zh = staff.create(0, filename="empty.txt", headers={"Accept-Language": "zh-CN"})
+    assert zh.status_code == 400 and "空文件" in zh.get_json()["message"]
+    assert not area(app).exists() or not any(area(app).iterdir())
+    with app.app_context():
+        assert db.session.scalar(select(func.count()).select_from(File)) == 0
 
 
 def test_creation_with_upload(app, staff):
@@ -594,12 +594,12 @@ def test_disk_full_when_storing_the_finished_upload(app, staff, monkeypatch):
     assert len(stored_objects(app)) == 1
 
 
-def test_disk_full_on_a_zero_byte_upload_leaves_nothing(app, staff, monkeypatch):
+def test_disk_full_on_a_creation_with_upload_leaves_nothing(app, staff, monkeypatch):
     def full_storage(stream):
         raise StorageError("full") from OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(app.extensions["portal_storage"], "put", full_storage)
-    resp = staff.create(0, filename="empty.txt")
+    resp = staff.create(1, body=b"x", filename="one.txt")
     assert resp.status_code == 507 and "Location" not in resp.headers
     assert not any(area(app).iterdir())
     with app.app_context():
