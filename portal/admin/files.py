@@ -6,16 +6,17 @@ from flask import abort, current_app, flash, jsonify, redirect, render_template,
 from flask_babel import gettext as _
 from flask_babel import lazy_gettext as _l
 from flask_login import current_user
-from sqlalchemy import func, or_, select
+from sqlalchemy import select
 from wtforms import StringField, TextAreaField
 from wtforms.validators import DataRequired, Length, Optional
 
-from ..access import escape_like, manageable
+from ..access import manageable
 from ..audit import audit
 from ..extensions import db
 from ..models import File, Group, User, utcnow
 from . import bp
-from .forms import ACCESS_LABELS, AccessPickerForm
+from .forms import ACCESS_LABELS, AccessPickerForm, ConfirmForm
+from .service import user_matches
 
 
 class FileForm(AccessPickerForm):
@@ -71,11 +72,8 @@ def people():
     q = request.args.get("q", "").strip()[:64]
     if not q:
         return jsonify(people=[])
-    pattern = f"%{escape_like(q.lower())}%"
     found = db.session.scalars(
-        select(User).where(User.active.is_(True), or_(
-            func.lower(User.username).like(pattern, escape="\\"),
-            func.lower(User.display_name).like(pattern, escape="\\")))
+        select(User).where(User.active.is_(True), user_matches(q))
         .order_by(User.username).limit(20)).all()
     return jsonify(people=[{"username": u.username, "display_name": u.display_name}
                            for u in found])
@@ -136,10 +134,15 @@ def publish_file(file_id: int):
     return redirect(url_for("admin.edit_file", file_id=file.id))
 
 
-@bp.route("/files/<id:file_id>/delete", methods=["POST"])
+@bp.route("/files/<id:file_id>/delete", methods=["GET", "POST"])
 def delete_file(file_id: int):
-    """Soft delete: the file disappears for everyone; admins can restore it."""
+    """Soft delete, once confirmed: the file disappears for everyone; admins can restore
+    it. Unconfirmed, the confirmation page (400 for a POST)."""
     file = managed_file(file_id)
+    form = ConfirmForm()
+    if not form.validate_on_submit():
+        return render_template("admin/file_delete.html", file=file, form=form), (
+            400 if request.method == "POST" else 200)
     if file.deleted_at is None:
         file.deleted_at = utcnow()
         audit(db.session, "file.deleted", actor=current_user, target=f"{file.id} {file.title}",

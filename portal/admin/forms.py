@@ -5,7 +5,14 @@ from flask_babel import lazy_gettext as _l
 from flask_wtf import FlaskForm
 from wtforms import BooleanField, PasswordField, SelectField, StringField
 from wtforms.fields.choices import SelectChoice
-from wtforms.validators import DataRequired, InputRequired, Length, Optional, Regexp
+from wtforms.validators import (
+    DataRequired,
+    InputRequired,
+    Length,
+    Optional,
+    Regexp,
+    ValidationError,
+)
 
 from ..access import KINDS, NAME, compose_access, unknown_names
 from ..auth.forms import MIN_PASSWORD
@@ -24,11 +31,29 @@ class UserForm(FlaskForm):
     username = StringField(_l("Username"), validators=[DataRequired(), NAME_RULE])
     display_name = StringField(_l("Display name"), validators=[Optional(), Length(max=128)])
     role = SelectField(_l("Role"), choices=[SelectChoice(r, ROLE_LABELS[r]) for r in ROLES])
-    groups = StringField(_l("Groups (separated by spaces)"),
+    groups = StringField(_l("User groups (separated by spaces)"),
                          validators=[Optional(), Length(max=1000)])
     password = PasswordField(_l("Password"),
                              validators=[Optional(), Length(min=MIN_PASSWORD, max=256)])
     active = BooleanField(_l("Active"), default=True)
+    confirm_disable = BooleanField(_l("Yes, disable this account: its sessions and download "
+                                      "links end now"))
+
+    def validate_groups(self, field) -> None:
+        """Only existing groups: creating one is an explicit action on the groups page."""
+        from .service import unknown_groups
+
+        missing = unknown_groups(db.session, (field.data or "").split())
+        if missing:
+            raise ValidationError(_("There is no user group named %(names)s. Create it on "
+                                    "the user groups page first.", names=", ".join(missing)))
+
+
+class ConfirmForm(FlaskForm):
+    """A destructive action, confirmed by a ticked box (works without scripts)."""
+
+    confirm = BooleanField(_l("Yes, I understand this cannot be undone here"),
+                           validators=[DataRequired(_l("Tick the box to confirm."))])
 
 
 class GroupForm(FlaskForm):

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from sqlalchemy import select
+from sqlalchemy import ColumnElement, func, or_, select
 from sqlalchemy.orm import Session
 
+from ..access import escape_like, names_group
 from ..audit import audit
-from ..models import Group, User
+from ..models import File, Group, User
 
 
 def groups_named(session: Session, names: list[str]) -> list[Group]:
@@ -19,6 +20,29 @@ def groups_named(session: Session, names: list[str]) -> list[Group]:
             session.add(group)
         found.append(group)
     return found
+
+
+def user_matches(q: str) -> ColumnElement[bool]:
+    """SQL filter: users whose username or display name contains ``q``, any case."""
+    pattern = f"%{escape_like(q.lower())}%"
+    return or_(func.lower(User.username).like(pattern, escape="\\"),
+               func.lower(User.display_name).like(pattern, escape="\\"))
+
+
+def unknown_groups(session: Session, names: list[str]) -> list[str]:
+    """The names among ``names`` that no group has (the admin pages create no group
+    silently: a typo would put the person in a group nobody else is in)."""
+    known = set(session.scalars(select(Group.name).where(Group.name.in_(names))))
+    return [n for n in dict.fromkeys(names) if n not in known]
+
+
+def group_uses(session: Session, group: Group) -> tuple[list[File], list[User]]:
+    """The live files whose access names the group, and its members: what deleting it
+    would change."""
+    files = session.scalars(select(File).where(names_group(group.name),
+                                               File.deleted_at.is_(None))
+                            .order_by(File.title)).all()
+    return list(files), sorted(group.members, key=lambda u: u.username)
 
 
 def save_user(session: Session, actor: User, user: User | None, *, username: str,

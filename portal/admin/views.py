@@ -23,8 +23,8 @@ from ..health import health_report
 from ..models import AuditEntry, Group, User
 from . import bp, require_admin
 from .dashboard import dashboard
-from .forms import GroupForm, UserForm
-from .service import save_user
+from .forms import ConfirmForm, GroupForm, UserForm
+from .service import group_uses, save_user, user_matches
 
 
 @bp.route("/")
@@ -67,12 +67,23 @@ def users():
                 flash(_("User %(name)s created.", name=form.username.data), "info")
                 return redirect(url_for("admin.users"))
         status = 400
-    q = request.args.get("q", "")[:64]
+    q = request.args.get("q", "").strip()[:64]
     stmt = select(User).order_by(User.username)
     if q:
-        stmt = stmt.where(User.username.contains(q) | User.display_name.contains(q))
-    listed = db.session.scalars(stmt.limit(500)).all()
-    return render_template("admin/users.html", users=listed, form=form, q=q), status
+        stmt = stmt.where(user_matches(q))
+    listed = db.paginate(stmt, page=_page(), per_page=USERS_PER_PAGE, error_out=False)
+    return render_template("admin/users.html", users=listed, form=form, q=q,
+                           known_groups=_group_names()), status
+
+
+#: Users shown per page of the users list.
+USERS_PER_PAGE = 50
+
+
+def _page() -> int:
+    """The ``page`` argument: a number from 1, else 1."""
+    raw = request.args.get("page", "1")
+    return max(int(raw), 1) if raw.isascii() and raw.isdigit() and len(raw) < 6 else 1
 
 
 @bp.route("/users/<id:user_id>", methods=["GET", "POST"])
@@ -88,6 +99,8 @@ def edit_user(user_id: int):
     if form.validate_on_submit():
         if user.id == current_user.id and (not form.active.data or form.role.data != "admin"):
             form.role.errors.append(_("You cannot disable or demote yourself."))
+        elif user.active and not form.active.data and not form.confirm_disable.data:
+            form.confirm_disable.errors.append(_("Tick the box to confirm."))
         else:
             save_user(db.session, current_user, user, username=user.username,
                       display_name=form.display_name.data or "", role=form.role.data,
@@ -97,7 +110,13 @@ def edit_user(user_id: int):
             flash(_("Saved."), "info")
             return redirect(url_for("admin.edit_user", user_id=user.id))
     status = 400 if request.method == "POST" else 200
-    return render_template("admin/user_edit.html", user=user, form=form), status
+    return render_template("admin/user_edit.html", user=user, form=form,
+                           known_groups=_group_names()), status
+
+
+def _group_names() -> list[str]:
+    """Every group's name, for the user form's list to pick from."""
+    return list(db.session.scalars(select(Group.name).order_by(Group.name)))
 
 
 @bp.route("/groups", methods=["GET", "POST"])
@@ -125,16 +144,26 @@ def groups():
     return render_template("admin/groups.html", rows=rows, form=form), status
 
 
-@bp.route("/groups/<id:group_id>/delete", methods=["POST"])
+@bp.route("/groups/<id:group_id>/delete", methods=["GET", "POST"])
 def delete_group(group_id: int):
-    """Delete a group (its members stay; rules naming it then match nobody)."""
+    """Delete a group, once confirmed. A group that files' access still names, or that has
+    members, is refused with those files and people (409): deleting it would silently take
+    their access away; change them first."""
     require_admin()
     group = db.session.get(Group, group_id) or abort(404)
-    audit(db.session, "group.deleted", actor=current_user, target=group.name,
-          client_ip=request.remote_addr or "")
-    db.session.delete(group)
-    db.session.commit()
-    return redirect(url_for("admin.groups"))
+    files, members = group_uses(db.session, group)
+    form = ConfirmForm()
+    in_use = bool(files or members)
+    if request.method == "POST" and not in_use and form.validate_on_submit():
+        audit(db.session, "group.deleted", actor=current_user, target=group.name,
+              client_ip=request.remote_addr or "")
+        db.session.delete(group)
+        db.session.commit()
+        flash(_("User group %(name)s deleted.", name=group.name), "info")
+        return redirect(url_for("admin.groups"))
+    status = 200 if request.method == "GET" else 409 if in_use else 400
+    return render_template("admin/group_delete.html", group=group, files=files,
+                           members=members, form=form), status
 
 
 @bp.route("/audit")
@@ -142,8 +171,7 @@ def audit_log():
     """The audit log, newest first, filterable by action prefix."""
     require_admin()
     action = request.args.get("action", "")[:40]
-    raw = request.args.get("page", "1")
-    page = int(raw) if raw.isascii() and raw.isdigit() and len(raw) < 6 else 1
+    page = _page()
     stmt = select(AuditEntry).order_by(AuditEntry.id.desc())
     if action:
         stmt = stmt.where(AuditEntry.action.startswith(action))

@@ -8,7 +8,6 @@ from datetime import UTC, datetime, timedelta
 
 from flask import abort, current_app, redirect, render_template, request, session, url_for
 from sqlalchemy import select
-from werkzeug.exceptions import TooManyRequests
 
 from ..audit import audit
 from ..config import settings
@@ -20,7 +19,7 @@ from .sso import cas, oidc
 from .sso.failures import FAILURES
 from .sso.mapping import DirectoryAccount, SignInRefused, apply_account
 from .tokens import parse_token
-from .views import safe_next, sign_in
+from .views import safe_next, sign_in, throttled_page
 
 #: The endpoints a sign-in service POSTs to without the portal's CSRF token (CAS single
 #: logout is a server-to-server POST; the ticket it names is its proof).
@@ -76,7 +75,7 @@ def _throttled(method: str) -> throttle.Verdict:
     success gives it back, as on the form."""
     verdict = throttle.check(throttle.Attempt(f"{method}:", request.remote_addr or "-"))
     if verdict.retry_after is not None:
-        raise TooManyRequests(retry_after=verdict.retry_after)
+        abort(throttled_page(verdict.retry_after))
     throttle.pause(verdict)
     return verdict
 

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import math
 from datetime import UTC, datetime
 from urllib.parse import urlsplit
 
 from flask import (
+    abort,
     current_app,
     flash,
     g,
     jsonify,
+    make_response,
     redirect,
     render_template,
     request,
@@ -17,9 +20,9 @@ from flask import (
     url_for,
 )
 from flask_babel import gettext as _
+from flask_babel import ngettext
 from flask_login import current_user, login_required, login_user, logout_user
 from sqlalchemy import select
-from werkzeug.exceptions import TooManyRequests
 
 from ..audit import audit
 from ..coherence import coherence, commit_everywhere
@@ -112,6 +115,22 @@ def _attempt() -> throttle.Attempt:
                             request.remote_addr or "-")
 
 
+def throttled_page(retry_after: int):
+    """The 429 answer to a throttled sign-in: it says that sign-in attempts are refused, for
+    how many minutes (Retry-After's seconds, rounded up), and leads back to the sign-in
+    form, not the catalog the person could not reach anyway."""
+    minutes = max(1, math.ceil(retry_after / 60))
+    back = url_for("auth.login", next=request.args.get("next") or None)
+    page = render_template(
+        "errors/error.html", code=429, title=_("Too many sign-in attempts"),
+        message=ngettext("Too many sign-in attempts failed from your address. Wait %(num)d "
+                         "minute, then sign in again.",
+                         "Too many sign-in attempts failed from your address. Wait %(num)d "
+                         "minutes, then sign in again.", minutes),
+        back=(back, _("Back to sign-in")))
+    return make_response(page, 429, {"Retry-After": str(retry_after)})
+
+
 @bp.route("/login", methods=["GET", "POST"])
 def login():
     """Show the sign-in form; on success redirect to ?next= (local paths only).
@@ -127,7 +146,7 @@ def login():
     if request.method == "POST":
         verdict = throttle.check(_attempt())
         if verdict.retry_after is not None:
-            raise TooManyRequests(retry_after=verdict.retry_after)
+            abort(throttled_page(verdict.retry_after))
         # The wait comes before the password check opens a database connection, so a
         # delayed attempt holds none.
         throttle.pause(verdict)

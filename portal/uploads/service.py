@@ -63,6 +63,18 @@ LIMITS = {"file_id": 20, "filename": 1024, "title": 255, "category": 64, "access
           "description": 10_000}
 
 
+#: What each over-long metadata value is called when refused, in the words of the page.
+TOO_LONG = {
+    "file_id": N_("The file number is longer than %(limit)d digits."),
+    "filename": N_("The file name is longer than %(limit)d characters: rename the file and "
+                   "upload it again."),
+    "title": N_("The title is longer than %(limit)d characters: shorten it."),
+    "category": N_("The category is longer than %(limit)d characters: shorten it."),
+    "access": N_("The list of user groups is longer than %(limit)d characters: choose fewer."),
+    "description": N_("The description is longer than %(limit)d characters: shorten it."),
+}
+
+
 @dataclass(frozen=True)
 class Metadata:
     """What Upload-Metadata asked for, validated and cleaned."""
@@ -130,9 +142,7 @@ def _text(pairs: dict[str, bytes | None], key: str, *, alias: str = "") -> str:
         raise UploadError(ErrorKind.BAD_REQUEST, N_("metadata %(key)s is not UTF-8 text"),
                           key=repr(key)) from exc
     if len(text) > LIMITS[key]:
-        raise UploadError(ErrorKind.BAD_REQUEST,
-                          N_("metadata %(key)s is longer than %(limit)d characters"),
-                          key=repr(key), limit=LIMITS[key])
+        raise UploadError(ErrorKind.BAD_REQUEST, TOO_LONG[key], limit=LIMITS[key])
     return text
 
 
@@ -178,14 +188,14 @@ def validate_metadata(session: Session, user: User, pairs: dict[str, bytes | Non
         access = normalize_access(_text(pairs, "access") or "login")
     except ValueError as exc:
         raise UploadError(ErrorKind.BAD_REQUEST,
-                          N_("access %(rule)s is not valid: use public, login, "
-                             "group:NAME[,NAME…] or user:NAME, names of letters, digits "
-                             "and . - _ @"), rule=repr(_text(pairs, "access"))) from exc
+                          N_("Who may read the file is not set right: choose it again from "
+                             "the list. (Scripts send access as public, login, "
+                             "group:NAME[,NAME…] or user:NAME.)")) from exc
     missing = unknown_names(session, access)
     if missing:  # (a typo would hide the file from everyone it was meant for)
-        template = (N_("access: there is no group named %(names)s")
+        template = (N_("There is no user group named %(names)s: choose one from the list.")
                     if access.startswith("group:") else
-                    N_("access: there is no user named %(names)s"))
+                    N_("There is no user named %(names)s: choose a person from the list."))
         raise UploadError(ErrorKind.BAD_REQUEST, template, names=", ".join(missing))
     existing = session.scalar(select(File).where(File.title == title, File.category == category))
     if existing is not None and (existing.deleted_at is not None

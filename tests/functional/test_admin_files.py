@@ -60,7 +60,7 @@ def test_soft_delete_and_admin_undo(app, client, make_user, login):
     file_id = add(app, owner="teacher")
     csrf = login("teacher")
     assert client.post(f"/admin/files/{file_id}/delete",
-                       data={"csrf_token": csrf}).status_code == 302
+                       data={"csrf_token": csrf, "confirm": "y"}).status_code == 302
     assert client.post(f"/admin/files/{file_id}/restore",
                        data={"csrf_token": csrf}).status_code == 404  # staff cannot undo
     login("stud")

@@ -197,6 +197,9 @@ def test_admin_manages_users_and_groups(app, client, make_user, login):
     make_user("root", role="admin")
     make_user("alice")
     csrf = login("root")
+    for name in ("CS2025", "MATH"):  # groups are created on their page, never by a user form
+        assert client.post("/admin/groups", data={"name": name, "csrf_token": csrf}
+                           ).status_code == 302
     resp = client.post("/admin/users", data={
         "username": "2025001", "display_name": "新同学", "role": "student",
         "groups": "CS2025 MATH", "password": "first-pass-1", "active": "y", "csrf_token": csrf})
@@ -209,7 +212,8 @@ def test_admin_manages_users_and_groups(app, client, make_user, login):
         alice_id = alice.id
     resp = client.post(f"/admin/users/{alice_id}", data={
         "username": "alice", "display_name": "Alice", "role": "student", "groups": "CS2025",
-        "password": "reset-pass-1", "csrf_token": csrf})  # active unchecked: disabled
+        "password": "reset-pass-1", "confirm_disable": "y",
+        "csrf_token": csrf})  # active unchecked: disabled
     assert resp.status_code == 302
     with app.app_context():
         alice = db.session.get(User, alice_id)

@@ -159,7 +159,7 @@ def set_active(instance, node, name: str, active: bool) -> None:
         user_id = conn.execute("SELECT id FROM users WHERE username = ?", (name,)).fetchone()[0]
     on_node(node, "root", PASSWORD, f"/admin/users/{user_id}", {
         "username": name, "display_name": name, "role": "student", "groups": "",
-        **({"active": "y"} if active else {})})
+        **({"active": "y"} if active else {"confirm_disable": "y"})})
 
 
 def end(case: str, served, name: str, round_: int, paths: list[str]) -> str:

@@ -268,3 +268,26 @@ def test_trusted_proxies_take_the_client_from_x_forwarded(make_app, tmp_path):
     with behind.app_context():
         assert db.session.scalars(select(AuditEntry.client_ip).where(
             AuditEntry.action == "login.failure")).all() == ["192.0.2.7"]
+
+
+def test_the_throttle_page_says_it_is_sign_in_and_how_long_to_wait(make_app):
+    app = make_app(LOGIN_LIMIT_ACCOUNT="2 per 10 minutes")
+    add_user(app, "alice")
+    attacker = visitor(app, "198.51.100.9")
+    assert [status(attacker, "alice", f"guess-{i}") for i in range(2)] == [200, 200]
+    token = csrf_from(attacker.get("/login?next=/me/downloads").get_data(as_text=True))
+    refused = attacker.post("/login?next=/me/downloads", data={
+        "username": "alice", "password": "guess-3", "csrf_token": token},
+        headers={"Accept-Language": "en"})
+    assert refused.status_code == 429
+    wait = int(refused.headers["Retry-After"])
+    minutes = -(-wait // 60)
+    assert 5 <= minutes <= 10
+    page = refused.get_data(as_text=True)
+    assert "Too many sign-in attempts" in page
+    assert f"Wait {minutes} minutes, then sign in again." in page
+    assert 'href="/login?next=/me/downloads" id="back">Back to sign-in</a>' in page
+    assert "Back to the catalog" not in page
+    zh = attacker.post("/login", data={"username": "alice", "password": "guess-4",
+                                       "csrf_token": token}).get_data(as_text=True)
+    assert "登录尝试次数过多" in zh and f"请等待 {minutes} 分钟" in zh and "返回登录" in zh

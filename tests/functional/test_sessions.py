@@ -181,7 +181,7 @@ def set_active(app, how: str, active: bool) -> None:
         with app.app_context():
             amy = db.session.query(User).filter_by(username="amy").one().id
         form = {"username": "amy", "display_name": "amy", "role": "student", "groups": "",
-                "csrf_token": csrf, **({"active": "y"} if active else {})}
+                "csrf_token": csrf, **({"active": "y"} if active else {"confirm_disable": "y"})}
         resp = admin.post(f"/admin/users/{amy}", data=form)
         assert resp.status_code == 302, resp.get_data(as_text=True)[:500]
         return

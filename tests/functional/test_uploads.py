@@ -512,12 +512,13 @@ def test_hidden_characters_are_refused_in_text_and_cleaned_from_names(app, staff
 
 @pytest.mark.parametrize(("meta", "words"), [
     ({"filename": None}, "filename"),
-    ({"access": "everyone"}, "access"),
-    ({"access": "group:a b"}, "names"),
-    ({"access": "group:NO_SUCH"}, "there is no group named NO_SUCH"),
-    ({"access": "user:nobody"}, "there is no user named nobody"),
-    ({"title": "t" * 256}, "title"),
-    ({"category": "c" * 65}, "category"),
+    ({"access": "everyone"}, "Who may read the file is not set right"),
+    ({"access": "group:a b"}, "choose it again from the list"),
+    ({"access": "group:NO_SUCH"}, "There is no user group named NO_SUCH"),
+    ({"access": "user:nobody"}, "There is no user named nobody"),
+    ({"title": "t" * 256}, "The title is longer than 255 characters"),
+    ({"filename": "f" * 1025}, "The file name is longer than 1024 characters: rename"),
+    ({"category": "c" * 65}, "The category is longer than 64 characters"),
     ({"title": b"\xff\xfe"}, "UTF-8"),
 ])
 def test_metadata_is_validated(app, staff, meta, words):
