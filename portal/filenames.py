@@ -33,6 +33,12 @@ _INVISIBLE = frozenset(
     "\u061c\u200b\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2060\u2066\u2067\u2068\u2069\ufeff"
 )
 _WHITESPACE_RE = re.compile(r"\s+")
+# What Windows refuses in a name (macOS Finder shows ":" as "/", Linux refuses only "/",
+# split off before): each becomes "_" so that the name saves as it is shown, everywhere.
+_UNPORTABLE_RE = re.compile(r'[<>:"|?*]')
+# Names Windows reserves for devices, with or without an extension ("CON.txt" too).
+_RESERVED = frozenset(["CON", "PRN", "AUX", "NUL", *(f"COM{n}" for n in range(1, 10)),
+                       *(f"LPT{n}" for n in range(1, 10))])
 
 
 def _is_removed(ch: str) -> bool:
@@ -81,7 +87,10 @@ def clean_filename(name: str) -> str:
     DEL, lone surrogates, bidi controls (U+202A-U+202E, U+2066-U+2069, U+200E,
     U+200F, U+061C) and zero-width spaces/BOM (U+200B, U+2060, U+FEFF); NFC-normalise;
     strip leading/trailing spaces and dots (a leading dot would make a hidden
-    file, a trailing one is dropped by Windows anyway); cap at 200 characters
+    file, a trailing one is dropped by Windows anyway); replace the characters Windows
+    refuses (``<>:"|?*``) by ``_`` and put ``_`` before its device names (``CON``,
+    ``NUL.txt``, ``COM1``...), so the name saves as shown on every system while Chinese and
+    other scripts stay as they are; cap at 200 characters
     keeping the extension; fall back to ``"download"`` if nothing is left.
     """
     name = re.split(r"[/\\]", name)[-1]
@@ -90,7 +99,10 @@ def clean_filename(name: str) -> str:
     # NFC only after removal: a removed control between a letter and its
     # combining mark would otherwise leave a non-normalised pair behind.
     name = unicodedata.normalize("NFC", name)
+    name = _UNPORTABLE_RE.sub("_", name)
     # Removing characters can bring two spaces together again.
     name = re.sub(" {2,}", " ", name).strip(" .")
+    if name.split(".", 1)[0].rstrip(" ").upper() in _RESERVED:
+        name = "_" + name
     name = cap_length(name)
     return name or FALLBACK_NAME

@@ -79,6 +79,15 @@ CONTROLS = ["\x00", "\x07", "\x1b", "\x7f", "\x80", "\x9b", "\x9f"]
         ("课程/讲义 第1章.pdf", "讲义 第1章.pdf"),
         ("讲义\u3000第1章.pdf", "讲义 第1章.pdf"),
         ("..\\..\\boot.ini", "boot.ini"),
+        # what Windows refuses (macOS and Linux with it), and its device names
+        ("a/b\\c:d*e?f.txt", "c_d_e_f.txt"),
+        ('报告<终稿>|"v2"?.pdf', "报告_终稿___v2__.pdf"),
+        ("CON", "_CON"),
+        ("nul.txt", "_nul.txt"),
+        ("Com1 .tar.gz", "_Com1 .tar.gz"),
+        ("LPT9.doc", "_LPT9.doc"),
+        ("CONSOLE.txt", "CONSOLE.txt"),
+        ("COM10.txt", "COM10.txt"),
         ("/srv/portal/../../x.txt", "x.txt"),
         # length cap: the extension survives only if it is one (<= 16 characters, no space)
         ("字" * 199 + ".pdf", "字" * 196 + ".pdf"),
@@ -150,6 +159,9 @@ def test_property_a_cleaned_name_is_safe_and_stable(name):
     cleaned = clean_filename(name)
     assert cleaned and len(cleaned) <= 200
     assert "/" not in cleaned and "\\" not in cleaned
+    assert not set('<>:"|?*') & set(cleaned)
+    assert cleaned.split(".", 1)[0].rstrip(" ").upper() not in {
+        "CON", "PRN", "AUX", "NUL", *(f"{d}{n}" for d in ("COM", "LPT") for n in range(1, 10))}
     assert not has_hidden_characters(cleaned)
     assert cleaned == cleaned.strip(" .")
     assert unicodedata.is_normalized("NFC", cleaned)
