@@ -48,6 +48,10 @@ def test_a_page_upload_is_a_draft_until_published(app, client, make_user, login)
     assert created.status_code == 201, created.get_data(as_text=True)
     file_id = int(created.headers["Upload-File-Id"])
     assert client.get(f"/files/{file_id}/download").get_data() == data  # the owner sees it
+    assert '<span class="badge draft">Draft</span>' in client.get(
+        "/", headers={"Accept-Language": "en"}).get_data(as_text=True)
+    assert "Nobody else does until you publish it" in client.get(
+        f"/files/{file_id}", headers={"Accept-Language": "en"}).get_data(as_text=True)
     assert "Draft" in client.get(f"/admin/files/{file_id}",
                                  headers={"Accept-Language": "en"}).get_data(as_text=True)
 
