@@ -55,6 +55,8 @@ def test_an_unused_group_is_deleted_only_when_confirmed(app, client, make_user, 
     assert client.post("/admin/groups", data={"name": "EMPTY", "csrf_token": csrf}
                        ).status_code == 302
     empty = group_id(app, "EMPTY")
+    again = client.post("/admin/groups", data={"name": "EMPTY", "csrf_token": csrf})
+    assert again.status_code == 400 and "该用户组已存在。" in again.get_data(as_text=True)
     unconfirmed = client.post(f"/admin/groups/{empty}/delete", data={"csrf_token": csrf},
                               headers=EN)
     assert unconfirmed.status_code == 400 and "Tick the box" in unconfirmed.get_data(
