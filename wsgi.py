@@ -1,10 +1,6 @@
-"""Production entry: ``gunicorn -c gunicorn.conf.py wsgi:app`` and ``flask --app wsgi``."""
+"""Production entry in a checkout: ``gunicorn -c gunicorn.conf.py wsgi:app`` and
+``flask --app wsgi``; the app is portal.wsgi's, which an installed portal uses."""
 
-import sys
+from portal.wsgi import app
 
-from portal import ConfigError, create_app
-
-try:
-    app = create_app()
-except ConfigError as exc:  # a clear line, not a traceback
-    sys.exit(f"portal: configuration error: {exc}")
+__all__ = ["app"]

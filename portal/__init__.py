@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+from pathlib import Path
 
 from flask import Flask, request, session
 
@@ -13,9 +14,17 @@ from .config import DEFAULTS, PROJECT_ROOT, ConfigError, SettingsConfig, finaliz
 from .extensions import SessionInterface, babel, csrf, db, limiter, login_manager, migrate
 from .storage import StorageError, storage_from_url
 
-__all__ = ["ConfigError", "create_app"]
+__all__ = ["ConfigError", "bundled", "create_app"]
 
 log = logging.getLogger(__name__)
+
+
+def bundled(name: str) -> Path:
+    """A folder or file the repository keeps at its top level (templates/, static/,
+    migrations/, gunicorn.conf.py): inside the package when installed from a wheel (setup.py
+    puts it there), beside the package in a checkout or an editable install."""
+    inside = Path(__file__).resolve().parent / name
+    return inside if inside.exists() else PROJECT_ROOT / name
 
 
 class Portal(Flask):
@@ -32,8 +41,8 @@ def create_app(config: dict | None = None) -> Flask:
     app = Portal(
         __name__,
         instance_path=instance,
-        template_folder=str(PROJECT_ROOT / "templates"),
-        static_folder=str(PROJECT_ROOT / "static"),
+        template_folder=str(bundled("templates")),
+        static_folder=str(bundled("static")),
     )
     app.config.from_mapping(DEFAULTS)
     app.config.from_prefixed_env("PORTAL")
@@ -80,7 +89,7 @@ def register_extensions(app: Flask) -> None:
     app.session_interface = SessionInterface()
     security.register(app)  # the id converter (before any blueprint) and the page headers
     db.init_app(app)
-    migrate.init_app(app, db, directory=str(PROJECT_ROOT / "migrations"))
+    migrate.init_app(app, db, directory=str(bundled("migrations")))
     login_manager.init_app(app)  # SESSION_PROTECTION: settings.py
     csrf.init_app(app)
     app.config["WTF_CSRF_CHECK_DEFAULT"] = False

@@ -1,0 +1,36 @@
+"""What the wheel carries beyond the ``portal`` package (pyproject.toml holds the rest).
+
+The repository keeps templates/, static/, migrations/ and gunicorn.conf.py at its top level;
+a wheel has only its packages, so the build copies them into ``portal/``, where an installed
+portal finds them (``portal.bundled``). A checkout and an editable install read them where
+they are, so an editable build copies nothing. MANIFEST.in puts them into the sdist.
+"""
+
+from pathlib import Path
+
+from setuptools import setup
+from setuptools.command.build_py import build_py
+
+#: Top-level folders and files of the repository, and where they go in the package.
+BUNDLED = ("templates", "static", "migrations", "gunicorn.conf.py")
+
+
+class BuildWithBundled(build_py):
+    """build_py, then the top-level folders and files copied into ``build/.../portal/``."""
+
+    def run(self) -> None:
+        super().run()
+        if getattr(self, "editable_mode", False):
+            return
+        target = Path(self.build_lib) / "portal"
+        for name in BUNDLED:
+            top = Path(name)
+            files = [top] if top.is_file() else sorted(
+                path for path in top.rglob("*")
+                if path.is_file() and "__pycache__" not in path.parts)
+            for path in files:
+                self.mkpath(str((target / path).parent))
+                self.copy_file(str(path), str(target / path))
+
+
+setup(cmdclass={"build_py": BuildWithBundled})
