@@ -76,6 +76,8 @@
     li.className = "upload";
     const bar = li.querySelector("progress");
     const status = li.querySelector(".status");
+    bar.value = 0;
+    status.textContent = "";
     const actions = li.querySelector(".actions");
     let upload = null;
     actions.replaceChildren(button(text.cancel, () => {
@@ -104,7 +106,7 @@
       onError(error) {
         li.classList.add("failed");
         const said = refusal(error);
-        status.textContent = text.failed + ": " + said.message;
+        status.textContent = said.duplicate ? said.message : text.failed + ": " + said.message;
         if (said.duplicate) {
           const open = document.createElement("a");
           open.href = said.duplicate.url;
@@ -127,7 +129,8 @@
         const response = payload && payload.lastResponse;
         const url = response && response.getHeader("Upload-File-Url");
         const fileId = response && response.getHeader("Upload-File-Id");
-        status.textContent = newVersions ? text.done : text.draft;
+        const draft = response && response.getHeader("Upload-File-Draft") === "1";
+        status.textContent = draft ? text.draft : text.done;
         actions.replaceChildren();
         if (url) {
           const a = document.createElement("a");
@@ -135,7 +138,7 @@
           a.textContent = text.open;
           actions.appendChild(a);
         }
-        if (fileId && !newVersions) actions.appendChild(publishForm(fileId));
+        if (fileId && draft) actions.appendChild(publishForm(fileId));
       },
     });
     upload.findPreviousUploads().then((previous) => {

@@ -67,3 +67,23 @@ def test_an_upload_is_a_draft_until_published(page, browser, demo_server, tmp_pa
         assert "期中复习提纲（草稿测试）" in other.content()
     finally:
         student.close()
+
+
+def test_an_identical_file_is_named_and_can_be_skipped_or_sent(page, tmp_path):
+    twice = tmp_path / "重复的讲义.pdf"
+    twice.write_bytes(b"%PDF-1.4 the same notes " * 300)
+    sign_in(page, "staff")
+    page.goto("/admin/upload")
+    page.select_option("select[name=access_kind]", "login")
+    page.set_input_files("#file-picker", [str(twice)])
+    page.wait_for_selector("li.upload.done")
+    for choice in ("跳过", "仍然上传"):
+        page.set_input_files("#file-picker", [str(twice)])
+        row = page.locator("li.upload").last
+        row.locator("button", has_text=choice).wait_for()
+        assert "此文件与“重复的讲义”的第 1 版完全相同" in row.locator(".status").inner_text()
+        assert row.locator("button", has_text="重试").count() == 0
+        row.locator("button", has_text=choice).click()
+    assert page.locator("li.upload").nth(1).locator(".status").inner_text() == "已跳过"
+    page.locator("li.upload").last.locator(".status", has_text="已作为草稿上传").wait_for()
+    screenshot(page, "admin-upload-duplicate")

@@ -47,6 +47,7 @@ def test_a_page_upload_is_a_draft_until_published(app, client, make_user, login)
                      draft="1", description="chapter 1")
     assert created.status_code == 201, created.get_data(as_text=True)
     file_id = int(created.headers["Upload-File-Id"])
+    assert created.headers["Upload-File-Draft"] == "1"
     assert client.get(f"/files/{file_id}/download").get_data() == data  # the owner sees it
     assert '<span class="badge draft">Draft</span>' in client.get(
         "/", headers={"Accept-Language": "en"}).get_data(as_text=True)
@@ -121,7 +122,7 @@ def test_identical_content_names_the_document_and_version(app, client, make_user
         assert db.session.get(File, file_id).latest.number == 1
         assert db.session.scalar(select(File).where(File.title == "Copy")) is None
     anyway = upload(client, csrf, data, filename="b.pdf", title="Copy", duplicate="allow")
-    assert anyway.status_code == 201
+    assert anyway.status_code == 201 and anyway.headers["Upload-File-Draft"] == "0"
     assert hashlib.sha256(data).hexdigest() == client.get(
         f"/api/files/{anyway.headers['Upload-File-Id']}").get_json()["sha256"]
 
