@@ -10,9 +10,12 @@ Every value can be overridden with the usual GUNICORN_CMD_ARGS or PORTAL_GUNICOR
 the PORTAL_ ones, their defaults and their checks are the app's (portal/settings.py).
 """
 
+import glob
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -29,6 +32,22 @@ from gunicorn.workers.ggevent import GeventWorker as GunicornGeventWorker
 # gevent's SSLContext. The master makes no TLS connection itself; a worker class other than
 # gevent gets gevent's ssl, which blocks as the standard one does outside a gevent loop.
 monkey.patch_ssl()
+
+# Metrics of every process (portal/instruments.py): prometheus-client's multiprocess mode
+# keeps each process's values in files of one folder per master, so a scrape that reaches any
+# worker sees the node's totals. The folder is chosen here, before the app (below) imports
+# prometheus_client, and emptied when the master starts, not when a reload (SIGHUP) reads
+# this file again: the workers' counts live on. PROMETHEUS_MULTIPROC_DIR names it (one
+# folder per master); unset, a temporary folder that on_exit removes.
+if os.environ.get("_PORTAL_METRICS_MASTER") != str(os.getpid()):
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        os.makedirs(os.environ["PROMETHEUS_MULTIPROC_DIR"], exist_ok=True)
+        for _stale in glob.glob(os.path.join(os.environ["PROMETHEUS_MULTIPROC_DIR"], "*.db")):
+            os.remove(_stale)
+    else:
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="portal-metrics-")
+        os.environ["_PORTAL_METRICS_MADE"] = os.environ["PROMETHEUS_MULTIPROC_DIR"]
+    os.environ["_PORTAL_METRICS_MASTER"] = str(os.getpid())
 
 from portal.config import ConfigError, from_environ  # noqa: E402 - after the patch, on purpose
 
@@ -86,6 +105,7 @@ def _keep_flushing(server) -> None:
                                 stdin=subprocess.DEVNULL, preexec_fn=lambda: os.nice(10))
         _flusher["proc"] = proc
         code = proc.wait()
+        _process_gone(proc.pid)
         if not _flusher["stopping"]:
             server.log.warning("analytics flusher exited with %s; starting it again", code)
             time.sleep(1)
@@ -99,7 +119,8 @@ def when_ready(server):
 
 
 def on_exit(server):
-    """Stop the flusher: SIGTERM makes it finish its flush and exit."""
+    """Stop the flusher: SIGTERM makes it finish its flush and exit. Remove the metrics
+    folder this master made."""
     _flusher["stopping"] = True
     proc = _flusher["proc"]
     if proc is not None and proc.poll() is None:
@@ -108,15 +129,33 @@ def on_exit(server):
             proc.wait(30)
         except subprocess.TimeoutExpired:
             proc.kill()
+    made = os.environ.get("_PORTAL_METRICS_MADE")
+    if made and os.environ.get("_PORTAL_METRICS_MASTER") == str(os.getpid()):
+        shutil.rmtree(made, ignore_errors=True)
+
+
+def _process_gone(pid: int) -> None:
+    """A worker or the flusher exited: its gauges leave the node's metrics (its counters
+    stay in the totals)."""
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(pid)
+
+
+def child_exit(server, worker):
+    """A worker exited (portal/instruments.py)."""
+    _process_gone(worker.pid)
 
 
 def post_worker_init(worker):
     """Zero-copy sends that report their byte count (see portal/sendfile.py)."""
     from portal import sendfile
     from portal.analytics import recorder
+    from portal.instruments import TALLY
 
     sendfile.install()
     recorder.start_flusher(worker.wsgi)  # buffered download events go to SQL off-request
+    TALLY.start()  # this worker's counts reach the node's metrics every second
 
 
 def post_request(worker, req, environ, resp):
@@ -134,10 +173,13 @@ def post_request(worker, req, environ, resp):
 
 
 def worker_exit(server, worker):
-    """Write the download events this worker still buffers (portal/analytics/recorder.py)
-    and end the connection leases it holds (portal/download/limits.py)."""
+    """Write the download events this worker still buffers (portal/analytics/recorder.py),
+    end the connection leases it holds (portal/download/limits.py) and hand in its last
+    counts (portal/instruments.py)."""
     from portal.analytics import recorder
     from portal.download import limits
+    from portal.instruments import TALLY
 
     recorder.shutdown_all()
     limits.release_all()
+    TALLY.flush()

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from flask import Flask, request, session
 
-from . import cache, security
+from . import cache, observe, security
 from .coherence import Coherence
 from .config import DEFAULTS, PROJECT_ROOT, ConfigError, SettingsConfig, finalize, settings
 from .extensions import SessionInterface, babel, csrf, db, limiter, login_manager, migrate
@@ -58,6 +58,7 @@ def create_app(config: dict | None = None) -> Flask:
     from .download.fast import FastDownloads
 
     app.wsgi_app = FastDownloads(app, app.wsgi_app)
+    observe.register(app)  # counts and times every door's requests (portal/observe.py)
     trust_proxies(app)  # last: the outermost wrapper
     return app
 

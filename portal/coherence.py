@@ -47,6 +47,7 @@ import redis
 from sqlalchemy import func, select, update
 from sqlalchemy.exc import SQLAlchemyError
 
+from . import instruments
 from .config import settings
 from .extensions import db
 from .models import ChangeLog, PortalState, RevokedToken
@@ -182,11 +183,13 @@ class Coherence:
                 self._read()
             except SQLAlchemyError as exc:
                 self._failed_at = time.monotonic()
+                instruments.coherence_failed()
                 log.warning("database unreadable: cached decisions not trusted (%s)",
                             str(exc).splitlines()[0])
                 return False
             self.confirmed = began
             self.confirmations += 1
+            instruments.coherence_confirmed()
             return True
 
     def _read(self) -> None:

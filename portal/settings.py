@@ -146,6 +146,25 @@ def texts() -> Check:
     return check
 
 
+def networks() -> Check:
+    """Addresses and networks (CIDR: ``10.0.0.0/8``, ``::1``) as a JSON list or as text
+    separated by commas or spaces, kept as a tuple of their canonical texts; an empty list
+    names none."""
+    def check(name: str, value: Any) -> tuple[str, ...]:
+        import ipaddress
+
+        items = value.replace(",", " ").split() if isinstance(value, str) else value
+        if not isinstance(items, list | tuple) or not all(isinstance(v, str) for v in items):
+            raise ConfigError(f'{name} must be a list of addresses or networks such as '
+                              f'["127.0.0.1", "10.0.0.0/8"], not {value!r}')
+        try:
+            return tuple(str(ipaddress.ip_network(item.strip(), strict=False))
+                         for item in items)
+        except ValueError as exc:
+            raise ConfigError(f"{name}: {exc}") from None
+    return check
+
+
 def secret() -> Check:
     """A signing key: text or bytes, never shown in a message; None (or empty) until finalize
     sets it."""
@@ -517,6 +536,13 @@ class Settings:
     gunicorn_accesslog: str | None = setting("-", text(optional=True, blank_is_none=True))
     # gunicorn's control socket; None (or empty): off.
     gunicorn_control_socket: str | None = setting(None, text(optional=True, blank_is_none=True))
+
+    # -- observability (docs/observability.md) ------------------------------------------------
+    # Who may read /metrics and the reasons of /healthz and /readyz: a client whose address is
+    # in METRICS_ALLOW (not forwarded by a proxy the portal does not trust), or one that sends
+    # "Authorization: Bearer METRICS_TOKEN". An empty list: the token alone.
+    metrics_allow: tuple[str, ...] = setting(("127.0.0.0/8", "::1/128"), networks())
+    metrics_token: str | bytes | None = setting(None, secret(), repr=False)
 
     def __post_init__(self) -> None:
         for spec in fields(self):

@@ -554,6 +554,36 @@ def request(base_url: str, method: str, path: str, headers: dict | None = None,
         conn.close()
 
 
+def scrape(base_url: str, headers: dict | None = None) -> list:
+    """GET /metrics and parse it with prometheus-client's own parser: every sample (name,
+    labels, value) the portal exposes."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    status, _, body = request(base_url, "GET", "/metrics", headers=headers)
+    assert status == 200, (status, body[:300])
+    return [sample for family in text_string_to_metric_families(body.decode())
+            for sample in family.samples]
+
+
+def sample_total(samples: list, name: str, **labels: str) -> float:
+    """The sum of the samples named ``name`` whose labels include ``labels``."""
+    return sum(s.value for s in samples
+               if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()))
+
+
+def worker_pids(server: Gunicorn) -> set[int]:
+    """The pids of a gunicorn's workers now (its children that are gunicorn processes, not
+    the analytics flusher)."""
+    master = server.proc.pid
+    children = Path(f"/proc/{master}/task/{master}/children").read_text().split()
+    found = set()
+    for child in children:
+        with contextlib.suppress(FileNotFoundError):
+            if b"gunicorn" in Path(f"/proc/{child}/cmdline").read_bytes():
+                found.add(int(child))
+    return found
+
+
 def raw_request(base_url: str, head: str, timeout: float = 10) -> bytes:
     """Send a hand-written request (``Connection: close`` is added) and return every byte the
     server sends until it closes: shows exactly what is on the wire (e.g. for HEAD)."""

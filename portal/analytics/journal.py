@@ -160,11 +160,23 @@ def dead_journals(directory: Path) -> list[Orphans]:
 
 def live_open_starts(directory: Path) -> list[str]:
     """The start records without an end in the journals of living writers on this node:
-    the responses being sent right now (the admin overview's "downloading now").
+    the responses being sent right now (the admin overview's "downloading now")."""
+    return _open_starts(directory, live=True)
+
+
+def dead_open_starts(directory: Path) -> list[str]:
+    """The start records without an end in the journals of writers that are gone: the
+    orphans the next flush will record (/metrics shows how many wait, and since when)."""
+    return _open_starts(directory, live=False)
+
+
+def _open_starts(directory: Path, *, live: bool) -> list[str]:
+    """The starts without an end of the living writers' journals, or of the dead ones'.
 
     A writer holds its journal's exclusive lock while it lives, so a shared lock that is
     refused means a live journal; one that is granted means a dead writer's (its orphans
-    are the flusher's), released at once.
+    are the flusher's), released at once. A flusher recovering a dead journal holds it
+    exclusively too: it counts as live meanwhile.
     """
     found: list[str] = []
     for path, fd in _journals(directory):
@@ -172,9 +184,13 @@ def live_open_starts(directory: Path) -> list[str]:
             try:
                 fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
             except OSError:
+                dead = False
+            else:
+                dead = True
+            if dead != live and os.fstat(fd).st_nlink:
                 with os.fdopen(os.dup(fd), "r", encoding="utf-8", errors="replace") as fh:
                     found.extend(parse(fh.read()).values())
-            else:
+            if dead:
                 fcntl.flock(fd, fcntl.LOCK_UN)
         except OSError:
             log.exception("analytics journal %s could not be read", path)

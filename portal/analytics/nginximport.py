@@ -21,6 +21,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from ..download import limits
 from ..download.http import RangeOutcome, select_ranges
+from ..instruments import TALLY
 from . import nginxlog, pacing
 from .eventrows import event_row, load_row
 from .keys import FLUSH_LOCK_MS, AnalyticsKeys
@@ -85,6 +86,10 @@ def import_new_lines(r: redis.Redis, keys: AnalyticsKeys, config,
                        if isinstance(line, nginxlog.Granted) and line.status in (200, 206)]
             written += store(granted) if granted else 0
             r.hset(state_key, mapping=state)
+            # Counted once the offset has moved past them: a failed step reads them again.
+            TALLY.add_bytes("x-accel", sum(s.bytes_sent for s in sent)
+                            + sum(line.bytes_sent for line in lines
+                                  if isinstance(line, nginxlog.Granted)))
             if not more:
                 break
             r.pexpire(keys.flush_lock, FLUSH_LOCK_MS)

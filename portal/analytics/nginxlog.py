@@ -178,3 +178,36 @@ def read_new(path: Path, state: dict, limit: int = READ_LIMIT
         offset = 0  # file is shorter than what was read, so prefer rotation by rename
     lines, offset, more = _read_from(path, offset, limit)
     return parse_many(lines), {"inode": st.st_ino, "offset": offset}, more
+
+
+def unread(path: Path, state: dict) -> tuple[int, datetime | None]:
+    """How far the reader at ``state`` ({"inode", "offset"}) is behind nginx's log: the bytes
+    it has not read yet (the rest of a rotated ``<path>.1`` included), and the time of the
+    first of them that is a whole event line (None: none)."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return 0, None
+    inode, offset = int(state.get("inode", 0)), int(state.get("offset", 0))
+    parts = []  # (file, read from, size)
+    if inode and inode != st.st_ino:
+        rotated = Path(f"{path}.1")
+        try:
+            if os.stat(rotated).st_ino == inode:
+                parts.append((rotated, offset, os.stat(rotated).st_size))
+        except FileNotFoundError:
+            pass
+        parts.append((path, 0, st.st_size))
+    else:
+        parts.append((path, offset if st.st_size >= offset else 0, st.st_size))
+    behind = sum(max(0, size - start) for _, start, size in parts)
+    for file, start, size in parts:
+        if size <= start:
+            continue
+        try:
+            lines, _, _ = _read_from(file, start, MAX_LINE)
+        except FileNotFoundError:
+            continue
+        for event in parse_many(lines):
+            return behind, event.ended_at
+    return behind, None

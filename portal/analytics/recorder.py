@@ -49,6 +49,7 @@ import redis
 from flask import Flask
 from sqlalchemy.exc import SQLAlchemyError
 
+from .. import instruments
 from ..cache.connection import Outage
 from ..coherence import coherence
 from ..extensions import db
@@ -102,6 +103,7 @@ class Recorder:
         self._ship_wake = threading.Event()
         self._shipper: threading.Thread | None = None
         self._published = -math.inf  # when this process last published what is being sent
+        self._queued_shown = 0  # the held ends /metrics was last told of
 
     # -- identity -------------------------------------------------------------------------
 
@@ -234,6 +236,10 @@ class Recorder:
         with self._lock:
             rows, self._ends = self._ends, []
         self.ship(rows)
+        held = len(self._ends)  # what neither Redis nor SQL took, and ends queued since
+        if held != self._queued_shown:
+            self._queued_shown = held
+            instruments.events_queued(held)
 
     def write_direct(self, rows: list[dict]) -> bool:
         """Write events to SQL now (Redis is down); errors are logged, never raised."""

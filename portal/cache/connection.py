@@ -11,6 +11,8 @@ import redis
 import redis.client
 from flask import current_app
 
+from .. import instruments
+
 log = logging.getLogger(__name__)
 
 
@@ -39,6 +41,7 @@ class _Breaker:
 
     def failed(self) -> None:
         self.open_until = time.monotonic() + BREAKER_SECONDS
+        instruments.breaker_opened(BREAKER_SECONDS)
 
 
 class Outage:

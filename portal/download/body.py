@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 from collections.abc import Callable, Iterable, Iterator
 
+from ..instruments import TALLY
 from ..sendfile import Acknowledged
 
 
@@ -23,6 +24,7 @@ class TrackedFile(io.FileIO):
 
     bytes_sent: int | None = None
     pacer = None  # download/limits.Bucket: portal.sendfile paces the copy by it
+    _active = False  # counted among the downloads being sent (instruments.TALLY)
 
     def __init__(self, path: str, start: int, length: int,
                  on_close: Callable[[int], None] | None) -> None:
@@ -30,12 +32,19 @@ class TrackedFile(io.FileIO):
         self.start = start
         self.length = length
         self.on_close = on_close
+        TALLY.opened()
+        self._active = True
         self.seek(start)
 
     def close(self) -> None:
         """Report the bytes sent once, then close the file."""
-        if not self.closed and self.on_close is not None:
-            callback, self.on_close = self.on_close, None
+        if not self._active:
+            super().close()
+            return
+        self._active = False
+        callback, self.on_close = self.on_close, None
+        sent = 0
+        if callback is not None:  # None: never handed to the server (refused by the limits)
             try:
                 sent = self.bytes_sent
                 if sent is None:
@@ -43,10 +52,10 @@ class TrackedFile(io.FileIO):
                 sent = max(0, min(sent, self.length))
             except (OSError, ValueError):
                 sent = 0
-            super().close()
-            callback(sent)
-            return
         super().close()
+        TALLY.closed("sendfile", sent)
+        if callback is not None:
+            callback(sent)
 
 
 class CountedBody:
@@ -73,6 +82,8 @@ class CountedBody:
         self.exhausted = False
         self.acked = Acknowledged(sock)
         self.pacer = pacer  # download/limits.Bucket: the person's rate
+        TALLY.opened()
+        self._active = True  # counted among the downloads being sent until closed
 
     @property
     def sent(self) -> int:
@@ -109,13 +120,16 @@ class CountedBody:
         close = getattr(self.chunks, "close", None)
         if close is not None:
             close()
-        if self.on_close is not None:
+        if self._active:
+            self._active = False
             callback, self.on_close = self.on_close, None
             try:
                 sent = self.sent
             except OSError:
                 sent = self.written
-            callback(sent)
+            TALLY.closed("stream", sent)
+            if callback is not None:
+                callback(sent)
 
 
 def can_sendfile(environ: dict) -> bool:

@@ -10,6 +10,7 @@ from flask import Response, abort, current_app, request
 from .. import cache
 from ..analytics import recorder as analytics
 from ..config import settings
+from ..instruments import TALLY
 from ..sendfile import peer_closed
 from ..storage import StorageError
 from . import http, limits
@@ -115,5 +116,6 @@ def _redirect(plan: DownloadPlan, delivery: Redirect, storage, record) -> Respon
                                 expires=settings().s3_presign_seconds)
     record.served_from = "s3"
     record(-1)  # S3 sends the bytes; the planned ranges count as delivered (docs/analytics.md)
+    TALLY.add_bytes("redirect", stop - start)
     return Response(status=302, headers=[("Location", url),
                                          ("Cache-Control", "private, no-store")])

@@ -239,8 +239,9 @@ def test_trusted_proxies_take_the_client_from_x_forwarded(make_app, tmp_path):
     behind = make_app(TRUSTED_PROXIES=1)
     direct = make_app(TRUSTED_PROXIES=0)
     assert isinstance(behind.wsgi_app, ProxyFix)  # the outermost wrapper ...
-    assert isinstance(behind.wsgi_app.app, FastDownloads)  # ... in front of the fast path
-    assert isinstance(direct.wsgi_app, FastDownloads)
+    # ... in front of the request counter (portal/observe.py) and the fast path
+    assert isinstance(behind.wsgi_app.app.wsgi_app, FastDownloads)
+    assert isinstance(direct.wsgi_app.wsgi_app, FastDownloads)
     (tmp_path / "timetable.txt").write_text("周一 数据结构")
     result = behind.test_cli_runner().invoke(
         args=["file", "add", str(tmp_path / "timetable.txt"), "--access", "public"])

@@ -9,6 +9,7 @@ import re
 import runpy
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -225,9 +226,14 @@ def gunicorn_conf(monkeypatch, **env) -> dict:
             monkeypatch.delenv(name)
     monkeypatch.setenv("PORTAL_ANALYTICS_FLUSHER", "")  # restored after the test: the file
     monkeypatch.delenv("PORTAL_ANALYTICS_FLUSHER")  # sets it when it is not given
+    for name in ("_PORTAL_METRICS_MASTER", "_PORTAL_METRICS_MADE"):  # and these (metrics)
+        monkeypatch.setenv(name, "")
+        monkeypatch.delenv(name)
     for name, value in env.items():
         monkeypatch.setenv(name, value)
-    return runpy.run_path(str(ROOT / "gunicorn.conf.py"))
+    with tempfile.TemporaryDirectory() as metrics:  # the file empties it
+        monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", metrics)
+        return runpy.run_path(str(ROOT / "gunicorn.conf.py"))
 
 
 def test_gunicorn_conf_takes_its_values_from_the_settings(monkeypatch):
