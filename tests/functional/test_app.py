@@ -34,7 +34,8 @@ def test_redis_down_is_a_warning_and_downloads_still_work(config, runner, tmp_pa
     client = app.test_client()
     health = client.get("/healthz")
     assert health.status_code == 200
-    assert health.json["status"] == "degraded" and health.json["redis"].startswith("unavailable")
+    assert health.json["status"] == "degraded" and health.json["redis"] == "degraded"
+    assert health.json["reasons"]["redis"].startswith("unavailable")  # the test client: loopback
     resp = client.get("/files/1/download")
     assert resp.status_code == 200 and resp.get_data(as_text=True) == "周一 数据结构"
     with app.app_context():

@@ -5,7 +5,9 @@
   bodies are a gauge that falls back when they close; a killed worker's gauges leave, its
   counts stay;
 - every metric the Grafana dashboard (deploy/grafana/portal.json) queries is exposed;
-- /metrics is for the metrics audience only.
+- /metrics and the reasons of /readyz are for the metrics audience only;
+- /livez, /readyz and /healthz with Redis really dead, the storage broken and PostgreSQL
+  stopped.
 """
 
 from __future__ import annotations
@@ -21,6 +23,9 @@ from pathlib import Path
 import pytest
 from servers import (
     Gunicorn,
+    Postgres,
+    PrivateRedis,
+    make_instance,
     request,
     sample_total,
     scrape,
@@ -242,3 +247,70 @@ def test_a_token_or_an_allowed_network_opens_metrics(make_app):
     assert client.get("/metrics", environ_base={"REMOTE_ADDR": "10.9.8.7"}).status_code == 200
     assert client.get("/metrics", environ_base={"REMOTE_ADDR": "192.0.2.2"}).status_code == 403
     assert client.get("/metrics").status_code == 403
+    healthz = client.get("/healthz", environ_base={"REMOTE_ADDR": "192.0.2.2"})
+    assert healthz.status_code == 200 and "reasons" not in healthz.json
+
+
+# ---------------------------------------------------------------------------
+# Health
+# ---------------------------------------------------------------------------
+
+def _health(server: Gunicorn, path: str, public: bool) -> tuple[int, dict, bytes]:
+    headers = {"X-Forwarded-For": "203.0.113.9"} if public else {}
+    status, _, body = request(server.base_url, "GET", path, headers=headers, timeout=10)
+    return status, json.loads(body), body
+
+
+def test_health_with_redis_dead_storage_broken_and_postgres_stopped(tmp_path_factory):
+    root = tmp_path_factory.mktemp("health")
+    with PrivateRedis(root / "redis") as redis_server, Postgres() as postgres:
+        instance = make_instance(root / "portal", redis_server.url,
+                                 PORTAL_DATABASE_URL=postgres.url)
+        with Gunicorn(instance, workers=1) as server:
+            for path in ("/readyz", "/healthz"):
+                status, body, _ = _health(server, path, public=True)
+                assert (status, body) == (200, {"database": "ok", "redis": "ok",
+                                                "storage": "ok", "status": "ok"})
+            secrets = [str(redis_server.port), str(postgres.port), "Error", "refused",
+                       str(instance.storage)]
+
+            redis_server.stop()
+            wait_for(lambda: _health(server, "/readyz", True)[1]["redis"] == "degraded",
+                     what="/readyz to see Redis dead")
+            status, body, raw = _health(server, "/readyz", public=True)
+            assert status == 200 and body["status"] == "degraded" and "reasons" not in body
+            assert not [s for s in secrets if s.encode() in raw], raw
+            status, body, _ = _health(server, "/readyz", public=False)
+            assert status == 200 and body["reasons"]["redis"].startswith("unavailable")
+            assert _health(server, "/livez", True)[:2] == (200, {"status": "ok"})
+
+            storage = instance.storage
+            storage.rename(root / "storage-away")
+            storage.write_text("not a folder")
+            try:
+                status, body, raw = _health(server, "/readyz", public=True)
+                assert status == 503 and body["storage"] == "failing"
+                assert body["status"] == "failing" and "reasons" not in body
+                assert not [s for s in secrets if s.encode() in raw], raw
+                status, body, _ = _health(server, "/healthz", public=False)
+                assert status == 503 and "storage" in body["reasons"]
+            finally:
+                storage.unlink()
+                (root / "storage-away").rename(storage)
+
+            postgres.stop("fast")
+            try:
+                wait_for(lambda: _health(server, "/readyz", True)[0] == 503,
+                         what="/readyz to see PostgreSQL stopped")
+                status, body, raw = _health(server, "/readyz", public=True)
+                assert body["database"] == "failing" and body["status"] == "failing"
+                assert not [s for s in secrets if s.encode() in raw], raw
+                assert str(postgres.port) in _health(server, "/readyz", False)[1][
+                    "reasons"]["database"]
+                # liveness asks nothing: the process answers with all three away
+                assert _health(server, "/livez", True)[:2] == (200, {"status": "ok"})
+            finally:
+                postgres.start()
+            wait_for(lambda: _health(server, "/readyz", True)[0] == 200,
+                     what="ready again once PostgreSQL is back (Redis still down: degraded)")
+            assert _health(server, "/readyz", True)[1]["status"] == "degraded"
