@@ -150,15 +150,17 @@
   // The metadata every file of this choice goes up with, or null (and a hint) when the
   // audience is not chosen yet.
   function chosen(count) {
-    if (newVersions) return {file_id: form.dataset.fileId};
-    const kind = form.elements.access_kind.value;
-    if (!kind) {
-      hint.textContent = text.chooseAccess;
+    const live = document.getElementById("confirm-live");
+    const missing = newVersions ? (live && !live.checked && live)
+      : (!form.elements.access_kind.value && form.elements.access_kind);
+    if (missing) {
+      hint.textContent = newVersions ? text.confirmLive : text.chooseAccess;
       hint.hidden = false;
-      form.elements.access_kind.focus();
+      missing.focus();
       return null;
     }
     hint.hidden = true;
+    if (newVersions) return {file_id: form.dataset.fileId};
     return {
       title: count === 1 ? form.elements.title.value.trim() : "",
       category: form.elements.category.value,

@@ -87,3 +87,20 @@ def test_an_identical_file_is_named_and_can_be_skipped_or_sent(page, tmp_path):
     assert page.locator("li.upload").nth(1).locator(".status").inner_text() == "已跳过"
     page.locator("li.upload").last.locator(".status", has_text="已作为草稿上传").wait_for()
     screenshot(page, "admin-upload-duplicate")
+
+
+def test_a_new_version_of_a_published_document_is_confirmed_first(page, tmp_path):
+    second = tmp_path / "线性代数讲义-v2.pdf"
+    second.write_bytes(b"%PDF-1.4 linear algebra, second edition " * 200)
+    sign_in(page, "staff")
+    page.goto("/admin/files")
+    page.click("text=线性代数 讲义")
+    page.wait_for_url("**/admin/files/*")
+    page.set_input_files("#file-picker", [str(second)])
+    assert "此文档已发布" in page.locator("#upload-hint").inner_text()
+    assert page.locator("li.upload").count() == 0
+    page.check("#confirm-live")
+    page.set_input_files("#file-picker", [str(second)])
+    page.wait_for_selector("li.upload.done")
+    assert page.locator("li.upload.done .status").inner_text() == "完成"
+    assert page.locator("li.upload.done button[type=submit]").count() == 0  # nothing to publish
