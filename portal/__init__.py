@@ -8,7 +8,7 @@ from pathlib import Path
 
 from flask import Flask, request, session
 
-from . import cache, observe, security
+from . import cache, logs, observe, security
 from .coherence import Coherence
 from .config import DEFAULTS, PROJECT_ROOT, ConfigError, SettingsConfig, finalize, settings
 from .extensions import SessionInterface, babel, csrf, db, limiter, login_manager, migrate
@@ -49,6 +49,7 @@ def create_app(config: dict | None = None) -> Flask:
     if config:
         app.config.from_mapping(config)
     finalize(app)
+    logs.configure(settings(app).log_format)  # PORTAL_LOG_FORMAT=json: JSON lines
 
     register_extensions(app)
     register_blueprints(app)

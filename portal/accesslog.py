@@ -24,6 +24,7 @@ from collections.abc import Iterator, Mapping
 
 from gunicorn.glogging import Logger
 
+from . import logs
 from .redact import RedactTickets, redact_tickets
 
 _REDACT = RedactTickets()  # one instance: a reload's setup does not add a second
@@ -32,10 +33,18 @@ _REDACT = RedactTickets()  # one instance: a reload's setup does not add a secon
 class AccessLogger(Logger):
     """gunicorn's Logger, whose access line computes only the atoms its format names."""
 
+    structured = False  # PORTAL_LOG_FORMAT=json: JSON lines (portal/logs.py)
+
     def setup(self, cfg) -> None:
-        """gunicorn's setup; its error log then redacts CAS tickets."""
+        """gunicorn's setup; its error log then redacts CAS tickets, and under
+        PORTAL_LOG_FORMAT=json both logs write JSON lines."""
+        from .settings import from_environ
+
         super().setup(cfg)
         self.error_log.addFilter(_REDACT)
+        self.structured = from_environ().log_format == "json"
+        if self.structured:
+            logs.to_json([*self.error_log.handlers, *self.access_log.handlers])
 
     def access(self, resp, req, environ, request_time):
         """One access line (the same text gunicorn's own Logger writes)."""
@@ -43,6 +52,10 @@ class AccessLogger(Logger):
             return
         try:
             atoms = LazyAtoms(self, resp, req, environ, request_time)
+            if self.structured:
+                self.access_log.info(self.cfg.access_log_format, atoms,
+                                     extra=atoms.fields())
+                return
             streams = self._plain_streams()
             if streams is None:
                 self.access_log.info(self.cfg.access_log_format, atoms)
@@ -85,6 +98,12 @@ class LazyAtoms(Mapping):
         self.request_time = request_time
 
     def __getitem__(self, key: str):
+        value = self.field(key)
+        return value.replace('"', '\\"') if isinstance(value, str) else value
+
+    def field(self, key: str):
+        """An atom's value as a field of a JSON line: tickets redacted, bytes outside
+        printable ASCII escaped as in the text line, double quotes left to JSON."""
         value = self._value(key)
         if not isinstance(value, str):
             return value
@@ -92,7 +111,19 @@ class LazyAtoms(Mapping):
             value = redact_tickets(value)
         if not (value.isascii() and value.isprintable()):
             value = value.translate(_ESCAPES)
-        return value.replace('"', '\\"')
+        return value
+
+    def fields(self) -> dict:
+        """The access line's values as the fields of a JSON line (PORTAL_LOG_FORMAT=json)."""
+        status = self.field("s")
+        return {
+            "request_id": self.environ.get(logs.ENVIRON_KEY), "remote_addr": self.field("h"),
+            "method": self.field("m"), "path": self.field("U"), "query": self.field("q"),
+            "protocol": self.field("H"),
+            "status": int(status) if isinstance(status, str) and status.isdigit() else status,
+            "bytes": self.field("B"), "duration_us": self.field("D"),
+            "user_agent": self.field("a"), "referer": self.field("f"),
+        }
 
     # logging formats ``msg % args`` with a non-empty Mapping: these two only make it one.
     def __len__(self) -> int:

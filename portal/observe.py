@@ -1,5 +1,6 @@
-"""Every request the app answers, seen once: counted by route class and status class, and
-timed to its response head (instruments.py).
+"""Every request the app answers, seen once: counted by route class and status class, timed
+to its response head (instruments.py), and under PORTAL_LOG_FORMAT=json given the request id
+that each of its log lines carries and its answer echoes (logs.py).
 
 A WSGI middleware just inside ProxyFix, so that every door passes it: Flask's views, the
 fast door, nginx's grants, and the lean cycle of portal/worker.py, which calls the same
@@ -16,6 +17,7 @@ from time import perf_counter
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
 
+from . import logs
 from .instruments import TALLY
 
 
@@ -45,18 +47,27 @@ _PAGES = ("/admin/", "/login", "/logout", "/me/", "/account/", "/lang/")
 
 
 class RequestObserver:
-    """``app.wsgi_app``: counts and times each request."""
+    """``app.wsgi_app``: counts and times each request, and under JSON logs gives it its
+    request id (``X-Request-ID`` in the environ, the log lines and the answer)."""
 
-    def __init__(self, wsgi_app) -> None:
+    def __init__(self, wsgi_app, *, request_ids: bool) -> None:
         self.wsgi_app = wsgi_app
+        self.request_ids = request_ids
 
     def __call__(self, environ, start_response):
         began = perf_counter()
         answered = []
+        if self.request_ids:
+            request_id = logs.begin_request(environ)
 
-        def start(status, headers, exc_info=None):
-            answered.append(status)
-            return start_response(status, headers, exc_info)
+            def start(status, headers, exc_info=None):
+                answered.append(status)
+                return start_response(status, [*headers, ("X-Request-ID", request_id)],
+                                      exc_info)
+        else:
+            def start(status, headers, exc_info=None):
+                answered.append(status)
+                return start_response(status, headers, exc_info)
         try:
             body = self.wsgi_app(environ, start)
         except BaseException:
@@ -76,6 +87,9 @@ def _watch_pool(connection) -> None:
 def register(app) -> None:
     """Wrap the app's WSGI stack (call before ProxyFix wraps it) and report the database
     pools' use."""
+    from .config import settings
+
     if not event.contains(Engine, "engine_connect", _watch_pool):
         event.listen(Engine, "engine_connect", _watch_pool)
-    app.wsgi_app = RequestObserver(app.wsgi_app)
+    app.wsgi_app = RequestObserver(app.wsgi_app,
+                                   request_ids=settings(app).log_format == "json")

@@ -543,6 +543,9 @@ class Settings:
     # "Authorization: Bearer METRICS_TOKEN". An empty list: the token alone.
     metrics_allow: tuple[str, ...] = setting(("127.0.0.0/8", "::1/128"), networks())
     metrics_token: str | bytes | None = setting(None, secret(), repr=False)
+    # "text" (gunicorn's lines, as always) or "json": one JSON object a line for access and
+    # application lines alike, each carrying the request's X-Request-ID.
+    log_format: str = setting("text", choice("text", "json"))
 
     def __post_init__(self) -> None:
         for spec in fields(self):

@@ -7,11 +7,14 @@
 - every metric the Grafana dashboard (deploy/grafana/portal.json) queries is exposed;
 - /metrics and the reasons of /readyz are for the metrics audience only;
 - /livez, /readyz and /healthz with Redis really dead, the storage broken and PostgreSQL
-  stopped.
+  stopped;
+- PORTAL_LOG_FORMAT=json: every line of the log is JSON, and a request's access and
+  application lines carry its X-Request-ID, which the answer echoes.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -314,3 +317,62 @@ def test_health_with_redis_dead_storage_broken_and_postgres_stopped(tmp_path_fac
             wait_for(lambda: _health(server, "/readyz", True)[0] == 200,
                      what="ready again once PostgreSQL is back (Redis still down: degraded)")
             assert _health(server, "/readyz", True)[1]["status"] == "degraded"
+
+
+# ---------------------------------------------------------------------------
+# Structured logs
+# ---------------------------------------------------------------------------
+
+def test_json_logs_tie_each_requests_lines_together(portal_instance, tmp_path_factory):
+    root = tmp_path_factory.mktemp("jsonlogs")
+    good = write_random(root / "good.bin", 30_000)
+    gone = write_random(root / "gone.bin", 40_000)
+    ids = {name: portal_instance.add_file(root / f"{name}.bin", title=name)
+           for name in ("good", "gone")}
+    digest = hashlib.sha256(gone).hexdigest()
+    for stored in portal_instance.storage.rglob(f"{digest}*"):
+        stored.unlink()  # the view then logs "stored content missing" and answers 503
+    server = Gunicorn(portal_instance, workers=2, env={"PORTAL_LOG_FORMAT": "json"}).start()
+    try:
+        status, headers, _ = request(server.base_url, "GET", f"/files/{ids['gone']}/download",
+                                     headers={"X-Request-ID": "probe-1 <script>;"})
+        assert status == 503 and headers["X-Request-ID"] == "probe-1script"
+        status, headers, body = request(server.base_url, "GET",
+                                        f"/files/{ids['good']}/download")
+        assert status == 200 and body == good
+        made = headers["X-Request-ID"]
+        assert re.fullmatch(r"[0-9a-f]{32}", made)
+        for _ in range(3):  # warm: the lean cycle answers these
+            status, headers, _ = request(server.base_url, "GET",
+                                         f"/files/{ids['good']}/download",
+                                         headers={"X-Request-ID": "nginx-4f2a.9_Z"})
+            assert status == 200 and headers["X-Request-ID"] == "nginx-4f2a.9_Z"
+        assert request(server.base_url, "GET", "/no/such/page",
+                       headers={"X-Request-ID": "x" * 200})[1]["X-Request-ID"] == "x" * 64
+    finally:
+        server.stop()
+    lines = [line for line in server.log.read_text().splitlines() if line.strip()]
+    records = []
+    for line in lines:
+        try:
+            records.append(json.loads(line))
+        except ValueError:
+            pytest.fail(f"a log line that is not JSON: {line!r}")
+    by_id = {}
+    for record in records:
+        by_id.setdefault(record.get("request_id"), []).append(record)
+    probe = by_id.get("probe-1script", [])
+    access = [r for r in probe if r["logger"] == "gunicorn.access"]
+    app_lines = [r for r in probe if r["logger"].startswith("portal.")]
+    assert len(access) == 1 and access[0]["status"] == 503, probe
+    assert access[0]["path"] == f"/files/{ids['gone']}/download"
+    assert any("stored content missing" in r["message"] and "exc_info" in r
+               for r in app_lines), probe
+    assert [r["status"] for r in by_id.get(made, []) if r["logger"] == "gunicorn.access"] \
+        == [200]
+    lean = [r for r in by_id.get("nginx-4f2a.9_Z", []) if r["logger"] == "gunicorn.access"]
+    assert len(lean) == 3 and {r["bytes"] for r in lean} == {30_000}
+    assert any(r["logger"] == "gunicorn.error" and "Booting worker" in r["message"]
+               for r in records)
+    assert all(r.get("level") and r.get("time") for r in records)
+

@@ -1,15 +1,16 @@
-"""The pure parts of /metrics: route classes, the tally's batched histogram, who the metrics
-audience is, and how far nginx's log is unread."""
+"""The pure parts of /metrics, health and logs: route classes, the tally's batched histogram,
+who the metrics audience is, request ids, and how far nginx's log is unread."""
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 
 import pytest
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
 
-from portal import instruments
+from portal import instruments, logs
 from portal.analytics import nginxlog
 from portal.audience import admitted
 from portal.observe import route_class
@@ -119,6 +120,57 @@ LOOPBACK = ("127.0.0.0/8", "::1/128")
 ])
 def test_the_metrics_audience(peer, forwarded, authorization, allow, token, expected):
     assert admitted(peer, forwarded, authorization, allow, token) is expected
+
+
+@pytest.mark.parametrize("supplied,kept", [
+    ("0123456789abcdef0123456789abcdef", "0123456789abcdef0123456789abcdef"),
+    ("req-1.A_b", "req-1.A_b"),
+    ("abc\r\nX-Evil: 1", "abcX-Evil1"),
+    ('"}{"level":"CRITICAL', "levelCRITICAL"),
+    ("é<script>", "script"),
+    ("x" * 500, "x" * logs.MAX_LENGTH),
+    ("%%%", ""),
+    ("", ""),
+    (None, ""),
+])
+def test_supplied_request_ids_are_sanitized(supplied, kept):
+    assert logs.sanitized(supplied) == kept
+
+
+def test_a_request_without_a_usable_id_gets_a_new_one():
+    environ = {"HTTP_X_REQUEST_ID": "<<>>"}
+    made = logs.begin_request(environ)
+    assert len(made) == 32 and int(made, 16) >= 0
+    assert environ[logs.ENVIRON_KEY] == made == logs.REQUEST_ID.get()
+    assert logs.begin_request({}) != made
+
+
+def test_json_lines_carry_the_request_id(capsys):
+    logger = logging.getLogger("portal.tests.json")
+    handler = logging.StreamHandler()
+    logs.to_json([handler])
+    logger.addHandler(handler)
+    logger.propagate = False
+    try:
+        logs.begin_request({"HTTP_X_REQUEST_ID": "abc-123"})
+        logger.warning("stored content missing for version %s", 7)
+        try:
+            raise OSError("gone")
+        except OSError:
+            logger.exception("with a traceback")
+        logger.warning("its own id", extra={"request_id": "other"})
+    finally:
+        logger.removeHandler(handler)
+    lines = capsys.readouterr().err.splitlines()
+    records = [json.loads(line) for line in lines]
+    assert len(records) == 3
+    first, second, third = records
+    assert first["message"] == "stored content missing for version 7"
+    assert first["level"] == "WARNING" and first["logger"] == "portal.tests.json"
+    assert first["request_id"] == "abc-123" and first["pid"] == os.getpid()
+    assert "T" in first["time"]
+    assert second["request_id"] == "abc-123" and "OSError: gone" in second["exc_info"]
+    assert third["request_id"] == "other"
 
 
 def _event(minute: int) -> str:
