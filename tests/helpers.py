@@ -140,15 +140,16 @@ def wipe_database(url: str, admin) -> None:
         conn.execute(text(f'CREATE SCHEMA "{schema}"'))
 
 
-def every_row(app) -> dict[str, list[tuple]]:
-    """Every row of every table of the app's database, in a stable order: two databases
-    compared table by table."""
+def every_row(app) -> dict[str, list[dict]]:
+    """Every row (column name to value) of every table of the app's database, in a stable
+    order: two databases, or one before and after a change, compared table by table."""
     from sqlalchemy import MetaData
 
     with app.app_context(), _db.engine.connect() as conn:
         tables = MetaData()
         tables.reflect(conn)
-        return {name: sorted((tuple(row) for row in conn.execute(select(table))), key=repr)
+        return {name: sorted((dict(row) for row in conn.execute(select(table)).mappings()),
+                             key=lambda row: repr(sorted(row.items())))
                 for name, table in tables.tables.items()}
 
 

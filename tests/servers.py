@@ -674,6 +674,32 @@ class Browser:
         assert status == 200, body[:300]
         return json.loads(body)
 
+    def _tus(self, method: str, path: str, headers: dict, data: bytes | None = None
+             ) -> http.client.HTTPMessage:
+        req = urllib.request.Request(self.base_url + path, data=data, method=method, headers={
+            "Tus-Resumable": "1.0.0", "X-CSRFToken": self.csrf, **headers})
+        with self.opener.open(req, timeout=60) as response:
+            response.read()
+            return response.headers
+
+    def tus_create(self, size: int, **metadata: str) -> str:
+        """POST /api/uploads/ (tus creation): the new upload's path."""
+        from portal.uploads.tus import format_metadata
+
+        headers = self._tus("POST", "/api/uploads/", {
+            "Upload-Length": str(size), "Upload-Metadata": format_metadata(metadata)}, b"")
+        return urllib.parse.urlsplit(headers["Location"]).path
+
+    def tus_offset(self, path: str) -> int:
+        """HEAD: the offset the upload resumes from."""
+        return int(self._tus("HEAD", path, {})["Upload-Offset"])
+
+    def tus_send(self, path: str, offset: int, data: bytes) -> http.client.HTTPMessage:
+        """PATCH ``data`` at ``offset``: the answer's headers (Upload-Offset, and once the
+        upload is complete Upload-File-Id)."""
+        return self._tus("PATCH", path, {"Upload-Offset": str(offset), "Content-Type":
+                                         "application/offset+octet-stream"}, data)
+
 
 # ---------------------------------------------------------------------------
 # Fixtures (re-exported by tests/functional/conftest.py)

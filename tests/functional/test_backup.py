@@ -15,8 +15,10 @@ import threading
 from pathlib import Path
 
 import pytest
+import s3server
+from alembic.script import ScriptDirectory
 from flask_migrate import upgrade
-from sqlalchemy import select
+from sqlalchemy import select, text
 
 from portal import create_app
 from portal.backup.configuration import without_secrets
@@ -25,7 +27,16 @@ from portal.extensions import db
 from portal.files import discard
 from portal.models import FileVersion, PortalState, RevokedToken, User
 from portal.storage import get_storage
-from tests.helpers import add_file, close_app, csrf_from, every_row, wipe_database
+from tests.helpers import (
+    add_file,
+    close_app,
+    csrf_from,
+    every_row,
+    form_sign_in,
+    wipe_database,
+)
+
+s3_server, s3_env = s3server.s3_server, s3server.s3_env  # fixtures, used by name
 
 #: What the analytics pages read, compared before the backup and after the restore.
 ANALYTICS = ("/api/analytics/top-files?days=30", "/api/analytics/series?days=30",
@@ -42,12 +53,10 @@ def portal(config):
     close_app(app)
 
 
-def sign_in(app, username: str, password: str = "password123"):
+def sign_in(app, username: str):
     """A client signed in through the form; (client, its CSRF token)."""
     client = app.test_client()
-    token = csrf_from(client.get("/login").get_data(as_text=True))
-    resp = client.post("/login", data={"username": username, "password": password,
-                                       "csrf_token": token})
+    resp = form_sign_in(client, username, "password123")
     assert resp.status_code == 302, resp.get_data(as_text=True)[:300]
     return client, csrf_from(client.get("/").get_data(as_text=True))
 
@@ -169,10 +178,7 @@ def test_restore_brings_back_every_row_and_object_and_ends_sessions(portal, conf
             assert db.session.scalar(select(RevokedToken).where(RevokedToken.kind == "link"))
         amy, _ = sign_in(app, "amy")  # signing in again works
         assert amy.get(f"/files/{seeded['personal']}/download").status_code == 200
-        gone = app.test_client()
-        token = csrf_from(gone.get("/login").get_data(as_text=True))
-        assert gone.post("/login", data={"username": "gone", "password": "password123",
-                                         "csrf_token": token}).status_code == 403
+        assert form_sign_in(app.test_client(), "gone", "password123").status_code == 403
     finally:
         close_app(app)
 
@@ -349,3 +355,66 @@ def test_a_backup_waits_for_a_deletion_under_way(portal):
 def _hold_once(engine, order: list) -> None:
     with backup_hold(engine):
         order.append("backup")
+
+
+def test_a_backup_of_s3_storage_lists_objects_and_restore_needs_them(config, s3_env, pg_admin,
+                                                                      tmp_path):
+    """Without --objects a backup of s3:// storage keeps each object's key and SHA-256 only
+    (the bucket keeps the bytes, and its versions): verify reads them from the bucket, and
+    restore refuses, before writing anything, when one is gone."""
+    config.update(STORAGE_URL=s3_env["url"], UPLOAD_DIR=str(tmp_path / "uploads"))
+    app = create_app(config)
+    with app.app_context():
+        upgrade()
+    populate(app)
+    assert cli(app, "backup", "create", "--to", str(tmp_path / "b")).exit_code == 0
+    manifest = json.loads((tmp_path / "b" / "manifest.json").read_text())
+    assert manifest["storage"]["objects"] == "listed" and manifest["objects"]
+    assert not (tmp_path / "b" / "objects").exists()
+    assert cli(app, "backup", "verify", str(tmp_path / "b")).exit_code == 0
+    gone = manifest["objects"][0][0]
+    with app.app_context():
+        get_storage().delete(gone)
+    checked = cli(app, "backup", "verify", str(tmp_path / "b"))
+    assert checked.exit_code == 1 and f"object {gone}:" in checked.output
+
+    close_app(app)
+    wipe_database(config["DATABASE_URL"], pg_admin)
+    app = create_app(config)
+    try:
+        refused = cli(app, "backup", "restore", str(tmp_path / "b"))
+        assert refused.exit_code == 1 and f"e.g. {gone}: not in the storage" in refused.output
+        with app.app_context():
+            from portal.backup.database import tables_of
+
+            assert tables_of(db.engine) == []
+    finally:
+        close_app(app)
+
+
+def test_a_backup_of_an_older_schema_is_migrated_at_restore(config, pg_admin, tmp_path):
+    """A backup made at the previous release's head (0009) comes back at this one's."""
+    app = create_app(config)
+    with app.app_context():
+        upgrade(revision="0009_sso")
+        db.session.execute(text(
+            "INSERT INTO users (username, display_name, password_hash, role, active, "
+            "created_at, session_gen, auth_source) VALUES ('old', 'Old', NULL, 'student', "
+            "true, '2026-01-05 10:00:00+00:00', 4, 'local')"))
+        db.session.commit()
+    made = cli(app, "backup", "create", "--to", str(tmp_path / "b"))
+    assert made.exit_code == 0 and "0009_sso" in made.output, made.output
+    close_app(app)
+    wipe_database(config["DATABASE_URL"], pg_admin)
+    app = create_app(config)
+    try:
+        restored = cli(app, "backup", "restore", str(tmp_path / "b"))
+        assert restored.exit_code == 0, restored.output
+        with app.app_context():
+            head = ScriptDirectory(app.extensions["migrate"].directory).get_current_head()
+            assert f"migrated to {head}" in restored.output
+            assert db.session.scalar(text("SELECT version_num FROM alembic_version")) == head
+            old = db.session.scalar(select(User).where(User.username == "old"))
+            assert old.session_gen == 5 and old.display_name == "Old"
+    finally:
+        close_app(app)
