@@ -44,9 +44,29 @@ def run_migrations_online():
     conf_args.setdefault("render_as_batch", True)  # SQLite needs batch mode to alter tables
     conf_args.setdefault("include_object", migration_include_object)
     with engine().connect() as connection:
-        context.configure(connection=connection, target_metadata=target_metadata(), **conf_args)
-        with context.begin_transaction():
-            context.run_migrations()
+        sqlite = connection.dialect.name == "sqlite"
+        if sqlite:
+            # Batch mode rebuilds a SQLite table (copy, drop, rename). With foreign keys
+            # enforced, dropping a parent table (files, users) deletes its children's rows
+            # by ON DELETE CASCADE: every version and download went with 0011's new column.
+            # The pragma is a no-op inside a transaction, so it is set before one begins.
+            connection.exec_driver_sql("PRAGMA foreign_keys=OFF")
+            connection.commit()
+        try:
+            context.configure(connection=connection, target_metadata=target_metadata(),
+                              **conf_args)
+            with context.begin_transaction():
+                context.run_migrations()
+            if sqlite:
+                broken = connection.exec_driver_sql("PRAGMA foreign_key_check").fetchall()
+                if broken:
+                    raise RuntimeError(f"the migrated database breaks {len(broken)} foreign "
+                                       f"keys, e.g. {tuple(broken[0])}")
+        finally:
+            if sqlite:
+                connection.rollback()
+                connection.exec_driver_sql("PRAGMA foreign_keys=ON")
+                connection.commit()
 
 
 if context.is_offline_mode():

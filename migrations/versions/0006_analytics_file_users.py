@@ -21,6 +21,14 @@ down_revision = "0005_search_trgm"
 branch_labels = None
 depends_on = None
 
+# Not safe while nodes of the release before still run: stop them all first
+# (docs/operations.md, "Upgrades"; scripts/check_migrations.py).
+REQUIRES_STOP = (
+    "analytics_file_users and analytics_file_details are filled once, here, from the rows "
+    "stored then; nodes of the release before do not keep them, so downloads they record "
+    "meanwhile would be missing from the new pages (and the index their queries use is "
+    "replaced)")
+
 
 def upgrade():
     op.create_table(

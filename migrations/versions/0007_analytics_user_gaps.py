@@ -21,6 +21,13 @@ down_revision = "0006_analytics_file_users"
 branch_labels = None
 depends_on = None
 
+# Not safe while nodes of the release before still run: stop them all first
+# (docs/operations.md, "Upgrades"; scripts/check_migrations.py).
+REQUIRES_STOP = (
+    "analytics_user_gaps is filled once, here, from the user-days stored then; nodes of the "
+    "release before do not keep it, so the distinct users of the downloads they record "
+    "meanwhile would be miscounted")
+
 
 def upgrade():
     op.create_table(

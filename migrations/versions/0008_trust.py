@@ -18,6 +18,13 @@ down_revision = "0007_analytics_user_gaps"
 branch_labels = None
 depends_on = None
 
+# Not safe while nodes of the release before still run: stop them all first
+# (docs/operations.md, "Upgrades"; scripts/check_migrations.py).
+REQUIRES_STOP = (
+    "nodes of the release before change files, users and links without moving the "
+    "generation or writing the change log, so upgraded nodes would go on trusting their "
+    "cached copies of what old nodes changed (a revoked link, a disabled user)")
+
 
 def upgrade():
     state = op.create_table(

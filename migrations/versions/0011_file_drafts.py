@@ -16,6 +16,12 @@ down_revision = "0010_user_identities"
 branch_labels = None
 depends_on = None
 
+# Not safe while nodes of the release before still run: stop them all first
+# (docs/operations.md, "Upgrades"; scripts/check_migrations.py).
+REQUIRES_STOP = (
+    "nodes of the release before know nothing of drafts: they would list and serve a draft "
+    "uploaded through an upgraded node to everyone its access rule lets read it")
+
 
 def upgrade():
     with op.batch_alter_table("files", schema=None) as batch_op:
