@@ -18,14 +18,16 @@ deadline_seconds=${START_TIMEOUT:-180}
 
 say() { echo "start.sh: [${SECONDS}s] $*"; }
 
-container_of() {  # the container of a service (podman-compose names it PROJECT_SERVICE_1)
-  "${compose[@]}" ps --format '{{.Names}} {{index .Labels "com.docker.compose.service"}}' \
-    2>/dev/null | awk -v service="$1" '$2 == service { print $1; exit }'
+containers=""  # "NAME SERVICE" lines of the project's containers, as of the last start
+container_of() {
+  awk -v service="$1" '$2 == service { print $1; exit }' <<<"$containers"
 }
 
 start() {
   say "starting $*"
   "${compose[@]}" up -d --no-deps "$@" >/dev/null
+  containers=$("${compose[@]}" ps \
+    --format '{{.Names}} {{index .Labels "com.docker.compose.service"}}' 2>/dev/null)
 }
 
 healthy() {  # wait until each service's health check passes
