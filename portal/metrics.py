@@ -92,13 +92,14 @@ class RecordedCollector(Collector):
 
 def _derived(families, now: float):
     """Ages and states from recorded times: for each process (the ``pid`` label under
-    gunicorn), seconds since its last confirmation, and 1 while its breaker is open."""
+    gunicorn), seconds since its last confirmation (none for a process that never confirmed:
+    gunicorn's master, a worker that has not served yet), and 1 while its breaker is open."""
     by_name = {family.name: family for family in families}
     made = (
         ("portal_coherence_age_seconds", instruments.CONFIRMED_NAME,
          "Seconds since each process last confirmed its cached decisions against the "
          "database (it confirms when a request needs it: an idle worker's age grows)",
-         lambda at: max(0.0, now - at)),
+         lambda at: None if at <= 0 else max(0.0, now - at)),
         ("portal_redis_breaker_open", instruments.BREAKER_UNTIL_NAME,
          "1 while a process's Redis circuit breaker is open (Redis is not asked)",
          lambda until: 1.0 if until > now else 0.0),
@@ -107,8 +108,9 @@ def _derived(families, now: float):
         family = GaugeMetricFamily(name, help_text)
         recorded = by_name.get(source)
         for sample in recorded.samples if recorded is not None else ():
-            if sample.name == source:
-                family.add_sample(name, sample.labels, value(sample.value))
+            derived = value(sample.value) if sample.name == source else None
+            if derived is not None:
+                family.add_sample(name, sample.labels, derived)
         yield family
 
 

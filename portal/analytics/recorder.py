@@ -103,7 +103,7 @@ class Recorder:
         self._ship_wake = threading.Event()
         self._shipper: threading.Thread | None = None
         self._published = -math.inf  # when this process last published what is being sent
-        self._queued_shown = 0  # the held ends /metrics was last told of
+        self._queued_shown = 0  # the held events /metrics was last told of
 
     # -- identity -------------------------------------------------------------------------
 
@@ -195,6 +195,7 @@ class Recorder:
             self._outage.recovered()
             if length >= int(self.config["ANALYTICS_FLUSH_BATCH"]):
                 self._wake.set()
+        self._show_held(0)  # whatever was held went with these
         keys = [row["event_key"] for row in rows]
         with self._lock:
             for key in keys:
@@ -215,6 +216,14 @@ class Recorder:
         with self._lock:
             room = RETRY_LIMIT - len(self._ends)
             self._ends.extend(rows[:max(0, room)])
+        self._show_held(len(self._ends))
+
+    def _show_held(self, count: int) -> None:
+        """Tell /metrics how many finished events this process holds because neither
+        Redis nor SQL took them (only when that changes: not a write per download)."""
+        if count != self._queued_shown:
+            self._queued_shown = count
+            instruments.events_queued(count)
 
     def _rotate(self) -> None:
         """Start a new journal holding only the starts still open, then delete the old one
@@ -236,10 +245,6 @@ class Recorder:
         with self._lock:
             rows, self._ends = self._ends, []
         self.ship(rows)
-        held = len(self._ends)  # what neither Redis nor SQL took, and ends queued since
-        if held != self._queued_shown:
-            self._queued_shown = held
-            instruments.events_queued(held)
 
     def write_direct(self, rows: list[dict]) -> bool:
         """Write events to SQL now (Redis is down); errors are logged, never raised."""

@@ -104,6 +104,11 @@ def test_each_scrape_counts_every_workers_requests(observed):
         assert sample_total(samples, "portal_http_request_duration_seconds_bucket",
                             route="download", le="+Inf") == made
         assert sample_total(samples, REQUESTS, route="other", status="2xx") >= 1  # scrapes
+        assert sample_total(samples, "portal_analytics_queued_events") == 0  # Redis took all
+    ages = {int(s.labels["pid"]): s.value for s in samples
+            if s.name == "portal_coherence_age_seconds"}
+    # the workers that confirmed, not the master or another process that never did
+    assert worker_pids(server) <= set(ages) and max(ages.values()) < 3600, ages
 
 
 def test_open_download_bodies_are_a_gauge(observed):
