@@ -67,11 +67,13 @@ def require_podman() -> None:
         unavailable(f"no {BASE_IMAGE} image: {SETUP}")
 
 
-def build(tag: str, context: Path, timeout: float = 1800) -> float:
-    """``podman build`` of ``context`` (its Containerfile) as ``tag``, from the local base only,
-    with the host's network and CA bundle (for pip behind a re-signing proxy); the seconds
-    it took. Unchanged steps come from podman's cache."""
+def build(tag: str, context: Path, timeout: float = 1800, **build_args: str) -> float:
+    """``podman build`` of ``context`` (its Containerfile) as ``tag``, from local images only,
+    with the host's network and CA bundle (for pip behind a re-signing proxy) and
+    ``build_args``; the seconds it took. Unchanged steps come from podman's cache."""
     args = ["build", "--pull=never", "--network", "host", "--format", "docker", "-t", tag]
+    for name, value in build_args.items():
+        args += ["--build-arg", f"{name}={value}"]
     if HOST_CA.is_file():
         args += ["-v", f"{HOST_CA}:/run/host-ca.crt:ro", "--build-arg", "PIP_CERT=/run/host-ca.crt"]
     start = time.monotonic()

@@ -7,7 +7,8 @@ built from Debian's packages carry those names (tests/standins/README.md: Postgr
 postgres:16, nginx 1.22, rclone's S3 server for MinIO). Through nginx: sign-in, a tus upload,
 aria2c -x8 and a wget -c resume, the download in the analytics API; one node stopped while
 the other serves; the whole stack stopped and started with nothing lost. Then the image alone:
-the embedded default on a volume, and SIGTERM during a download.
+the embedded default on a volume, and SIGTERM during a download. Last, deploy/systemd/ run by
+systemd as PID 1 in a container that stands for the VM of docs/deploy.md.
 
 Selected with ``-m container``; skipped without podman (failed under CI=true), which
 ``bash scripts/container-setup.sh`` installs and configures as root.
@@ -19,6 +20,8 @@ import base64
 import hashlib
 import json
 import os
+import re
+import shutil
 import subprocess
 import time
 import urllib.parse
@@ -29,6 +32,7 @@ import pytest
 from podmanstack import (
     ROOT,
     STANDINS,
+    STANDINS_DIR,
     ComposeProject,
     build,
     build_standins,
@@ -322,3 +326,65 @@ def test_sigterm_lets_a_running_download_finish_and_records_it(alone, tmp_path):
     stats = wait_for(lambda: (s := file_stats(base, file_id))["bytes_served"] and s,
                      what="the download in the analytics")
     assert stats["bytes_served"] == len(data) and stats["completed"] == 1, stats
+
+
+# ---------------------------------------------------------------------------
+# deploy/systemd/ on a VM
+# ---------------------------------------------------------------------------
+
+TIMERS = ("campus-portal-uploads-purge.timer", "campus-portal-analytics-purge.timer")
+
+
+@pytest.fixture(scope="module")
+def vm(image, tmp_path_factory):
+    """tests/standins/vm: systemd as PID 1, the portal in /opt/campus-portal, the units of
+    deploy/systemd/; with CAP_SYS_ADMIN, without which systemd inside a container leaves out
+    the units' mount sandbox (ProtectSystem, PrivateTmp) and says nothing."""
+    context = tmp_path_factory.mktemp("vm")
+    shutil.copy2(STANDINS_DIR / "vm" / "Containerfile", context)
+    shutil.copytree(ROOT / "deploy" / "systemd", context / "systemd")
+    tag, name = "localhost/campus-portal-vm:test", "portaltest-vm"
+    TIMES["VM image build"] = build(tag, context, PORTAL_IMAGE=image)
+    podman("rm", "-f", name, check=False)
+    podman("run", "-d", "--name", name, "--systemd=always", "--cap-add", "SYS_ADMIN", tag)
+    try:
+        wait_for(lambda: podman("exec", name, "systemctl", "is-system-running",
+                                check=False).stdout.strip() in ("running", "degraded"),
+                 what="systemd up in the VM")
+        yield name
+    finally:
+        podman("rm", "-f", "-t", "10", name, check=False)
+
+
+def systemctl(vm: str, *args: str) -> str:
+    """``systemctl ARGS`` in the VM; its output."""
+    return podman("exec", vm, "systemctl", *args).stdout
+
+
+def test_the_systemd_units_run_the_installed_portal_in_their_sandbox(vm):
+    systemctl(vm, "enable", "--now", "campus-portal-web.service",
+              "campus-portal-flusher.service", *TIMERS)
+    wait_for(lambda: podman("exec", vm, "curl", "-fsS", "-o", "/dev/null",
+                            "http://127.0.0.1:8000/healthz", check=False).returncode == 0,
+             what="campus-portal-web.service serving")
+    web = systemctl(vm, "show", "campus-portal-web.service", "-p", "ActiveState,StatusText,MainPID")
+    assert "ActiveState=active" in web and "StatusText=Gunicorn arbiter booted" in web  # notify
+    pid = re.search(r"MainPID=(\d+)", web)[1]
+    mounts = dict(line.split()[4:6] for line in podman(
+        "exec", vm, "cat", f"/proc/{pid}/mountinfo").stdout.splitlines())
+    assert mounts["/"].startswith("ro,"), mounts["/"]  # ProtectSystem=strict
+    assert mounts["/var/lib/campus-portal"].startswith("rw,")  # its StateDirectory
+    assert "/tmp" in mounts  # PrivateTmp
+    assert podman("exec", vm, "stat", "-c", "%U", f"/proc/{pid}",
+                  "/var/lib/campus-portal/portal.db").stdout.split() == ["campus-portal"] * 2
+    assert systemctl(vm, "is-active", "campus-portal-flusher.service", *TIMERS).split() == [
+        "active"] * 3
+    systemctl(vm, "start", "campus-portal-uploads-purge.service")  # a timer's one-shot
+    assert "Result=success" in systemctl(vm, "show", "campus-portal-uploads-purge.service",
+                                         "-p", "Result")
+    security = podman("exec", vm, "systemd-analyze", "security", "--no-pager",
+                      "campus-portal-web.service").stdout
+    exposure = float(re.search(r"Overall exposure level for \S+: ([\d.]+)", security)[1])
+    assert exposure <= 4.0, security[-2000:]  # systemd calls up to 4.9 "OK"
+    systemctl(vm, "stop", "campus-portal-web.service")
+    assert "Result=success" in systemctl(vm, "show", "campus-portal-web.service", "-p", "Result")
