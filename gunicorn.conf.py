@@ -31,7 +31,11 @@ from gunicorn.workers.ggevent import GeventWorker as GunicornGeventWorker
 # has already been imported"). ssl patched here, before the app, every later import binds
 # gevent's SSLContext. The master makes no TLS connection itself; a worker class other than
 # gevent gets gevent's ssl, which blocks as the standard one does outside a gevent loop.
-monkey.patch_ssl()
+# Only when gunicorn reads this file as its configuration (it loads it as "__config__"): a
+# process that runs it otherwise (a test reading the settings it makes) has long imported
+# ssl's users, and patching there would give it half-patched ssl.
+if __name__ == "__config__":
+    monkey.patch_ssl()
 
 # Metrics of every process (portal/instruments.py): prometheus-client's multiprocess mode
 # keeps each process's values in files of one folder per master, so a scrape that reaches any
