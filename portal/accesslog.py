@@ -52,9 +52,10 @@ class AccessLogger(Logger):
             return
         try:
             atoms = LazyAtoms(self, resp, req, environ, request_time)
-            if self.structured:
-                self.access_log.info(self.cfg.access_log_format, atoms,
-                                     extra=atoms.fields())
+            if self.structured:  # fixed fields, whatever access_log_format says
+                fields = atoms.fields()
+                self.access_log.info("%s %s %s", fields["method"], fields["path"],
+                                     fields["status"], extra=fields)
                 return
             streams = self._plain_streams()
             if streams is None:

@@ -98,3 +98,7 @@ def configure(log_format: str) -> None:
     to_json([handler])
     root.addHandler(handler)
     logging.captureWarnings(True)
+    # No line shows a thread or a multiprocessing name, and looking them up is a good part
+    # of making each record (a greenlet's "thread" is made on demand under gevent).
+    logging.logThreads = False
+    logging.logMultiprocessing = False
