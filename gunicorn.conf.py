@@ -53,7 +53,7 @@ if os.environ.get("_PORTAL_METRICS_MASTER") != str(os.getpid()):
         os.environ["_PORTAL_METRICS_MADE"] = os.environ["PROMETHEUS_MULTIPROC_DIR"]
     os.environ["_PORTAL_METRICS_MASTER"] = str(os.getpid())
 
-from portal.config import ConfigError, from_environ  # noqa: E402 - after the patch, on purpose
+from portal.config import ConfigError, from_environ  # after the patch and the metrics folder
 
 # The flush of download events to SQL runs beside the workers, in a process of its own at a
 # lower CPU priority, not in them: in a worker it held the event loop for the length of each
