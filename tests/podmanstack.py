@@ -34,6 +34,8 @@ STANDINS = {
     "minio": "docker.io/minio/minio:latest",
 }
 STANDIN_LABEL = "campus-portal.stand-in"
+#: The label of the portal's own image (the Containerfile's last stage).
+IMAGE_LABEL = "org.opencontainers.image.title=campus-portal"
 #: Where the proxy's certificate authority is, for pip in a build (Containerfile's PIP_CERT).
 HOST_CA = Path("/etc/ssl/certs/ca-certificates.crt")
 SETUP = "bash scripts/container-setup.sh (as root) installs and configures podman"
@@ -79,6 +81,12 @@ def build(tag: str, context: Path, timeout: float = 1800, **build_args: str) -> 
     start = time.monotonic()
     podman(*args, str(context), timeout=timeout)
     return time.monotonic() - start
+
+
+def prune_earlier_builds() -> None:
+    """Delete the portal's images that a newer build of the same tag left untagged (each holds
+    a copy of the virtualenv); the build stage's, which hold the cached dependencies, stay."""
+    podman("image", "prune", "-f", "--filter", f"label={IMAGE_LABEL}", check=False)
 
 
 def build_standins(workdir: Path) -> float:
@@ -143,12 +151,19 @@ class ComposeProject:
 
     def start(self) -> float:
         """deploy/compose/start.sh: the stack up, stage by stage; the seconds it took."""
+        return self._run_script("start.sh")
+
+    def stop(self) -> float:
+        """deploy/compose/stop.sh: the stack down, stage by stage; the seconds it took."""
+        return self._run_script("stop.sh")
+
+    def _run_script(self, script: str) -> float:
         started = time.monotonic()
-        done = subprocess.run(["bash", "deploy/compose/start.sh", "-p", self.name,
+        done = subprocess.run(["bash", f"deploy/compose/{script}", "-p", self.name,
                                "--env-file", "portal.env"], cwd=self.folder,
                               capture_output=True, text=True, timeout=600, check=False)
         if done.returncode != 0:
-            pytest.fail(f"deploy/compose/start.sh exited {done.returncode}:\n"
+            pytest.fail(f"deploy/compose/{script} exited {done.returncode}:\n"
                         f"{done.stdout[-3000:]}\n{done.stderr[-5000:]}")
         return time.monotonic() - started
 
