@@ -89,7 +89,7 @@ def test_staff_picks_a_group_and_a_person_for_a_file(page):
     assert {"CS2023", "MATH2024", "STAFF"} <= set(offered)
     group_input.fill("NOPE")
     page.click("main form button[type=submit] >> nth=0")
-    assert "没有名为 NOPE 的用户组。" in page.locator(".field-error").inner_text()
+    assert "没有名为 NOPE 的用户组。" in page.locator(".field-error:visible").inner_text()
     group_input.fill("CS2023")
     page.click("main form button[type=submit] >> nth=0")
     page.wait_for_selector("p.flash")
