@@ -10,6 +10,7 @@ base, under those very names; a real image already on the machine is used as it 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import secrets
@@ -81,6 +82,17 @@ def build(tag: str, context: Path, timeout: float = 1800, **build_args: str) -> 
     start = time.monotonic()
     podman(*args, str(context), timeout=timeout)
     return time.monotonic() - start
+
+
+def free_network_prefix() -> str:
+    """A 172.31.N (N from 200 to 249) that no podman network of this machine uses, for a
+    compose project's NETWORK_PREFIX."""
+    names = podman("network", "ls", "--format", "{{.Name}}").stdout.split()
+    taken = json.dumps(json.loads(podman("network", "inspect", *names).stdout)) if names else ""
+    for third in range(200, 250):
+        if f'"172.31.{third}.' not in taken:
+            return f"172.31.{third}"
+    pytest.fail("every network from 172.31.200.0/24 to 172.31.249.0/24 is taken")
 
 
 def prune_earlier_builds() -> None:

@@ -36,6 +36,7 @@ from podmanstack import (
     ComposeProject,
     build,
     build_standins,
+    free_network_prefix,
     podman,
     prune_earlier_builds,
     require_podman,
@@ -47,7 +48,10 @@ from tests.helpers import free_port, wait_for
 pytestmark = [pytest.mark.slow, pytest.mark.container]
 
 MiB = 1 << 20
-IMAGE = "localhost/campus-portal:test"
+#: This run's name: its compose project, containers, volumes and image tags, so that two runs
+#: on one machine (CI and someone's own) never share one.
+RUN = f"portaltest{os.getpid()}"
+IMAGE = "localhost/campus-portal:test"  # the tag podman's build cache follows
 PASSWORD = "container-pass-1"
 #: How long each stage took, printed at the end of the module (pytest -s shows it).
 TIMES: dict[str, float] = {}
@@ -64,8 +68,11 @@ def image(tmp_path_factory):
     """The portal's image, built from the Containerfile; the stand-ins beside it."""
     require_podman()
     TIMES["image build"] = build(IMAGE, ROOT)
+    mine = f"localhost/campus-portal:{RUN}"  # what this run runs, whatever IMAGE becomes
+    podman("tag", IMAGE, mine)
     TIMES["stand-ins build"] = build_standins(tmp_path_factory.mktemp("standins"))
-    yield IMAGE
+    yield mine
+    podman("rmi", mine, check=False)  # the tag only, unless no other names the image
     prune_earlier_builds()
     print("\ncontainer stack, seconds: "
           + ", ".join(f"{stage} {seconds:.1f}" for stage, seconds in TIMES.items()))
@@ -75,12 +82,12 @@ def image(tmp_path_factory):
 def stack(image, tmp_path_factory):
     """compose.yaml up, with a fresh project, network and volumes (removed afterwards)."""
     project = ComposeProject(
-        tmp_path_factory.mktemp("stack"), name="portaltest", image=image,
+        tmp_path_factory.mktemp("stack"), name=RUN, image=image,
         # a test bed without TLS: the session cookie must travel over plain HTTP
         settings={"PORTAL_SESSION_COOKIE_SECURE": "false",
                   "PORTAL_REMEMBER_COOKIE_SECURE": "false",
                   # not the default network, which a real stack on this host may hold
-                  "NETWORK_PREFIX": "172.31.249"}).write()
+                  "NETWORK_PREFIX": free_network_prefix()}).write()
     project.down()  # what an interrupted run left
     try:
         TIMES["compose up (fresh volumes)"] = project.start()
@@ -252,7 +259,7 @@ def test_stopping_and_starting_the_stack_loses_nothing(stack, people, lecture):
 def alone(image):
     """The image run with nothing configured, on a named volume: (container, base URL); the
     volume has the container's name."""
-    name, volume, port = "portaltest-alone", "portaltest-alone", free_port()
+    name, volume, port = f"{RUN}-alone", f"{RUN}-alone", free_port()
     podman("rm", "-f", "-v", name, check=False)
     podman("volume", "rm", "-f", volume, check=False)
     podman("run", "-d", "--name", name, "-p", f"127.0.0.1:{port}:8000", "--stop-timeout", "60",
@@ -291,7 +298,7 @@ def add_file(name: str, data: bytes, folder: Path, title: str) -> int:
     return int(out.strip().splitlines()[-1].split("\t")[0])
 
 
-def test_the_image_alone_serves_the_embedded_default_from_its_volume(alone, tmp_path):
+def test_the_image_alone_serves_the_embedded_default_from_its_volume(image, alone, tmp_path):
     name, base = alone
     user, *kept = podman("exec", name, "sh", "-c", "id -un; ls /var/lib/portal").stdout.split()
     assert user == "portal" and {"portal.db", "secret_key", "storage"} <= set(kept), kept
@@ -302,7 +309,7 @@ def test_the_image_alone_serves_the_embedded_default_from_its_volume(alone, tmp_
     podman("rm", "-f", "-v", "-t", "30", name)
     podman("run", "-d", "--name", name, "-p",
            f"127.0.0.1:{urllib.parse.urlsplit(base).port}:8000", "--stop-timeout", "60",
-           "-v", f"{name}:/var/lib/portal", IMAGE)
+           "-v", f"{name}:/var/lib/portal", image)
     wait_until_serving(base, name)
     status, headers, body = request(base, "GET", f"/files/{file_id}/download")
     assert status == 200 and body == data
@@ -352,7 +359,7 @@ def vm(image, tmp_path_factory):
     context = tmp_path_factory.mktemp("vm")
     shutil.copy2(STANDINS_DIR / "vm" / "Containerfile", context)
     shutil.copytree(ROOT / "deploy" / "systemd", context / "systemd")
-    tag, name = "localhost/campus-portal-vm:test", "portaltest-vm"
+    tag, name = f"localhost/campus-portal-vm:{RUN}", f"{RUN}-vm"
     TIMES["VM image build"] = build(tag, context, PORTAL_IMAGE=image)
     podman("rm", "-f", "-v", name, check=False)
     podman("run", "-d", "--name", name, "--systemd=always", "--cap-add", "SYS_ADMIN", tag)
@@ -363,6 +370,7 @@ def vm(image, tmp_path_factory):
         yield name
     finally:
         podman("rm", "-f", "-v", "-t", "10", name, check=False)
+        podman("rmi", tag, check=False)
 
 
 def systemctl(vm: str, *args: str) -> str:
