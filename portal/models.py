@@ -401,6 +401,25 @@ class UserIdentity(db.Model):
     user: Mapped[User] = relationship(back_populates="identities")
 
 
+class DownloadLimitRule(db.Model):
+    """A per-person download limit an admin set on /admin/limits: it takes the place of the
+    environment's entry of the same key (PORTAL_DOWNLOAD_LIMITS) unless the environment
+    locks that key. ``who`` is a role, ``anonymous`` or ``group:NAME``; a None field is not
+    limited. Every change moves the generation (subject ``limits``), so every worker applies
+    it within COHERENCE_SECONDS (download/limit_store.py)."""
+
+    __tablename__ = "download_limits"
+
+    who: Mapped[str] = mapped_column(String(80), primary_key=True)
+    connections: Mapped[int | None] = mapped_column(Integer)
+    rate: Mapped[int | None] = mapped_column(BigInteger)  # bytes per second
+    changed_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    changed_by_id: Mapped[int | None] = mapped_column(
+        ForeignKey("users.id", ondelete="SET NULL"))
+
+    changed_by: Mapped[User | None] = relationship()
+
+
 @event.listens_for(PortalState.__table__, "after_create")
 def _seed_state(target, connection, **_kw) -> None:
     """The one state row, with a new identity, whenever the table is created (create_all in

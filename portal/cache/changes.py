@@ -27,7 +27,7 @@ _COMMITTED = "portal_change_generations"  # session.info: generations this trans
 def changed_subjects(objects) -> set[str]:
     """The coherence subjects (coherence.py) that these new, changed or deleted ORM objects
     touch."""
-    from ..models import File, FileVersion, Group, RevokedToken, User
+    from ..models import DownloadLimitRule, File, FileVersion, Group, RevokedToken, User
 
     subjects = set()
     for obj in objects:
@@ -41,6 +41,8 @@ def changed_subjects(objects) -> set[str]:
             subjects.add("users")
         elif isinstance(obj, RevokedToken):
             subjects.add(f"token:{obj.nonce}")
+        elif isinstance(obj, DownloadLimitRule):
+            subjects.add("limits")  # download/limit_store.py: one table, one subject
     return subjects
 
 
