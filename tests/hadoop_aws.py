@@ -19,6 +19,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers import one_at_a_time
+
 SDIST = "sagemaker_pyspark==1.4.5"
 JARS = ("hadoop-aws-3.3.1.jar", "aws-java-sdk-bundle-1.11.901.jar")
 CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "portal-tests" / \
@@ -32,7 +34,12 @@ OLD_JAR_CONF = {"spark.hadoop.fs.s3a.threads.keepalivetime": "60",
 
 
 def jars() -> list[Path]:
-    """The two jars, fetched on first use."""
+    """The two jars, fetched on first use (by one test process at a time)."""
+    with one_at_a_time(CACHE.with_name(CACHE.name + ".lock")):
+        return _fetched_jars()
+
+
+def _fetched_jars() -> list[Path]:
     found = [CACHE / name for name in JARS]
     if all(path.is_file() for path in found):
         return found

@@ -5,7 +5,9 @@ never from another test module or from a conftest."""
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import io
+import itertools
 import os
 import shutil
 import socket
@@ -30,11 +32,51 @@ SHOTS = Path(__file__).resolve().parent.parent / "docs" / "screenshots"
 DEMO_PASSWORD = "demo12345"  # of the users `flask demo` creates
 
 
+# ---------------------------------------------------------------------------
+# Parallel workers (pytest-xdist): what each may use without meeting the others
+# ---------------------------------------------------------------------------
+
+#: The ports a worker's servers listen on: a block of its own, below the kernel's ephemeral
+#: range (32768 and up), so that neither another worker nor an outgoing connection of any
+#: process is ever handed the port a test chose but has not bound yet (which a port asked of
+#: the kernel with bind(0) and released again could not promise).
+PORT_BASE = 20000
+PORT_BLOCK = 1000
+_ports_handed = itertools.count()
+
+
+def worker_index() -> int:
+    """This pytest-xdist worker's number (``gw3`` is 3); 0 in a run without workers."""
+    return int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw"))
+
+
 def free_port() -> int:
-    """An unused TCP port on loopback."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    """An unused TCP port on loopback, from this worker's block (each port handed out once
+    per run, so two servers of one test never get the same one either)."""
+    base = PORT_BASE + PORT_BLOCK * worker_index()
+    for _ in range(PORT_BLOCK):
+        port = base + next(_ports_handed) % PORT_BLOCK
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:  # in use, or still in TIME_WAIT from an earlier server
+                continue
+            return port
+    raise RuntimeError(f"no free port left in {base}..{base + PORT_BLOCK - 1}")
+
+
+@contextlib.contextmanager
+def one_at_a_time(lock: Path):
+    """Hold ``lock`` (a file, made when missing) against every other process: a one-time
+    install into a folder that parallel workers share (``npm ci``, a virtualenv, a download)
+    is done by one of them while the others wait, then found done."""
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock, "a") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(held, fcntl.LOCK_UN)
 
 
 # ---------------------------------------------------------------------------

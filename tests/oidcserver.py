@@ -24,7 +24,7 @@ from urllib.parse import urljoin, urlsplit
 import pytest
 import requests
 
-from tests.helpers import free_port, require_tool
+from tests.helpers import free_port, one_at_a_time, require_tool
 
 FOLDER = Path(__file__).resolve().parent / "oidc"
 CLIENT_ID, CLIENT_SECRET = "portal", "portal-test-secret"
@@ -43,11 +43,12 @@ def node_modules() -> None:
     """npm ci into tests/oidc when the lock file's packages are not there yet."""
     require_tool("node")
     npm = require_tool("npm")
-    if not (FOLDER / "node_modules" / "oidc-provider" / "package.json").exists():
-        done = subprocess.run([npm, "ci", "--no-audit", "--no-fund", "--loglevel=error"],
-                              cwd=FOLDER, capture_output=True, text=True)
-        if done.returncode != 0:
-            pytest.fail(f"npm ci failed: {done.stderr[-1500:]}")
+    with one_at_a_time(FOLDER / "node_modules.lock"):
+        if not (FOLDER / "node_modules" / "oidc-provider" / "package.json").exists():
+            done = subprocess.run([npm, "ci", "--no-audit", "--no-fund", "--loglevel=error"],
+                                  cwd=FOLDER, capture_output=True, text=True)
+            if done.returncode != 0:
+                pytest.fail(f"npm ci failed: {done.stderr[-1500:]}")
 
 
 @dataclass

@@ -20,6 +20,8 @@ from portal.models import User
 from portal.storage import get_storage
 from tests.helpers import csrf_from
 
+pytestmark = pytest.mark.databases  # the overview's counts by day are SQL
+
 OPEN = b"o" * 40000
 SECRET = b"s" * 30000
 

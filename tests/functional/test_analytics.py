@@ -34,6 +34,9 @@ from portal.files import add_version
 from portal.models import DownloadEvent, File
 from portal.storage import get_storage
 
+# PostgreSQL too: the rollups' SQL differs by dialect (upserts, least/greatest, days)
+pytestmark = pytest.mark.databases
+
 BODY = bytes(range(256)) * 256  # 64 KiB
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -316,7 +319,7 @@ def test_pages_json_and_csv_render(app, client, make_user, login):
     for page in ("/admin/analytics/", "/admin/analytics/time", "/admin/analytics/files/1"):
         resp = client.get(page)
         assert resp.status_code == 200, page
-        assert "chartjs/chart.umd.min.js" in resp.get_data(as_text=True)
+        assert "chartjs/chart.umd.min." in resp.get_data(as_text=True)  # a hashed name
     overview = client.get("/api/analytics/overview?days=30").json
     assert overview["current"]["downloads"] > 0 and overview["current"]["unique_users"] > 0
     assert 0 < overview["current"]["completion_rate"] <= 1

@@ -19,6 +19,8 @@ from portal.extensions import db
 from portal.models import DownloadEvent
 from tests.helpers import store_event
 
+pytestmark = pytest.mark.databases  # raw events read by each dialect's SQL
+
 s3_server = s3server.s3_server  # the fixtures, used by name
 s3_env = s3server.s3_env
 

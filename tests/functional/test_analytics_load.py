@@ -19,6 +19,8 @@ from tests.helpers import (
     write_run,
 )
 
+pytestmark = pytest.mark.databases  # rows loaded with each dialect's upsert
+
 
 @pytest.fixture
 def history(app, runner):

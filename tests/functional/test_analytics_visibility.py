@@ -29,6 +29,8 @@ from portal.models import File, Group, User, user_groups, utcnow
 from portal.storage import get_storage
 from tests.helpers import wait_for
 
+pytestmark = pytest.mark.databases  # what staff may read is filtered in SQL
+
 OPEN_BODY = b"t" * 65536
 SECRET_BODY = b"s" * 32768
 GROUP_BODY = b"g" * 16384

@@ -24,6 +24,9 @@ from portal.extensions import db
 from portal.models import DownloadEvent
 from tests.helpers import analytics_tables, require_tool, wipe_analytics_tables
 
+# A Spark JVM and a real S3 server; PostgreSQL too: the SQL path the warehouse is held to
+pytestmark = [pytest.mark.slow, pytest.mark.databases]
+
 s3_server = s3server.s3_server  # the fixtures, used by name
 s3_env = s3server.s3_env
 

@@ -36,6 +36,8 @@ from tests.helpers import (
     wipe_database,
 )
 
+pytestmark = pytest.mark.databases  # each database is dumped and restored its own way
+
 s3_server, s3_env = s3server.s3_server, s3server.s3_env  # fixtures, used by name
 
 #: What the analytics pages read, compared before the backup and after the restore.

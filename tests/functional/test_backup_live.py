@@ -42,7 +42,8 @@ from tests.helpers import (
     wipe_database,
 )
 
-pytestmark = pytest.mark.slow
+# PostgreSQL too: each database is dumped and restored its own way
+pytestmark = [pytest.mark.slow, pytest.mark.databases]
 
 s3_server, s3_env = s3server.s3_server, s3server.s3_env  # fixtures, used by name
 

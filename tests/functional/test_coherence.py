@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import io
 
+import pytest
+
 from portal.extensions import db
 from portal.files import add_version
 from portal.models import File
 from portal.storage import get_storage
+
+pytestmark = pytest.mark.databases  # the change log is read in SQL transactions
 
 
 def add(app, title: str) -> int:

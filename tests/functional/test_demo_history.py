@@ -9,6 +9,7 @@ from collections import Counter
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
+import pytest
 from sqlalchemy import func, select
 
 from portal import demo
@@ -18,6 +19,8 @@ from portal.analytics.simulate import term_weight
 from portal.extensions import db
 from portal.models import DownloadEvent, File, FileVersion, User
 from portal.storage import get_storage
+
+pytestmark = pytest.mark.databases  # history written in bulk, PostgreSQL's own way
 
 
 def count(app, model) -> int:

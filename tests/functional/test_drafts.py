@@ -4,11 +4,14 @@ the document it repeats; the access picker never falls back to a wider audience.
 
 import hashlib
 
+import pytest
 from sqlalchemy import select
 
 from portal.extensions import db
 from portal.models import AuditEntry, File
 from portal.uploads import tus
+
+pytestmark = pytest.mark.databases  # drafts are filtered out in the catalog's SQL
 
 TUS = {"Tus-Resumable": "1.0.0", "Accept-Language": "en"}
 OFFSET_TYPE = "application/offset+octet-stream"

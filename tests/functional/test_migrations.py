@@ -1,5 +1,6 @@
 """The Alembic migrations build the same schema as the models, on SQLite and PostgreSQL."""
 
+import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from flask_migrate import upgrade
@@ -7,6 +8,8 @@ from sqlalchemy import inspect
 
 from portal import create_app
 from portal.extensions import db, migration_include_object
+
+pytestmark = pytest.mark.databases  # the migrations build each dialect's schema
 
 
 def test_upgrade_matches_models(config):

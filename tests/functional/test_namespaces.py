@@ -7,12 +7,16 @@ import contextlib
 import io
 import sqlite3
 
+import pytest
+
 from portal import create_app
 from portal.extensions import db
 from portal.files import add_version
 from portal.models import File, PortalState
 from portal.storage import get_storage
 from tests.helpers import close_app
+
+pytestmark = pytest.mark.databases  # a database's identity, stored in it
 
 
 def portal_on(config: dict, path, **settings):

@@ -20,6 +20,8 @@ from portal import create_app
 from portal.extensions import db
 from tests.helpers import add_file, audit_details, close_app, form_sign_in, user_named
 
+pytestmark = pytest.mark.databases  # identities held unique by constraints
+
 __all__ = ["directory", "oidc_provider"]
 
 REFUSED_ZH = "该用户名属于一个以其他方式登录的门户账号"

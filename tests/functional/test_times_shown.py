@@ -15,6 +15,8 @@ from portal.models import AuditEntry, File, FileVersion
 from portal.timeshown import local_time
 from tests.helpers import add_file
 
+pytestmark = pytest.mark.databases  # time stamps stored and read back by each dialect
+
 LATE = datetime(2026, 12, 1, 23, 11, tzinfo=UTC)  # already 12-02 in Shanghai
 
 

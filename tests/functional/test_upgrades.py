@@ -24,6 +24,8 @@ from portal.extensions import db
 from portal.storage import get_storage
 from tests.helpers import close_app, every_row, form_sign_in
 
+pytestmark = pytest.mark.databases  # old revisions filled by raw SQL, each dialect's sequences
+
 PASSWORD = "password123"
 NOW = datetime.now(UTC).replace(microsecond=0)
 DAY = timedelta(days=1)

@@ -14,6 +14,8 @@ from portal.access import (
 from portal.extensions import db
 from portal.models import File, Group, User, utcnow
 
+pytestmark = pytest.mark.databases  # can_read's SQL twin on each dialect
+
 
 @pytest.mark.parametrize("rule,expected", [
     ("public", "public"), ("login", "login"), ("group:B,A,A", "group:A,B"),
