@@ -279,33 +279,45 @@ def parse_rate(name: str, value: Any) -> int:
     return int(float(match.group(1)) * unit)
 
 
+def is_limit_key(key: Any) -> bool:
+    """True for a key a download limit may have: a role, ``anonymous`` or ``group:NAME``."""
+    return key in LIMIT_ROLES or (isinstance(key, str) and key.startswith("group:")
+                                  and bool(key[6:].strip()))
+
+
+def _json_object(name: str, value: Any, example: str) -> Mapping:
+    """``value`` as a mapping: JSON text parsed, a built Settings' tuple of pairs taken back,
+    None or empty text as {}; anything else is a ConfigError that shows ``example``."""
+    if value is None or value == "":
+        return {}
+    if isinstance(value, str):
+        import json
+
+        try:
+            value = json.loads(value)
+        except ValueError:
+            raise ConfigError(f"{name} must be a JSON object, not {value[:60]!r}") from None
+    if isinstance(value, tuple):  # a built Settings' own value
+        value = dict(value)
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"{name} must be a JSON object {example}, not {value!r}")
+    return value
+
+
 def download_limits() -> Check:
     """PORTAL_DOWNLOAD_LIMITS: a JSON object from a role (student, staff, admin, anonymous)
     or ``group:NAME`` to ``{"connections": N, "rate": R}`` (either may be left out: not
     limited; ``{}`` is unlimited). Kept as a tuple of (key, Limit); None or ``{}``: none."""
     def check(name: str, value: Any) -> tuple[tuple[str, Limit], ...]:
-        if value is None or value == "":
-            return ()
-        if isinstance(value, str):
-            import json
-
-            try:
-                value = json.loads(value)
-            except ValueError:
-                raise ConfigError(f"{name} must be a JSON object, not {value[:60]!r}") from None
-        if isinstance(value, tuple):  # a built Settings' own value
-            value = dict(value)
-        if not isinstance(value, Mapping):
-            raise ConfigError(f'{name} must be a JSON object such as {{"student": '
-                              f'{{"connections": 4, "rate": "4MB"}}}}, not {value!r}')
+        value = _json_object(name, value, 'such as {"student": {"connections": 4, '
+                                          '"rate": "4MB"}}')
         kept = []
         for key, entry in value.items():
             if isinstance(entry, Limit):
                 kept.append((key, entry))
                 continue
             where = f"{name}[{key!r}]"
-            if not (key in LIMIT_ROLES or (isinstance(key, str) and key.startswith("group:")
-                                           and key[6:].strip())):
+            if not is_limit_key(key):
                 raise ConfigError(f"{name}: unknown key {key!r} (a role: "
                                   f"{', '.join(LIMIT_ROLES)}, or group:NAME)")
             if not isinstance(entry, Mapping):
@@ -323,6 +335,30 @@ def download_limits() -> Check:
                 rate = parse_rate(f"{where}.rate", rate)
             kept.append((key, Limit(connections, rate)))
         return tuple(kept)
+    return check
+
+
+#: The key of PORTAL_DOWNLOAD_LIMITS_LOCKED that locks every entry, and new ones too.
+LOCK_ALL = "*"
+
+
+def limit_locks() -> Check:
+    """PORTAL_DOWNLOAD_LIMITS_LOCKED: a JSON object from a key of PORTAL_DOWNLOAD_LIMITS (or
+    ``*``: every key) to the reason admins are shown, such as ``{"anonymous": "the campus
+    uplink's share for guests, set by the network team"}``. Kept as a tuple of (key, reason);
+    None or ``{}``: nothing locked."""
+    def check(name: str, value: Any) -> tuple[tuple[str, str], ...]:
+        value = _json_object(name, value, 'such as {"anonymous": "set by the network team"} '
+                                          '(a key of PORTAL_DOWNLOAD_LIMITS, or "*" for all, '
+                                          'and the reason admins are shown)')
+        for key, reason in value.items():
+            if not (key == LOCK_ALL or is_limit_key(key)):
+                raise ConfigError(f"{name}: unknown key {key!r} (a role: "
+                                  f"{', '.join(LIMIT_ROLES)}, group:NAME or *)")
+            if not isinstance(reason, str) or not reason.strip():
+                raise ConfigError(f"{name}[{key!r}] must be the reason, as text, "
+                                  f"not {reason!r}")
+        return tuple((key, reason.strip()) for key, reason in value.items())
     return check
 
 
@@ -517,6 +553,10 @@ class Settings:
     # -- download limits (portal/download/limits.py, docs/limits.md) -------------------------
     # Per role or group: concurrent connections and bytes per second per person.
     download_limits: tuple = setting((), download_limits())
+    # Admins change those limits on /admin/limits (stored in SQL, download/limit_store.py);
+    # the environment's entries are the defaults. A key locked here keeps the environment's
+    # value whatever SQL holds, and the page shows it locked with this reason.
+    download_limits_locked: tuple = setting((), limit_locks())
     # Admission: the node's budget of active download connections (0: none); past it, new
     # downloads larger than ADMISSION_MIN_BYTES get 503 with Retry-After.
     download_admission_connections: int = setting(0, whole(0))

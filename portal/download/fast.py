@@ -40,6 +40,7 @@ from ..auth.users import SnapshotUser, session_user
 from ..config import settings
 from . import grant, limits
 from .body import TrackedFile, can_sendfile
+from .limit_store import settings_in_force
 from .plan import NotAtHand, Principal, RequestFacts, SendFile, plan
 
 log = logging.getLogger(__name__)
@@ -105,7 +106,7 @@ class FastDownloads:
                                   delivery.stop - delivery.start, None)
         except OSError:
             return None  # the view logs it and answers 503
-        planned, lease = limits.admit(self.app, planned, settings(self.app))
+        planned, lease = limits.admit(self.app, planned, settings_in_force(self.app))
         if planned is None:
             tracked.close()
             status, headers, body = limits.refusal(lease)
@@ -171,7 +172,7 @@ class FastDownloads:
                     revoked=co.revoked))
                 if principal.user is None:
                     return None  # the view decides (and Flask-Login, should it sign out)
-            return plan(facts, principal, reader, config, file_id,
+            return plan(facts, principal, reader, settings_in_force(app), file_id,
                         sendfile="direct" if direct else None)
         except NotAtHand:
             return None

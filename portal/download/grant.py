@@ -23,6 +23,7 @@ import re
 from ..config import settings
 from ..storage.base import shard_path
 from . import http, limits, links
+from .limit_store import settings_in_force
 from .plan import SendFile
 
 PREFIX = "/_portal/grant/"
@@ -117,7 +118,7 @@ def _grant(door, environ: dict, file_id: int | None, link_token: str | None):
     planned = door.plan(environ, file_id, method="GET", direct=True, link=link)
     if planned is None or not isinstance(planned.delivery, SendFile):
         return refuse
-    if limits.counts(planned, config):
+    if limits.counts(planned, settings_in_force(door.app)):
         # nginx would send it unseen: the view counts the connection and hands nginx the
         # person's rate (X-Accel-Limit-Rate), or refuses it (limits.py). Not cached by
         # nginx: the proxy_cache_key holds no user, and a grant is reused for a second.

@@ -15,6 +15,7 @@ from ..sendfile import peer_closed
 from ..storage import StorageError
 from . import http, limits
 from .body import CountedBody, TrackedFile, can_sendfile
+from .limit_store import settings_in_force
 from .plan import Bodiless, DownloadPlan, HeadOnly, Redirect, SendFile, Stream, XAccel
 
 log = logging.getLogger(__name__)
@@ -31,7 +32,7 @@ def response_for(plan: DownloadPlan, storage) -> Response:
         return Response(status=plan.status, headers=plan.headers)
     app = current_app._get_current_object()
     sock = request.environ.get("gunicorn.socket")
-    plan, lease = limits.admit(app, plan, settings(),
+    plan, lease = limits.admit(app, plan, settings_in_force(app),
                                connection=request.headers.get("X-Portal-Connection"),
                                gone=lambda: peer_closed(sock))
     if plan is None:

@@ -31,6 +31,7 @@ from ..storage import get_storage
 from ..urls import absolute_url
 from . import bp, links
 from .body import can_sendfile
+from .limit_store import settings_in_force
 from .plan import Principal, Refused, RequestFacts, plan, version_number
 from .readers import StoreReader
 from .respond import response_for
@@ -97,8 +98,8 @@ def download(file_id: int):
     reader = StoreReader.prefetching(
         db.session, get_storage(), file_id, user_id=None if token is None else token.user_id,
         version_key=None if number is None else cache.version_key_by_number(file_id, number))
-    answer = plan(request_facts(raw), session_principal(reader, token), reader, settings(),
-                  file_id)
+    answer = plan(request_facts(raw), session_principal(reader, token), reader,
+                  settings_in_force(), file_id)
     if isinstance(answer.delivery, Refused):
         return refuse() if answer.delivery.why == "unreadable" else abort(404)
     return response_for(answer, reader.storage)
@@ -157,7 +158,7 @@ def by_link(token: str, name: str | None = None):
     reader = StoreReader.prefetching(db.session, get_storage(), claims.file_id,
                                      user_id=claims.user_id,
                                      version_key=cache.version_key_by_id(claims.version_id))
-    answer = plan(request_facts(), Principal(link=claims), reader, settings(),
+    answer = plan(request_facts(), Principal(link=claims), reader, settings_in_force(),
                   claims.file_id)
     if isinstance(answer.delivery, Refused):
         return bad_link("revoked")

@@ -23,7 +23,6 @@ from ..analytics import logical
 from ..analytics import recorder as analytics
 from ..auth.views import safe_next
 from ..catalog.views import refuse
-from ..config import settings
 from ..errors import render_error, wants_json
 from ..extensions import db
 from ..models import File, User
@@ -31,6 +30,7 @@ from ..security import parse_id
 from ..storage import Storage, StorageError, get_storage
 from . import bp, http, limits, zipplan
 from .body import CountedBody
+from .limit_store import settings_in_force
 from .plan import Archive, plan_zip
 from .respond import refused, response_for
 from .views import request_facts
@@ -151,12 +151,13 @@ def zip_download():
         return refuse()
     user = current_user._get_current_object() if current_user.is_authenticated else None
     facts = request_facts()
-    answer = plan_zip(facts, files, settings(), user=user)
+    in_force = settings_in_force()
+    answer = plan_zip(facts, files, in_force, user=user)
     if not isinstance(answer.delivery, Archive):
         return response_for(answer, None)  # 304 / 412 / 416 / HEAD
     storage = get_storage()
     check_intact(answer.delivery, storage, ids)
-    answer, lease = limits.admit(current_app._get_current_object(), answer, settings())
+    answer, lease = limits.admit(current_app._get_current_object(), answer, in_force)
     if answer is None:
         return refused(lease)
     user_id = None if user is None else user.id
