@@ -27,6 +27,22 @@ def role_label(role: str) -> str:
     return role if label is None else str(label)
 
 
+@bp.app_template_filter("audit_action")
+def audit_action(action: str) -> str | None:
+    """An audit action in the page's language (None: shown as its code)."""
+    from ..audit import action_words
+
+    return action_words(action)
+
+
+@bp.app_template_filter("audit_detail")
+def audit_detail(entry) -> str:
+    """An audit entry's detail in the page's language where it is stored as data."""
+    from ..audit import detail_words
+
+    return detail_words(entry)
+
+
 def require_admin() -> None:
     """User and group management is for admins only; staff get 404 like students."""
     if not current_user.is_admin:

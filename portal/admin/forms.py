@@ -63,6 +63,62 @@ class GroupForm(FlaskForm):
     description = StringField(_l("Description"), validators=[Optional(), Length(max=256)])
 
 
+class LimitForm(FlaskForm):
+    """One download limit: connections at once and a rate, each empty for no limit.
+    ``self.limit`` is the Limit once validated."""
+
+    connections = StringField(_l("Connections at once"))
+    rate = StringField(_l("Rate, per second"))
+
+    def validate_connections(self, field) -> None:
+        """A whole number from 1 to MAX_CONNECTIONS, or nothing."""
+        from ..download.limit_store import MAX_CONNECTIONS
+
+        text = _typed(field)
+        if text and not (text.isascii() and text.isdigit() and len(text) <= 6
+                         and 1 <= int(text) <= MAX_CONNECTIONS):
+            raise ValidationError(_("Connections must be a whole number from 1 to "
+                                    "%(most)s, or empty for no limit.", most=MAX_CONNECTIONS))
+
+    def validate_rate(self, field) -> None:
+        """Bytes per second as PORTAL_DOWNLOAD_LIMITS takes them (4194304, 512K, 4MB, 1.5M),
+        at most MAX_RATE, or nothing."""
+        from ..download.limit_store import MAX_RATE
+        from ..settings import ConfigError, parse_rate
+
+        text = _typed(field).removesuffix("/s").removesuffix("/S")
+        try:
+            rate = parse_rate("rate", text) if text and len(text) <= 20 else None
+        except ConfigError:
+            rate = None
+        if text and (rate is None or rate > MAX_RATE):
+            raise ValidationError(_("The rate must be bytes per second such as 512K, 4MB or "
+                                    "1.5M (K, M and G are powers of 1024), at most 100 GB, "
+                                    "or empty for no limit."))
+
+    @property
+    def limit(self):
+        """The Limit the validated fields spell."""
+        from ..settings import Limit, parse_rate
+
+        connections = _typed(self.connections)
+        rate = _typed(self.rate).removesuffix("/s").removesuffix("/S")
+        return Limit(int(connections) if connections else None,
+                     parse_rate("rate", rate) if rate else None)
+
+
+class LimitResetForm(FlaskForm):
+    """Give a download limit back to the environment (its CSRF token only)."""
+
+
+def _typed(field) -> str:
+    """A field's text as typed, full-width digits and letters (a Chinese input method's)
+    read as ASCII."""
+    import unicodedata
+
+    return unicodedata.normalize("NFKC", field.data or "").strip()
+
+
 #: The picker's kinds of access, as people read them.
 ACCESS_LABELS = {"public": _l("Everyone, without signing in (public)"),
                  "login": _l("Everyone signed in"),

@@ -17,13 +17,14 @@ from ..analytics import recorder as recording
 from ..audit import audit
 from ..coherence import commit_everywhere
 from ..config import settings
-from ..download import limits
+from ..download import limit_store, limits
 from ..extensions import db
 from ..health import health_report
 from ..models import AuditEntry, Group, User
+from ..settings import LOCK_ALL
 from . import bp, require_admin
 from .dashboard import dashboard
-from .forms import ConfirmForm, GroupForm, UserForm
+from .forms import ConfirmForm, GroupForm, LimitForm, LimitResetForm, UserForm
 from .service import group_uses, save_user, user_matches
 
 
@@ -40,10 +41,51 @@ def index():
 
 @bp.route("/limits")
 def download_limits():
-    """The download limits in force, the admission budget, and how often they acted."""
+    """The download limits in force and where each comes from (the environment, an admin,
+    a lock), the admission budget, and how often they acted."""
+    config = settings()
+    named = limit_store.entries(db.session, config)
     return render_template("admin/limits.html",
                            limits=limits.in_force(current_app._get_current_object(),
-                                                  settings()))
+                                                  limit_store.settings_in_force()),
+                           entries=named, addable=limit_store.addable(db.session, config, named),
+                           lock_all=dict(config.download_limits_locked).get(LOCK_ALL))
+
+
+@bp.route("/limits/edit", methods=["GET", "POST"])
+def edit_limit():
+    """Change the download limit of ``?who=`` (a role, anonymous or group:NAME), or give it
+    back to the environment (admins only: staff see the limits, 403 here). A key the
+    environment locks is shown with the reason and refused (409); bad input is refused with
+    the field's message (400); either way nothing changes. A saved change answers once
+    every worker of every node applies it."""
+    if not current_user.is_admin:
+        abort(403)
+    who = request.args.get("who", "")[:80]
+    config = settings()
+    if not limit_store.may_name(db.session, config, who):
+        abort(404)
+    shown = limit_store.entry(db.session, config, who)
+    form, reset = LimitForm(), LimitResetForm()
+    if request.method == "GET" and shown.limit is not None:
+        form.connections.data = "" if shown.limit.connections is None else str(
+            shown.limit.connections)
+        form.rate.data = limit_store.rate_text(shown.limit.rate)
+    status = 200
+    if request.method == "POST":
+        status = 409 if shown.locked is not None else 400
+        wants_reset = request.form.get("action") == "reset"
+        if shown.locked is None and (reset if wants_reset else form).validate_on_submit():
+            changed = limit_store.save(db.session, current_user, config, who,
+                                       None if wants_reset else form.limit,
+                                       ip=request.remote_addr or "")
+            if changed:
+                commit_everywhere(db.session)
+                flash(_("Saved: every node applies it now."), "info")
+            else:
+                flash(_("Nothing changed."), "info")
+            return redirect(url_for("admin.download_limits"))
+    return render_template("admin/limit_edit.html", entry=shown, form=form, reset=reset), status
 
 
 @bp.route("/users", methods=["GET", "POST"])
