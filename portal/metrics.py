@@ -164,4 +164,5 @@ def metrics():
     shown = limits.in_force(app, settings())
     registry.register(DownloadLimitsCollector(shown["counters"], shown["node_active"]))
     registry.register(BacklogCollector(backlog.measure(recorder(app))))
-    return Response(generate_latest(registry), mimetype=CONTENT_TYPE_LATEST)
+    # content_type, not mimetype: Flask would add a second charset to the exposition type.
+    return Response(generate_latest(registry), content_type=CONTENT_TYPE_LATEST)
