@@ -4,8 +4,12 @@ The repository keeps templates/, static/, migrations/ and gunicorn.conf.py at it
 a wheel has only its packages, so the build copies them into ``portal/``, where an installed
 portal finds them (``portal.bundled``). A checkout and an editable install read them where
 they are, so an editable build copies nothing. MANIFEST.in puts them into the sdist.
+
+The wheel also carries ``portal/static-built``: static/ under content-hashed names with gzip
+copies (portal/assetbuild.py), which an installed portal serves from the first request on.
 """
 
+import importlib.util
 from pathlib import Path
 
 from setuptools import setup
@@ -31,6 +35,17 @@ class BuildWithBundled(build_py):
             for path in files:
                 self.mkpath(str((target / path).parent))
                 self.copy_file(str(path), str(target / path))
+        assetbuild(Path("portal") / "assetbuild.py").build(Path("static"),
+                                                          target / "static-built")
+
+
+def assetbuild(path: Path):
+    """portal/assetbuild.py loaded by itself: importing the package would need Flask, which
+    the build environment does not have."""
+    spec = importlib.util.spec_from_file_location("portal_assetbuild", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 setup(cmdclass={"build_py": BuildWithBundled})

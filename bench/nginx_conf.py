@@ -25,6 +25,7 @@ PLACEHOLDERS = (
     "server 127.0.0.1:8000",
     "listen 80;",
     "/srv/portal/storage/objects/",
+    "/srv/portal/static/",
     "http {",
 )
 
@@ -37,14 +38,17 @@ class ConfDrift(ValueError):
 
 def render_deploy_conf(text: str, *, port: int, upstream_port: int, storage: Path,
                        pid: Path | str, log_prefix: str, cache_prefix: str,
-                       user: str | None = None, temp_dir: Path | None = None) -> str:
+                       user: str | None = None, temp_dir: Path | None = None,
+                       static: Path | None = None) -> str:
     """``text`` (deploy/nginx.conf) listening on 127.0.0.1:``port`` in front of the portal on
     127.0.0.1:``upstream_port``, serving the objects under ``storage``.
 
     ``log_prefix`` and ``cache_prefix`` take the place of ``/var/log/nginx/`` and
     ``/var/cache/nginx/`` (a folder with its slash, or a folder and a file-name prefix);
     ``user`` names the workers' OS user (None: the line goes, nginx keeps the user it runs
-    as); ``temp_dir`` puts every ``*_temp_path`` below that folder (None: nginx's defaults).
+    as); ``temp_dir`` puts every ``*_temp_path`` below that folder (None: nginx's defaults);
+    ``static`` is the folder of built static assets (None: one that holds nothing, so nginx
+    passes /static/ to the portal).
     Raises ConfDrift when a literal of PLACEHOLDERS is missing.
     """
     missing = [literal for literal in PLACEHOLDERS if literal not in text]
@@ -57,7 +61,8 @@ def render_deploy_conf(text: str, *, port: int, upstream_port: int, storage: Pat
                 .replace("/var/cache/nginx/", cache_prefix)
                 .replace("server 127.0.0.1:8000", f"server 127.0.0.1:{upstream_port}")
                 .replace("listen 80;", f"listen 127.0.0.1:{port};")
-                .replace("/srv/portal/storage/objects/", f"{storage / 'objects'}/"))
+                .replace("/srv/portal/storage/objects/", f"{storage / 'objects'}/")
+                .replace("/srv/portal/static/", f"{static or storage / 'no-static'}/"))
     if temp_dir is not None:
         temps = "".join(f"    {kind}_temp_path {temp_dir / kind};\n" for kind in TEMP_KINDS)
         rendered = rendered.replace("http {", "http {\n" + temps, 1)

@@ -56,6 +56,9 @@ def create_app(config: dict | None = None) -> Flask:
     register_errorhandlers(app)
     register_commands(app)
 
+    from . import assets
+
+    assets.register(app)  # /static/: hashed URLs, long-lived caching, precompressed bodies
     from .download.fast import FastDownloads
 
     app.wsgi_app = FastDownloads(app, app.wsgi_app)

@@ -9,6 +9,8 @@ export FLASK_APP=wsgi
 # The embedded default's folder: PORTAL_INSTANCE_PATH when set (as the app reads it), else ./instance.
 instance=${PORTAL_INSTANCE_PATH:-instance}
 .venv/bin/flask db upgrade
+# static/ under hashed names with gzip copies, into the instance folder (docs/deploy.md).
+.venv/bin/flask static build
 if [ ! -e "$instance/.demo-seeded" ]; then
   echo "run.sh: seeding the demo: users, documents, a 100 MB recording, 60 days of downloads" \
        "(first start only: a few seconds)..."

@@ -292,6 +292,7 @@ class Nginx:
     upstream: Gunicorn
     port: int = field(default_factory=free_port)
     proc: subprocess.Popen | None = None
+    static: Path | None = None  # built static assets (flask static build --to); None: none
 
     @property
     def base_url(self) -> str:
@@ -308,7 +309,7 @@ class Nginx:
             DEPLOY_CONF.read_text(), port=self.port, upstream_port=self.upstream.port,
             storage=self.upstream.instance.storage, pid=self.workdir / "nginx.pid",
             log_prefix=f"{self.workdir / 'logs'}/", cache_prefix=f"{self.workdir / 'cache'}/",
-            temp_dir=self.workdir / "temp",
+            temp_dir=self.workdir / "temp", static=self.static,
             # as root (CI) the workers run as root too, to read the test's private temp folders
             user="root" if os.geteuid() == 0 else None))
         base = [exe, "-p", str(self.workdir), "-c", str(conf),

@@ -58,7 +58,8 @@ def _page_arg() -> int:
 @bp.route("/favicon.ico")
 def favicon():
     """Browsers ask for /favicon.ico before reading the page's icon link: the same icon."""
-    return redirect(url_for("static", filename="favicon.svg"), 301)
+    # The plain name: browsers keep a 301 for good, and a hashed name ends with its content.
+    return redirect(url_for("static", filename="favicon.svg", hashed=False), 301)
 
 
 @bp.route("/")

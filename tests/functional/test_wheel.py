@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 from servers import ROOT, request, stop_process
 
+from portal import assetbuild
 from tests.helpers import free_port, wait_for
 
 pytestmark = pytest.mark.slow
@@ -71,6 +72,9 @@ def test_the_wheel_carries_what_the_checkout_keeps_at_its_top_level(wheel):
                  "migrations/alembic.ini", "gunicorn.conf.py", "wsgi.py", "serve.py"):
         assert f"portal/{path}" in names, path
     assert not [name for name in names if "__pycache__" in name]
+    # static/ built: hashed names with gzip copies (setup.py, portal/assetbuild.py)
+    assert "portal/static-built/manifest.json" in names
+    assert "portal/static-built/" + hashed("css/portal.css") + ".gz" in names
     entry_points = next(name for name in names if name.endswith("entry_points.txt"))
     assert "campus-portal = portal.serve:main" in zipfile.ZipFile(wheel).read(entry_points).decode()
 
@@ -100,6 +104,10 @@ def test_installed_it_migrates_and_serves_from_its_own_files(installed):
         assert status == 200 and b'name="csrf-token"' in body  # templates/
         status, _, css = request(f"http://127.0.0.1:{port}", "GET", "/static/css/portal.css")
         assert status == 200 and css == (ROOT / "static" / "css" / "portal.css").read_bytes()
+        status, headers, _ = request(f"http://127.0.0.1:{port}", "GET",
+                                     "/static/" + hashed("css/portal.css"),
+                                     headers={"Accept-Encoding": "gzip"})
+        assert status == 200 and headers["Content-Encoding"] == "gzip"  # the wheel's build
         # the analytics flusher gunicorn.conf.py starts beside the workers (`flask --app
         # wsgi` in the package's folder) keeps running
         flusher = wait_for(lambda: flusher_of(server.pid), what="the analytics flusher")
@@ -110,6 +118,11 @@ def test_installed_it_migrates_and_serves_from_its_own_files(installed):
         assert "analytics flusher exited" not in server.stderr.read()
     finally:
         stop_process(server)
+
+
+def hashed(name: str) -> str:
+    """The content-hashed name of static/``name``."""
+    return assetbuild.hashed_name(name, (ROOT / "static" / name).read_bytes())
 
 
 def flusher_of(pid: int) -> str:
