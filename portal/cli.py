@@ -17,6 +17,7 @@ from .auth.forms import MIN_PASSWORD
 from .auth.sso.mapping import DIRECTORY_METHODS
 from .backup.cli import backup_cli
 from .coherence import commit_everywhere
+from .errorpages import error_pages_command
 from .extensions import db
 from .files import add_version, discard
 from .models import ROLES, Group, User
@@ -399,5 +400,6 @@ def register(app: Flask) -> None:
     app.cli.add_command(demo_command)
     app.cli.add_command(storage_cli)
     app.cli.add_command(backup_cli)
+    app.cli.add_command(error_pages_command)
 
 

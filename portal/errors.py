@@ -49,11 +49,24 @@ MESSAGES = {
     405: (_l("Method not allowed"), _l("This address does not accept that kind of request.")),
     412: (_l("Precondition failed"), _l("The file changed since you started; download it again.")),
     413: (_l("Too large"), _l("The upload is larger than the portal accepts.")),
+    414: (_l("Address too long"),
+          _l("The address, with what was typed into the search, is longer than the portal "
+             "accepts. Search with fewer words and try again.")),
     416: (_l("Range not satisfiable"), _l("The requested part of the file does not exist.")),
+    417: (_l("Expectation failed"),
+          _l("The portal cannot do what the request's Expect header asks for.")),
     429: (_l("Too many requests"), _l("Please wait a moment before trying again.")),
+    431: (_l("Request headers too large"),
+          _l("Your browser sent more header data than the portal accepts, usually too many "
+             "or too large cookies. Delete this site's cookies and try again.")),
     500: (_l("Server error"), _l("Something went wrong on our side. It has been logged.")),
+    501: (_l("Not supported"), _l("The request uses a feature the portal does not support.")),
+    502: (_l("Portal not answering"),
+          _l("The portal is restarting or down for a moment. Try again in a minute.")),
     503: (_l("Service unavailable"),
           _l("The portal is busy or under maintenance. Try again soon.")),
+    504: (_l("Portal too slow"),
+          _l("The portal did not answer in time. Try again in a moment.")),
 }
 
 

@@ -107,6 +107,15 @@ def bad_request(message: str) -> NoReturn:
     abort(make_response(jsonify(error=message), 400))
 
 
+def page_headers(production: bool) -> list[tuple[str, str]]:
+    """The security headers of a page: every page the app answers, and the error pages the
+    web servers send themselves (portal/errorpages.py)."""
+    headers = list(_PAGE_HEADERS)
+    if production:
+        headers.append(("Strict-Transport-Security", HSTS))
+    return headers
+
+
 def register(app: Flask) -> None:
     """Register the ``id`` converter (before any blueprint uses it) and the header hook."""
     app.url_map.converters["id"] = IdConverter
@@ -129,10 +138,8 @@ def add_security_headers(response: Response) -> Response:
     by_link = request.endpoint == "download.by_link"
     representation = request.blueprint == "download" and "X-Content-Type-Options" in headers
     if not representation:
-        for name, value in _PAGE_HEADERS:
+        for name, value in page_headers(current_app.config["ENV"] == "production"):
             headers.setdefault(name, value)
-        if current_app.config["ENV"] == "production":
-            headers.setdefault("Strict-Transport-Security", HSTS)
     if by_link:
         headers["Referrer-Policy"] = LINK_REFERRER_POLICY
     return response

@@ -24,6 +24,12 @@ fields) is either checked here the same way or makes the request gunicorn's. A h
 ``keepalive`` seconds to arrive whole, counted from when this loop starts waiting for it:
 gunicorn's deadline for ``next(parser)``.
 
+What gunicorn answers itself, a head it refuses (400, 414, 431...) or a request that failed
+before its response began (500), keeps gunicorn's status, logging and closing, but the client
+reads the portal's error page with the portal's security headers instead of gunicorn's bare
+English text (``handle_error``; portal/errorpages.py): rendered when the worker loads the app,
+in the head's language when its Accept-Language can be read safely, else in zh_CN.
+
 What differs from gunicorn for lean-served requests, on purpose: the ``pre_request`` and
 ``post_request`` hooks are not called (gunicorn.conf.py's post_request is the fair turn,
 which this loop takes itself), and the environ holds only what the door reads plus the
@@ -87,14 +93,49 @@ class GeventWorker(GunicornGeventWorker):
         self.secure_headers = dict(cfg.secure_scheme_headers)
         if lean:
             self.parse_head = head_parser(cfg)
+        self.error_pages, self.error_language = self._error_pages(app)
+
+    def _error_pages(self, app) -> tuple[dict, object]:
+        """({(language, code): fields, blank line and body}, a function of the refused
+        request and its raw head giving the page's language) for handle_error: rendered now,
+        so that answering a refusal renders nothing. No pages (gunicorn's own then) when the
+        app cannot render them: a worker that cannot say it nicely still serves."""
+        try:
+            from .config import settings
+            from .errorpages import (
+                GUNICORN_CODES,
+                accept_language,
+                choose_language,
+                render_pages,
+                response_fields,
+            )
+
+            pages = {key: response_fields(app, body) + b"\r\n" + body
+                     for key, body in render_pages(app, GUNICORN_CODES).items()}
+            languages, default = settings(app).languages, settings(app).babel_default_locale
+        except Exception:
+            self.log.exception("the portal's error pages could not be rendered: gunicorn's "
+                               "own are sent")
+            return {}, None
+
+        def language(req, head: bytes) -> str:
+            if req is not None:  # a head gunicorn parsed: its fields are checked already
+                values = [value for name, value in req.headers if name == "ACCEPT-LANGUAGE"]
+                value = values[0] if len(values) == 1 else None
+            else:
+                value = accept_language(head)
+            return choose_language(value, languages, default)
+
+        return pages, language
 
     def handle(self, listener, client, addr):
         if (self.lean_app is None or not isinstance(addr, tuple)
                 or negotiation.prior_knowledge_allowed(self.cfg, addr)):
             return super().handle(listener, client, addr)
         client.setblocking(1)
+        handed = [b""]  # the bytes gunicorn's cycle last parsed from, for an error's language
         try:
-            self._serve(listener, client, addr)
+            self._serve(listener, client, addr, handed)
         except http.errors.NoMoreData as e:
             self.log.debug("Ignored premature client disconnection. %s", e)
         except StopIteration as e:
@@ -103,12 +144,41 @@ class GeventWorker(GunicornGeventWorker):
             if e.errno not in (errno.EPIPE, errno.ECONNRESET, errno.ENOTCONN):
                 self.log.exception("Socket error processing request.")
         except Exception as e:  # as gunicorn's handle: an error page where one can still go
-            self.handle_error(None, client, addr, e)
+            self.handle_error(None, client, addr, e, handed[0])
         finally:
             util.close(client)
 
-    def _serve(self, listener, client, addr) -> None:
-        """Serve the connection's requests until it closes or the worker stops."""
+    def handle_error(self, req, client, addr, exc, head: bytes = b""):
+        """gunicorn's answer to a request it refuses, or that failed before its response
+        began, with the portal's error page in place of gunicorn's: gunicorn decides the
+        status line, logs and closes as ever; only the fields and the body it writes are
+        replaced. ``head``: the raw bytes of a head gunicorn could not parse (the page's
+        language is read from them only when ``req`` is None)."""
+        if not self.error_pages:
+            return super().handle_error(req, client, addr, exc)
+        said = _Said(client)
+        super().handle_error(req, said, addr, exc)
+        written = bytes(said.data)
+        status = written.partition(b"\r\n")[0]
+        code = status.split(b" ", 2)[1:2]
+        page = None
+        try:
+            if code and code[0].isdigit():
+                page = self.error_pages.get((self.error_language(req, head), int(code[0])))
+        except Exception:  # a head that defeats the language's reading gets gunicorn's page
+            self.log.debug("no language for the error page of %r", head[:100])
+        if page is not None:
+            written = status + b"\r\n" + page
+        try:
+            if written:
+                util.write_nonblock(client, written)
+        except Exception:
+            self.log.debug("Failed to send error message.")
+        return None
+
+    def _serve(self, listener, client, addr, handed: list) -> None:
+        """Serve the connection's requests until it closes or the worker stops; ``handed[0]``
+        is kept as the bytes handed to gunicorn's cycle last."""
         listener_name = listener.getsockname()
         pending = b""
         keepalive = self.cfg.keepalive
@@ -121,6 +191,7 @@ class GeventWorker(GunicornGeventWorker):
                 environ = self._environ(head, client, addr, listener_name)
             answer = None if environ is None else self._ask(environ)
             if answer is None:
+                handed[0] = pending
                 pending = self._gunicorn(listener, listener_name, client, addr, pending,
                                          deadline)
                 if pending is None:
@@ -352,6 +423,26 @@ def _read_head(client, pending: bytes, keepalive: float, parse) -> tuple:
         if not data:
             return None, None, None
         pending += data
+
+
+class _Said:
+    """The client's socket as gunicorn's handle_error sees it: what gunicorn writes (its error
+    page) is kept for handle_error to replace, everything else is the socket's."""
+
+    def __init__(self, sock) -> None:
+        self._sock, self.data = sock, bytearray()
+
+    def sendall(self, data: bytes) -> None:
+        self.data += data
+
+    def gettimeout(self) -> float | None:
+        return None
+
+    def setblocking(self, flag: bool) -> None:
+        pass
+
+    def __getattr__(self, name: str):
+        return getattr(self._sock, name)
 
 
 class _Sent:

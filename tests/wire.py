@@ -4,6 +4,8 @@
 worker (the default) and ``plain`` with gunicorn's GeventWorker. ``exchange`` sends the same
 bytes to either and reads back what a client would see: each response's status line, fields
 (Date aside, Set-Cookie by name) and body, and whether the server closed the connection.
+``assert_answered_alike`` holds the two to the same answers, but for the one thing the
+portal's worker says differently on purpose: its error page where gunicorn sends its own.
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from servers import Browser, Gunicorn, Instance, write_random
+
+from portal.security import page_headers
 
 PLAIN_WORKER = "gunicorn.workers.ggevent.GeventWorker"
 # Which case sent a line, and whether the lean cycle answered it ("1") or gunicorn ("-").
@@ -56,6 +60,56 @@ def req(case: str, path: str, *extra: str, method: str = "GET", version: str = "
     lines = [f"{method} {path} {version}", "Host: portal.test", f"User-Agent: case-{case}",
              *extra]
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
+
+
+#: How gunicorn's own error page begins (gunicorn.util.write_error).
+GUNICORN_PAGE = b"<html>\n  <head>\n    <title>"
+
+
+def gunicorn_error_page(response: tuple) -> bool:
+    """Whether a response is gunicorn's own error page (gunicorn.util.write_error), what
+    gunicorn's worker sends for a head it refuses; its body is not read after a HEAD."""
+    _, fields, body = response
+    return ([name for name, _ in fields] == ["Connection", "Content-Type", "Content-Length"]
+            and fields[:2] == [("Connection", "close"), ("Content-Type", "text/html")]
+            and (body == b"" or body.startswith(GUNICORN_PAGE)))
+
+
+def assert_portal_error_page(response: tuple, status: str, language: str = "zh_CN") -> None:
+    """``response`` is the portal's error page (portal/errorpages.py) under ``status`` (a
+    status line), in ``language``, with the portal's security headers, closing."""
+    got, fields, body = response
+    assert got == status, (got, status)
+    named = dict(fields)
+    assert len(named) == len(fields), fields
+    assert named["Connection"] == "close"
+    assert named["Content-Type"] == "text/html; charset=utf-8"
+    assert int(named["Content-Length"]) == len(body)
+    for name, value in page_headers(production=False):
+        assert named.get(name) == value, (name, fields)
+    page = body.decode("utf-8")
+    assert f"<h1>{status.split()[1]} · " in page, page[:400]
+    assert f'<html lang="{"zh-CN" if language == "zh_CN" else language}">' in page, page[:200]
+
+
+def assert_answered_alike(got: tuple, want: tuple, context: object = None) -> None:
+    """The lean server's answers on a connection (``exchange``'s or ``exchange_all``'s) are
+    the plain server's: the same responses and closing; where gunicorn's worker sent
+    gunicorn's own error page, the portal's worker sent the portal's, under the same status
+    line. After a HEAD, whose response is read without a body, gunicorn sends the page's
+    body all the same: it is what ``exchange_all`` finds after the last response."""
+    assert [r[0] for r in got[0]] == [r[0] for r in want[0]], context
+    got_after, want_after = list(got[1:]), list(want[1:])
+    for i, (mine, theirs) in enumerate(zip(got[0], want[0], strict=True)):
+        if not gunicorn_error_page(theirs):
+            assert mine == theirs, context
+            continue
+        body = mine[2]
+        if not theirs[2] and i == len(want[0]) - 1 and len(want) == 3 and want[1]:
+            assert want[1].startswith(GUNICORN_PAGE), context  # a HEAD's unread page
+            body, got_after[0], want_after[0] = got[1], b"", b""
+        assert_portal_error_page((mine[0], mine[1], body), theirs[0])
+    assert got_after == want_after, context
 
 
 def exchange(server: Gunicorn, raw: bytes, expect: int) -> tuple[list, bool]:

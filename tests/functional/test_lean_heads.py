@@ -1,5 +1,5 @@
 """Every request head, however malformed, gets the same answer from the portal's worker as
-from gunicorn's own GeventWorker.
+from gunicorn's own GeventWorker, said with the portal's error page where gunicorn refuses it.
 
 The portal's worker (portal/worker.py) reads request heads itself for warm downloads; a head
 it reads differently from gunicorn is a smuggling path (a bare CR that one reads as a line end
@@ -7,7 +7,9 @@ and the other refuses hides a second request). Two real gunicorns on one instanc
 bytes: Hypothesis generates heads with every byte in names and values, CR/LF/CRLF line ends,
 obs-fold, Content-Length and Transfer-Encoding together and apart, sizes at gunicorn's limits,
 several requests pipelined, sent split across TCP segments. Each connection's responses
-(status line, fields but Date, body) and its closing must be equal. The named cases are the
+(status line, fields but Date, body) and its closing must be equal, except that where
+gunicorn's worker sends gunicorn's own error page the portal's sends the portal's page under
+the same status line (wire.assert_answered_alike). The named cases are the
 findings that started this: each was answered differently before the worker used gunicorn's
 parser.
 """
@@ -22,7 +24,15 @@ import time
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from wire import PATIENCE, exchange_all, lean_and_plain, lean_lines, req
+from wire import (
+    PATIENCE,
+    assert_answered_alike,
+    assert_portal_error_page,
+    exchange_all,
+    lean_and_plain,
+    lean_lines,
+    req,
+)
 
 from tests.helpers import wait_for
 
@@ -52,14 +62,14 @@ def warm_paths(ids: dict, cookie: str) -> list[tuple[str, tuple[str, ...]]]:
 
 
 def same_on_both(servers, pieces: list[bytes]) -> None:
-    """The lean and the plain server answer these segments alike, and close alike."""
+    """The lean and the plain server answer these segments alike, and close alike (with the
+    portal's error page where gunicorn's worker sends its own)."""
     lean, plain = servers[0], servers[1]
     got = exchange_all(lean, pieces)
     want = exchange_all(plain, pieces)
     raw = b"".join(pieces)
     assert got[2] and want[2], ("a server neither answered nor closed", raw[:300])
-    assert [r[0] for r in got[0]] == [r[0] for r in want[0]], raw[:300]
-    assert got == want, raw[:300]
+    assert_answered_alike(got, want, raw[:300])
     for status, _, _ in got[0]:
         assert status.split()[1] not in ("500", "502"), (status, raw[:300])
 
@@ -307,6 +317,19 @@ def test_the_access_line_escapes_what_is_not_printable(servers):
                 if "case-esc" in line)
     assert "case-esc\\x09me\\x9B31m\\xE4" in line
     assert not any(ord(c) < 0x20 or 0x7F <= ord(c) < 0xA0 for c in line)
+
+
+def test_a_refused_head_is_answered_in_the_language_it_asks_for(servers):
+    """gunicorn's refusal, said with the portal's page: English when the refused head's
+    Accept-Language can be read and prefers it (portal/errorpages.py)."""
+    lean, plain, ids, _ = servers
+    raw = req("refused-en", f"/files/{ids['public']}/download", "Accept-Language: en-GB,en",
+              "X-Filler: " + "a" * (FIELD_LIMIT + 10))
+    got, want = exchange_all(lean, [raw]), exchange_all(plain, [raw])
+    statuses = [r[0] for r in want[0]]
+    assert [r[0] for r in got[0]] == statuses == ["HTTP/1.1 431 Request Header Fields Too Large"]
+    assert_portal_error_page(got[0][0], statuses[0], "en")
+    assert got[2] and want[2]  # both closed
 
 
 def test_a_plain_download_is_still_answered_in_the_lean_cycle(servers):

@@ -15,7 +15,7 @@ from portal.download import limit_store
 from portal.extensions import db
 from portal.models import AuditEntry, DownloadLimitRule, User
 from portal.settings import Limit
-from tests.helpers import add_file, csrf_from, form_sign_in
+from tests.helpers import add_file, csrf_from, form_sign_in, signed_in, warm
 
 pytestmark = pytest.mark.databases  # rows, the change log and the audit in one transaction
 
@@ -120,6 +120,37 @@ def test_a_change_committed_anywhere_is_applied_within_coherence_seconds(limited
     while concurrent(student, url) == 200:
         assert time.monotonic() - committed < bound + 0.3, "not applied within the bound"
         time.sleep(0.02)
+
+
+def test_the_fast_path_applies_the_change_too(limited, app, make_user, make_app):
+    """The WSGI fast path in front of Flask (its worker copies on) plans and admits by the
+    same limits: a change committed elsewhere reaches it within COHERENCE_SECONDS."""
+    make_user("stu")
+    file_id = add_file(app, b"f" * (64 * KiB), access="login")
+    url = f"/files/{file_id}/download"
+    node_b = make_app(CACHE_LOCAL_SECONDS=30)
+    door = node_b.extensions["portal_fast_door"]
+    student = signed_in(node_b, "stu")
+    warm(node_b, student, url)
+    served = door.served
+    assert concurrent(student, url) == 200 and door.served == served + 2  # both fast
+    with app.app_context():
+        boss = User(username="boss", display_name="boss", role="admin")
+        db.session.add(boss)
+        db.session.flush()
+        limit_store.save(db.session, boss, app.extensions["portal_settings"], "student",
+                         Limit(1, None), ip="")
+        db.session.commit()
+    committed = time.monotonic()
+    bound = node_b.extensions["portal_settings"].coherence_seconds
+    while concurrent(student, url) == 200:
+        assert time.monotonic() - committed < bound + 0.3, "not applied within the bound"
+        time.sleep(0.02)
+    served = door.served
+    held = student.get(url, buffered=False)
+    assert held.status_code == 200 and door.served == served + 1  # the fast path's answer
+    assert student.get(url).status_code == 429
+    held.close()
 
 
 def test_an_edit_is_audited_in_words(limited, app, client, make_user, login):
