@@ -22,6 +22,7 @@ from pathlib import Path
 
 from gevent import monkey
 from gevent import sleep as _gevent_sleep
+from gunicorn.http import message as _gunicorn_message
 from gunicorn.workers.ggevent import GeventWorker as GunicornGeventWorker
 
 # A gevent worker patches the standard library when it starts, after the fork; by then this
@@ -78,6 +79,16 @@ worker_connections = _settings.gunicorn_connections
 timeout = 60
 graceful_timeout = 30
 keepalive = 5
+# The longest request line (method, target, version) in bytes; a longer one is answered 414
+# with the portal's page (portal/worker.py). A search goes into the URL, where a Chinese
+# character takes 9 bytes (its 3 UTF-8 bytes percent-encoded): gunicorn's default, 4094,
+# refused a search of more than about 450 of them. 20480 holds one of 2,000 characters
+# (18,000 bytes) with the rest of the catalog's query (category, sort, page);
+# deploy/nginx.conf's large_client_header_buffers (20k) is the same limit in front. gunicorn
+# itself takes no value between 8190 (its MAX_REQUEST_LINE) and 0 (no limit at all): the cap
+# is raised here, in the master, before any worker (of whatever class) reads it.
+limit_request_line = 20480
+_gunicorn_message.MAX_REQUEST_LINE = max(_gunicorn_message.MAX_REQUEST_LINE, limit_request_line)
 # One access line per request; behind nginx (which logs every request) it can be switched off
 # with PORTAL_GUNICORN_ACCESSLOG= (empty): a blocking write per request costs ~2 % (py-spy).
 accesslog = _settings.gunicorn_accesslog

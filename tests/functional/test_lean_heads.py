@@ -40,8 +40,9 @@ pytestmark = pytest.mark.slow
 
 #: Generated connections per run; CI runs the default. PORTAL_TEST_HEAD_CASES raises it.
 CASES = int(os.environ.get("PORTAL_TEST_HEAD_CASES", "600"))
-#: gunicorn's limits under gunicorn.conf.py (its defaults): request line, field size, fields.
-LINE_LIMIT, FIELD_LIMIT, FIELDS_LIMIT = 4094, 8190, 100
+#: gunicorn's limits under gunicorn.conf.py: request line (raised there), field size and
+#: fields (gunicorn's defaults).
+LINE_LIMIT, FIELD_LIMIT, FIELDS_LIMIT = 20480, 8190, 100
 
 
 @pytest.fixture(scope="module")
