@@ -46,6 +46,8 @@
     }
     return number.format(value);
   };
+  // Axes of counts (downloads, people): whole-number ticks, never "0.5 downloads".
+  const countAxis = () => ({beginAtZero: true, ticks: {precision: 0}});
   const charts = {};
   const draw = (id, config) => {
     const canvas = document.getElementById(id);
@@ -67,7 +69,7 @@
       datasets: [{label: t("downloads"), data: top.map((r) => r.downloads), backgroundColor: "#1f6feb"}]},
       options: {indexAxis: "y", plugins: {legend: {display: false},
         tooltip: {callbacks: {title: (items) => top[items[0].dataIndex].title}}},
-        scales: {x: {beginAtZero: true, ticks: {precision: 0}}},
+        scales: {x: countAxis()},
         onClick: (_event, items) => {
           if (items.length && filePage) location.href = filePage.replace(/0$/, top[items[0].index].file_id);
         }}});
@@ -108,7 +110,7 @@
     draw("series-chart", {type: "line", data: {labels: s.labels.map((l) => dateLabel(l, s.step)), datasets: [
       {label: t("downloads"), data: s.downloads, borderColor: "#1f6feb"},
       {label: t("completed"), data: s.completed, borderColor: "#2da44e"}]},
-      options: {scales: {y: {beginAtZero: true}}}});
+      options: {scales: {y: countAxis()}}});
     const heat = document.getElementById("heatmap");
     heatmap = await getJSON(heat.dataset.api);
     drawHeatmap();
@@ -172,10 +174,10 @@
     const s = await getJSON(withParams(box.dataset.series));
     draw("file-series", {type: "line", data: {labels: s.labels.map((l) => dateLabel(l, s.step)), datasets: [
       {label: t("downloads"), data: s.downloads, borderColor: "#1f6feb"}]},
-      options: {scales: {y: {beginAtZero: true}}}});
+      options: {scales: {y: countAxis()}}});
     draw("completion-chart", {type: "bar", data: {labels: d.completion_histogram.labels,
       datasets: [{label: t("downloads"), data: d.completion_histogram.values,
-        backgroundColor: "#2da44e"}]}});
+        backgroundColor: "#2da44e"}]}, options: {scales: {y: countAxis()}}});
     draw("clients-chart", {type: "doughnut", data: {labels: Object.keys(d.clients).map(t),
       datasets: [{data: Object.values(d.clients)}]},
       options: {plugins: {legend: {position: narrow() ? "bottom" : "right"}}}});
