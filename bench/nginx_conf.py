@@ -26,6 +26,7 @@ PLACEHOLDERS = (
     "listen 80;",
     "/srv/portal/storage/objects/",
     "/srv/portal/static/",
+    "/srv/portal/error-pages/",
     "http {",
 )
 
@@ -39,7 +40,7 @@ class ConfDrift(ValueError):
 def render_deploy_conf(text: str, *, port: int, upstream_port: int, storage: Path,
                        pid: Path | str, log_prefix: str, cache_prefix: str,
                        user: str | None = None, temp_dir: Path | None = None,
-                       static: Path | None = None) -> str:
+                       static: Path | None = None, error_pages: Path | None = None) -> str:
     """``text`` (deploy/nginx.conf) listening on 127.0.0.1:``port`` in front of the portal on
     127.0.0.1:``upstream_port``, serving the objects under ``storage``.
 
@@ -48,7 +49,9 @@ def render_deploy_conf(text: str, *, port: int, upstream_port: int, storage: Pat
     ``user`` names the workers' OS user (None: the line goes, nginx keeps the user it runs
     as); ``temp_dir`` puts every ``*_temp_path`` below that folder (None: nginx's defaults);
     ``static`` is the folder of built static assets (None: one that holds nothing, so nginx
-    passes /static/ to the portal).
+    passes /static/ to the portal); ``error_pages`` is the folder of the portal's error pages
+    (``flask error-pages``; None: the production folder stays, and an error nginx answers
+    itself is then a 404).
     Raises ConfDrift when a literal of PLACEHOLDERS is missing.
     """
     missing = [literal for literal in PLACEHOLDERS if literal not in text]
@@ -63,6 +66,8 @@ def render_deploy_conf(text: str, *, port: int, upstream_port: int, storage: Pat
                 .replace("listen 80;", f"listen 127.0.0.1:{port};")
                 .replace("/srv/portal/storage/objects/", f"{storage / 'objects'}/")
                 .replace("/srv/portal/static/", f"{static or storage / 'no-static'}/"))
+    if error_pages is not None:
+        rendered = rendered.replace("/srv/portal/error-pages/", f"{error_pages}/")
     if temp_dir is not None:
         temps = "".join(f"    {kind}_temp_path {temp_dir / kind};\n" for kind in TEMP_KINDS)
         rendered = rendered.replace("http {", "http {\n" + temps, 1)

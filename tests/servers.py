@@ -300,16 +300,21 @@ class Nginx:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self) -> Nginx:
-        """Render the config, check it with ``nginx -t``, start, wait for /healthz."""
+        """Write the portal's error pages, render the config, check it with ``nginx -t``,
+        start, wait for /healthz."""
         exe = require_tool("nginx")
         for sub in ("logs", "temp", "cache"):
             (self.workdir / sub).mkdir(parents=True, exist_ok=True)
+        # The portal's pages for what nginx answers itself, as an install writes them.
+        error_pages = self.workdir / "error-pages"
+        if not error_pages.is_dir():
+            self.upstream.instance.flask("error-pages", str(error_pages))
         conf = self.workdir / "nginx.conf"
         conf.write_text(render_deploy_conf(
             DEPLOY_CONF.read_text(), port=self.port, upstream_port=self.upstream.port,
             storage=self.upstream.instance.storage, pid=self.workdir / "nginx.pid",
             log_prefix=f"{self.workdir / 'logs'}/", cache_prefix=f"{self.workdir / 'cache'}/",
-            temp_dir=self.workdir / "temp", static=self.static,
+            temp_dir=self.workdir / "temp", error_pages=error_pages, static=self.static,
             # as root (CI) the workers run as root too, to read the test's private temp folders
             user="root" if os.geteuid() == 0 else None))
         base = [exe, "-p", str(self.workdir), "-c", str(conf),

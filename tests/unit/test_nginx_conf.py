@@ -5,6 +5,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import pytest
+
 from portal.download.grant import GRANT_EXTENSIONS, GRANT_OBJECTS
 
 CONF = (Path(__file__).resolve().parents[2] / "deploy" / "nginx.conf").read_text()
@@ -106,3 +108,60 @@ def test_security_headers_in_every_location():
     assert ("\"\"", [f'"{PAGE_CSP}"'], None) in maps["$security_csp"]
     assert ("on", [f'"{HSTS}"'], None) in maps["$security_hsts_default"]
     assert ("~^/d/", ["no-referrer"], None) in maps["$security_referrer_default"]
+
+
+def server_block() -> tuple[list, list]:
+    """(the http block, the server block) of deploy/nginx.conf."""
+    [(_, _, http)] = [item for item in parse(CONF) if item[0] == "http"]
+    [(_, _, server)] = [item for item in http if item[0] == "server"]
+    return http, server
+
+
+def test_what_nginx_answers_itself_is_the_portals_page():
+    # Every status nginx gives on its own is the page portal/errorpages.py writes for it, in
+    # the language of $portal_error_language; a field over the limit (494) as 431, as
+    # gunicorn answers it.
+    from portal.errorpages import NGINX_CODES
+
+    _, server = server_block()
+    pages = {args[0]: args[1:] for name, args, _ in server if name == "error_page"}
+    page = "/_portal/errors/$portal_error_language/{}.html"
+    assert pages == {**{str(code): [page.format(code)] for code in NGINX_CODES if code != 431},
+                     "494": ["=431", page.format(431)]}
+    [errors] = [children for name, args, children in server
+                if name == "location" and args == ["^~", "/_portal/errors/"]]
+    assert ("internal", [], None) in errors
+    assert ("alias", ["/srv/portal/error-pages/"], None) in errors
+    assert not add_headers(errors)  # the server's security headers: these are pages
+    # the grant location's own error_page hands errors to @portal_download; should the portal
+    # be down, that one's 502 is the server's page again
+    [grants] = [children for name, args, children in server
+                if name == "location" and "auth_request" in {c[0] for c in children or ()}]
+    assert ("recursive_error_pages", ["on"], None) in grants
+
+
+def test_a_request_line_nginx_passes_is_one_gunicorn_takes():
+    http, _ = server_block()
+    [(count, size)] = [args for name, args, _ in http if name == "large_client_header_buffers"]
+    gunicorn = (Path(__file__).resolve().parents[2] / "gunicorn.conf.py").read_text()
+    limit = int(re.search(r"^limit_request_line = (\d+)$", gunicorn, re.M).group(1))
+    assert int(size.removesuffix("k")) * 1024 == limit >= len("GET /?q= HTTP/1.1") + 2000 * 9
+    assert int(count) >= 2
+
+
+@pytest.mark.parametrize(("accept", "language"), [
+    ("", "zh_CN"), ("en", "en"), ("en-US,en;q=0.9,zh-CN;q=0.8", "en"),
+    ("zh-CN,zh;q=0.9,en;q=0.8", "zh_CN"), ("fr, en;q=0.5", "en"), ("fr", "zh_CN"),
+    ("  EN-gb", "en"), ("eng", "zh_CN"), ("fr,zh-TW,en", "zh_CN"), ("de;q=0.9, en", "en"),
+])
+def test_the_error_pages_language(accept, language):
+    # the map's regular expression (PCRE in nginx; this one is also Python's syntax)
+    http, _ = server_block()
+    [entries] = [children for name, args, children in http
+                 if name == "map" and args == ["$http_accept_language", "$portal_error_language"]]
+    chosen = "zh_CN" if ("default", ["zh_CN"], None) in entries else None
+    for key, (value,), _ in entries:
+        if key.startswith('"~*') and re.search(key[3:-1].replace("\\t", "\t"), accept, re.I):
+            chosen = value
+            break
+    assert chosen == language
