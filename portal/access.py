@@ -1,5 +1,6 @@
 """Who may read what: the one place that decides (``can_read``) and its SQL twin; and who
-may manage a file (``manageable``).
+may manage a file (``manageable``); which of a readable file's versions a user may have
+(``sees_version``: pending versions wait for their publication).
 
 An access rule is one of ``public`` (anyone, no login), ``login`` (any signed-in user),
 ``group:A[,B...]`` (members of any of those groups) or ``user:NAME`` (a personal document:
@@ -115,6 +116,16 @@ def is_public(file: File) -> bool:
 def manageable(user: User, file: File) -> bool:
     """Admins manage every file (edit, delete, new versions); staff the files they own."""
     return user.is_admin or (file.owner_id is not None and file.owner_id == user.id)
+
+
+def sees_version(user: User | None, file: File, number: int) -> bool:
+    """True when a user who may read the file may also have its version ``number``: a
+    published one, or a pending one (``file.pending``) for those who manage the file. The
+    number's existence is the caller's to check."""
+    if number not in file.pending:
+        return True
+    return (user is not None and getattr(user, "is_authenticated", False) and user.is_active
+            and manageable(user, file))
 
 
 def escape_like(text: str) -> str:

@@ -20,6 +20,7 @@ from sqlalchemy import (
     UniqueConstraint,
     event,
     false,
+    true,
 )
 from sqlalchemy.orm import Mapped, mapped_column, relationship, validates
 from werkzeug.security import check_password_hash, generate_password_hash
@@ -211,11 +212,35 @@ class File(db.Model):
 
     @property
     def latest(self) -> FileVersion | None:
-        """The newest version, which downloads serve by default."""
+        """The newest version, published or pending: what staff last uploaded. Readers get
+        ``current``."""
         return self.versions[-1] if self.versions else None
 
+    @property
+    def published_versions(self) -> list[FileVersion]:
+        """The versions readers may have, oldest first."""
+        return [v for v in self.versions if v.published]
+
+    @property
+    def current(self) -> FileVersion | None:
+        """The version a download serves by default: the newest published one. Every door
+        picks it through here (``cache.snapshot`` for the plan's readers, the zip, the API)."""
+        published = self.published_versions
+        return published[-1] if published else None
+
+    @property
+    def pending_versions(self) -> list[FileVersion]:
+        """Versions uploaded and not yet published (only those who manage the file see
+        them)."""
+        return [v for v in self.versions if not v.published]
+
+    @property
+    def pending(self) -> tuple[int, ...]:
+        """The numbers of the pending versions (``FileSnapshot.pending`` holds the same)."""
+        return tuple(v.number for v in self.pending_versions)
+
     def version(self, number: int) -> FileVersion | None:
-        """The version with this number, or None."""
+        """The version with this number (published or pending), or None."""
         return next((v for v in self.versions if v.number == number), None)
 
 
@@ -236,6 +261,9 @@ class FileVersion(db.Model):
     storage_key: Mapped[str] = mapped_column(String(255))
     uploader_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    #: False for a new version of a published document until someone publishes it: until
+    #: then readers keep the file's ``current`` version (migration 0013).
+    published: Mapped[bool] = mapped_column(Boolean, default=True, server_default=true())
 
     file: Mapped[File] = relationship(back_populates="versions")
     uploader: Mapped[User | None] = relationship()

@@ -2,7 +2,8 @@
 
 Objects are immutable and content-addressed, so a backup needs only this: every object its
 database snapshot references still exists when it is copied. The only code that deletes
-objects is ``files.discard`` (a put whose version never got committed). It deletes inside a
+objects is ``files.delete_unreferenced`` (after a put whose version never got committed, or
+a discarded pending version). It deletes inside a
 *deletion window*; a backup holds the *backup hold* from before its snapshot until its last
 object is copied. The two exclude each other:
 

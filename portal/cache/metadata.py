@@ -1,5 +1,6 @@
-"""Download metadata: file id -> access rule, deletion, owner, newest version; and the
-immutable version snapshots. Judged against the database's change log on every use.
+"""Download metadata: file id -> access rule, deletion, owner, current (newest published)
+version and the pending versions' numbers; and the immutable version snapshots. Judged
+against the database's change log on every use.
 """
 
 from __future__ import annotations
@@ -35,6 +36,8 @@ class FileSnapshot:
     deleted_at: datetime | None
     owner_id: int | None
     draft: bool
+    #: Numbers of versions not yet published (File.pending): only managers get them.
+    pending: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -53,9 +56,9 @@ class VersionSnapshot:
 
 
 def snapshot(file, version) -> tuple[FileSnapshot, VersionSnapshot | None]:
-    """Plain copies of an ORM File and (its newest) FileVersion."""
+    """Plain copies of an ORM File and (its current) FileVersion."""
     fs = FileSnapshot(id=file.id, access=file.access, deleted_at=file.deleted_at,
-                      owner_id=file.owner_id, draft=bool(file.draft))
+                      owner_id=file.owner_id, draft=bool(file.draft), pending=file.pending)
     return fs, version_snapshot_of(version)
 
 
@@ -93,7 +96,7 @@ def _dump(file_id: int, snap: tuple[FileSnapshot, VersionSnapshot | None] | None
           stamp: int) -> str:
     if snap is None:
         return json.dumps({"file": None, "id": int(file_id), "gen": stamp})
-    return json.dumps({"file": _plain(snap[0]), "latest": _plain(snap[1]), "gen": stamp})
+    return json.dumps({"file": _plain(snap[0]), "current": _plain(snap[1]), "gen": stamp})
 
 
 def decode_meta(raw: bytes | None):
@@ -110,7 +113,9 @@ def decode_meta(raw: bytes | None):
         file = data["file"]
         if file["deleted_at"]:
             file["deleted_at"] = datetime.fromisoformat(file["deleted_at"])
-        return int(file["id"]), stamp, (FileSnapshot(**file), _version_from(data["latest"]))
+        # Entries of the layout before pending versions lack both: read again from SQL.
+        file["pending"] = tuple(file["pending"])
+        return int(file["id"]), stamp, (FileSnapshot(**file), _version_from(data["current"]))
     except (ValueError, KeyError, TypeError):
         return None
 

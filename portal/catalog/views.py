@@ -20,24 +20,25 @@ from .service import (
 
 
 def file_json(file: File) -> dict:
-    """The public description of a file and its versions."""
-    latest = file.latest
+    """The public description of a file and its published versions (a pending one waits
+    for its publication: only the admin page shows it)."""
+    current = file.current
     return {
         "id": file.id,
         "title": file.title,
         "category": file.category,
         "description": file.description,
         "access": file.access,
-        "size": latest.size if latest else 0,
-        "sha256": latest.sha256 if latest else None,
-        "mime_type": latest.mime_type if latest else None,
-        "filename": latest.original_filename if latest else None,
+        "size": current.size if current else 0,
+        "sha256": current.sha256 if current else None,
+        "mime_type": current.mime_type if current else None,
+        "filename": current.original_filename if current else None,
         "updated_at": file.updated_at.isoformat(),
         "download_url": absolute_url("download.download", file_id=file.id),
         "versions": [
             {"number": v.number, "size": v.size, "sha256": v.sha256,
              "filename": v.original_filename, "created_at": v.created_at.isoformat()}
-            for v in file.versions
+            for v in file.published_versions
         ],
     }
 

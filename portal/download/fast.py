@@ -246,8 +246,8 @@ class WarmReader:
         key, raw = self.replies[kind]
         return self.door.decoded(key, raw, decode)
 
-    def newest(self, file_id: int):
-        """The file and its newest version, if the entry is still valid (judged on every
+    def current(self, file_id: int):
+        """The file and its current version, if the entry is still valid (judged on every
         use: the change log may have moved since it was decoded)."""
         entry = self._decoded("meta", cache.decode_meta)
         if (entry is None or entry[2] is cache.MISSING
@@ -258,9 +258,10 @@ class WarmReader:
             cache.remember_public(self.door.app, file_id, found)
         return found
 
-    def version(self, file_id: int, *, number=None, version_id=None):
-        """A signed link's version (versions never change); ``?version=N`` is the view's."""
-        if version_id is None:
+    def version(self, file_id: int, *, number=None, version_id=None, fresh=False):
+        """A signed link's version (versions never change); ``?version=N`` and anything to
+        be read fresh (a pending version) are the view's."""
+        if version_id is None or fresh:
             raise NotAtHand
         version = self._decoded("version", cache.decode_version)
         if version is None or version.id != version_id:

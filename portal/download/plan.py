@@ -19,7 +19,7 @@ from datetime import UTC
 from functools import lru_cache
 from typing import Any, Protocol
 
-from ..access import can_read, is_public
+from ..access import can_read, is_public, sees_version
 from ..cache.metadata import FileSnapshot, VersionSnapshot
 from ..settings import Settings
 from ..storage.base import shard_path
@@ -101,12 +101,13 @@ class Reader(Protocol):
     has (the fast path only uses the worker's copies and Redis; the view then answers).
     """
 
-    def newest(self, file_id: int) -> tuple[FileSnapshot, VersionSnapshot | None] | None:
-        """The file and its newest version (None: no such file)."""
+    def current(self, file_id: int) -> tuple[FileSnapshot, VersionSnapshot | None] | None:
+        """The file and its current version, File.current (None: no such file)."""
 
     def version(self, file_id: int, *, number: int | None = None,
-                version_id: int | None = None) -> VersionSnapshot | None:
-        """Version ``number`` of the file, or the version with this id."""
+                version_id: int | None = None, fresh: bool = False) -> VersionSnapshot | None:
+        """Version ``number`` of the file, or the version with this id; ``fresh``: from the
+        database itself (a pending version)."""
 
     def user(self, user_id: int) -> Any:
         """The active user with this id (a signed link's), None when there is none."""
@@ -236,21 +237,25 @@ def plan(facts: RequestFacts, principal: Principal, reader: Reader, settings: Se
             number = version_number(facts.version)
         except ValueError:
             return _refused("no-version")
-    found = reader.newest(file_id)
+    found = reader.current(file_id)
     if found is None or not can_read(principal.user, found[0]):
         return _refused("unreadable")
     file, version = found
     if claims is not None:
         version = reader.version(file_id, version_id=claims.version_id)
+        if version is not None and version.number in file.pending:
+            version = None  # links are minted for published versions only
     elif number is not None:
-        version = reader.version(file_id, number=number)
+        version = numbered_version(reader, principal.user, file, version, number)
     if version is None or version.file_id != file_id:
         return _refused("no-version")
 
     rep = representation(version)
-    decision, headers, early = answer_headers(facts.method, facts.headers, rep,
-                                              public=is_public(file),
-                                              max_ranges=settings.max_ranges)
+    # A pending version is its managers' alone: no shared cache may keep it.
+    decision, headers, early = answer_headers(
+        facts.method, facts.headers, rep,
+        public=is_public(file) and version.number not in file.pending,
+        max_ranges=settings.max_ranges)
     if early is not None:
         return DownloadPlan(decision.status, headers, early, version=version)
     headers += representation_headers(version, full=decision.status == 200)
@@ -286,12 +291,27 @@ def plan(facts: RequestFacts, principal: Principal, reader: Reader, settings: Se
                         version=version, event=event, person=person)
 
 
+def numbered_version(reader: Reader, user, file: FileSnapshot,
+                     current: VersionSnapshot | None, number: int) -> VersionSnapshot | None:
+    """``?version=N`` as this user may have it, None when they may not (or it does not
+    exist). A pending version is read from the database itself: it may be discarded and its
+    number given to the next upload, so no cache may keep it. A published version is never
+    deleted, so any cache may; past the current one there is none (published)."""
+    if not sees_version(user, file, number):
+        return None
+    if number in file.pending:
+        return reader.version(file.id, number=number, fresh=True)
+    if current is None or number > current.number:
+        return None
+    return reader.version(file.id, number=number)
+
+
 def plan_zip(facts: RequestFacts, files, settings: Settings, *, user=None) -> DownloadPlan:
-    """One STORED zip of the newest versions of these files (all readable by the caller,
+    """One STORED zip of the current versions of these files (all readable by the caller,
     ``user``, in this order), with the same HTTP semantics as a single download: a strong ETag from
     the members' content, Last-Modified of the newest, Range (a resumed zip reads only the
     members the range covers) and the caching policy of the least public member."""
-    versions = [file.latest for file in files]
+    versions = [file.current for file in files]
     archive = zipplan.plan_zip([
         zipplan.ZipMember(name=v.original_filename, size=v.size, crc32=v.crc32,
                           mtime=v.created_at, key=v.storage_key) for v in versions])

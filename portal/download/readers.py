@@ -31,28 +31,34 @@ class StoreReader:
         return cls(session, storage, cache.prefetch_download(user_id, file_id,
                                                              version_key=version_key))
 
-    def newest(self, file_id: int) -> tuple[FileSnapshot, VersionSnapshot | None] | None:
-        """The file and its newest version; a hit in the metadata cache costs no SQL."""
+    def current(self, file_id: int) -> tuple[FileSnapshot, VersionSnapshot | None] | None:
+        """The file and its current version (File.current); a hit in the metadata cache
+        costs no SQL."""
 
         def load():
             file = self.session.get(File, file_id)
-            return None if file is None else cache.snapshot(file, file.latest)
+            return None if file is None else cache.snapshot(file, file.current)
 
         return cache.file_meta(file_id, load, self.prefetched)
 
     def version(self, file_id: int, *, number: int | None = None,
-                version_id: int | None = None) -> VersionSnapshot | None:
+                version_id: int | None = None, fresh: bool = False) -> VersionSnapshot | None:
         """Version ``number`` of the file (``?version=N``) or the one with this id (a signed
-        link's); versions never change, so their snapshots need no invalidation."""
+        link's); versions never change, so their snapshots need no invalidation. ``fresh``
+        (a pending version, which may be discarded and its number taken again): from SQL,
+        and not cached."""
         if version_id is not None:
             key = cache.version_key_by_id(version_id)
             where = FileVersion.id == version_id
         else:
             key = cache.version_key_by_number(file_id, number)
             where = (FileVersion.file_id == file_id) & (FileVersion.number == number)
-        return cache.version_snapshot(key, lambda: cache.version_snapshot_of(
-            self.session.scalars(select(FileVersion).where(where)).one_or_none()),
-            self.prefetched)
+
+        def load():
+            return cache.version_snapshot_of(
+                self.session.scalars(select(FileVersion).where(where)).one_or_none())
+
+        return load() if fresh else cache.version_snapshot(key, load, self.prefetched)
 
     def user(self, user_id: int):
         """The active user (a SnapshotUser), None when disabled or unknown."""

@@ -48,13 +48,14 @@ def json_version(value: object) -> str:
 
 
 def pick_version(file: File, raw: str | None) -> FileVersion:
-    """?version=N or the newest; 404 for a number that does not exist."""
+    """?version=N or the current one; 404 for a number that does not exist or is pending
+    (links are for published versions: a pending one may be discarded, its number reused)."""
     try:
         number = version_number(raw)
     except ValueError:
         abort(404)
-    version = file.latest if number is None else file.version(number)
-    if version is None:
+    version = file.current if number is None else file.version(number)
+    if version is None or not version.published:
         abort(404)
     return version
 
@@ -87,7 +88,7 @@ def session_principal(reader: StoreReader, token) -> Principal:
 
 @bp.route("/files/<id:file_id>/download", methods=["GET", "HEAD"])
 def download(file_id: int):
-    """The bytes of the newest (or ?version=N) version, for a user allowed to read them.
+    """The bytes of the current (or ?version=N) version, for a user allowed to read them.
     Warm, everything comes from the metadata cache in one round trip to Redis, or none."""
     raw = request.args.get("version")
     try:

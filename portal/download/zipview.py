@@ -67,7 +67,7 @@ def readable_files(session: Session, user: User | None, ids: Sequence[int]) -> l
         select(File).where(File.id.in_(ids)).options(selectinload(File.versions)))
     by_id = {file.id: file for file in rows}
     files = [by_id.get(file_id) for file_id in ids]
-    if any(f is None or f.latest is None or not can_read(user, f) for f in files):
+    if any(f is None or f.current is None or not can_read(user, f) for f in files):
         return None
     return files
 
@@ -115,7 +115,7 @@ def member_rows(archive: Archive, files: Sequence[File], status: int, facts,
     """The event row of each member with content (None where the response carries none of
     it): status 200 for a whole member of a whole zip, else 206 with its ranges."""
     planned = zipplan.member_ranges(archive.zip, archive.spans)
-    versions = [f.latest for f in files if f.latest.size]
+    versions = [f.current for f in files if f.current.size]
     rows: list[dict | None] = []
     for version, ranges in zip(versions, planned, strict=True):
         if not ranges:

@@ -533,7 +533,8 @@ def _complete(session: Session, storage: Storage, upload_id: str, user: User, da
     try:
         version = add_version(session, storage, data, filename=upload.filename, title=title,
                               category=category, access=upload.access,
-                              description=upload.description, owner=user, uploader=user)
+                              description=upload.description, owner=user, uploader=user,
+                              hold=True)
     except StorageError as exc:
         session.rollback()
         raise _write_failure(exc, upload.received) from exc
@@ -554,7 +555,8 @@ def _complete(session: Session, storage: Storage, upload_id: str, user: User, da
     upload.updated_at = now
     upload.version = version
     audit(session, "file.uploaded", actor=user, target=f"file:{version.file_id}",
-          detail=(f"version {version.number}: {version.original_filename}, {version.size} "
+          detail=(f"version {version.number}{'' if version.published else ' (pending)'}: "
+                  f"{version.original_filename}, {version.size} "
                   f"bytes, sha256 {version.sha256}, upload {upload.id}"),
           client_ip=client_ip)
     try:

@@ -121,7 +121,8 @@ def _done_headers(upload: Upload) -> dict[str, str]:
         return {}
     return {"Upload-File-Id": str(version.file_id), "Upload-Version": str(version.number),
             "Upload-File-Url": url_for("catalog.file_page", file_id=version.file_id),
-            "Upload-File-Draft": "1" if version.file.draft else "0"}
+            "Upload-File-Draft": "1" if version.file.draft else "0",
+            "Upload-Version-Pending": "0" if version.published else "1"}
 
 
 def _progress_headers(upload: Upload) -> dict[str, str]:
