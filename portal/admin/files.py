@@ -1,4 +1,5 @@
-"""Staff and admin file management: edit, soft delete, restore (admins)."""
+"""Staff and admin file management: edit, publish drafts and pending versions, discard a
+pending version, soft delete, restore (admins)."""
 
 from __future__ import annotations
 
@@ -12,8 +13,12 @@ from wtforms.validators import DataRequired, Length, Optional
 
 from ..access import manageable
 from ..audit import audit
+from ..coherence import commit_everywhere
 from ..extensions import db
-from ..models import File, Group, User, utcnow
+from ..files import discard_version as discard_pending
+from ..files import publish_version as publish_pending
+from ..models import File, FileVersion, Group, User, utcnow
+from ..storage import get_storage
 from . import bp
 from .forms import ACCESS_LABELS, AccessPickerForm, ConfirmForm
 from .service import user_matches
@@ -131,6 +136,59 @@ def publish_file(file_id: int):
         db.session.commit()
         flash(_("Published: %(title)s can now be read by the people its access names.",
                 title=file.title), "info")
+    return redirect(url_for("admin.edit_file", file_id=file.id))
+
+
+def pending_version(file: File, number: int) -> FileVersion:
+    """The file's pending version ``number``, else 404 (published versions stay as they
+    are)."""
+    version = file.version(number)
+    if version is None or version.published:
+        abort(404)
+    return version
+
+
+@bp.route("/files/<id:file_id>/versions/<int:number>/publish", methods=["POST"])
+def publish_version(file_id: int, number: int):
+    """Publish a pending version: the document's readers get it (when it is the newest
+    published one). The answer comes once every worker and node serves it
+    (commit_everywhere), so "published" on the page is true for every student."""
+    file = managed_file(file_id)
+    version = pending_version(file, number)
+    publish_pending(version)
+    audit(db.session, "file.version_published", actor=current_user,
+          target=f"{file.id} {file.title}",
+          detail=f"version {version.number}: {version.original_filename}",
+          client_ip=request.remote_addr or "")
+    commit_everywhere(db.session)
+    current = file.current
+    if current is not None and current.number != number:  # a newer one was published first
+        flash(_("Published version %(number)d of %(title)s; its readers still get the newer "
+                "version %(current)d.", number=number, title=file.title,
+                current=current.number), "info")
+    else:
+        flash(_("Published: version %(number)d of %(title)s is what its readers download "
+                "now.", number=number, title=file.title), "info")
+    return redirect(url_for("admin.edit_file", file_id=file.id))
+
+
+@bp.route("/files/<id:file_id>/versions/<int:number>/discard", methods=["POST"])
+def discard_version(file_id: int, number: int):
+    """Delete a pending version, once confirmed, with its stored content unless another
+    version holds the same bytes; nobody but staff ever saw it."""
+    file = managed_file(file_id)
+    version = pending_version(file, number)
+    if not ConfirmForm().validate_on_submit():
+        flash(_("Tick the box to confirm."), "error")
+        return redirect(url_for("admin.edit_file", file_id=file.id))
+    audit(db.session, "file.version_discarded", actor=current_user,
+          target=f"{file.id} {file.title}",
+          detail=f"version {version.number}: {version.original_filename}, "
+                 f"sha256 {version.sha256}",
+          client_ip=request.remote_addr or "")
+    discard_pending(db.session, get_storage(), version, commit_everywhere)
+    flash(_("Discarded version %(number)d of %(title)s.", number=number, title=file.title),
+          "info")
     return redirect(url_for("admin.edit_file", file_id=file.id))
 
 

@@ -47,12 +47,14 @@ from pathlib import Path
 
 import redis
 from flask import Flask
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from .. import instruments
 from ..cache.connection import Outage
 from ..coherence import coherence
 from ..extensions import db
+from ..models import FileVersion
 from . import materialise, nginximport, sending
 from .eventrows import (
     dump_row,
@@ -64,6 +66,29 @@ from .journal import Journal, dead_journals
 from .keys import FLUSH_LOCK_MS, AnalyticsKeys, analytics_keys
 
 log = logging.getLogger(__name__)
+
+
+def store_events(engine, rows: list[dict], settings: materialise.Settings) -> int:
+    """``materialise.store`` in a transaction of its own; how many events were new.
+
+    Events of a version deleted since they were buffered (a discarded pending version that
+    staff had downloaded) are dropped: a batch that can never be stored would hold up every
+    event behind it. Only a failed batch pays for finding them."""
+    try:
+        with engine.begin() as conn:
+            return materialise.store(conn, rows, settings)
+    except IntegrityError:
+        with engine.connect() as conn:
+            live = set(conn.execute(select(FileVersion.id).where(
+                FileVersion.id.in_({row.get("version_id") for row in rows}))).scalars())
+        kept = [row for row in rows if row.get("version_id") in live]
+        if len(kept) == len(rows):
+            raise
+        log.warning("analytics: %d event(s) of deleted versions dropped", len(rows) - len(kept))
+        if not kept:
+            return 0
+        with engine.begin() as conn:
+            return materialise.store(conn, kept, settings)
 
 #: How long the shipper waits after the first queued end, so that the ends of a busy moment
 #: cost one round trip; also the window a killed worker loses byte counts in.
@@ -250,8 +275,8 @@ class Recorder:
         """Write events to SQL now (Redis is down); errors are logged, never raised."""
         settings = materialise.Settings.from_config(self.config)
         try:
-            with self.app.app_context(), db.engine.begin() as conn:
-                materialise.store(conn, rows, settings)
+            with self.app.app_context():
+                store_events(db.engine, rows, settings)
         except SQLAlchemyError:
             log.exception("could not record %d download event(s)", len(rows))
             return False
@@ -346,9 +371,7 @@ class Recorder:
         return written
 
     def _store(self, rows: list[dict]) -> int:
-        settings = materialise.Settings.from_config(self.config)
-        with db.engine.begin() as conn:
-            return materialise.store(conn, rows, settings)
+        return store_events(db.engine, rows, materialise.Settings.from_config(self.config))
 
     def _flush_orphans(self) -> int:
         """Store the starts left without an end in the journals of dead workers (bytes
