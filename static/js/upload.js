@@ -1,7 +1,8 @@
 // Upload page: drag and drop several files; each goes up with tus (resumable across network
 // failures and page reloads: tus-js-client keeps each upload's URL in localStorage, keyed by
 // the file's fingerprint, and continues from the server's offset). New documents arrive as
-// drafts (only their owner and the administrators see them) and are published by a button.
+// drafts (only their owner and the administrators see them) and are published by a button;
+// a new version of a published document stays pending until published on the file's page.
 (function () {
   "use strict";
   const form = document.getElementById("upload-form");
@@ -43,10 +44,13 @@
     return li;
   }
 
-  function publishForm(fileId) {
+  // Publish a draft document, or (number given) one pending version of a published one.
+  function publishForm(fileId, number) {
     const publish = document.createElement("form");
     publish.method = "post";
-    publish.action = urls.publish.replace("/0/", "/" + encodeURIComponent(fileId) + "/");
+    const path = "/" + encodeURIComponent(fileId) + "/";
+    publish.action = number ? urls.publishVersion.replace("/0/versions/0/",
+      path + "versions/" + encodeURIComponent(number) + "/") : urls.publish.replace("/0/", path);
     const token = document.createElement("input");
     token.type = "hidden";
     token.name = "csrf_token";
@@ -54,7 +58,7 @@
     const submit = document.createElement("button");
     submit.type = "submit";
     submit.className = "primary";
-    submit.textContent = text.publish;
+    submit.textContent = number ? text.publishVersion : text.publish;
     publish.append(token, submit);
     return publish;
   }
@@ -130,7 +134,8 @@
         const url = response && response.getHeader("Upload-File-Url");
         const fileId = response && response.getHeader("Upload-File-Id");
         const draft = response && response.getHeader("Upload-File-Draft") === "1";
-        status.textContent = draft ? text.draft : text.done;
+        const pending = response && response.getHeader("Upload-Version-Pending") === "1";
+        status.textContent = draft ? text.draft : pending ? text.pending : text.done;
         actions.replaceChildren();
         if (url) {
           const a = document.createElement("a");
@@ -139,6 +144,8 @@
           actions.appendChild(a);
         }
         if (fileId && draft) actions.appendChild(publishForm(fileId));
+        const number = response && response.getHeader("Upload-Version");
+        if (fileId && pending && number) actions.appendChild(publishForm(fileId, number));
       },
     });
     upload.findPreviousUploads().then((previous) => {
@@ -150,17 +157,14 @@
   // The metadata every file of this choice goes up with, or null (and a hint) when the
   // audience is not chosen yet.
   function chosen(count) {
-    const live = document.getElementById("confirm-live");
-    const missing = newVersions ? (live && !live.checked && live)
-      : (!form.elements.access_kind.value && form.elements.access_kind);
-    if (missing) {
-      hint.textContent = newVersions ? text.confirmLive : text.chooseAccess;
+    if (newVersions) return {file_id: form.dataset.fileId};
+    if (!form.elements.access_kind.value) {
+      hint.textContent = text.chooseAccess;
       hint.hidden = false;
-      missing.focus();
+      form.elements.access_kind.focus();
       return null;
     }
     hint.hidden = true;
-    if (newVersions) return {file_id: form.dataset.fileId};
     return {
       title: count === 1 ? form.elements.title.value.trim() : "",
       category: form.elements.category.value,
