@@ -2,6 +2,7 @@
 
 import hashlib
 import os
+from urllib.parse import urlsplit
 
 from tests.helpers import screenshot, sign_in
 
@@ -89,18 +90,58 @@ def test_an_identical_file_is_named_and_can_be_skipped_or_sent(page, tmp_path):
     screenshot(page, "admin-upload-duplicate")
 
 
-def test_a_new_version_of_a_published_document_is_confirmed_first(page, tmp_path):
-    second = tmp_path / "线性代数讲义-v2.pdf"
+def downloaded_sha256(page) -> str:
+    """Press the file page's Download button; the SHA-256 of what the browser saved."""
+    with page.expect_download() as info:
+        page.click("#download")
+    with open(info.value.path(), "rb") as fh:
+        return hashlib.sha256(fh.read()).hexdigest()
+
+
+def test_a_new_version_waits_until_staff_publish_it(page, browser, demo_server, tmp_path):
+    second = tmp_path / "线性代数讲义-第二版.pdf"
     second.write_bytes(b"%PDF-1.4 linear algebra, second edition " * 200)
-    sign_in(page, "staff")
-    page.goto("/admin/files")
-    page.click("text=线性代数 讲义")
-    page.wait_for_url("**/admin/files/*")
-    page.set_input_files("#file-picker", [str(second)])
-    assert "此文档已发布" in page.locator("#upload-hint").inner_text()
-    assert page.locator("li.upload").count() == 0
-    page.check("#confirm-live")
-    page.set_input_files("#file-picker", [str(second)])
-    page.wait_for_selector("li.upload.done")
-    assert page.locator("li.upload.done .status").inner_text() == "完成"
-    assert page.locator("li.upload.done button[type=submit]").count() == 0  # nothing to publish
+    new_sha = hashlib.sha256(second.read_bytes()).hexdigest()
+    student = browser.new_context(locale="zh-CN", base_url=demo_server.base_url)
+    try:
+        reader = student.new_page()
+        sign_in(reader, "2024015")  # MATH2024, whose group may read the lecture notes
+        reader.goto("/?q=线性代数")
+        reader.click("text=线性代数 讲义")
+        reader.wait_for_url("**/files/*")
+        old_sha = reader.locator("#sha256").inner_text().strip()
+        assert downloaded_sha256(reader) == old_sha
+
+        sign_in(page, "staff")
+        page.goto(urlsplit(reader.url).path.replace("/files/", "/admin/files/"))
+        assert "新版本会先处于待发布状态" in page.locator("#pending-hint").inner_text()
+        page.set_input_files("#file-picker", [str(second)])
+        page.wait_for_selector("li.upload.done")
+        assert page.locator("li.upload.done .status").inner_text() == (
+            "已作为待发布版本上传：在您发布之前，读者仍下载当前版本。")
+        assert page.locator("li.upload.done .actions button[type=submit]").inner_text() == (
+            "发布此版本")
+        screenshot(page, "admin-version-pending")
+
+        reader.reload()
+        assert reader.locator("#sha256").inner_text().strip() == old_sha
+        assert "线性代数讲义-第二版.pdf" not in reader.content()
+        assert downloaded_sha256(reader) == old_sha
+
+        page.reload()  # the file's page lists the pending version with its buttons
+        assert page.locator("#versions tr.pending").count() == 1
+        assert page.locator("#pending-notice").count() == 1
+        screenshot(page, "admin-file-pending-version")
+        with page.expect_navigation():
+            page.click("#versions tr.pending button.primary")  # 发布此版本
+        assert "已发布" in page.locator("main").inner_text()
+        assert page.locator("#versions tr.pending").count() == 0
+        assert page.locator("#pending-notice").count() == 0
+        assert "线性代数讲义-第二版.pdf" in page.locator("#versions").inner_text()
+        screenshot(page, "admin-version-published")
+
+        reader.reload()
+        assert reader.locator("#sha256").inner_text().strip() == new_sha
+        assert downloaded_sha256(reader) == new_sha
+    finally:
+        student.close()
