@@ -222,6 +222,10 @@ def test_stopping_and_starting_the_stack_loses_nothing(stack, people, lecture):
     second = os.urandom(3 * MiB)
     assert tus_upload(people, second, 2 * MiB, filename="第三讲.mp4",
                       file_id=str(file_id)) == file_id
+    # a new version waits until its owner publishes it
+    people.opener.open(urllib.request.Request(
+        f"{stack.base_url}/admin/files/{file_id}/versions/2/publish", method="POST",
+        data=urllib.parse.urlencode({"csrf_token": people.csrf}).encode()), timeout=60).close()
     kept = people.mint_link(file_id, version=1)["url"]
     revoked = people.mint_link(file_id)["url"]
     people.revoke_link(revoked)
