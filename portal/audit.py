@@ -24,6 +24,8 @@ def audit(session: Session, action: str, *, actor: User | None = None, target: s
 ACTION_WORDS = {
     "limits.changed": _l("Download limit changed"),
     "limits.reset": _l("Download limit given back to the server’s settings"),
+    "file.version_published": _l("Pending version published"),
+    "file.version_discarded": _l("Pending version discarded"),
 }
 
 

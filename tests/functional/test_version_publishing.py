@@ -18,6 +18,7 @@ import pytest
 from servers import Browser, require_tool
 from sqlalchemy import select
 
+from portal.audit import action_words
 from portal.config import settings
 from portal.extensions import db
 from portal.models import AuditEntry, DownloadEvent, File, FileVersion
@@ -112,6 +113,9 @@ def test_readers_keep_the_current_version_until_it_is_published(app, client, mak
         assert entry.target == f"{file_id} Syllabus"
         assert entry.detail == "version 2: syllabus-v2.pdf"
         assert db.session.get(File, file_id).current.number == 2
+    for language, words in (("en", "Pending version published"), ("zh-CN", "待发布版本已发布")):
+        with app.test_request_context(headers={"Accept-Language": language}):
+            assert action_words("file.version_published") == words  # the audit page's words
     assert client.post(f"/admin/files/{file_id}/versions/2/publish",
                        data={"csrf_token": client.csrf}).status_code == 404  # published
 
