@@ -90,6 +90,8 @@ def test_readers_keep_the_current_version_until_it_is_published(app, client, mak
         assert words in admin_page, words
     assert "A new version is pending" in client.get(f"/files/{file_id}",
                                                     headers=EN).get_data(as_text=True)
+    assert '<span class="badge draft pending">Pending</span>' in client.get(
+        "/admin/files", headers=EN).get_data(as_text=True)
     assert client.post(f"/api/files/{file_id}/links", json={"version": 2},
                        headers={"X-CSRFToken": client.csrf}).status_code == 404
 
