@@ -20,7 +20,7 @@ import subprocess
 
 import pytest
 import redis
-from sqlalchemy import create_engine
+from sqlalchemy import create_engine, text
 
 from portal import create_app
 from portal.extensions import db as _db
@@ -82,6 +82,19 @@ def pg_admin():
         yield None
         return
     engine = create_engine(PG_URL, isolation_level="AUTOCOMMIT")
+    # pg_trgm (migration 0005) is one per database, and lives in a schema. Created by the first
+    # test's migration it would live in that test's schema, and dropping the schema afterwards
+    # (CASCADE) took with it the search indexes of every other test's schema, while they ran:
+    # a parallel worker's backup then failed to restore. So it lives in public, which no test
+    # drops; ALTER moves one an interrupted run left in a test's schema. The advisory lock
+    # keeps two workers' CREATEs apart.
+    with engine.connect() as conn:
+        conn.execute(text("SELECT pg_advisory_lock(7419)"))
+        try:
+            conn.execute(text("CREATE EXTENSION IF NOT EXISTS pg_trgm SCHEMA public"))
+            conn.execute(text("ALTER EXTENSION pg_trgm SET SCHEMA public"))
+        finally:
+            conn.execute(text("SELECT pg_advisory_unlock(7419)"))
     yield engine
     engine.dispose()
 

@@ -11,6 +11,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pytest
 from alembic.script import ScriptDirectory
 
 from tests.helpers import PG_URL, unavailable
@@ -34,6 +35,12 @@ PROBES = [
              '                    sa.Column("x", sa.Text(), nullable=False))\n'
              '    op.create_unique_constraint("uq_extras_x", "extras", ["x"])', ""),
 ]
+
+
+@pytest.fixture(autouse=True)
+def _pg_trgm_in_public(pg_admin):
+    """The script's scratch schema is dropped afterwards: the extension must not live there
+    (tests/conftest.py's pg_admin puts it in public first)."""
 
 
 def check(migrations: Path | None = None) -> subprocess.CompletedProcess:
