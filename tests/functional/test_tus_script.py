@@ -53,11 +53,15 @@ def run_script(script: str, folder: Path, base: str, account: tuple[str, str], n
 
 
 def uploaded(base: str, account: tuple[str, str], output: str, data: bytes) -> None:
-    """The last answer named the new file, and downloading it gives the bytes sent."""
+    """The last answer named the new file and version, and downloading that version gives
+    the bytes sent (the README's fixed title makes a second upload a new version of the
+    first document, pending until published; its uploader may download it by number)."""
     file_id = re.search(r"(?im)^upload-file-id: *(\d+)", output).group(1)
+    number = re.search(r"(?im)^upload-version: *(\d+)", output).group(1)
     assert re.search(rf"(?im)^upload-file-url: *\S*/files/{file_id}\b", output)
     browser = Browser(base).login(*account)
-    with browser.opener.open(f"{base}/files/{file_id}/download", timeout=30) as response:
+    with browser.opener.open(f"{base}/files/{file_id}/download?version={number}",
+                             timeout=30) as response:
         assert hashlib.sha256(response.read()).digest() == hashlib.sha256(data).digest()
 
 
