@@ -11,6 +11,7 @@ file, absent from lists and CSVs, and left out of every total (else subtracting 
 from __future__ import annotations
 
 import io
+import re
 from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
 
@@ -56,8 +57,11 @@ def add_file(app, title, body, *, access, category, owner=None) -> int:
 
 def body_without(resp, url: str) -> str:
     """The response body with the requested path (which the page's language form echoes)
-    taken out, to compare a hidden file's answer with a missing one's."""
-    return resp.get_data(as_text=True).replace(str(escape(url)), "").replace(url, "")
+    and the CSRF token's value (signed with the second it was made in, so two pages a
+    second apart differ there) taken out, to compare a hidden file's answer with a missing
+    one's."""
+    body = resp.get_data(as_text=True).replace(str(escape(url)), "").replace(url, "")
+    return re.sub(r'(name="csrf[-_]token" (?:value|content)=")[^"]*', r"\1", body)
 
 
 def download(client, file_id, body):
