@@ -462,3 +462,15 @@ def cas_logout_request(ticket: str, name_id: str = "someone") -> str:
             'xmlns:saml="urn:oasis:names:tc:SAML:2.0:assertion" ID="x" Version="2.0" '
             f'IssueInstant="2026-01-01T00:00:00Z"><saml:NameID>{name_id}</saml:NameID>'
             f'<samlp:SessionIndex>{ticket}</samlp:SessionIndex></samlp:LogoutRequest>')
+
+
+def tus_upload(client: FlaskClient, csrf: str, data: bytes, **meta):
+    """One whole tus upload through the test client (creation with its body, in English);
+    the answer. ``meta``: the Upload-Metadata pairs (filename defaults to notes.pdf)."""
+    from portal.uploads import tus
+
+    meta.setdefault("filename", "notes.pdf")
+    headers = {"Tus-Resumable": "1.0.0", "Accept-Language": "en", "X-CSRFToken": csrf,
+               "Upload-Length": str(len(data)), "Upload-Metadata": tus.format_metadata(meta)}
+    return client.post("/api/uploads/", headers=headers, data=data,
+                       content_type="application/offset+octet-stream")

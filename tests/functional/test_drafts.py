@@ -10,20 +10,12 @@ from sqlalchemy import select
 from portal.extensions import db
 from portal.models import AuditEntry, File
 from portal.uploads import tus
+from tests.helpers import tus_upload
 
 pytestmark = pytest.mark.databases  # drafts are filtered out in the catalog's SQL
 
 TUS = {"Tus-Resumable": "1.0.0", "Accept-Language": "en"}
 OFFSET_TYPE = "application/offset+octet-stream"
-
-
-def upload(client, csrf, data: bytes, **meta):
-    """One whole tus upload (creation with its body); the answer."""
-    meta.setdefault("filename", "notes.pdf")
-    headers = {**TUS, "X-CSRFToken": csrf, "Upload-Length": str(len(data)),
-               "Upload-Metadata": tus.format_metadata(meta)}
-    return client.post("/api/uploads/", headers=headers, data=data, content_type=OFFSET_TYPE)
-
 
 def seen_by_student(client, file_id: int) -> dict[str, bool]:
     """Which doors show the file to whoever is signed in on ``client``."""
@@ -46,7 +38,7 @@ def test_a_page_upload_is_a_draft_until_published(app, client, make_user, login)
     make_user("student1")
     client.csrf = login("teacher")
     data = b"draft lecture notes"
-    created = upload(client, client.csrf, data, filename="draft-notes.pdf", access="login",
+    created = tus_upload(client, client.csrf, data, filename="draft-notes.pdf", access="login",
                      draft="1", description="chapter 1")
     assert created.status_code == 201, created.get_data(as_text=True)
     file_id = int(created.headers["Upload-File-Id"])
@@ -80,7 +72,7 @@ def test_a_page_upload_is_a_draft_until_published(app, client, make_user, login)
 def test_a_public_draft_is_not_public(app, client, make_user, login):
     make_user("teacher", role="staff")
     csrf = login("teacher")
-    created = upload(client, csrf, b"public soon", filename="soon.txt", access="public",
+    created = tus_upload(client, csrf, b"public soon", filename="soon.txt", access="public",
                      draft="1")
     file_id = int(created.headers["Upload-File-Id"])
     client.post("/logout", data={"csrf_token": csrf})
@@ -92,7 +84,7 @@ def test_only_those_who_manage_a_draft_may_publish_it(app, client, make_user, lo
     make_user("teacher", role="staff")
     make_user("other", role="staff")
     csrf = login("teacher")
-    file_id = int(upload(client, csrf, b"mine", filename="mine.txt", access="login",
+    file_id = int(tus_upload(client, csrf, b"mine", filename="mine.txt", access="login",
                          draft="1").headers["Upload-File-Id"])
     csrf = login("other")
     assert client.post(f"/admin/files/{file_id}/publish",
@@ -105,16 +97,16 @@ def test_identical_content_names_the_document_and_version(app, client, make_user
     make_user("teacher", role="staff")
     csrf = login("teacher")
     data = b"the same bytes twice"
-    first = upload(client, csrf, data, filename="a.pdf", title="Syllabus", access="login")
+    first = tus_upload(client, csrf, data, filename="a.pdf", title="Syllabus", access="login")
     file_id = int(first.headers["Upload-File-Id"])
-    again = upload(client, csrf, data, filename="a.pdf", title="Syllabus")  # a new version
+    again = tus_upload(client, csrf, data, filename="a.pdf", title="Syllabus")  # a new version
     assert again.status_code == 409
     body = again.get_json()
     assert body["error"] == "duplicate"
     assert body["duplicate"] == {"file_id": file_id, "version": 1, "title": "Syllabus",
                                  "url": f"/files/{file_id}"}
     assert "identical to version 1 of “Syllabus”" in body["message"]
-    other = upload(client, csrf, data, filename="b.pdf", title="Copy")  # another document
+    other = tus_upload(client, csrf, data, filename="b.pdf", title="Copy")  # another document
     assert other.status_code == 409 and other.get_json()["duplicate"]["file_id"] == file_id
     zh = client.post("/api/uploads/", headers={
         **TUS, "Accept-Language": "zh-CN", "X-CSRFToken": csrf, "Upload-Length": str(len(data)),
@@ -124,7 +116,7 @@ def test_identical_content_names_the_document_and_version(app, client, make_user
     with app.app_context():
         assert db.session.get(File, file_id).latest.number == 1
         assert db.session.scalar(select(File).where(File.title == "Copy")) is None
-    anyway = upload(client, csrf, data, filename="b.pdf", title="Copy", duplicate="allow")
+    anyway = tus_upload(client, csrf, data, filename="b.pdf", title="Copy", duplicate="allow")
     assert anyway.status_code == 201 and anyway.headers["Upload-File-Draft"] == "0"
     assert hashlib.sha256(data).hexdigest() == client.get(
         f"/api/files/{anyway.headers['Upload-File-Id']}").get_json()["sha256"]
@@ -134,7 +126,7 @@ def test_the_file_form_without_the_picker_keeps_the_audience(app, client, make_u
     make_user("teacher", role="staff")
     make_user("student1", groups=["CS"])
     csrf = login("teacher")
-    file_id = int(upload(client, csrf, b"cs only", filename="cs.txt", access="group:CS")
+    file_id = int(tus_upload(client, csrf, b"cs only", filename="cs.txt", access="group:CS")
                   .headers["Upload-File-Id"])
     for fields in ({}, {"access_kind": ""}, {"access_kind": "login", "access_group": "CS"},
                    {"access_kind": "public", "access_user": "student1"}):

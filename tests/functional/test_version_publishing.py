@@ -23,8 +23,7 @@ from portal.config import settings
 from portal.extensions import db
 from portal.models import AuditEntry, DownloadEvent, File, FileVersion
 from portal.storage import get_storage
-from tests.functional.test_drafts import upload
-from tests.helpers import form_sign_in, wait_for
+from tests.helpers import form_sign_in, tus_upload, wait_for
 
 # Discarding deletes a row other tables point at (the upload: SET NULL; download events:
 # CASCADE), which each dialect enforces its own way.
@@ -37,10 +36,10 @@ EN = {"Accept-Language": "en"}
 
 def published_with_pending(app, client, csrf) -> int:
     """A published document (version 1, V1) with a pending version 2 (V2): its id."""
-    first = upload(client, csrf, V1, filename="syllabus.pdf", title="Syllabus", access="login")
+    first = tus_upload(client, csrf, V1, filename="syllabus.pdf", title="Syllabus", access="login")
     assert first.status_code == 201, first.get_data(as_text=True)
     file_id = int(first.headers["Upload-File-Id"])
-    second = upload(client, csrf, V2, filename="syllabus-v2.pdf", file_id=str(file_id))
+    second = tus_upload(client, csrf, V2, filename="syllabus-v2.pdf", file_id=str(file_id))
     assert second.status_code == 201, second.get_data(as_text=True)
     assert second.headers["Upload-Version"] == "2"
     assert second.headers["Upload-Version-Pending"] == "1"
@@ -181,7 +180,7 @@ def test_discard_deletes_the_version_and_its_unshared_content(app, client, make_
                        data={"csrf_token": client.csrf, "confirm": "y"}).status_code == 404
 
     # the same bytes as version 1, sent anyway: discarding it keeps version 1's content
-    again = upload(client, client.csrf, V1, filename="syllabus.pdf", file_id=str(file_id),
+    again = tus_upload(client, client.csrf, V1, filename="syllabus.pdf", file_id=str(file_id),
                    duplicate="allow")
     assert again.headers["Upload-Version"] == "2"
     assert again.headers["Upload-Version-Pending"] == "1"
