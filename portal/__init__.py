@@ -165,7 +165,7 @@ def protect_from_csrf() -> None:
     """CSRF on every form POST, and on API calls that carry a session cookie.
 
     An API call without the cookie has no ambient authority to abuse (tus uploads and
-    scripts authenticate otherwise), so it is answered by the view: 401 JSON as CONTRACT.md
+    scripts authenticate otherwise), so it is answered by the view: 401 JSON as the README
     says, not a CSRF 400. Forms are always checked, which also stops login CSRF.
     """
     from flask import current_app

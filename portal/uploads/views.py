@@ -1,6 +1,6 @@
 """The tus endpoints: read the headers, call the service, answer with tus headers.
 
-Refusals follow CONTRACT.md: anonymous callers get 401 JSON, students 404 (as for anything
+Refusals as the README says: anonymous callers get 401 JSON, students 404 (as for anything
 they may not see), someone else's upload is 404. Errors are JSON ``{"error", "message"}``.
 ``X-HTTP-Method-Override`` (PATCH or DELETE on a POST) is honoured, as the tus core requires.
 """

@@ -1,4 +1,4 @@
-"""Users x access rules x routes: every allow and deny with its exact status (CONTRACT.md)."""
+"""Users x access rules x routes: every allow and deny with its exact status (README, "HTTP")."""
 
 import io
 

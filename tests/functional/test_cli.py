@@ -1,4 +1,4 @@
-"""The command line as in CONTRACT.md, including its refusals."""
+"""The command line as the README describes it, including its refusals."""
 
 from pathlib import Path
 

@@ -1,4 +1,4 @@
-"""tus 1.0 resumable uploads under /api/uploads/ (CONTRACT.md), through the real app."""
+"""tus 1.0 resumable uploads under /api/uploads/ (README, "HTTP"), through the real app."""
 
 import errno
 import fcntl

@@ -1,4 +1,4 @@
-"""GET /files/zip?id=...: one resumable STORED zip of readable files (CONTRACT.md, HTTP).
+"""GET /files/zip?id=...: one resumable STORED zip of readable files (README, "HTTP").
 
 Runs on SQLite and, when PORTAL_TEST_DATABASE_URL is set, PostgreSQL (the `app` fixture).
 The archive is checked with Info-ZIP ``unzip -t`` and ``zipfile``; ranges against slices of
