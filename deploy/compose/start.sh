@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Start compose.yaml's stack one stage at a time, each once the one before it is healthy:
-#   postgres, redis, s3 -> s3-bucket, migrate, error-pages (one-shots, must exit 0)
+#   postgres, redis, s3 -> s3-bucket -> migrate -> error-pages (one-shots, must exit 0)
 #   -> portal-1, portal-2, flusher -> nginx
 # This is the order compose.yaml's depends_on conditions declare. Docker Compose, and podman
 # 4.6 or newer with podman-compose 1.1 or newer, follow them with a plain `up -d`; podman 4.3
@@ -65,8 +65,13 @@ start postgres redis s3
 healthy postgres redis s3
 start s3-bucket
 completed s3-bucket
-start migrate error-pages
-completed migrate error-pages
+# one at a time: podman 4.3's DNS server (aardvark-dns 1.4) reloads whenever a container
+# joins the network and can drop the queries it is asked meanwhile; migrate, started beside
+# error-pages, once lost the name of postgres in the middle of its upgrade
+start migrate
+completed migrate
+start error-pages
+completed error-pages
 start portal-1 portal-2 flusher
 healthy portal-1 portal-2
 start nginx
