@@ -217,12 +217,14 @@ def joins(session: Session, event: Event, rules: Rules) -> bool:
 
 @dataclass(frozen=True)
 class Change:
-    """What adding one event did: the session, and whether it newly counts / completes."""
+    """What adding one event did: the session, whether it newly counts / completes, and
+    where it counted before when a late event moved that earlier (``moved_from``)."""
 
     session: Session
     new_session: bool
     counted_now: bool
     completed_now: bool
+    moved_from: datetime | None = None
 
 
 def apply(session: Session | None, event: Event, rules: Rules) -> Change:
@@ -242,11 +244,18 @@ def apply(session: Session | None, event: Event, rules: Rules) -> Change:
         session.user_id = event.user_id
     session.dirty = True
     counted_now = completed_now = False
+    moved_from = None
     # An orphan had started sending: it counts with its bytes unknown (docs/analytics.md).
-    if (not session.counted
-            and not is_probe(event.method, event.status, event.served, event.size, rules)
-            and (event.ended_at is None or sum(b - a for a, b in got) >= rules.min_bytes)):
+    counts = (not is_probe(event.method, event.status, event.served, event.size, rules)
+              and (event.ended_at is None or sum(b - a for a, b in got) >= rules.min_bytes))
+    if counts and not session.counted:
         session.counted = counted_now = True
+        session.counted_at = event.started_at
+        session.ua_class = event.ua_class
+    elif counts and event.started_at < session.counted_at:
+        # A late event from before the moment it counted: grouped from scratch, in time
+        # order, the download would have counted with this one, so it moves there.
+        moved_from = session.counted_at
         session.counted_at = event.started_at
         session.ua_class = event.ua_class
     if session.counted and not session.completed and session.size > 0 \
@@ -254,7 +263,7 @@ def apply(session: Session | None, event: Event, rules: Rules) -> Change:
         session.completed = completed_now = True
     if session.counted and not session.completed and session.size == 0:
         session.completed = completed_now = True
-    return Change(session, new, counted_now, completed_now)
+    return Change(session, new, counted_now, completed_now, moved_from)
 
 
 class Sessionizer:

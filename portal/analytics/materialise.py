@@ -34,6 +34,7 @@ from .rawevents import insert_new_events
 from .spans import (
     derive_from_user_days,
     gaps_from_user_days,  # noqa: F401  (bench/run_analytics_bench.py calls it from here)
+    rederive,
     spans_of,
     stored_spans,
     widen_span,
@@ -122,6 +123,7 @@ class Deltas:
         self.user_days: dict[tuple, int | None] = {}
         self.file_users: dict[tuple, list] = {}
         self.details: dict[tuple, int] = defaultdict(int)
+        self.left_days: set[tuple] = set()  # (day, file, person) to check: see ``move``
         self._memo: dict[tuple, list[tuple]] = {}
 
     def detail(self, old: tuple | None, new: tuple | None) -> None:
@@ -170,8 +172,10 @@ class Deltas:
             counters.cache_hits += hit
 
     def change(self, change: logical.Change, groups: Iterable[str]) -> None:
-        """A logical download that now counts or now completed."""
+        """A logical download that now counts, now completed, or counts earlier."""
         session = change.session
+        if change.moved_from is not None:
+            self.move(change, tuple(groups))
         if not (change.counted_now or change.completed_now):
             return
         keys = self._keys(session.counted_at, session.file_id, tuple(groups))
@@ -183,6 +187,24 @@ class Deltas:
         if change.completed_now:
             for key in keys:
                 self.rollups[key].completed += 1
+
+    def move(self, change: logical.Change, groups: tuple[str, ...]) -> None:
+        """A counted download whose counting moment a late event moved earlier: its download
+        (and completion, when it had completed before) leaves the old buckets for the new,
+        and the old day's user-day may have lost its only download (``left_days``)."""
+        session, tz = change.session, self.settings.tz
+        was_completed = session.completed and not change.completed_now
+        for key in self._keys(change.moved_from, session.file_id, groups):
+            self.rollups[key].downloads -= 1
+            self.rollups[key].completed -= was_completed
+        for key in self._keys(session.counted_at, session.file_id, groups):
+            self.rollups[key].downloads += 1
+            self.rollups[key].completed += was_completed
+        day, old_day = day_bucket(session.counted_at, tz), day_bucket(change.moved_from, tz)
+        self.user_day(day, session.file_id, session.key, session.user_id)
+        if old_day != day:
+            self.left_days.update((old_day, fid, session.key)
+                                  for fid in (session.file_id, ALL_FILES))
 
 
 def detail_key(session: logical.Session, tz: ZoneInfo) -> tuple | None:
@@ -260,6 +282,31 @@ def write_deltas(conn: Connection, deltas: Deltas) -> None:
     write_counts(conn, deltas)
     write_gaps(conn, deltas.user_days, before)
     write_file_users(conn, pairs)
+    if deltas.left_days:
+        drop_left_days(conn, deltas)
+
+
+def drop_left_days(conn: Connection, deltas: Deltas) -> None:
+    """Delete the user-days that late events left without a counted download (``Deltas.move``:
+    a download that now counts on the day before) and re-derive their pairs' first and last
+    days and gaps. Reads the logical downloads, so runs after ``write_sessions``."""
+    table, tz = LogicalDownload.__table__, deltas.settings.tz
+    gone = []
+    for day, fid, key in sorted(deltas.left_days):
+        next_day = day_bucket(day + timedelta(hours=26), tz)
+        still = select(table.c.id).where(
+            table.c.user_key == key, table.c.counted.is_(True),
+            table.c.counted_at >= day, table.c.counted_at < next_day)
+        if fid != ALL_FILES:
+            still = still.where(table.c.file_id == fid)
+        if conn.execute(still.limit(1)).first() is None:
+            gone.append((day, fid, key))
+    if not gone:
+        return
+    u = UserDay.__table__
+    for day, fid, key in gone:
+        conn.execute(delete(u).where(u.c.day == day, u.c.file_id == fid, u.c.user_key == key))
+    rederive(conn, sorted({(fid, key) for _, fid, key in gone}))
 
 
 def write_counts(conn: Connection, deltas: Deltas) -> None:

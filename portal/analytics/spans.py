@@ -124,19 +124,35 @@ def write_gaps(conn: Connection, user_days: dict[tuple, int | None],
             redo.append(pair)
             continue
         rows += [_gap_row(pair, a, b, users[pair]) for a, b in gaps_between(chain)]
-    if redo:
-        u, g = UserDay.__table__, UserGap.__table__
-        for chunk in chunks(redo, IN_LIST):
-            conn.execute(delete(g).where(tuple_(g.c.file_id, g.c.user_key).in_(chunk)))
-            stored: dict[tuple, list] = defaultdict(list)
-            for fid, key, day in conn.execute(
-                    select(u.c.file_id, u.c.user_key, u.c.day)
-                    .where(tuple_(u.c.file_id, u.c.user_key).in_(chunk))
-                    .order_by(u.c.file_id, u.c.user_key, u.c.day)):
-                stored[(fid, key)].append(day)
-            for pair, days in stored.items():
-                rows += [_gap_row(pair, a, b, users[pair]) for a, b in gaps_between(days)]
     _insert_gaps(conn, rows)
+    if redo:
+        rederive(conn, redo, spans=False)
+
+
+def rederive(conn: Connection, pairs: list[tuple], *, spans: bool = True) -> None:
+    """Replace the gaps of these (file, person) pairs, and their first and last days unless
+    ``spans`` is false, by those their stored user-days imply (one index range per pair):
+    after a late day inside a span, or after user-days were deleted."""
+    u, g, f = UserDay.__table__, UserGap.__table__, FileUser.__table__
+    for chunk in chunks(pairs, IN_LIST):
+        conn.execute(delete(g).where(tuple_(g.c.file_id, g.c.user_key).in_(chunk)))
+        if spans:
+            conn.execute(delete(f).where(tuple_(f.c.file_id, f.c.user_key).in_(chunk)))
+        days: dict[tuple, list] = defaultdict(list)
+        users: dict[tuple, int | None] = {}
+        for fid, key, day, user_id in conn.execute(
+                select(u.c.file_id, u.c.user_key, u.c.day, u.c.user_id)
+                .where(tuple_(u.c.file_id, u.c.user_key).in_(chunk))
+                .order_by(u.c.file_id, u.c.user_key, u.c.day)):
+            days[(fid, key)].append(day)
+            if user_id is not None or (fid, key) not in users:
+                users[(fid, key)] = user_id
+        _insert_gaps(conn, [_gap_row(pair, a, b, users[pair])
+                            for pair, pair_days in days.items()
+                            for a, b in gaps_between(pair_days)])
+        if spans:
+            write_file_users(conn, {pair: [users[pair], pair_days[0], pair_days[-1]]
+                                    for pair, pair_days in days.items()})
 
 
 def _gap_row(pair: tuple, gap_from: datetime, gap_to: datetime, user_id: int | None) -> dict:

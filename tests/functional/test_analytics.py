@@ -547,6 +547,55 @@ def test_distinct_users_fast_path_equals_raw_recomputation(app):
     check()
 
 
+@pytest.mark.parametrize("counted, late", [
+    ("10:10", "09:50"),  # the download counts an hour earlier, the same day
+    ("00:10", "23:50"),  # and on the day before: its old day has no download left
+], ids=["hour", "day"])
+def test_a_late_event_moves_where_its_download_counts(app, make_user, counted, late):
+    """A download counted at one moment, then an event of the same download from before it
+    arrives (a journal replayed after an outage, nginx's log read late). Grouped afresh in
+    time order the download counts at the late event's start, so the stored downloads and
+    completions per hour and day, user-days, first and last days, gaps and file-detail
+    cells move there and equal a recomputation from the raw events."""
+    from portal.analytics.models import ALL_FILES, UserDay
+
+    file_id = add(app)
+    user_id = make_user("late-reader")
+    tz = settings(app).tz
+    with app.app_context():
+        version_id = db.session.get(File, file_id).versions[-1].id
+    day = datetime.now(tz).replace(hour=0, minute=0, second=0, microsecond=0) - timedelta(
+        days=5)
+    at = day.replace(hour=int(counted[:2]), minute=int(counted[3:]))
+    before = day.replace(hour=int(late[:2]), minute=int(late[3:]))
+    if before > at:
+        before -= timedelta(days=1)
+
+    def row(start, status, ranges, sent):
+        return {"event_key": uuid.uuid4().hex, "file_id": file_id, "version_id": version_id,
+                "user_id": user_id, "via_link": False, "method": "GET", "status": status,
+                "range_header": f"bytes={ranges}" if status == 206 else "",
+                "served_ranges": ranges, "size": len(BODY), "bytes_sent": sent,
+                "client_ip": "10.0.0.7", "user_agent": "aria2/1.37.0", "ua_class": "aria2",
+                "referrer": "", "served_from": "origin", "link_id": None,
+                "started_at": start.astimezone(UTC),
+                "ended_at": (start + timedelta(seconds=30)).astimezone(UTC)}
+
+    batches = [[row(at - timedelta(days=3), 200, f"0-{len(BODY) - 1}", len(BODY))],
+               [row(at, 200, f"0-{len(BODY) - 1}", len(BODY))],  # counts, and completes
+               [row(before, 206, "0-1023", 1024)]]  # late: starts 20 minutes before
+    for rows in batches:
+        with app.app_context(), db.engine.begin() as conn:
+            assert materialise.store(conn, rows, settings(app)) == 1
+    assert_rollups_match_raw(app)
+    with app.app_context(), db.engine.connect() as conn:
+        u = UserDay.__table__
+        days = {(fid, d.astimezone(tz).date()) for fid, d in conn.execute(
+            select(u.c.file_id, u.c.day).where(u.c.user_id == user_id))}
+    local = {before.date(), (at - timedelta(days=3)).date()}
+    assert days == {(fid, d) for fid in (file_id, ALL_FILES) for d in local}
+
+
 def test_journal_rotates_keeping_only_open_starts(app, client, monkeypatch):
     monkeypatch.setattr(recorder_module, "JOURNAL_ROTATE_BYTES", 2000)
     file_id = add(app)
