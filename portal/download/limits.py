@@ -136,6 +136,9 @@ _CONNECTION = re.compile(r"[A-Za-z0-9_.:-]{1,128}")
 
 #: How often a refused x-accel download asks again while nginx's log may free a lease.
 HANDED_POLL_SECONDS = 0.1
+#: How much longer than one flush interval it asks: the flusher reads nginx's line late when
+#: the node's CPUs are busy (2 s was too short with both cores loaded: aria2c gave up).
+HANDED_GRACE_SECONDS = 6.0
 
 
 # ---------------------------------------------------------------------------
@@ -620,7 +623,7 @@ def _await_handed(app, person: Person, settings: Settings, large: bool,
     node's budget is not waited for (503 is retried by every client). A client that leaves
     meanwhile (``gone``: nginx closed the request) takes no lease: nginx would never log
     the answer, and the lease would count until it expired."""
-    deadline = time.monotonic() + settings.analytics_flush_seconds + 2.0
+    deadline = time.monotonic() + settings.analytics_flush_seconds + HANDED_GRACE_SECONDS
     place = slots(app)
     while refused.status == 429 and time.monotonic() < deadline:
         time.sleep(HANDED_POLL_SECONDS)  # a cooperative sleep under gevent
