@@ -36,11 +36,27 @@ def audit_action(action: str) -> str | None:
 
 
 @bp.app_template_filter("audit_detail")
-def audit_detail(entry) -> str:
-    """An audit entry's detail in the page's language where it is stored as data."""
-    from ..audit import detail_words
+def audit_detail(entry):
+    """An audit entry's detail in the page's language (as stored when it does not parse)."""
+    from ..audit_details import detail_words
 
     return detail_words(entry)
+
+
+@bp.app_template_filter("audit_target")
+def audit_target(entry):
+    """An audit entry's target, in words where it is a code (an upload's file, a limit)."""
+    from ..audit_details import target_words
+
+    return target_words(entry)
+
+
+@bp.app_template_filter("access_words")
+def access_words(rule: str) -> str:
+    """A file's access rule in the page's language (the access picker's words)."""
+    from .forms import access_words as words
+
+    return words(rule)
 
 
 def require_admin() -> None:

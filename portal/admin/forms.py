@@ -126,6 +126,20 @@ ACCESS_LABELS = {"public": _l("Everyone, without signing in (public)"),
                  "user": _l("One person (a personal document)")}
 
 
+def access_words(rule: str) -> str:
+    """A stored access rule as people read it (the picker's words for its kind, and the
+    groups or the person it names); a rule that does not parse, as stored."""
+    from ..access import parse_access
+
+    try:
+        kind, names = parse_access(rule)
+    except ValueError:
+        return rule
+    if not names:
+        return str(ACCESS_LABELS[kind])
+    return _("%(kind)s: %(names)s", kind=ACCESS_LABELS[kind], names=_(", ").join(names))
+
+
 class AccessPickerForm(FlaskForm):
     """Who may read a file, picked rather than typed: a kind, and the group(s) or the
     person it names, checked to exist. ``self.access`` is the rule once validated."""

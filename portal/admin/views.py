@@ -14,7 +14,7 @@ from sqlalchemy import func, select
 # auth and (through single sign-on's use of admin.service) this package, while it is half loaded.
 from ..analytics import queries
 from ..analytics import recorder as recording
-from ..audit import audit
+from ..audit import ACTION_FAMILIES, audit
 from ..coherence import commit_everywhere
 from ..config import settings
 from ..download import limit_store, limits
@@ -218,4 +218,5 @@ def audit_log():
     if action:
         stmt = stmt.where(AuditEntry.action.startswith(action))
     entries = db.session.scalars(stmt.limit(100).offset((max(page, 1) - 1) * 100)).all()
-    return render_template("admin/audit.html", entries=entries, action=action, page=page)
+    return render_template("admin/audit.html", entries=entries, action=action, page=page,
+                           families={k: str(v) for k, v in ACTION_FAMILIES.items()})
