@@ -108,7 +108,9 @@ def test_staff_picks_a_group_and_a_person_for_a_file(page):
     page.click("main form button[type=submit] >> nth=0")
     page.wait_for_selector("p.flash")
     page.goto("/admin/files")
-    assert "user:2023001" in page.locator("tr", has_text="线性代数 讲义").inner_text()
+    # the list says it in the picker's words: one person, 2023001
+    assert "某一个人（个人文件）：2023001" in page.locator(
+        "tr", has_text="线性代数 讲义").inner_text()
 
 
 def test_the_demo_alone_fills_the_analytics_charts(page):
