@@ -189,12 +189,12 @@ def post_request(worker, req, environ, resp):
 
 def worker_exit(server, worker):
     """Write the download events this worker still buffers (portal/analytics/recorder.py),
-    end the connection leases it holds (portal/download/limits.py) and hand in its last
+    end the connection leases it holds (portal/download/leases.py) and hand in its last
     counts (portal/instruments.py)."""
     from portal.analytics import recorder
-    from portal.download import limits
+    from portal.download import leases
     from portal.instruments import TALLY
 
     recorder.shutdown_all()
-    limits.release_all()
+    leases.release_all()
     TALLY.flush()

@@ -28,7 +28,7 @@ from .analytics import backlog
 from .analytics.recorder import recorder
 from .audience import is_operator
 from .config import settings
-from .download import limits
+from .download import leases, limits
 
 bp = Blueprint("metrics", __name__)
 
@@ -52,7 +52,7 @@ class CacheCollector(Collector):
 
 class DownloadLimitsCollector(Collector):
     """Refused and throttled download connections (cluster-wide, from Redis) and this
-    node's active download connections (download/limits.py)."""
+    node's active download connections (download/leases.py)."""
 
     def __init__(self, values: dict[str, int] | None, node_active: int | None) -> None:
         self.values = values
@@ -67,7 +67,7 @@ class DownloadLimitsCollector(Collector):
             refused.add_metric(["node_admission"], self.values["refused_node"])
             yield refused
             throttled = CounterMetricFamily(
-                "portal_download_throttled", limits.STATS_FIELDS["throttled"])
+                "portal_download_throttled", leases.STATS_FIELDS["throttled"])
             throttled.add_metric([], self.values["throttled"])
             yield throttled
         if self.node_active is not None:

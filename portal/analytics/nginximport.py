@@ -19,7 +19,7 @@ from pathlib import Path
 import redis
 from sqlalchemy.exc import SQLAlchemyError
 
-from ..download import limits
+from ..download import leases
 from ..download.http import RangeOutcome, select_ranges
 from ..instruments import TALLY
 from . import nginxlog, pacing
@@ -73,8 +73,8 @@ def import_new_lines(r: redis.Redis, keys: AnalyticsKeys, config,
             lines, state, more = nginxlog.read_new(Path(path), state)
             sent = [line for line in lines if isinstance(line, nginxlog.Sent)]
             # Connections those responses held stop counting now, not at their expiry.
-            if leases := [s.lease for s in sent if s.lease]:
-                limits.release_handed(r, leases)
+            if tokens := [s.lease for s in sent if s.lease]:
+                leases.release_handed(r, tokens)
             if sent:  # kept in Redis before the offset moves past them
                 r.hset(keys.nginx_sent, mapping={
                     s.event_key: json.dumps([s.status, s.bytes_sent,

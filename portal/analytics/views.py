@@ -21,7 +21,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from ..access import readable_clause
 from ..admin import staff_only
-from ..download import limits
+from ..download import leases
 from ..extensions import db
 from ..models import File
 from . import queries
@@ -186,7 +186,7 @@ def index():
     return render_template("admin/analytics/index.html",
                            choices=queries.groups_and_categories(_conn(),
                                                                  readable=_readable()),
-                           limit_counters=limits.stats(current_app.extensions["portal_redis"]))
+                           limit_counters=leases.stats(current_app.extensions["portal_redis"]))
 
 
 @pages_bp.route("/time")

@@ -38,7 +38,7 @@ from ..analytics import recorder as analytics
 from ..auth.tokens import parse_token
 from ..auth.users import SnapshotUser, session_user
 from ..config import settings
-from . import grant, limits
+from . import grant, limits, people
 from .body import TrackedFile, can_sendfile
 from .limit_store import settings_in_force
 from .plan import NotAtHand, Principal, RequestFacts, SendFile, plan
@@ -109,7 +109,7 @@ class FastDownloads:
         planned, lease = limits.admit(self.app, planned, settings_in_force(self.app))
         if planned is None:
             tracked.close()
-            status, headers, body = limits.refusal(lease)
+            status, headers, body = people.refusal(lease)
             return _status_line(status), headers, [body]
         record = analytics.open_event(self.app, analytics.event_row(**planned.event))
         if lease is not None:

@@ -23,7 +23,7 @@ from ..access import can_read, is_public, sees_version
 from ..cache.metadata import FileSnapshot, VersionSnapshot
 from ..settings import Settings
 from ..storage.base import shard_path
-from . import http, limits, zipplan
+from . import http, people, zipplan
 
 #: Preconditions nginx evaluates again with its own rules (against no ETag and the file's
 #: mtime), so it could refuse what the portal allowed.
@@ -264,7 +264,7 @@ def plan(facts: RequestFacts, principal: Principal, reader: Reader, settings: Se
         return DownloadPlan(decision.status, headers, HeadOnly(), version=version)
 
     event = event_facts(facts, principal, version, decision)
-    person = limits.person_of(principal.user, facts.client_ip, settings)
+    person = people.person_of(principal.user, facts.client_ip, settings)
     spans = decision.ranges if decision.status == 206 else ((0, version.size),)
     path = reader.local_path(version.storage_key)
     mode = sendfile or settings.sendfile
@@ -332,7 +332,7 @@ def plan_zip(facts: RequestFacts, files, settings: Settings, *, user=None) -> Do
     delivery = Archive(archive, spans, multipart, tuple(v.storage_key for v in versions),
                        tuple(v.size for v in versions))
     return DownloadPlan(decision.status, headers, delivery,
-                        person=limits.person_of(user, facts.client_ip, settings))
+                        person=people.person_of(user, facts.client_ip, settings))
 
 
 def _typed(decision: http.Decision, rep: http.Representation,

@@ -13,7 +13,7 @@ from ..config import settings
 from ..instruments import TALLY
 from ..sendfile import peer_closed
 from ..storage import StorageError
-from . import http, limits
+from . import http, limits, people
 from .body import CountedBody, TrackedFile, can_sendfile
 from .limit_store import settings_in_force
 from .plan import Bodiless, DownloadPlan, HeadOnly, Redirect, SendFile, Stream, XAccel
@@ -68,9 +68,9 @@ def _bytes(plan: DownloadPlan, body) -> Response:
     return Response(body, status=plan.status, headers=plan.headers, direct_passthrough=True)
 
 
-def refused(refusal: limits.Refusal) -> Response:
+def refused(refusal: people.Refusal) -> Response:
     """A download the limits refuse now (429 or 503, with Retry-After)."""
-    status, headers, body = limits.refusal(refusal)
+    status, headers, body = people.refusal(refusal)
     return Response(b"" if request.method == "HEAD" else body, status=status, headers=headers)
 
 

@@ -33,7 +33,7 @@ from servers import (
     write_random,
 )
 
-from portal.download import limits
+from portal.download import leases
 from tests.helpers import wait_for
 
 pytestmark = pytest.mark.slow
@@ -67,14 +67,14 @@ def slow_curls(url: str, count: int, cookie: str | None = None) -> list[subproce
 
 def held(client: redis.Redis, person: str) -> int:
     """Live leases of a person in Redis."""
-    key = limits.conn_key(person)
+    key = leases.conn_key(person)
     client.zremrangebyscore(key, "-inf", time.time())
     return client.zcard(key)
 
 
 def node_held(client: redis.Redis) -> int:
     """Live leases of this node (the only one here)."""
-    key = limits.node_key(socket.gethostname())
+    key = leases.node_key(socket.gethostname())
     client.zremrangebyscore(key, "-inf", time.time())
     return client.zcard(key)
 
@@ -157,7 +157,7 @@ def test_aria2c_finishes_under_a_limit_of_four(server, site, alice, tmp_path, co
     url = alice.mint_link(site.login_id)["url"]
     agent = tag(f"aria2c-x{connections}")
     r = redis.Redis.from_url(site.instance.env["PORTAL_REDIS_URL"])
-    refused = int(r.hget(limits.STATS_KEY, "refused_person") or 0)
+    refused = int(r.hget(leases.STATS_KEY, "refused_person") or 0)
     # Nothing to pass: aria2c drops each connection refused with 429 and fetches every
     # segment over the ones it was given (docs/limits.md). Its overall rate is capped so
     # that its connections stay open together: on loopback a fast machine fetches 24 MiB
@@ -169,7 +169,7 @@ def test_aria2c_finishes_under_a_limit_of_four(server, site, alice, tmp_path, co
     events = site.instance.wait_events(user_agent=agent)
     assert sum(e["bytes_sent"] for e in events) >= site.size
     # it really was held to 4: the others were refused (429) and retried
-    assert int(r.hget(limits.STATS_KEY, "refused_person") or 0) > refused
+    assert int(r.hget(leases.STATS_KEY, "refused_person") or 0) > refused
     assert held(r, f"u:{alice_id(site)}") == 0
 
 
@@ -336,7 +336,7 @@ def test_nginx_carries_the_rate_and_the_portal_counts(site, tmp_path_factory):
         head = Path(str(out) + ".head").read_text().lower()
         assert head.startswith("http/1.1 200") and "x-accel" not in head  # nginx's own
         r = redis.Redis.from_url(site.instance.env["PORTAL_REDIS_URL"])
-        r.delete(limits.conn_key("ip:127.0.0.1"))  # the finished one's lease runs on
+        r.delete(leases.conn_key("ip:127.0.0.1"))  # the finished one's lease runs on
         holders = slow_curls(url, 2)
         try:
             wait_for(lambda: held(r, "ip:127.0.0.1") == 2, what="2 leases")
@@ -374,8 +374,8 @@ def test_curl_and_wget_wait_for_a_free_connection_when_told_to(server, site, tmp
 def forget_other_servers_leases(client: redis.Redis) -> None:
     """The leases earlier tests' servers left behind (handed to an nginx whose log nobody
     reads now, they would count until they expire)."""
-    client.delete(limits.conn_key("ip:127.0.0.1"), limits.conn_key("ip:127.0.0.2"),
-                  limits.node_key(socket.gethostname()))
+    client.delete(leases.conn_key("ip:127.0.0.1"), leases.conn_key("ip:127.0.0.2"),
+                  leases.node_key(socket.gethostname()))
 
 
 @pytest.fixture(scope="module")
@@ -402,7 +402,7 @@ def test_aria2c_wget_and_curl_through_nginx_finish_under_the_limit(site, behind_
     url = f"{behind_nginx.base_url}/files/{site.public_id}/download"
     r = redis.Redis.from_url(site.instance.env["PORTAL_REDIS_URL"])
     forget_other_servers_leases(r)
-    refused = int(r.hget(limits.STATS_KEY, "refused_person") or 0)
+    refused = int(r.hget(leases.STATS_KEY, "refused_person") or 0)
     for run_no, connections in enumerate((16, 8)):
         out = tmp_path / str(run_no)
         cmd = [aria2c, f"-x{connections}", f"-s{connections}", "-k1M", "-d", out, "-q",
@@ -421,7 +421,7 @@ def test_aria2c_wget_and_curl_through_nginx_finish_under_the_limit(site, behind_
         assert sha256_file(out / NAME) == site.sha256
         # the log's lines end the leases within seconds, not after the 30 s lease
         wait_for(lambda: held(r, "ip:127.0.0.1") == 0, what="the leases ended by nginx's log")
-    assert int(r.hget(limits.STATS_KEY, "refused_person") or 0) > refused
+    assert int(r.hget(leases.STATS_KEY, "refused_person") or 0) > refused
     # and the single-connection clients resume through nginx under the same limit
     for name, cmd in (("wget.bin", [require_tool("wget"), "-q", "-c", "-O"]),
                       ("curl.bin", [require_tool("curl"), "-sS", "--fail", "-C", "-", "-o"])):

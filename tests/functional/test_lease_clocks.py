@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import pytest
 
-from portal.download import limits as dl
+from portal.download import leases as dl
+from portal.download.people import Person
 from portal.settings import Limit, Settings
 from tests.helpers import clock_off_by
 
 SKEW = 600.0  # ten minutes, twenty times the lease
 SETTINGS = Settings(download_limits={"student": {"connections": 2}}, download_lease_seconds=30)
-PERSON = dl.Person("u:skew", Limit(2, None))
+PERSON = Person("u:skew", Limit(2, None))
 
 
 def redis_now(client) -> float:

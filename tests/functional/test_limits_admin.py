@@ -58,13 +58,14 @@ def test_leases_are_renewed_while_held_and_shares_follow(limited, app):
     once; a person's rate is split by their connections on this worker and elsewhere."""
     import time
 
-    from portal.download import limits as dl
+    from portal.download import leases as dl
+    from portal.download.people import Person
     from portal.settings import Limit, Settings
 
     settings = Settings(download_limits={"student": {"connections": 3, "rate": 1000}},
                         download_lease_seconds=3)
     slots = dl.Slots(app, app.extensions["portal_redis"])
-    person = dl.Person("u:99", Limit(3, 1000))
+    person = Person("u:99", Limit(3, 1000))
     key = "portal:download:conn:u:99"
     client = app.extensions["portal_redis"]
     first = slots.acquire(person, settings, large=True)
@@ -104,14 +105,15 @@ def test_the_zip_door_applies_the_same_limit(limited, app, client, make_user, lo
 def test_leases_handed_to_nginx_end_by_its_log_unless_taken_over(limited, app):
     """Real Redis: nginx's log line ends a handed-over lease; a line of a response whose
     connection has since taken the lease for its next response leaves it alone."""
-    from portal.download import limits as dl
+    from portal.download import leases as dl
+    from portal.download.people import Person
     from portal.settings import Limit, Settings
 
     settings = Settings(download_limits={"student": {"connections": 2}},
                         download_lease_seconds=30)
     client = app.extensions["portal_redis"]
     slots = dl.Slots(app, client)
-    person = dl.Person("u:41", Limit(2, None))
+    person = Person("u:41", Limit(2, None))
     key = "portal:download:conn:u:41"
     first = slots.acquire(person, settings, large=True, lease_id="x:nginx:1:7")
     old_token = first.hand_over(30)
@@ -137,7 +139,8 @@ def test_with_redis_down_leases_handed_to_nginx_count_until_they_expire(limited,
     import time
 
     from portal.cache.connection import make_client
-    from portal.download import limits as dl
+    from portal.download import leases as dl
+    from portal.download.people import Person
     from portal.settings import Limit, Settings
 
     with socket.socket() as s:
@@ -146,7 +149,7 @@ def test_with_redis_down_leases_handed_to_nginx_count_until_they_expire(limited,
     slots = dl.Slots(app, make_client(f"redis://127.0.0.1:{port}/0"))
     settings = Settings(download_limits={"student": {"connections": 2}},
                         download_admission_connections=3, download_lease_seconds=3)
-    student, guest = dl.Person("u:7", Limit(2, None)), dl.Person("ip:1", Limit())
+    student, guest = Person("u:7", Limit(2, None)), Person("ip:1", Limit())
     for conn in ("x:n:1:1", "x:n:1:2"):
         lease = slots.acquire(student, settings, large=True, lease_id=conn)
         assert isinstance(lease, dl.Lease) and lease.local

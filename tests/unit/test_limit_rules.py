@@ -9,7 +9,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from portal.download.limits import Bucket, limit_for, person_of
+from portal.download.leases import Bucket
+from portal.download.people import limit_for, person_of
 from portal.settings import UNLIMITED, ConfigError, Limit, Settings, from_environ
 
 ROOT = Path(__file__).resolve().parents[2]
