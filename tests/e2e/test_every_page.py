@@ -5,8 +5,11 @@ Each page must fit its width (no horizontal scrolling), show no English msgid of
 as visible text on a Chinese page (nor as a chart's label), no English word at all there
 but names and the demo's data (text that never went through Babel), and show times in the portal's
 zone (PORTAL_ANALYTICS_TIMEZONE, set here to one far from both UTC and Shanghai so that a
-time shown in the wrong zone cannot pass). One browser, one server, one sign-in per role;
-the pages and sizes are parameters.
+time shown in the wrong zone cannot pass). A table that reflows on a phone (table.stack)
+must cut no cell. One browser, one server, one sign-in per role; the pages and sizes are
+parameters. Before any page is looked at, the history fixture makes audit entries of many
+kinds through the server (sign-ins, groups, users, an upload and its publication, access,
+limits) and the CLI (directory links), so the audit log, groups and limits show real data.
 """
 
 from __future__ import annotations
@@ -49,10 +52,11 @@ def _english_msgids() -> list[str]:
 #: English words a Chinese page may show: names that are never translated (products,
 #: formats, units, download managers) and the demo's own data (below).
 NAMES = {
-    "admin", "api", "aria2c", "bytes", "chrome", "chromium", "csv", "curl", "docx", "edge",
-    "firefox", "gib", "gunicorn", "healthz", "http", "https", "idm", "json", "kib", "linux",
-    "mac", "mib", "nginx", "pdf", "postgresql", "python", "redis", "safari", "sha", "sha256",
-    "sqlite", "staff", "student", "txt", "utc", "wget", "windows", "zip",
+    "admin", "api", "aria2c", "bytes", "cas", "chrome", "chromium", "csv", "curl", "docx",
+    "edge", "firefox", "gib", "gunicorn", "healthz", "http", "https", "idm", "json", "kib",
+    "ldap", "linux", "mac", "mib", "nginx", "oidc", "pdf", "postgresql", "prometheus",
+    "python", "redis", "safari", "sha", "sha256", "sqlite", "staff", "student", "txt", "utc",
+    "wget", "windows", "zip",
 }
 WORD = re.compile(r"[A-Za-z][A-Za-z0-9]*")
 
@@ -81,7 +85,7 @@ def _english_words(texts: list[str]) -> list[str]:
         # a time zone's name (Pacific/Honolulu), a URL, a path and a digest are shown as
         # they are
         plain = re.sub(r"\b[A-Z][a-z]+/[A-Za-z_]+\b|https?://\S+|/[\w/{}.-]+"
-                       r"|\b[0-9a-f]{8,}\b", " ", text)
+                       r"|\b[0-9a-f]{8,}\b|\bRetry-After\b", " ", text)
         for match in WORD.finditer(plain):
             word = match.group().lower()
             if (not re.search(r"[a-z]{3}", word) or word in allowed
@@ -170,6 +174,82 @@ def sessions(browser, server):
     return states
 
 
+#: What the module's admin does before the pages are looked at, so that the audit log, the
+#: groups and the limits show real entries of many kinds: a new file with a Chinese name (its
+#: SHA-256 a long word), several groups, users created and changed, a limit changed.
+UPLOADED = "数据结构-第04章-树和二叉树.pdf"
+REVISED = "数据结构-第04章-树和二叉树（修订版）.pdf"
+
+
+def _csrf(request, path: str) -> str:
+    html = request.get(path).text()
+    return re.search(r'<meta name="csrf-token" content="([^"]+)"', html).group(1)
+
+
+def _upload(request, csrf: str, data: bytes, **meta: str) -> int:
+    """One whole tus upload (creation with its body) through the server: the file's id."""
+    from portal.uploads.tus import format_metadata
+
+    answer = request.post("/api/uploads/", data=data, headers={
+        "Tus-Resumable": "1.0.0", "X-CSRFToken": csrf, "Upload-Length": str(len(data)),
+        "Upload-Metadata": format_metadata(meta),
+        "Content-Type": "application/offset+octet-stream"})
+    assert answer.status == 201, answer.text()
+    return int(answer.headers["upload-file-id"])
+
+
+def _post(request, path: str, csrf: str, **form: str) -> None:
+    answer = request.post(path, form={"csrf_token": csrf, **form}, max_redirects=0)
+    assert answer.status in (302, 303), (path, answer.status, re.findall(
+        r'class="(?:field-error|flash[^"]*)"[^>]*>([^<]*)', answer.text()))
+
+
+@pytest.fixture(scope="module")
+def history(browser, server, sessions):
+    """Audit entries of many kinds, made through the running server as people make them
+    (and the CLI where no page does it)."""
+    context = browser.new_context(base_url=server.base_url, locale="zh-CN")
+    anonymous = context.request
+    for name, password in (("student", "not-the-password"), ("2023999", "whatever-1")):
+        answer = anonymous.post("/login", form={"username": name, "password": password,
+                                                "csrf_token": _csrf(anonymous, "/login")})
+        assert answer.status == 200 and "/login" in answer.url  # refused, audited
+    context.close()
+    context = browser.new_context(base_url=server.base_url, storage_state=sessions["admin"])
+    admin = context.request
+    csrf = _csrf(admin, "/admin/")
+    for name, about in (("CS2025", "计算机科学与技术 2025 级"), ("EE2025", "电子信息工程 2025 级")):
+        _post(admin, "/admin/groups", csrf, name=name, description=about)
+    _post(admin, "/admin/users", csrf, username="2025001", display_name="赵六", role="student",
+          groups="CS2025 EE2025", password="zhao-liu-2025", active="y")
+    listed = admin.get("/admin/users?q=2023001").text()
+    user_id = re.search(r'href="/admin/users/(\d+)"', listed).group(1)
+    _post(admin, f"/admin/users/{user_id}", csrf, username="2023001", display_name="李四",
+          role="staff", groups="CS2023 CS2025", password="li-si-new-2025", active="y")
+    file_id = _upload(admin, csrf, b"%PDF-1.4 tree chapter\n" * 400, filename=UPLOADED,
+                      title="数据结构 第4章 树和二叉树", category="课程资料",
+                      access="group:CS2023,CS2025", draft="1")
+    _post(admin, f"/admin/files/{file_id}/publish", csrf)
+    assert _upload(admin, csrf, b"%PDF-1.4 revised\n" * 900, filename=REVISED,
+                   file_id=str(file_id)) == file_id
+    _post(admin, f"/admin/files/{file_id}/versions/2/publish", csrf)
+    _post(admin, f"/admin/files/{file_id}", csrf, title="数据结构 第4章 树和二叉树",
+          category="课程资料", description="", access_kind="group",
+          access_group="CS2023, CS2025, MATH2024", access_user="")
+    _post(admin, f"/admin/files/{file_id}/delete", csrf, confirm="y")
+    _post(admin, f"/admin/files/{file_id}/restore", csrf)
+    _post(admin, "/admin/limits/edit?who=group:CS2025", csrf, connections="2", rate="1M",
+          action="save")
+    _post(admin, "/admin/limits/edit?who=anonymous", csrf, connections="3", rate="",
+          action="save")
+    context.close()
+    server.instance.flask("user", "link", "2025001", "--method", "cas", "--issuer",
+                          "https://cas.example.edu.cn/cas", "--subject", "2025001")
+    server.instance.flask("user", "unlink", "2025001", "--method", "cas", "--issuer",
+                          "https://cas.example.edu.cn/cas")
+    return {"file": file_id}
+
+
 PAGES = [  # name, who, path ({file} is filled in), screenshot kept in docs/screenshots
     ("login", None, "/login", False),
     ("catalog", "student", "/", False),
@@ -178,6 +258,9 @@ PAGES = [  # name, who, path ({file} is filled in), screenshot kept in docs/scre
     ("admin-overview", "admin", "/admin/", True),
     ("admin-files", "admin", "/admin/files", False),
     ("admin-users", "admin", "/admin/users", False),
+    ("admin-groups", "admin", "/admin/groups", True),
+    ("admin-limits", "admin", "/admin/limits", False),
+    ("admin-audit-log", "admin", "/admin/audit", True),
     ("admin-upload", "admin", "/admin/upload", False),
     ("admin-analytics-overview", "admin", "/admin/analytics/", True),
     ("admin-analytics-time", "admin", "/admin/analytics/time", True),
@@ -188,7 +271,7 @@ PAGES = [  # name, who, path ({file} is filled in), screenshot kept in docs/scre
 @pytest.mark.parametrize("lang", list(LOCALES))
 @pytest.mark.parametrize("width", list(WIDTHS))
 @pytest.mark.parametrize(("name", "who", "path", "keep"), PAGES, ids=[p[0] for p in PAGES])
-def test_page(browser, server, sessions, name, who, path, keep, width, lang):
+def test_page(browser, server, sessions, history, name, who, path, keep, width, lang):
     context = browser.new_context(
         base_url=server.base_url, locale=LOCALES[lang], is_mobile=width == "phone",
         viewport={"width": WIDTHS[width], "height": 900}, timezone_id="Europe/London",
@@ -236,10 +319,46 @@ def test_page(browser, server, sessions, name, who, path, keep, width, lang):
             hard_coded = _english_words(texts)
             assert not hard_coded, f"English outside the catalog on the Chinese {name} page: " \
                                    f"{hard_coded[:10]}"
+        cut = page.evaluate(CUT_CELLS)
+        assert cut == [], f"{name}: cells cut off at {WIDTHS[width]} px: {cut[:5]}"
+        if name == "admin-audit-log":
+            _history_shown(page)
         _times_in_zone(page, name)
         assert errors == [], errors
     finally:
         context.close()
+
+
+#: The cells of a table that reflows on a phone (table.stack) that reach past the page's
+#: edge or the end of their own table: cut off, though the page itself does not scroll.
+CUT_CELLS = """() => [...document.querySelectorAll('table.stack td')]
+  .filter((cell) => cell.getClientRects().length)
+  .filter((cell) => {
+    const box = cell.getBoundingClientRect(), table = cell.closest('table').getBoundingClientRect();
+    return box.right > Math.min(window.innerWidth, table.right) + 1;
+  })
+  .map((cell) => cell.textContent.trim().slice(0, 40))"""
+
+#: What the history fixture did, as the audit log's rows name it.
+KINDS = {"login.success", "login.failure", "group.created", "user.created", "user.changed",
+         "file.uploaded", "file.published", "file.version_published", "file.access_changed",
+         "file.deleted", "file.restored", "limits.changed", "user.linked", "user.unlinked"}
+
+
+def _history_shown(page) -> None:
+    """The audit log shows the fixture's entries in words: a Chinese file name, several
+    groups, a SHA-256 as its first digits with the whole in its title, no action's code."""
+    table = page.locator("#audit-entries")
+    kinds = set(table.locator("tbody tr").evaluate_all("rows => rows.map(r => r.dataset.action)"))
+    assert kinds >= KINDS, KINDS - kinds
+    text = table.inner_text()
+    assert UPLOADED in text and REVISED in text
+    assert all(g in text for g in ("CS2023", "CS2025", "MATH2024", "EE2025"))
+    assert not [code for code in kinds if code in text]
+    digests = table.locator("code.digest").evaluate_all(
+        "codes => codes.map(c => [c.title, c.textContent])")
+    sha = [(whole, shown) for whole, shown in digests if re.fullmatch(r"[0-9a-f]{64}", whole)]
+    assert len(sha) >= 2 and all(shown == whole[:12] + "…" for whole, shown in sha), digests
 
 
 def _times_in_zone(page, name: str) -> None:
