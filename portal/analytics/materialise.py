@@ -33,8 +33,8 @@ from .models import (
 from .rawevents import insert_new_events
 from .spans import (
     derive_from_user_days,
+    drop_unbacked_days,
     gaps_from_user_days,  # noqa: F401  (bench/run_analytics_bench.py calls it from here)
-    rederive,
     spans_of,
     stored_spans,
     widen_span,
@@ -282,31 +282,10 @@ def write_deltas(conn: Connection, deltas: Deltas) -> None:
     write_counts(conn, deltas)
     write_gaps(conn, deltas.user_days, before)
     write_file_users(conn, pairs)
-    if deltas.left_days:
-        drop_left_days(conn, deltas)
-
-
-def drop_left_days(conn: Connection, deltas: Deltas) -> None:
-    """Delete the user-days that late events left without a counted download (``Deltas.move``:
-    a download that now counts on the day before) and re-derive their pairs' first and last
-    days and gaps. Reads the logical downloads, so runs after ``write_sessions``."""
-    table, tz = LogicalDownload.__table__, deltas.settings.tz
-    gone = []
-    for day, fid, key in sorted(deltas.left_days):
-        next_day = day_bucket(day + timedelta(hours=26), tz)
-        still = select(table.c.id).where(
-            table.c.user_key == key, table.c.counted.is_(True),
-            table.c.counted_at >= day, table.c.counted_at < next_day)
-        if fid != ALL_FILES:
-            still = still.where(table.c.file_id == fid)
-        if conn.execute(still.limit(1)).first() is None:
-            gone.append((day, fid, key))
-    if not gone:
-        return
-    u = UserDay.__table__
-    for day, fid, key in gone:
-        conn.execute(delete(u).where(u.c.day == day, u.c.file_id == fid, u.c.user_key == key))
-    rederive(conn, sorted({(fid, key) for _, fid, key in gone}))
+    if deltas.left_days:  # (day, file, person): their day and the next, in UTC
+        tz = deltas.settings.tz
+        drop_unbacked_days(conn, [(day, day_bucket(day + timedelta(hours=26), tz), fid, key)
+                                  for day, fid, key in sorted(deltas.left_days)])
 
 
 def write_counts(conn: Connection, deltas: Deltas) -> None:

@@ -14,7 +14,7 @@ from itertools import pairwise
 
 from sqlalchemy import Connection, delete, func, select, text, tuple_
 
-from .models import FileUser, UserDay, UserGap
+from .models import ALL_FILES, FileUser, LogicalDownload, UserDay, UserGap
 from .sqlbatch import IN_LIST, chunks, insert_in_batches, upsert
 
 
@@ -153,6 +153,27 @@ def rederive(conn: Connection, pairs: list[tuple], *, spans: bool = True) -> Non
         if spans:
             write_file_users(conn, {pair: [users[pair], pair_days[0], pair_days[-1]]
                                     for pair, pair_days in days.items()})
+
+
+def drop_unbacked_days(conn: Connection, days: list[tuple]) -> None:
+    """Delete the user-days (day, next day, file, person) that no counted logical download
+    backs any more (a late event moved a download's count to the day before:
+    ``materialise.Deltas.move``) and re-derive their pairs' first and last days and gaps.
+    Reads the logical downloads, so runs after they were written."""
+    table, u = LogicalDownload.__table__, UserDay.__table__
+    gone = []
+    for day, next_day, fid, key in days:
+        still = select(table.c.id).where(
+            table.c.user_key == key, table.c.counted.is_(True),
+            table.c.counted_at >= day, table.c.counted_at < next_day)
+        if fid != ALL_FILES:
+            still = still.where(table.c.file_id == fid)
+        if conn.execute(still.limit(1)).first() is None:
+            conn.execute(delete(u).where(u.c.day == day, u.c.file_id == fid,
+                                         u.c.user_key == key))
+            gone.append((fid, key))
+    if gone:
+        rederive(conn, sorted(set(gone)))
 
 
 def _gap_row(pair: tuple, gap_from: datetime, gap_to: datetime, user_id: int | None) -> dict:
